@@ -1,0 +1,37 @@
+"""The `adasam` command line: one sub-command per job, each defined next to the code it drives."""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+
+from app.errors import CommandError  # noqa: E402
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from app import model_commands, workspace_commands
+
+    parser = argparse.ArgumentParser(prog="adasam", description="ADA-SAM Studio: active-learning segmentation.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    model_commands.register(sub)
+    workspace_commands.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except CommandError as exc:
+        print(f"adasam {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"adasam {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,177 @@
+"""ADA-SAM: a SAM backbone, a shared trainable adapter, a presence classifier whose CAM prompts the mask decoder."""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from model.backbones import Backbone, build_backbone
+from model.cam import cam_to_box, central_box, grad_cam
+from model.decoder import decode
+from model.heads import PresenceClassifier, SharedAdapter
+from model.lora import apply_lora
+from model.preprocess import mask_box
+
+CHECKPOINT_FORMAT = 1
+
+
+@dataclass
+class AdaSamConfig:
+    """Everything needed to rebuild a model; stored in every checkpoint."""
+
+    backbone: str = "litemedsam"  # NAME or NAME:CHECKPOINT_PATH (see model.backbones)
+    method: str = "adasam"  # "adasam" (CAM prompts, classifier) or "supervised" (whole-image box, no classifier)
+    adapter_hidden: int = 64
+    classifier_dropout: float = 0.3
+    cam_threshold: float = 0.4
+    cam_component: str = "peak"  # "peak": the CAM region holding the maximum; "all": every pixel above threshold
+    cascade: int = 1  # re-prompt this many times with the box of the previous mask
+    presence_threshold: float = 0.5  # below it the automatic mask is empty ("no finding")
+    encoder_lora: int = 0  # LoRA rank on the encoder's attention (0 = frozen encoder, cached embeddings)
+    has_negatives: bool = True  # False: the data had no target-absent image; presence is then assumed
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "AdaSamConfig":
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in values.items() if k in known})
+
+
+class AdaSam(nn.Module):
+    """Works on image embeddings (cached, or computed live when the encoder carries LoRA)."""
+
+    def __init__(self, config: AdaSamConfig, backbone: Backbone) -> None:
+        super().__init__()
+        self.config = config
+        self.backbone = backbone
+        dim = backbone.embedding_shape[0]
+        self.adapter = SharedAdapter(dim, config.adapter_hidden)
+        self.classifier = PresenceClassifier(dim, dropout=config.classifier_dropout)
+        for parameter in backbone.parameters():
+            parameter.requires_grad_(False)
+        for parameter in backbone.mask_decoder.parameters():
+            parameter.requires_grad_(True)
+        if config.encoder_lora:
+            apply_lora(backbone.image_encoder, config.encoder_lora)
+
+    @property
+    def image_size(self) -> int:
+        return self.backbone.image_size
+
+    @property
+    def cam_scale(self) -> float:
+        return self.image_size / self.backbone.embedding_shape[1]
+
+    def features(self, embeddings: torch.Tensor) -> torch.Tensor:
+        return self.adapter(embeddings)
+
+    def segment(self, features: torch.Tensor, boxes: torch.Tensor | None = None,
+                points: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Features + one prompt per image -> (B x 1 x H x W mask logits at 4x the embedding size, IoU)."""
+        return decode(self.backbone.mask_decoder, self.backbone.prompt_encoder, features, boxes=boxes, points=points)
+
+    def cam(self, features: torch.Tensor, valid: torch.Tensor | None = None,
+            create_graph: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        return grad_cam(self.classifier, features, valid=valid, create_graph=create_graph)
+
+    def auto_boxes(self, cams: torch.Tensor, valid_hw: list[tuple[int, int]]) -> tuple[torch.Tensor, list[bool]]:
+        """The automatic prompt for each image: its CAM box (adasam) or the whole image (supervised)."""
+        boxes, fallbacks = [], []
+        for cam, hw in zip(cams, valid_hw):
+            if self.config.method == "supervised":
+                box, fallback = whole_box(hw), False
+            else:
+                box, fallback = cam_to_box(cam.cpu().numpy(), self.config.cam_threshold, self.cam_scale, hw,
+                                           self.config.cam_component)
+            boxes.append(box)
+            fallbacks.append(fallback)
+        return torch.as_tensor(np.stack(boxes)), fallbacks
+
+    @torch.no_grad()
+    def cascade(self, features: torch.Tensor, boxes: torch.Tensor, logits: torch.Tensor,
+                steps: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Re-prompt with the box of the previous mask (a loose CAM box becomes a tight one)."""
+        for _ in range(steps):
+            scale = self.image_size / logits.shape[-1]
+            new_boxes = boxes.clone()
+            for i, mask in enumerate(logits[:, 0] > 0):
+                box = mask_box(mask)
+                if box is not None:
+                    new_boxes[i] = torch.as_tensor(box * scale + np.array([0, 0, scale, scale], dtype=np.float32))
+            boxes = new_boxes
+            logits, _ = self.segment(features, boxes)
+        return logits, boxes
+
+    def trainable_state(self) -> dict[str, torch.Tensor]:
+        """Only the weights that training changes (adapter, classifier, decoder, LoRA): the frozen encoder is not
+        stored, it comes from the backbone checkpoint."""
+        names = {n for n, p in self.named_parameters() if p.requires_grad}
+        return {k: v.detach().clone() for k, v in self.state_dict().items() if k in names}
+
+
+def whole_box(valid_hw: tuple[int, int]) -> np.ndarray:
+    """The image itself as a box, in model input pixels (padding excluded)."""
+    return np.array([0, 0, valid_hw[1], valid_hw[0]], dtype=np.float32)
+
+
+def build_adasam(config: AdaSamConfig, backbone: Backbone | None = None) -> AdaSam:
+    """A fresh ADA-SAM around the named backbone (or one already built, to share it)."""
+    return AdaSam(config, backbone if backbone is not None else build_backbone(config.backbone))
+
+
+def save_checkpoint(model: AdaSam, path: str | Path, extra: dict | None = None) -> None:
+    """Trainable weights + config (+ `extra`, e.g. metrics or optimiser state) written atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {"format": CHECKPOINT_FORMAT, "config": asdict(model.config), "state": model.trainable_state(),
+               **(extra or {})}
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            torch.save(payload, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+class CheckpointError(ValueError):
+    """A model checkpoint that cannot be used (one-line message)."""
+
+
+def load_checkpoint(path: str | Path, backbone: Backbone | None = None) -> tuple[AdaSam, dict]:
+    """(model, the whole payload) from a checkpoint file or a run folder holding `model.pt`."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "model.pt"
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such model checkpoint (train one with `adasam train`)")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=False)
+        config = AdaSamConfig.from_dict(payload["config"])
+    except Exception as exc:
+        raise CheckpointError(f"{path}: not an ADA-SAM checkpoint ({type(exc).__name__})") from None
+    model = build_adasam(config, backbone)
+    result = model.load_state_dict(payload["state"], strict=False)
+    if result.unexpected_keys:
+        raise CheckpointError(f"{path}: weights do not fit this model, e.g. {result.unexpected_keys[0]!r}")
+    return model.eval(), payload
+
+
+def write_json(path: str | Path, data: dict) -> None:
+    """Atomic JSON write (run summaries, metrics)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=float))
+    os.replace(tmp, path)
+
+
+__all__ = ["AdaSam", "AdaSamConfig", "build_adasam", "save_checkpoint", "load_checkpoint", "central_box"]

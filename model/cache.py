@@ -1,0 +1,113 @@
+"""On-disk cache of image embeddings: the encoder runs once per image, everything else reads the cache.
+
+An entry is keyed by the image's content hash, the backbone's weights identity and PREPROCESS_VERSION, so new
+weights or a new preprocessing recipe never read a stale embedding. Entries are written to a temporary file and
+renamed into place (atomic on POSIX), stored as float16, and any entry that fails to load or has the wrong shape is
+recomputed rather than trusted.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from model.backbones import Backbone
+from model.preprocess import PREPROCESS_VERSION, Geometry, preprocess_image, read_image
+
+DEFAULT_CACHE_DIR = Path(os.environ.get("ADASAM_CACHE", Path.home() / ".cache" / "adasam" / "embeddings"))
+
+
+def content_hash(image: np.ndarray) -> str:
+    """SHA-256 of the pixel values, shape and dtype (not the file bytes: a re-saved PNG hits the same entry)."""
+    image = np.ascontiguousarray(image)
+    digest = hashlib.sha256(f"{image.shape}{image.dtype}".encode())
+    digest.update(image.tobytes())
+    return digest.hexdigest()
+
+
+class EmbeddingCache:
+    """Embeddings of one backbone, stored under `root/<backbone identity>/<preprocess version>/`."""
+
+    def __init__(self, root: str | Path, backbone: Backbone, batch_size: int = 1) -> None:
+        self.backbone = backbone
+        self.batch_size = batch_size
+        self.folder = Path(root) / backbone.identity / PREPROCESS_VERSION
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.encoded = 0  # how many embeddings this instance computed (the rest were cache hits)
+
+    def path_for(self, key: str) -> Path:
+        return self.folder / key[:2] / f"{key}.pt"
+
+    def load(self, key: str) -> tuple[torch.Tensor, Geometry] | None:
+        """The cached (embedding, geometry) for `key`, or None when absent, corrupt or stale."""
+        path = self.path_for(key)
+        if not path.exists():
+            return None
+        try:
+            entry = torch.load(path, map_location="cpu", weights_only=True)
+            embedding = entry["embedding"]
+            if entry["key"] != key or tuple(embedding.shape) != self.backbone.embedding_shape:
+                return None
+            return embedding, Geometry(*entry["geometry"])
+        except Exception:  # a truncated or foreign file is simply recomputed
+            return None
+
+    def store(self, key: str, embedding: torch.Tensor, geometry: Geometry) -> None:
+        path = self.path_for(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        entry = {"key": key, "embedding": embedding.to(torch.float16).contiguous(),
+                 "geometry": (geometry.height, geometry.width, geometry.size)}
+        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                torch.save(entry, handle)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    def get(self, image: np.ndarray) -> tuple[torch.Tensor, Geometry]:
+        """Embedding (float32, C x h x w) and geometry of one image array, encoding it on a miss."""
+        return self.get_many([image], progress=False)[0]
+
+    def get_many(self, images: Iterable[np.ndarray | str | Path], progress: bool = True,
+                 description: str = "embedding") -> list[tuple[torch.Tensor, Geometry]]:
+        """Embeddings of many images (arrays or file paths), encoding the misses in batches with a progress bar."""
+        items = list(images)
+        results: list[tuple[torch.Tensor, Geometry] | None] = [None] * len(items)
+        misses: list[tuple[int, str, np.ndarray]] = []
+        for index, item in enumerate(items):
+            array = read_image(item) if isinstance(item, (str, Path)) else item
+            key = content_hash(array)
+            hit = self.load(key)
+            if hit is None:
+                misses.append((index, key, array))
+            else:
+                results[index] = (hit[0].float(), hit[1])
+        bar = tqdm(total=len(misses), desc=description, unit="img", disable=not progress or not misses)
+        for start in range(0, len(misses), self.batch_size):
+            chunk = misses[start:start + self.batch_size]
+            prepared = [preprocess_image(array, self.backbone.image_size) for _, _, array in chunk]
+            embeddings = encode_batch(self.backbone, torch.stack([tensor for tensor, _ in prepared]))
+            for (index, key, _), (_, geometry), embedding in zip(chunk, prepared, embeddings):
+                self.store(key, embedding, geometry)
+                results[index] = (embedding.to(torch.float16).float(), geometry)
+                self.encoded += 1
+            bar.update(len(chunk))
+        bar.close()
+        return results  # type: ignore[return-value]
+
+
+@torch.inference_mode()
+def encode_batch(backbone: Backbone, images: torch.Tensor) -> torch.Tensor:
+    """Encode preprocessed images; channels-last memory layout is ~30% faster for TinyViT's convolutions on CPU."""
+    backbone.image_encoder.to(memory_format=torch.channels_last)
+    return backbone.encode(images.contiguous(memory_format=torch.channels_last)).contiguous()

@@ -1,0 +1,108 @@
+"""A data folder on disk: `images/`, optional `masks/` with the same stems, optional `manifest.csv`.
+
+This is the layout of `../shared/datasets/*` and what `adasam train/evaluate` read. Without a manifest (or one
+without a `split` column) a seeded 70/10/20 pool/val/test split is made; the caller writes it next to the run.
+"""
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from model.preprocess import ImageReadError
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
+SPLITS = ("pool", "val", "test")
+
+
+class DataError(ValueError):
+    """A data folder that cannot be used (one-line message)."""
+
+
+@dataclass
+class Sample:
+    id: str
+    image_path: Path
+    mask_path: Path | None
+    split: str
+    has_lesion: bool | None  # image-level tag; None when unknown
+
+
+@dataclass
+class DataFolder:
+    root: Path
+    samples: list[Sample]
+    split_source: str  # "manifest" or "generated (seed N)"
+    rows: list[dict] = field(default_factory=list)
+
+    def split(self, name: str) -> list[Sample]:
+        return [s for s in self.samples if s.split == name]
+
+    def write_split(self, path: Path) -> None:
+        """Write the split used (id, split, has_lesion) so a generated split can be reproduced and audited."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("w", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(["id", "split", "has_lesion"])
+            for s in self.samples:
+                writer.writerow([s.id, s.split, "" if s.has_lesion is None else int(s.has_lesion)])
+
+
+def load_data_folder(root: str | Path, seed: int = 0) -> DataFolder:
+    """Index a data folder; raise DataError for an empty or malformed one."""
+    root = Path(root)
+    images_dir = root / "images"
+    if not images_dir.is_dir():
+        raise DataError(f"{root}: no images/ folder (expected images/<id>.png, masks/<id>.png, manifest.csv)")
+    images = {p.stem: p for p in sorted(images_dir.iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES}
+    if not images:
+        raise DataError(f"{images_dir}: no images ({', '.join(IMAGE_SUFFIXES)})")
+    masks_dir = root / "masks"
+    masks = {p.stem: p for p in sorted(masks_dir.iterdir())} if masks_dir.is_dir() else {}
+    manifest = _read_manifest(root / "manifest.csv")
+    if manifest and all(r.get("split") for r in manifest.values()):
+        unknown = {r["split"] for r in manifest.values()} - set(SPLITS)
+        if unknown:
+            raise DataError(f"{root / 'manifest.csv'}: unknown split(s) {sorted(unknown)}; use pool/val/test")
+        splits = {i: manifest[i]["split"] for i in images if i in manifest}
+        missing = sorted(set(images) - set(splits))
+        if missing:
+            raise DataError(f"{root / 'manifest.csv'}: no row for image {missing[0]!r} ({len(missing)} missing)")
+        source = "manifest"
+    else:
+        splits = seeded_split(sorted(images), seed)
+        source = f"generated (seed {seed})"
+    samples = []
+    for image_id, path in images.items():
+        tag = manifest.get(image_id, {}).get("has_lesion", "")
+        samples.append(Sample(image_id, path, masks.get(image_id), splits[image_id],
+                              None if tag in ("", None) else tag.strip() in ("1", "true", "True", "yes")))
+    return DataFolder(root, samples, source, list(manifest.values()))
+
+
+def seeded_split(ids: list[str], seed: int) -> dict[str, str]:
+    """A reproducible 70/10/20 pool/val/test split."""
+    order = np.random.default_rng(seed).permutation(len(ids))
+    n_val, n_test = max(1, round(0.1 * len(ids))), max(1, round(0.2 * len(ids)))
+    split = {}
+    for rank, index in enumerate(order):
+        split[ids[index]] = "val" if rank < n_val else "test" if rank < n_val + n_test else "pool"
+    return split
+
+
+def _read_manifest(path: Path) -> dict[str, dict]:
+    if not path.exists():
+        return {}
+    try:
+        with path.open(newline="") as handle:
+            rows = list(csv.DictReader(handle))
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise DataError(f"{path}: unreadable manifest ({exc})") from None
+    if rows and "id" not in rows[0]:
+        raise DataError(f"{path}: manifest needs an 'id' column")
+    return {r["id"]: r for r in rows}
+
+
+__all__ = ["DataFolder", "Sample", "DataError", "ImageReadError", "load_data_folder", "seeded_split"]

@@ -1,0 +1,110 @@
+"""Fully automatic prediction and click/box refinement on cached embeddings."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from model.adasam import AdaSam
+from model.preprocess import Geometry, box_to_model, box_to_original, logits_to_original
+from model.uncertainty import (Uncertainty, classifier_uncertainty, combined_uncertainty, mc_dropout_probability,
+                               segmentation_uncertainty)
+
+
+@dataclass
+class Prediction:
+    """What the model proposes for one image, in original pixel coordinates."""
+
+    mask: np.ndarray  # bool H x W; empty when the classifier says the target is absent
+    raw_mask: np.ndarray  # bool H x W; the decoder's mask whatever the classifier says
+    probability: float  # P(target present)
+    cam: np.ndarray  # float H x W in [0, 1]
+    box: np.ndarray  # (x0, y0, x1, y1) prompt box
+    box_is_fallback: bool  # True when no CAM region passed the threshold (central box used)
+    uncertainty: Uncertainty
+
+
+def valid_grid(geometries: list[Geometry], grid: int) -> torch.Tensor:
+    """B x grid x grid: 1 over the embedding cells that cover real image (not padding)."""
+    valid = torch.zeros(len(geometries), grid, grid)
+    for i, g in enumerate(geometries):
+        h, w = g.resized
+        valid[i, :math.ceil(h * grid / g.size), :math.ceil(w * grid / g.size)] = 1
+    return valid
+
+
+class Predictor:
+    """Runs an AdaSam in eval mode; `refine` remembers the last image's features so each click costs one decode."""
+
+    def __init__(self, model: AdaSam, dropout_samples: int = 1) -> None:
+        self.model = model.eval()
+        self.dropout_samples = dropout_samples
+        self._embedding: torch.Tensor | None = None  # held, so `is` cannot match a recycled object
+        self._features: torch.Tensor | None = None
+
+    def predict(self, embedding: torch.Tensor, geometry: Geometry) -> Prediction:
+        return self.predict_batch(embedding[None], [geometry])[0]
+
+    def predict_batch(self, embeddings: torch.Tensor, geometries: list[Geometry]) -> list[Prediction]:
+        model, config = self.model, self.model.config
+        grid = embeddings.shape[-1]
+        with torch.no_grad():
+            features = model.features(embeddings)
+        cams, logits = model.cam(features, valid_grid(geometries, grid))
+        if self.dropout_samples > 1:
+            probability = mc_dropout_probability(model.classifier, features, self.dropout_samples)
+        else:
+            probability = logits.softmax(1)[:, 1]
+        if config.method == "supervised" or not config.has_negatives:
+            probability = torch.ones_like(probability)  # no classifier to ask: the target is assumed present
+        valid_hw = [g.resized for g in geometries]
+        boxes, fallbacks = model.auto_boxes(cams, valid_hw)
+        with torch.no_grad():
+            mask_logits, _ = model.segment(features, boxes)
+            if config.cascade:
+                mask_logits, _ = model.cascade(features, boxes, mask_logits, config.cascade)
+        cls_unc = classifier_uncertainty(probability)
+        out = []
+        for i, g in enumerate(geometries):
+            full = logits_to_original(mask_logits[i], g)[0]
+            prob_map = torch.sigmoid(mask_logits[i, 0])
+            h, w = (round(s * prob_map.shape[-1] / g.size) for s in g.resized)
+            seg_unc = segmentation_uncertainty(prob_map[None, :h, :w])[0]
+            p = float(probability[i])
+            raw = (full > 0).numpy()
+            cam_full = F.interpolate(cams[i][None, None], size=(g.size, g.size), mode="bilinear",
+                                     align_corners=False)[0, 0, :g.resized[0], :g.resized[1]]
+            cam_full = F.interpolate(cam_full[None, None], size=(g.height, g.width), mode="bilinear",
+                                     align_corners=False)[0, 0].clamp(0, 1).numpy()
+            out.append(Prediction(
+                mask=raw if p >= config.presence_threshold else np.zeros_like(raw),
+                raw_mask=raw, probability=p, cam=cam_full,
+                box=box_to_original(boxes[i].numpy(), g), box_is_fallback=fallbacks[i],
+                uncertainty=Uncertainty(float(cls_unc[i]), float(seg_unc),
+                                        float(combined_uncertainty(probability[i], cls_unc[i], seg_unc)))))
+        return out
+
+    @torch.no_grad()
+    def refine(self, embedding: torch.Tensor, geometry: Geometry, positive: list[tuple[float, float]] = (),
+               negative: list[tuple[float, float]] = (), box: tuple[float, float, float, float] | None = None
+               ) -> np.ndarray:
+        """Re-run the decoder with clicks (original pixel x, y) and/or a box -> boolean mask at original size."""
+        if not positive and not negative and box is None:
+            raise ValueError("refine needs at least one click or a box")
+        if embedding is not self._embedding:
+            self._features = self.model.features(embedding[None])
+            self._embedding = embedding
+        points = None
+        if positive or negative:
+            coords = np.array(list(positive) + list(negative), dtype=np.float32).reshape(-1, 2) * geometry.scale
+            labels = np.array([1] * len(positive) + [0] * len(negative), dtype=np.float32)
+            if box is None:  # SAM expects a padding point when no box accompanies the clicks
+                coords = np.concatenate([coords, np.zeros((1, 2), np.float32)])
+                labels = np.concatenate([labels, np.array([-1], np.float32)])
+            points = (torch.from_numpy(coords)[None], torch.from_numpy(labels)[None])
+        boxes = None if box is None else torch.from_numpy(box_to_model(box, geometry))[None]
+        logits, _ = self.model.segment(self._features, boxes=boxes, points=points)
+        return (logits_to_original(logits[0], geometry)[0] > 0).numpy()

@@ -1,0 +1,261 @@
+"""Semi-supervised ADA-SAM training (and the supervised baseline) on cached embeddings.
+
+Per step, from three pools of images:
+- masked (target present): the decoder learns from a box prompt, either the mask's own box with jitter or the
+  model's current CAM box (so it learns to cope with loose automatic prompts); the CAM itself is supervised by the
+  mask at CAM resolution. Both losses flow through the shared adapter: the gradient feedback.
+- tagged (present / absent, masked images included): cross-entropy for the presence classifier.
+- unlabeled: an EMA teacher prompts each image with its CAM box and predicts a pseudo-mask on the clean embedding;
+  the student sees a perturbed embedding (channel dropout + noise) and learns to agree (confidence-weighted),
+  ramped up over the first third of training. Images the teacher thinks empty are left out.
+
+The validation images pick the checkpoint (`model.pt`); `last.pt` holds what resuming needs. Seeded and
+deterministic on a given machine.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from model.adasam import AdaSam, AdaSamConfig, build_adasam, load_checkpoint, save_checkpoint, whole_box
+from model.evaluate import Item, evaluate
+from model.inference import valid_grid
+from model.losses import cam_loss, consistency_loss, segmentation_loss
+from model.preprocess import mask_box, preprocess_mask
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 400
+    batch_masked: int = 4
+    batch_unlabeled: int = 4
+    batch_tagged: int = 32
+    lr_decoder: float = 5e-5
+    lr_heads: float = 1e-3
+    weight_decay: float = 1e-4
+    box_jitter: float = 0.1  # max shift/resize of a mask box, as a fraction of its side
+    cam_prompt_prob: float = 0.5  # share of masked samples prompted by the model's own CAM box
+    cam_loss_weight: float = 1.0
+    consistency_weight: float = 1.0
+    ema_decay: float = 0.99
+    perturb_dropout: float = 0.2
+    perturb_noise: float = 0.1
+    eval_every: int = 50
+    seed: int = 0
+    use_unlabeled: bool = True
+    freeze_adapter: bool = False  # ablation: no gradient feedback through the shared module
+
+
+@dataclass
+class TrainingData:
+    masked: list[Item]
+    tagged: list[Item]  # every image with an image-level tag (masked ones included)
+    unlabeled: list[Item]  # images without a mask (tagged or not)
+    val: list[Item]
+
+
+class Trainer:
+    def __init__(self, model: AdaSam, config: TrainConfig, data: TrainingData, out: Path,
+                 log: Callable[[str], None] = print) -> None:
+        self.model, self.config, self.data, self.out, self.log = model, config, data, Path(out), log
+        self.rng = np.random.default_rng(config.seed)
+        self.size = model.image_size
+        self.supervised = model.config.method == "supervised"
+        self.positives = [i for i in data.masked if i.mask.any()]
+        self.seg_items = data.masked if self.supervised else self.positives
+        if not self.seg_items:
+            raise ValueError("no masked image to train the decoder on" if self.supervised
+                             else "no masked image containing the target: ADA-SAM needs at least one")
+        self.targets = {i.id: preprocess_mask(i.mask, self.size) for i in data.masked}
+        groups = [{"params": model.backbone.mask_decoder.parameters(), "lr": config.lr_decoder}]
+        if not self.supervised:
+            if config.freeze_adapter:
+                model.adapter.requires_grad_(False)
+            else:
+                groups.append({"params": model.adapter.parameters(), "lr": config.lr_heads})
+            groups.append({"params": model.classifier.parameters(), "lr": config.lr_heads})
+            lora = [p for n, p in model.backbone.image_encoder.named_parameters() if p.requires_grad]
+            if lora:
+                groups.append({"params": lora, "lr": config.lr_heads})
+        else:
+            model.adapter.requires_grad_(False)
+            model.classifier.requires_grad_(False)
+        self.optimizer = torch.optim.AdamW(groups, weight_decay=config.weight_decay)
+        self.teacher = copy.deepcopy(model).eval() if self._semi_supervised else None
+        self.step = 0
+        self.best = {"score": -math.inf, "step": 0}
+        self.history: list[dict] = []
+
+    @property
+    def _semi_supervised(self) -> bool:
+        return not self.supervised and self.config.use_unlabeled and bool(self.data.unlabeled)
+
+    # -- batches -----------------------------------------------------------------------------------------------
+    def _pick(self, items: list[Item], count: int) -> list[Item]:
+        return [items[i] for i in self.rng.choice(len(items), size=min(count, len(items)), replace=False)]
+
+    def _jittered_box(self, item: Item) -> np.ndarray:
+        target = self.targets[item.id][0]
+        h, w = item.geometry.resized
+        box = mask_box(target)
+        if box is None:
+            return whole_box((h, w))
+        box = box + np.array([0, 0, 1, 1], np.float32)
+        side = np.array([box[2] - box[0], box[3] - box[1]] * 2, np.float32)
+        box = box + self.rng.uniform(-1, 1, 4).astype(np.float32) * self.config.box_jitter * side
+        return np.clip(box, 0, [w, h, w, h]).astype(np.float32)
+
+    def _target(self, items: list[Item], size: int) -> torch.Tensor:
+        masks = torch.stack([self.targets[i.id] for i in items])
+        return masks if size == self.size else (F.interpolate(masks, size=(size, size), mode="area") >= 0.5).float()
+
+    # -- one step ----------------------------------------------------------------------------------------------
+    def train_step(self) -> dict[str, float]:
+        model, cfg = self.model, self.config
+        model.train()
+        losses: dict[str, torch.Tensor] = {}
+        batch = self._pick(self.seg_items, cfg.batch_masked)
+        features = model.features(torch.stack([i.embedding for i in batch]))
+        hw = [i.geometry.resized for i in batch]
+        if self.supervised:
+            boxes = torch.as_tensor(np.stack([whole_box(h) for h in hw]))
+        else:
+            grid = features.shape[-1]
+            cams, _ = model.cam(features, valid_grid([i.geometry for i in batch], grid), create_graph=True)
+            cam_target = F.adaptive_avg_pool2d(self._target(batch, self.size), grid)[:, 0]
+            losses["cam"] = cfg.cam_loss_weight * cam_loss(cams, cam_target)
+            cam_boxes, _ = model.auto_boxes(cams.detach(), hw)
+            use_cam = self.rng.random(len(batch)) < cfg.cam_prompt_prob
+            boxes = torch.as_tensor(np.stack([cam_boxes[k].numpy() if use_cam[k] else self._jittered_box(item)
+                                              for k, item in enumerate(batch)]))
+        logits, _ = model.segment(features, boxes)
+        losses["seg"] = segmentation_loss(logits, self._target(batch, logits.shape[-1]))
+        if not self.supervised and self.data.tagged and model.config.has_negatives:
+            tagged = self._pick(self.data.tagged, cfg.batch_tagged)
+            cls_logits = model.classifier(model.features(torch.stack([i.embedding for i in tagged])))
+            losses["cls"] = F.cross_entropy(cls_logits, torch.tensor([int(i.tag) for i in tagged]))
+        if self._semi_supervised:
+            ramp = min(1.0, self.step / max(1, cfg.steps / 3))
+            losses.update({k: ramp * cfg.consistency_weight * v for k, v in self._consistency().items()})
+        total = sum(losses.values())
+        self.optimizer.zero_grad(set_to_none=True)
+        total.backward()
+        self.optimizer.step()
+        if self.teacher is not None:
+            self._update_teacher()
+        self.step += 1
+        return {k: float(v) for k, v in losses.items()}
+
+    def _consistency(self) -> dict[str, torch.Tensor]:
+        cfg, teacher = self.config, self.teacher
+        batch = self._pick(self.data.unlabeled, cfg.batch_unlabeled)
+        embeddings = torch.stack([i.embedding for i in batch])
+        geometries = [i.geometry for i in batch]
+        with torch.no_grad():
+            t_features = teacher.features(embeddings)
+        t_cams, t_logits = teacher.cam(t_features, valid_grid(geometries, embeddings.shape[-1]))
+        boxes, _ = teacher.auto_boxes(t_cams, [g.resized for g in geometries])
+        with torch.no_grad():
+            t_masks = torch.sigmoid(teacher.segment(t_features, boxes)[0])
+        t_present = t_logits.softmax(1)[:, 1]
+        noise = torch.randn(embeddings.shape, generator=torch.Generator().manual_seed(int(self.rng.integers(2**31))))
+        perturbed = F.dropout2d(embeddings, cfg.perturb_dropout) + cfg.perturb_noise * embeddings.std() * noise
+        s_features = self.model.features(perturbed)
+        out = {}
+        keep = t_present > 0.5 if self.model.config.has_negatives else torch.ones_like(t_present, dtype=torch.bool)
+        if keep.any():
+            s_logits, _ = self.model.segment(s_features[keep], boxes[keep])
+            out["consistency"] = consistency_loss(s_logits, t_masks[keep])
+        if self.model.config.has_negatives:
+            s_present = self.model.classifier(s_features).softmax(1)[:, 1]
+            out["cls_consistency"] = F.binary_cross_entropy(s_present.clamp(1e-5, 1 - 1e-5), t_present)
+        return out
+
+    @torch.no_grad()
+    def _update_teacher(self) -> None:
+        decay = self.config.ema_decay
+        student = dict(self.model.named_parameters())
+        for name, parameter in self.teacher.named_parameters():
+            if student[name].requires_grad:
+                parameter.mul_(decay).add_(student[name].detach(), alpha=1 - decay)
+
+    # -- evaluation, checkpoints, resume ----------------------------------------------------------------------
+    def validate(self) -> dict:
+        if not self.data.val:
+            return {}
+        summary, _ = evaluate(self.model.eval(), self.data.val, with_hd95=False)
+        return summary
+
+    def val_score(self, summary: dict) -> float:
+        """Checkpoint selection: mean lesion Dice on val with automatic prompts (what the tool outputs)."""
+        if not summary:
+            return float(self.step)  # no validation images: the latest model wins
+        value = summary["dice_lesion"] if summary["n_lesion"] else summary["dice_all"]
+        return -1.0 if math.isnan(value) else value
+
+    def save_resume_state(self) -> None:
+        extra = {"step": self.step, "optimizer": self.optimizer.state_dict(), "best": self.best,
+                 "history": self.history, "rng": self.rng.bit_generator.state,
+                 "torch_rng": torch.random.get_rng_state(), "train_config": asdict(self.config)}
+        if self.teacher is not None:
+            extra["teacher"] = self.teacher.trainable_state()
+        save_checkpoint(self.model, self.out / "last.pt", extra)
+
+    def load_resume_state(self, path: Path) -> None:
+        payload = torch.load(path, map_location="cpu", weights_only=False)
+        self.model.load_state_dict(payload["state"], strict=False)
+        self.optimizer.load_state_dict(payload["optimizer"])
+        if self.teacher is not None and "teacher" in payload:
+            self.teacher.load_state_dict(payload["teacher"], strict=False)
+        self.step, self.best, self.history = payload["step"], payload["best"], payload["history"]
+        self.rng.bit_generator.state = payload["rng"]
+        torch.random.set_rng_state(payload["torch_rng"])
+
+    def run(self, progress: Callable[[int, int], None] | None = None) -> dict:
+        cfg = self.config
+        started = time.time()
+        losses_since: list[dict] = []
+        while self.step < cfg.steps:
+            losses_since.append(self.train_step())
+            if progress:
+                progress(self.step, cfg.steps)
+            if self.step % cfg.eval_every == 0 or self.step == cfg.steps:
+                summary = self.validate()
+                score = self.val_score(summary)
+                mean_losses = {k: float(np.mean([d[k] for d in losses_since if k in d]))
+                               for k in {k for d in losses_since for k in d}}
+                losses_since = []
+                record = {"step": self.step, "score": score, "losses": mean_losses,
+                          "val": {k: v for k, v in summary.items() if isinstance(v, (int, float))},
+                          "elapsed_s": time.time() - started}
+                self.history.append(record)
+                self.log(json.dumps(record, default=float))
+                if score > self.best["score"]:
+                    self.best = {"score": score, "step": self.step, "val": record["val"]}
+                    save_checkpoint(self.model, self.out / "model.pt", {"val": summary, "step": self.step})
+                self.save_resume_state()
+        return self.best
+
+
+def build_training_model(config: AdaSamConfig, seed: int, backbone=None, init: str | Path | None = None) -> AdaSam:
+    """A fresh model (seeded), or one warm-started from an earlier model's trainable weights (`init`)."""
+    torch.manual_seed(seed)
+    if init is not None:
+        model, _ = load_checkpoint(init, backbone)
+        model.config = config
+        return model
+    return build_adasam(config, backbone)
+
+
+def detect_negatives(data: TrainingData) -> bool:
+    """Whether any tagged image is target-absent: without one the classifier has nothing to contrast."""
+    return any(i.tag is False for i in data.tagged)
