@@ -1,0 +1,25 @@
+"""The annotation workspace: SQLite store, importers, active-learning queue, export. Imports nothing from app/ or model/."""
+from pathlib import Path
+
+from annotation.export import ExportSummary, export_workspace
+from annotation.importers import ImportSummary, import_sources
+from annotation.queue import next_task, release_lease, renew_lease, skip
+from annotation.records import (
+    ImageInfo,
+    ImageRecord,
+    MaskInfo,
+    ModelInfo,
+    Prediction,
+    RoundInfo,
+    Task,
+    WorkspaceCounts,
+)
+from annotation.store import Store, WorkspaceError
+
+DEFAULT_WORKSPACE = Path(__file__).resolve().parents[1] / "data" / "workspace"
+
+__all__ = [
+    "DEFAULT_WORKSPACE", "ExportSummary", "ImageInfo", "ImageRecord", "ImportSummary", "MaskInfo", "ModelInfo",
+    "Prediction", "RoundInfo", "Store", "Task", "WorkspaceCounts", "WorkspaceError", "export_workspace",
+    "import_sources", "next_task", "release_lease", "renew_lease", "skip",
+]

@@ -1,0 +1,281 @@
+"""`adasam export`: the latest mask of every labeled image as PNG masks, COCO RLE or NIfTI, with manifest and provenance.
+
+What is exported: images whose latest mask a person made (drawn, imported with the data, or marked no-finding,
+which is exported as an empty mask); with `include_predictions`, also those whose latest mask is a model
+prediction a person accepted as is. NIfTI: slices that came from a volume are put back into a mask volume of the
+source's shape with the source's affine (unlabeled slices stay 0); other images each get a one-slice .nii.gz
+(array = mask transposed to x, y, 1; identity affine).
+
+The export is written to a hidden folder beside `out`, read back and checked against the workspace, and only then
+renamed to `out`: `out` either does not exist or is complete.
+"""
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import json
+import os
+import shutil
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from annotation.decode import stem
+from annotation.records import ImageInfo, MaskInfo
+from annotation.store import Store, WorkspaceError, utc_now
+
+FORMATS = ("png", "coco", "nifti")
+HUMAN_ORIGINS = ("human", "imported", "no_finding")
+MANIFEST_COLUMNS = ["name", "image_id", "sha256", "original_path", "width", "height", "split", "has_lesion",
+                    "mask_file", "empty", "origin", "annotator", "created_at", "model_version", "mask_version",
+                    "volume", "slice_index", "frame_index"]
+
+
+@dataclass
+class ExportSummary:
+    out: Path
+    format: str
+    images: int
+    empty: int
+    files: list[str] = field(default_factory=list)
+
+
+@dataclass
+class _Item:
+    name: str
+    image: ImageInfo
+    mask: MaskInfo
+    pixels: np.ndarray  # boolean mask, all False for no-finding
+
+
+def export_workspace(store: Store, out: str | os.PathLike[str], fmt: str, *, include_predictions: bool = False,
+                     who: str = "export") -> ExportSummary:
+    """Write the export to `out` (which must not exist, or be an empty folder) and return what it holds."""
+    if fmt not in FORMATS:
+        raise WorkspaceError(f"format must be one of {', '.join(FORMATS)}, not {fmt!r}")
+    out = Path(out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise WorkspaceError(f"{out} already exists and is not an empty folder")
+    origins = HUMAN_ORIGINS + (("accepted_prediction",) if include_predictions else ())
+    labeled = store.labeled(origins=origins)
+    if not labeled:
+        hint = "" if include_predictions or not store.labeled(origins=("accepted_prediction",)) else \
+            " (only accepted predictions; add --include-predictions)"
+        raise WorkspaceError(f"nothing to export: no image in {store.root} has a mask or a no-finding mark{hint}")
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_temporaries(out)
+    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    try:
+        items = [_Item(name, image, mask, store.read_mask(image, mask))
+                 for name, (image, mask) in zip(_unique_names(labeled), labeled)]
+        writer = {"png": _write_png, "coco": _write_coco, "nifti": _write_nifti}[fmt]
+        mask_files = writer(store, tmp, items)
+        _write_manifest(store, tmp, items, mask_files)
+        _write_provenance(store, tmp, items, fmt, include_predictions)
+        _validate(store, tmp, fmt, items, mask_files)
+        if out.exists():
+            out.rmdir()
+        os.rename(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    store.log_event(who, "export", {"format": fmt, "out": str(out), "images": len(items)})
+    files = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
+    return ExportSummary(out=out, format=fmt, images=len(items), empty=sum(not i.pixels.any() for i in items),
+                         files=files)
+
+
+def _unique_names(labeled: list[tuple[ImageInfo, MaskInfo]]) -> list[str]:
+    """Image names as file names; a name two images share gets the image id appended."""
+    counts: dict[str, int] = {}
+    for image, _ in labeled:
+        counts[image.name] = counts.get(image.name, 0) + 1
+    return [image.name if counts[image.name] == 1 else f"{image.name}_{image.id}" for image, _ in labeled]
+
+
+def _remove_stale_temporaries(out: Path) -> None:
+    """Delete half-written exports of processes that died (their pid is in the folder name)."""
+    for tmp in out.parent.glob(f".{out.name}.tmp-*"):
+        try:
+            pid = int(tmp.name.rsplit(".tmp-", 1)[1].split("-")[0])
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            shutil.rmtree(tmp, ignore_errors=True)
+        except (ValueError, IndexError, PermissionError):
+            continue
+
+
+# -- formats: each returns {image name: [(file, axis, slice) holding its mask]}; axis/slice only inside volumes --
+
+Placement = tuple[str, "int | None", "int | None"]
+
+
+def _write_png(store: Store, tmp: Path, items: list[_Item]) -> dict[str, list[Placement]]:
+    (tmp / "masks").mkdir()
+    files = {}
+    for item in items:
+        relpath = f"masks/{item.name}.png"
+        Image.fromarray(np.where(item.pixels, 255, 0).astype(np.uint8)).save(tmp / relpath)
+        files[item.name] = [(relpath, None, None)]
+    return files
+
+
+def _write_coco(store: Store, tmp: Path, items: list[_Item]) -> dict[str, list[Placement]]:
+    from pycocotools import mask as mask_utils
+
+    images, annotations = [], []
+    for item in items:
+        image = item.image
+        single = image.frame_index is None and image.slice_index is None
+        images.append({"id": image.id, "file_name": Path(image.original_path).name if single else f"{item.name}.png",
+                       "width": image.width, "height": image.height, "adasam_name": item.name})
+        if item.pixels.any():
+            rle = mask_utils.encode(np.asfortranarray(item.pixels.astype(np.uint8)))
+            annotations.append({
+                "id": len(annotations) + 1, "image_id": image.id, "category_id": 1, "iscrowd": 0,
+                "segmentation": {"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode("ascii")},
+                "area": float(mask_utils.area(rle)), "bbox": [float(v) for v in mask_utils.toBbox(rle)],
+            })
+    label = store.get_setting("label_name", "lesion")
+    document = {"info": {"description": f"ADA-SAM Studio export of {store.root}", "date_created": utc_now()},
+                "images": images, "annotations": annotations,
+                "categories": [{"id": 1, "name": label, "supercategory": label}]}
+    (tmp / "annotations.json").write_text(json.dumps(document))
+    return {item.name: [("annotations.json", None, None)] for item in items}
+
+
+def _write_nifti(store: Store, tmp: Path, items: list[_Item]) -> dict[str, list[Placement]]:
+    import nibabel as nib
+
+    files: dict[str, list[Placement]] = {item.name: [] for item in items}
+    by_id = {item.image.id: item for item in items}
+    volume_ids = [row[0] for row in store.conn.execute(
+        "SELECT DISTINCT volume_id FROM image_sources WHERE volume_id IS NOT NULL ORDER BY volume_id")]
+    names: set[str] = set()
+    for volume_id in volume_ids:
+        placed = [(by_id[image_id], position) for image_id, position in store.conn.execute(
+            "SELECT image_id, position FROM image_sources WHERE volume_id = ? ORDER BY position", (volume_id,))
+            if image_id in by_id]
+        if not placed:
+            continue
+        volume = store.volume(volume_id)
+        name = f"{stem(Path(volume['path']))}_axis{volume['axis']}"
+        name = f"{name}_{volume_id}" if name in names else name
+        names.add(name)
+        relpath = f"volumes/{name}.nii.gz"
+        data = np.zeros(volume["shape"], dtype=np.uint8)
+        for item, position in placed:
+            _slice_view(data, volume["axis"], position)[...] = item.pixels.T
+            files[item.name].append((relpath, volume["axis"], position))
+        (tmp / "volumes").mkdir(exist_ok=True)
+        nib.save(nib.Nifti1Image(data, np.asarray(volume["affine"])), tmp / relpath)
+    for item in items:
+        if not files[item.name]:
+            (tmp / "masks").mkdir(exist_ok=True)
+            relpath = f"masks/{item.name}.nii.gz"
+            nib.save(nib.Nifti1Image(item.pixels.T[:, :, None].astype(np.uint8), np.eye(4)), tmp / relpath)
+            files[item.name].append((relpath, None, None))
+    return files
+
+
+def _slice_view(data: np.ndarray, axis: int, position: int) -> np.ndarray:
+    index: list[Any] = [slice(None)] * data.ndim
+    index[axis] = position
+    return data[tuple(index)]
+
+
+# -- manifest and provenance -----------------------------------------------------------------------------------
+
+
+def _write_manifest(store: Store, tmp: Path, items: list[_Item], mask_files: dict[str, list[Placement]]) -> None:
+    with open(tmp / "manifest.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=MANIFEST_COLUMNS)
+        writer.writeheader()
+        for item in items:
+            image, mask = item.image, item.mask
+            volume = store.volume(image.volume_id)["path"] if image.volume_id is not None else ""
+            writer.writerow({
+                "name": item.name, "image_id": image.id, "sha256": image.sha256, "original_path": image.original_path,
+                "width": image.width, "height": image.height, "split": image.split,
+                "has_lesion": "" if image.has_lesion is None else int(image.has_lesion),
+                "mask_file": mask_files[item.name][0][0], "empty": int(not item.pixels.any()), "origin": mask.origin,
+                "annotator": mask.annotator, "created_at": mask.created_at, "model_version": mask.model_version or "",
+                "mask_version": mask.version, "volume": volume,
+                "slice_index": "" if image.slice_index is None else image.slice_index,
+                "frame_index": "" if image.frame_index is None else image.frame_index,
+            })
+
+
+def _write_provenance(store: Store, tmp: Path, items: list[_Item], fmt: str, include_predictions: bool) -> None:
+    document = {
+        "exported_at": utc_now(), "workspace": str(store.root.absolute()), "format": fmt,
+        "include_predictions": include_predictions, "images": {
+            item.name: {"image_id": item.image.id, "sha256": item.image.sha256,
+                        "original_path": item.image.original_path, "origin": item.mask.origin,
+                        "annotator": item.mask.annotator, "time": item.mask.created_at,
+                        "model_version": item.mask.model_version, "mask_version": item.mask.version,
+                        "parent_version": item.mask.parent_version}
+            for item in items},
+    }
+    (tmp / "provenance.json").write_text(json.dumps(document, indent=1))
+
+
+# -- validation: read the export back as a user would and compare with the workspace ---------------------------
+
+
+def _validate(store: Store, tmp: Path, fmt: str, items: list[_Item], mask_files: dict[str, list[Placement]]) -> None:
+    with open(tmp / "manifest.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    provenance = json.loads((tmp / "provenance.json").read_text())
+    if [r["name"] for r in rows] != [i.name for i in items] or set(provenance["images"]) != {i.name for i in items}:
+        raise WorkspaceError("export check failed: manifest or provenance does not list every exported image")
+    reader = _Reader(tmp)
+    for item in items:
+        for relpath, axis, position in mask_files[item.name]:
+            if not np.array_equal(reader.mask(item, relpath, axis, position), item.pixels):
+                raise WorkspaceError(f"export check failed: {relpath} does not hold the mask of {item.name}")
+
+
+class _Reader:
+    """Reads masks back from exported files, each file opened once."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self._cache: dict[str, Any] = {}
+
+    def _open(self, relpath: str) -> Any:
+        if relpath not in self._cache:
+            path = self.root / relpath
+            if relpath.endswith(".png"):
+                with Image.open(path) as image:
+                    self._cache[relpath] = np.array(image) > 0
+            elif relpath.endswith(".json"):
+                from pycocotools.coco import COCO
+
+                with contextlib.redirect_stdout(io.StringIO()):  # COCO() prints progress
+                    self._cache[relpath] = COCO(str(path))
+            else:
+                import nibabel as nib
+
+                self._cache[relpath] = np.asanyarray(nib.load(path).dataobj) > 0
+        return self._cache[relpath]
+
+    def mask(self, item: _Item, relpath: str, axis: int | None, position: int | None) -> np.ndarray:
+        content = self._open(relpath)
+        if relpath.endswith(".png"):
+            return content
+        if relpath.endswith(".json"):
+            mask = np.zeros((item.image.height, item.image.width), dtype=bool)
+            for annotation in content.loadAnns(content.getAnnIds(imgIds=[item.image.id])):
+                mask |= content.annToMask(annotation) > 0
+            return mask
+        if axis is None or position is None:
+            return content[:, :, 0].T
+        return _slice_view(content, axis, position).T

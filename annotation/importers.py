@@ -1,0 +1,251 @@
+"""`adasam import`: bring folders and files of medical images (with optional masks and a manifest) into a workspace.
+
+Layout understood (the project's dataset layout): `<root>/images/<id>.<ext>`, `<root>/masks/<id>.<ext>` and
+`<root>/manifest.csv` (columns id, split, has_lesion; others ignored). Any other folder of images works too.
+Each file is decoded, its pixel files are stored completely, and only then are its rows added in one transaction,
+so an interrupted import leaves whole images or none and can simply be run again. Bad files are skipped and listed.
+"""
+from __future__ import annotations
+
+import csv
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+from tqdm import tqdm
+
+from annotation.decode import DecodeError, Decoded, binary_frames, decode, stem, _first_line
+from annotation.records import SPLITS, ImageRecord
+from annotation.store import Store
+
+MANIFEST = "manifest.csv"
+
+
+@dataclass
+class ImportSummary:
+    """What an import did; `skipped` lists (path, reason) for every file that was not taken."""
+
+    added: int = 0
+    duplicates: int = 0
+    masks_added: int = 0
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+
+    def skip(self, path: Path | str, reason: str) -> None:
+        self.skipped.append((str(path), reason))
+
+
+def import_sources(store: Store, sources: Iterable[str | os.PathLike[str]], *, with_masks: bool = True,
+                   axis: int = -1, progress: bool = True, annotator: str = "import") -> ImportSummary:
+    """Import every image under `sources` (folders or files); never raises for bad input, reports it instead."""
+    summary = ImportSummary()
+    store.collect_garbage()  # pixel files orphaned by an earlier interrupted run
+    files: list[Path] = []
+    for source in sources:
+        files.extend(_collect(Path(source), summary))
+    layout = _Layout()
+    for path in tqdm(files, desc="import", unit="file", disable=not progress):
+        try:
+            _import_file(store, path, layout, with_masks, axis, annotator, summary)
+        except Exception as exc:  # one bad file must never stop the import
+            summary.skip(path, str(exc) if isinstance(exc, DecodeError) else f"{type(exc).__name__}: {_first_line(exc)}")
+    for mask in layout.escaped:
+        summary.skip(mask, f"path escapes the masks folder (links to {mask.resolve()})")
+    if with_masks:
+        for mask in layout.unused_masks():
+            summary.skip(mask, "mask has no image with the same name")
+    return summary
+
+
+def _collect(source: Path, summary: ImportSummary) -> list[Path]:
+    """Files to import under `source`, refusing links that lead outside it; masks/ and manifest.csv are not images."""
+    if not source.exists():
+        summary.skip(source, "no such file or directory")
+        return []
+    if source.is_file():
+        return [source]
+    root = source.resolve()
+    found: list[Path] = []
+    for dirpath, dirnames, filenames in os.walk(source):
+        here = Path(dirpath)
+        if "images" in dirnames and "masks" in dirnames:
+            dirnames.remove("masks")  # read as the masks of images/, not as images
+        for name in sorted(dirnames):
+            if (here / name).is_symlink() and not _inside(here / name, root):
+                summary.skip(here / name, f"path escapes the source folder (links to {(here / name).resolve()})")
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for name in sorted(filenames):
+            path = here / name
+            if name.startswith(".") or name == MANIFEST:
+                continue
+            if not _inside(path, root):
+                summary.skip(path, f"path escapes the source folder (links to {path.resolve()})")
+                continue
+            found.append(path)
+    return found
+
+
+def _inside(path: Path, root: Path) -> bool:
+    return path.resolve().is_relative_to(root)
+
+
+def _import_file(store: Store, path: Path, layout: "_Layout", with_masks: bool, axis: int, annotator: str,
+                 summary: ImportSummary) -> None:
+    split, has_lesion = layout.manifest_values(path)
+    decoded = decode(path, axis)
+    masks = None
+    mask_path = layout.mask_for(path) if with_masks else None
+    if mask_path is not None:
+        try:
+            masks = _matching_masks(mask_path, decoded, axis)
+        except Exception as exc:
+            summary.skip(mask_path, f"{_first_line(exc)}; image imported without its mask")
+
+    # Files first (complete, content-addressed), rows after: a row never points at a missing or partial file.
+    absolute = str(path.absolute())
+    records, mask_files = [], []
+    for index, pixels in enumerate(decoded.frames):
+        sha, relpath = store.files.put(pixels, "images")
+        records.append(_record(decoded, pixels, index, sha, relpath, stem(path), absolute, split, has_lesion))
+        mask_files.append(None if masks is None else store.files.put_mask(masks[index]))
+
+    added = masks_added = 0
+    with store.transaction():
+        volume_id = None
+        if decoded.volume is not None:
+            volume = decoded.volume
+            volume_id = store.register_volume(absolute, volume.axis, volume.shape, volume.affine)
+            records = [dataclasses.replace(r, volume_id=volume_id) for r in records]
+        results = store.register_images(records, who=annotator)
+        for index, ((image_id, new), mask_file) in enumerate(zip(results, mask_files)):
+            store.add_source(image_id, _source_key(absolute, decoded, index), absolute, volume_id,
+                             index if decoded.position_kind else None)
+            added += new
+            if mask_file is not None and store.add_imported_mask(image_id, mask_file, annotator):
+                masks_added += 1
+    summary.added += added
+    summary.duplicates += len(records) - added
+    summary.masks_added += masks_added
+
+
+def _record(decoded: Decoded, pixels: np.ndarray, index: int, sha: str, relpath: str, name: str, path: str,
+            split: str, has_lesion: bool | None) -> ImageRecord:
+    if decoded.position_kind == "frame":
+        name, frame, slice_index = f"{name}_f{index:04d}", index, None
+    elif decoded.position_kind == "slice":
+        name, frame, slice_index = f"{name}_s{index:04d}", None, index
+    else:
+        frame = slice_index = None
+    window = decoded.window if pixels.dtype != np.uint8 or decoded.modality.startswith("DICOM") else None
+    return ImageRecord(
+        sha256=sha, file=relpath, name=name, original_path=path,
+        width=int(pixels.shape[1]), height=int(pixels.shape[0]),
+        channels=1 if pixels.ndim == 2 else int(pixels.shape[2]),
+        bit_depth=pixels.dtype.itemsize * 8, dtype=str(pixels.dtype), modality=decoded.modality,
+        split=split, has_lesion=has_lesion, slice_index=slice_index, frame_index=frame,
+        window_center=None if window is None else window[0], window_width=None if window is None else window[1],
+        invert=decoded.invert,
+    )
+
+
+def _source_key(path: str, decoded: Decoded, index: int) -> str:
+    if decoded.position_kind == "slice" and decoded.volume is not None:
+        return f"{path}#axis{decoded.volume.axis}:slice{index}"
+    if decoded.position_kind == "frame":
+        return f"{path}#frame{index}"
+    return path
+
+
+def _matching_masks(mask_path: Path, decoded: Decoded, axis: int) -> list[np.ndarray]:
+    """The mask file's frames, checked against the image's: same count, same size."""
+    masks = binary_frames(decode(mask_path, axis))
+    if len(masks) != len(decoded.frames):
+        raise DecodeError(f"mask has {len(masks)} frames/slices but its image has {len(decoded.frames)}")
+    for mask, image in zip(masks, decoded.frames):
+        if mask.shape != image.shape[:2]:
+            raise DecodeError(f"mask size {mask.shape[1]}x{mask.shape[0]} differs from image size "
+                              f"{image.shape[1]}x{image.shape[0]}")
+    return masks
+
+
+class _Layout:
+    """Finds each image's manifest row and mask file, reading each manifest and masks/ folder once."""
+
+    def __init__(self) -> None:
+        self._manifests: dict[Path, dict[str, dict[str, str]] | DecodeError] = {}
+        self._mask_dirs: dict[Path, dict[str, Path]] = {}
+        self._used: set[Path] = set()
+        self.escaped: list[Path] = []
+
+    def manifest_values(self, image: Path) -> tuple[str, bool | None]:
+        """(split, has_lesion) for an image: from the manifest beside it or beside its images/ folder."""
+        candidates = [image.parent / MANIFEST]
+        if image.parent.name == "images":
+            candidates.append(image.parent.parent / MANIFEST)
+        for candidate in candidates:
+            if candidate.is_file():
+                row = self._manifest(candidate).get(stem(image))
+                return (_split(row, candidate), _flag(row, candidate)) if row else ("pool", None)
+        return "pool", None
+
+    def _manifest(self, path: Path) -> dict[str, dict[str, str]]:
+        if path not in self._manifests:
+            try:
+                with open(path, newline="", encoding="utf-8-sig") as handle:
+                    reader = csv.DictReader(handle)
+                    if "id" not in (reader.fieldnames or []):
+                        raise DecodeError(f"{path} has no 'id' column")
+                    self._manifests[path] = {row["id"]: row for row in reader}
+            except (OSError, UnicodeDecodeError, csv.Error) as exc:
+                self._manifests[path] = DecodeError(f"cannot read {path}: {_first_line(exc)}")
+            except DecodeError as exc:
+                self._manifests[path] = exc
+        table = self._manifests[path]
+        if isinstance(table, DecodeError):
+            raise table  # the image is skipped: its split (maybe 'test') cannot be known
+        return table
+
+    def mask_for(self, image: Path) -> Path | None:
+        """`../masks/<same stem>.*` for an image inside an images/ folder."""
+        if image.parent.name != "images":
+            return None
+        mask_dir = image.parent.parent / "masks"
+        if mask_dir not in self._mask_dirs:
+            index: dict[str, Path] = {}
+            if mask_dir.is_dir():
+                real = mask_dir.resolve()
+                for path in sorted(mask_dir.iterdir()):
+                    if path.name.startswith(".") or not (path.is_file() or path.is_symlink()):
+                        continue
+                    if _inside(path, real):
+                        index.setdefault(stem(path), path)
+                    else:
+                        self.escaped.append(path)
+            self._mask_dirs[mask_dir] = index
+        mask = self._mask_dirs[mask_dir].get(stem(image))
+        if mask is not None:
+            self._used.add(mask)
+        return mask
+
+    def unused_masks(self) -> list[Path]:
+        return [p for index in self._mask_dirs.values() for p in index.values() if p not in self._used]
+
+
+def _split(row: dict[str, str], manifest: Path) -> str:
+    split = (row.get("split") or "pool").strip().lower()
+    if split not in SPLITS:
+        raise DecodeError(f"{manifest.name}: split {split!r} is not one of {', '.join(SPLITS)}")
+    return split
+
+
+def _flag(row: dict[str, str], manifest: Path) -> bool | None:
+    value = (row.get("has_lesion") or "").strip().lower()
+    if value in ("", "na", "none"):
+        return None
+    if value in ("1", "true", "yes"):
+        return True
+    if value in ("0", "false", "no"):
+        return False
+    raise DecodeError(f"{manifest.name}: has_lesion {value!r} is not 0 or 1")

@@ -1,0 +1,111 @@
+"""The active-learning queue: which image an annotator should label next, and leases so no two get the same one.
+
+Order: the image the annotator already holds; else the unlabeled pool image the current model is least sure about;
+else (no model yet, or no prediction for it) a seeded random order; images this annotator skipped come last,
+oldest skip first. Each step is one indexed query that stops at the first free image, all inside one
+`BEGIN IMMEDIATE` transaction, so two annotators (threads or processes) asking at once are served one after the other.
+"""
+from __future__ import annotations
+
+import sqlite3
+import time
+
+from annotation.records import Task
+from annotation.store import DEFAULT_LEASE_SECONDS, Store, _image_info, utc_now
+
+_FREE = """i.state = 'unlabeled' AND i.split = 'pool'
+    AND NOT EXISTS (SELECT 1 FROM leases l WHERE l.image_id = i.id)"""
+_NOT_SKIPPED = "AND NOT EXISTS (SELECT 1 FROM skips s WHERE s.annotator = :me AND s.image_id = i.id)"
+
+_HELD = """SELECT l.image_id FROM leases l JOIN images i ON i.id = l.image_id
+    WHERE l.annotator = :me AND i.state = 'unlabeled' ORDER BY l.taken_at DESC LIMIT 1"""
+_BY_UNCERTAINTY = f"""SELECT p.image_id FROM predictions p INDEXED BY predictions_queue
+    JOIN images i ON i.id = p.image_id
+    WHERE p.model_version = :model AND {_FREE} {_NOT_SKIPPED}
+    ORDER BY p.uncertainty DESC, p.image_id LIMIT 1"""
+_UNPREDICTED = f"""SELECT i.id FROM images i INDEXED BY images_queue
+    WHERE {_FREE} {_NOT_SKIPPED}
+    AND (:model IS NULL OR NOT EXISTS (
+        SELECT 1 FROM predictions p WHERE p.model_version = :model AND p.image_id = i.id))
+    ORDER BY i.shuffle_key LIMIT 1"""
+_SKIPPED = f"""SELECT s.image_id FROM skips s INDEXED BY skips_order JOIN images i ON i.id = s.image_id
+    WHERE s.annotator = :me AND {_FREE} ORDER BY s.skipped_at LIMIT 1"""
+
+
+def next_task(store: Store, annotator: str, lease_seconds: float = DEFAULT_LEASE_SECONDS) -> Task | None:
+    """Lease the next image for `annotator` (None when nothing is left to label)."""
+    if not annotator:
+        raise ValueError("an annotator name is required")
+    with store.transaction() as conn:
+        now = time.time()
+        conn.execute("DELETE FROM leases WHERE expires_at <= ?", (now,))
+        model = store.current_model_version()
+        params = {"me": annotator, "model": model}
+        image_id = _first(conn, _HELD, params)
+        skipped = False
+        if image_id is None:
+            image_id = _first(conn, _BY_UNCERTAINTY, params) if model else None
+            if image_id is None:
+                image_id = _first(conn, _UNPREDICTED, params)
+            if image_id is None:
+                image_id = _first(conn, _SKIPPED, params)
+                skipped = image_id is not None
+        if image_id is None:
+            return None
+        conn.execute("DELETE FROM leases WHERE annotator = ? AND image_id != ?", (annotator, image_id))
+        expires = now + lease_seconds
+        conn.execute(
+            "INSERT INTO leases (image_id, annotator, expires_at, taken_at) VALUES (?, ?, ?, ?)"
+            " ON CONFLICT(image_id) DO UPDATE SET expires_at = excluded.expires_at",
+            (image_id, annotator, expires, utc_now()),
+        )
+        info = _image_info(conn.execute("SELECT * FROM images WHERE id = ?", (image_id,)).fetchone())
+        prediction = conn.execute(
+            "SELECT probability, uncertainty FROM predictions WHERE image_id = ? AND model_version = ?",
+            (image_id, model),
+        ).fetchone()
+    return Task(
+        image=info,
+        uncertainty=None if prediction is None else prediction["uncertainty"],
+        probability=None if prediction is None else prediction["probability"],
+        lease_expires_at=expires,
+        skipped_before=skipped,
+    )
+
+
+def renew_lease(store: Store, annotator: str, image_id: int, lease_seconds: float = DEFAULT_LEASE_SECONDS) -> bool:
+    """Extend the annotator's hold on an image while they work on it; False if someone else holds it now."""
+    with store.transaction() as conn:
+        now = time.time()
+        row = conn.execute("SELECT annotator, expires_at FROM leases WHERE image_id = ?", (image_id,)).fetchone()
+        if row is not None and row["annotator"] != annotator and row["expires_at"] > now:
+            return False
+        conn.execute(
+            "INSERT INTO leases (image_id, annotator, expires_at, taken_at) VALUES (?, ?, ?, ?)"
+            " ON CONFLICT(image_id) DO UPDATE SET annotator = excluded.annotator, expires_at = excluded.expires_at",
+            (image_id, annotator, now + lease_seconds, utc_now()),
+        )
+    return True
+
+
+def release_lease(store: Store, annotator: str, image_id: int) -> None:
+    """Give an image back without labeling it (e.g. the annotator logs out)."""
+    with store.transaction() as conn:
+        conn.execute("DELETE FROM leases WHERE image_id = ? AND annotator = ?", (image_id, annotator))
+
+
+def skip(store: Store, annotator: str, image_id: int) -> None:
+    """Release the image and send it to the back of this annotator's queue (others still get it in order)."""
+    with store.transaction() as conn:
+        conn.execute("DELETE FROM leases WHERE image_id = ? AND annotator = ?", (image_id, annotator))
+        conn.execute(
+            "INSERT INTO skips (annotator, image_id, skipped_at) VALUES (?, ?, ?)"
+            " ON CONFLICT(annotator, image_id) DO UPDATE SET skipped_at = excluded.skipped_at",
+            (annotator, image_id, time.time()),
+        )
+        store._log(conn, annotator, "skip", None, image_id)
+
+
+def _first(conn: sqlite3.Connection, sql: str, params: dict[str, object]) -> int | None:
+    row = conn.execute(sql, params).fetchone()
+    return None if row is None else row[0]

@@ -1,0 +1,601 @@
+"""The workspace store: one folder holding workspace.db (SQLite, WAL) and the pixel files it manages.
+
+Durability rules, relied on by the kill test: pixel files are written completely (temp + fsync + rename) before any
+row points at them, and every write to the database is one `BEGIN IMMEDIATE` transaction, so a process killed at
+any moment leaves either the whole change or none of it. Each thread gets its own connection.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import sqlite3
+import threading
+import time
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Sequence
+
+import numpy as np
+import sqlite_utils
+
+from annotation import schema
+from annotation.files import FileStore, write_durably
+from annotation.records import (
+    ORIGINS,
+    SPLITS,
+    ImageInfo,
+    ImageRecord,
+    MaskInfo,
+    ModelInfo,
+    Prediction,
+    RoundInfo,
+    WorkspaceCounts,
+    from_row,
+)
+
+DB_NAME = "workspace.db"
+DEFAULT_LEASE_SECONDS = 600.0
+
+
+class WorkspaceError(Exception):
+    """A problem the user can fix (missing workspace, bad argument, nothing to export): shown as one line."""
+
+
+def utc_now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+
+
+class Store:
+    """A workspace folder. Safe to share between threads; separate processes may open the same folder at once."""
+
+    def __init__(self, root: str | os.PathLike[str], *, create: bool = True) -> None:
+        self.root = Path(root)
+        self.db_path = self.root / DB_NAME
+        if not self.db_path.exists():
+            if not create:
+                raise WorkspaceError(f"no workspace at {self.root} (missing {DB_NAME})")
+            self.root.mkdir(parents=True, exist_ok=True)
+        self.files = FileStore(self.root / "files")
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        self._connections: list[sqlite3.Connection] = []
+        try:
+            with self.transaction() as conn:
+                schema.migrate(conn)
+        except schema.SchemaTooNew as exc:
+            self.close()
+            raise WorkspaceError(str(exc)) from None
+        except sqlite3.DatabaseError as exc:
+            self.close()
+            raise WorkspaceError(f"{self.db_path} is not a usable workspace database: {exc}") from None
+        self._seed = int(self.get_setting("queue_seed", 0))
+
+    # -- connections and transactions -------------------------------------------------------------------------
+
+    @property
+    def conn(self) -> sqlite3.Connection:
+        """This thread's connection (autocommit; writes go through `transaction`)."""
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = sqlite3.connect(self.db_path, timeout=60, isolation_level=None, check_same_thread=False)
+            conn.row_factory = sqlite3.Row
+            conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute("PRAGMA synchronous = FULL")
+            conn.execute("PRAGMA foreign_keys = ON")
+            self._local.conn, self._local.depth = conn, 0
+            self._local.db = sqlite_utils.Database(conn, execute_plugins=False)
+            with self._lock:
+                self._connections.append(conn)
+        return conn
+
+    @property
+    def db(self) -> sqlite_utils.Database:
+        """This thread's connection wrapped by sqlite-utils (bulk inserts, introspection)."""
+        self.conn  # noqa: B018 - opens the connection on first use
+        return self._local.db
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """One `BEGIN IMMEDIATE` write transaction; nested blocks join the outermost one.
+
+        IMMEDIATE takes the write lock at the start, so two processes reading-then-writing (like two annotators
+        asking for the next image) are serialised instead of both reading the same free image.
+        """
+        conn = self.conn
+        if self._local.depth:
+            self._local.depth += 1
+            try:
+                yield conn
+            finally:
+                self._local.depth -= 1
+            return
+        conn.execute("BEGIN IMMEDIATE")
+        self._local.depth = 1
+        try:
+            yield conn
+        except BaseException:
+            self._local.depth = 0
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        self._local.depth = 0
+        conn.execute("COMMIT")
+
+    def close(self) -> None:
+        with self._lock:
+            for conn in self._connections:
+                conn.close()
+            self._connections.clear()
+        self._local = threading.local()
+
+    def __enter__(self) -> "Store":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- settings and the event log ----------------------------------------------------------------------------
+
+    def get_setting(self, key: str, default: Any = None) -> Any:
+        row = self.conn.execute("SELECT value FROM settings WHERE key = ?", (key,)).fetchone()
+        return default if row is None else json.loads(row[0])
+
+    def set_setting(self, key: str, value: Any, who: str = "system") -> None:
+        """Store a JSON value (e.g. the fixed validation set) and log who changed it."""
+        with self.transaction() as conn:
+            conn.execute(
+                "INSERT INTO settings (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                (key, json.dumps(value)),
+            )
+            self._log(conn, who, "set_setting", {"key": key})
+
+    def log_event(self, who: str, what: str, details: dict[str, Any] | None = None, image_id: int | None = None) -> None:
+        with self.transaction() as conn:
+            self._log(conn, who, what, details, image_id)
+
+    def events(self, limit: int = 100, image_id: int | None = None) -> list[dict[str, Any]]:
+        """Most recent events first."""
+        sql = "SELECT * FROM events" + (" WHERE image_id = ?" if image_id is not None else "") + " ORDER BY id DESC LIMIT ?"
+        params = (image_id, limit) if image_id is not None else (limit,)
+        return [{**dict(row), "details": json.loads(row["details"])} for row in self.conn.execute(sql, params)]
+
+    @staticmethod
+    def _log(conn: sqlite3.Connection, who: str, what: str, details: dict[str, Any] | None = None,
+             image_id: int | None = None) -> None:
+        conn.execute(
+            "INSERT INTO events (at, who, what, image_id, details) VALUES (?, ?, ?, ?, ?)",
+            (utc_now(), who, what, image_id, json.dumps(details or {}, default=str)),
+        )
+
+    # -- registering images ------------------------------------------------------------------------------------
+
+    def register_volume(self, path: str, axis: int, shape: Sequence[int], affine: Sequence[Sequence[float]]) -> int:
+        """Record a sliced volume (once per path and axis) and return its id."""
+        with self.transaction() as conn:
+            conn.execute(
+                "INSERT INTO volumes (path, axis, shape, affine, imported_at) VALUES (?, ?, ?, ?, ?)"
+                " ON CONFLICT(path, axis) DO NOTHING",
+                (path, axis, json.dumps(list(shape)), json.dumps([list(map(float, r)) for r in affine]), utc_now()),
+            )
+            return conn.execute("SELECT id FROM volumes WHERE path = ? AND axis = ?", (path, axis)).fetchone()[0]
+
+    def volume(self, volume_id: int) -> dict[str, Any]:
+        row = self.conn.execute("SELECT * FROM volumes WHERE id = ?", (volume_id,)).fetchone()
+        if row is None:
+            raise WorkspaceError(f"no volume {volume_id}")
+        return {**dict(row), "shape": json.loads(row["shape"]), "affine": json.loads(row["affine"])}
+
+    def register_images(self, records: Iterable[ImageRecord], who: str = "import") -> list[tuple[int, bool]]:
+        """Add image rows in one transaction; returns (id, newly added) per record, duplicates keeping their old id.
+
+        The files must already be stored. This is the bulk path: 100,000 records take a few seconds.
+        """
+        results: list[tuple[int, bool]] = []
+        now = utc_now()
+        with self.transaction() as conn:
+            for record in records:
+                if record.split not in SPLITS:
+                    raise WorkspaceError(f"split must be one of {', '.join(SPLITS)}, not {record.split!r}")
+                values = record.__dict__ | {
+                    "has_lesion": None if record.has_lesion is None else int(bool(record.has_lesion)),
+                    "invert": int(record.invert),
+                    "shuffle_key": self._shuffle_key(record.sha256),
+                    "imported_at": now,
+                }
+                row = conn.execute(_INSERT_IMAGE, values).fetchone()
+                if row is not None:
+                    results.append((row[0], True))
+                else:
+                    existing = conn.execute("SELECT id FROM images WHERE sha256 = ?", (record.sha256,)).fetchone()
+                    results.append((existing[0], False))
+            added = sum(new for _, new in results)
+            if results:
+                self._log(conn, who, "register_images", {"added": added, "duplicates": len(results) - added})
+        return results
+
+    def _shuffle_key(self, sha256: str) -> int:
+        """Seeded, reproducible random rank: the queue's order before any model has made predictions."""
+        return int(hashlib.sha256(f"{self._seed}:{sha256}".encode()).hexdigest()[:15], 16)
+
+    def add_source(self, image_id: int, source_key: str, path: str, volume_id: int | None = None,
+                   position: int | None = None) -> None:
+        """Remember where an image was found (a duplicate adds a source, not an image)."""
+        with self.transaction() as conn:
+            conn.execute(
+                "INSERT INTO image_sources (image_id, source_key, path, volume_id, position) VALUES (?, ?, ?, ?, ?)"
+                " ON CONFLICT(source_key) DO NOTHING",
+                (image_id, source_key, path, volume_id, position),
+            )
+
+    def add_imported_mask(self, image_id: int, mask_file: str, annotator: str = "import") -> bool:
+        """Attach a mask that came with the data, only if the image has never had one (keeps re-imports idempotent)."""
+        with self.transaction() as conn:
+            if conn.execute("SELECT 1 FROM masks WHERE image_id = ? LIMIT 1", (image_id,)).fetchone():
+                return False
+            self._add_mask(conn, image_id, mask_file, "imported", annotator, None)
+            return True
+
+    # -- reading images ---------------------------------------------------------------------------------------
+
+    def image(self, image_id: int) -> ImageInfo:
+        row = self.conn.execute("SELECT * FROM images WHERE id = ?", (image_id,)).fetchone()
+        if row is None:
+            raise WorkspaceError(f"no image {image_id} in {self.root}")
+        return _image_info(row)
+
+    def find_image(self, sha256: str) -> ImageInfo | None:
+        row = self.conn.execute("SELECT * FROM images WHERE sha256 = ?", (sha256,)).fetchone()
+        return None if row is None else _image_info(row)
+
+    def images(self, split: str | None = None, state: str | None = None) -> list[ImageInfo]:
+        """All images, optionally of one split and/or state, in id order."""
+        clauses, params = [], []
+        for column, value in (("split", split), ("state", state)):
+            if value is not None:
+                clauses.append(f"{column} = ?")
+                params.append(value)
+        where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
+        return [_image_info(row) for row in self.conn.execute(f"SELECT * FROM images{where} ORDER BY id", params)]
+
+    def load_image(self, image_id: int) -> np.ndarray:
+        """The stored pixels at their original bit depth (rescaled values for DICOM/NIfTI)."""
+        return self.files.read(self.image(image_id).file)
+
+    def load_display(self, image_id: int) -> np.ndarray:
+        """8-bit pixels for showing on screen: the recorded window applied (identity for plain 8-bit images)."""
+        info = self.image(image_id)
+        pixels = self.files.read(info.file)
+        if info.window_width is None or info.window_center is None:
+            out = pixels if pixels.dtype == np.uint8 else _rescale(pixels, float(pixels.min()), float(pixels.max()))
+        else:
+            low = info.window_center - info.window_width / 2
+            out = _rescale(pixels, low, low + info.window_width)
+        return 255 - out if info.invert else out
+
+    # -- masks -------------------------------------------------------------------------------------------------
+
+    def save_mask(self, image_id: int, mask: np.ndarray, annotator: str, origin: str = "human",
+                  model_version: str | None = None) -> MaskInfo:
+        """Save a new mask version (parent = the current one), label the image and release its lease."""
+        if origin not in ORIGINS or origin == "no_finding":
+            raise WorkspaceError(f"origin must be human, accepted_prediction or imported, not {origin!r}")
+        info = self.image(image_id)
+        mask = np.asarray(mask)
+        if mask.shape != (info.height, info.width):
+            raise WorkspaceError(f"mask is {mask.shape[::-1]} (w, h) but image {image_id} is {info.width}x{info.height}")
+        relpath = self.files.put_mask(mask > 0)
+        with self.transaction() as conn:
+            return self._add_mask(conn, image_id, relpath, origin, annotator, model_version)
+
+    def mark_no_finding(self, image_id: int, annotator: str) -> MaskInfo:
+        """Record that the image was looked at and shows nothing to segment (exported as an empty mask)."""
+        self.image(image_id)
+        with self.transaction() as conn:
+            return self._add_mask(conn, image_id, None, "no_finding", annotator, None)
+
+    def accept_prediction(self, image_id: int, annotator: str, model_version: str | None = None) -> MaskInfo:
+        """Take a model's predicted mask as is (origin accepted_prediction; the model version is kept)."""
+        model_version = model_version or self.current_model_version()
+        row = self.conn.execute(
+            "SELECT mask_file FROM predictions WHERE image_id = ? AND model_version = ?", (image_id, model_version)
+        ).fetchone()
+        if row is None or row["mask_file"] is None:
+            raise WorkspaceError(f"no predicted mask for image {image_id} from model {model_version}")
+        with self.transaction() as conn:
+            return self._add_mask(conn, image_id, row["mask_file"], "accepted_prediction", annotator, model_version)
+
+    def undo_last(self, annotator: str, lease_seconds: float = DEFAULT_LEASE_SECONDS) -> MaskInfo | None:
+        """Withdraw the annotator's most recent save; the image falls back to its previous version (or unlabeled)
+        and, if that leaves it unlabeled and free, is leased back to them so the queue returns it next."""
+        with self.transaction() as conn:
+            row = conn.execute(
+                "SELECT * FROM masks WHERE annotator = ? AND undone_at IS NULL AND origin != 'imported'"
+                " ORDER BY id DESC LIMIT 1",
+                (annotator,),
+            ).fetchone()
+            if row is None:
+                return None
+            row = conn.execute("UPDATE masks SET undone_at = ? WHERE id = ? RETURNING *", (utc_now(), row["id"])).fetchone()
+            state = self._refresh_state(conn, row["image_id"])
+            if state == "unlabeled":
+                conn.execute(
+                    "INSERT INTO leases (image_id, annotator, expires_at, taken_at) VALUES (?, ?, ?, ?)"
+                    " ON CONFLICT(image_id) DO UPDATE SET annotator = excluded.annotator,"
+                    " expires_at = excluded.expires_at, taken_at = excluded.taken_at WHERE leases.expires_at <= ?",
+                    (row["image_id"], annotator, time.time() + lease_seconds, utc_now(), time.time()),
+                )
+            self._log(conn, annotator, "undo", {"version": row["version"], "origin": row["origin"]}, row["image_id"])
+        return from_row(MaskInfo, row)
+
+    def latest_mask(self, image_id: int) -> MaskInfo | None:
+        row = self.conn.execute(
+            "SELECT * FROM masks WHERE image_id = ? AND undone_at IS NULL ORDER BY version DESC LIMIT 1", (image_id,)
+        ).fetchone()
+        return None if row is None else from_row(MaskInfo, row)
+
+    def mask_history(self, image_id: int) -> list[MaskInfo]:
+        """Every version, undone ones included, oldest first."""
+        rows = self.conn.execute("SELECT * FROM masks WHERE image_id = ? ORDER BY version", (image_id,))
+        return [from_row(MaskInfo, row) for row in rows]
+
+    def read_mask(self, info: ImageInfo, mask: MaskInfo) -> np.ndarray:
+        """The boolean mask of one version (all False for a no-finding mark)."""
+        if mask.file is None:
+            return np.zeros((info.height, info.width), dtype=bool)
+        return self.files.read_mask(mask.file)
+
+    def load_mask(self, image_id: int) -> np.ndarray | None:
+        """The latest mask as booleans; None while the image is unlabeled."""
+        mask = self.latest_mask(image_id)
+        return None if mask is None else self.read_mask(self.image(image_id), mask)
+
+    def labeled(self, split: str | None = None, origins: Sequence[str] = ORIGINS) -> list[tuple[ImageInfo, MaskInfo]]:
+        """Each labeled image with its latest live mask: the trainer's training (or validation) set."""
+        marks = ",".join("?" * len(origins))
+        sql = f"""
+            WITH latest AS (
+                SELECT *, ROW_NUMBER() OVER (PARTITION BY image_id ORDER BY version DESC) AS rank
+                FROM masks WHERE undone_at IS NULL)
+            SELECT i.*, {", ".join(f"l.{c} AS mask_{c}" for c in _MASK_COLUMNS)}
+            FROM latest l JOIN images i ON i.id = l.image_id
+            WHERE l.rank = 1 AND l.origin IN ({marks}) {"AND i.split = ?" if split else ""} ORDER BY i.id"""
+        rows = self.conn.execute(sql, [*origins, *([split] if split else [])])
+        return [(_image_info(row), MaskInfo(**{c: row[f"mask_{c}"] for c in _MASK_COLUMNS})) for row in rows]
+
+    def _add_mask(self, conn: sqlite3.Connection, image_id: int, relpath: str | None, origin: str, annotator: str,
+                  model_version: str | None) -> MaskInfo:
+        last = conn.execute("SELECT COALESCE(MAX(version), 0) FROM masks WHERE image_id = ?", (image_id,)).fetchone()[0]
+        parent = conn.execute(
+            "SELECT MAX(version) FROM masks WHERE image_id = ? AND undone_at IS NULL", (image_id,)
+        ).fetchone()[0]
+        row = conn.execute(
+            "INSERT INTO masks (image_id, version, parent_version, origin, annotator, model_version, file, created_at)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?) RETURNING *",
+            (image_id, last + 1, parent, origin, annotator, model_version, relpath, utc_now()),
+        ).fetchone()
+        self._refresh_state(conn, image_id)
+        conn.execute("DELETE FROM leases WHERE image_id = ?", (image_id,))
+        self._log(conn, annotator, "save_mask", {"version": last + 1, "origin": origin, "model": model_version}, image_id)
+        return from_row(MaskInfo, row)
+
+    @staticmethod
+    def _refresh_state(conn: sqlite3.Connection, image_id: int) -> str:
+        """Keep images.state (what the queue filters on) equal to what the latest live mask says."""
+        row = conn.execute(
+            "SELECT origin FROM masks WHERE image_id = ? AND undone_at IS NULL ORDER BY version DESC LIMIT 1",
+            (image_id,),
+        ).fetchone()
+        state = "unlabeled" if row is None else ("no_finding" if row[0] == "no_finding" else "masked")
+        conn.execute("UPDATE images SET state = ? WHERE id = ?", (state, image_id))
+        return state
+
+    # -- tags --------------------------------------------------------------------------------------------------
+
+    def set_tag(self, image_id: int, tag: str, present: bool, annotator: str) -> None:
+        """Image-level label (e.g. 'lesion' present/absent) by one annotator; a later call replaces theirs."""
+        self.image(image_id)
+        with self.transaction() as conn:
+            conn.execute(
+                "INSERT INTO tags (image_id, tag, present, annotator, created_at) VALUES (?, ?, ?, ?, ?)"
+                " ON CONFLICT(image_id, tag, annotator) DO UPDATE SET present = excluded.present,"
+                " created_at = excluded.created_at",
+                (image_id, tag, int(bool(present)), annotator, utc_now()),
+            )
+            self._log(conn, annotator, "set_tag", {"tag": tag, "present": bool(present)}, image_id)
+
+    def tags(self, image_id: int) -> list[dict[str, Any]]:
+        rows = self.conn.execute("SELECT * FROM tags WHERE image_id = ? ORDER BY created_at", (image_id,))
+        return [{**dict(row), "present": bool(row["present"])} for row in rows]
+
+    # -- models, predictions, training rounds ------------------------------------------------------------------
+
+    def register_model(self, version: str, checkpoint_path: str | os.PathLike[str],
+                       metrics: dict[str, Any] | None = None, round_id: int | None = None,
+                       who: str = "trainer") -> ModelInfo:
+        with self.transaction() as conn:
+            conn.execute(
+                "INSERT INTO models (version, created_at, checkpoint_path, metrics, round_id) VALUES (?, ?, ?, ?, ?)",
+                (version, utc_now(), str(checkpoint_path), json.dumps(metrics or {}), round_id),
+            )
+            self._log(conn, who, "register_model", {"version": version, "metrics": metrics or {}})
+        return self.model(version)
+
+    def model(self, version: str) -> ModelInfo:
+        row = self.conn.execute("SELECT * FROM models WHERE version = ?", (version,)).fetchone()
+        if row is None:
+            raise WorkspaceError(f"no model {version!r}")
+        return from_row(ModelInfo, row, metrics=json.loads(row["metrics"]))
+
+    def models(self) -> list[ModelInfo]:
+        """Oldest first."""
+        rows = self.conn.execute("SELECT * FROM models ORDER BY rowid")
+        return [from_row(ModelInfo, row, metrics=json.loads(row["metrics"])) for row in rows]
+
+    def latest_model(self) -> ModelInfo | None:
+        row = self.conn.execute("SELECT version FROM models ORDER BY rowid DESC LIMIT 1").fetchone()
+        return None if row is None else self.model(row[0])
+
+    def current_model_version(self) -> str | None:
+        """The newest model that has predictions: the one whose uncertainties order the queue."""
+        row = self.conn.execute(
+            "SELECT m.version FROM models m WHERE EXISTS (SELECT 1 FROM predictions p WHERE p.model_version = m.version)"
+            " ORDER BY m.rowid DESC LIMIT 1"
+        ).fetchone()
+        return None if row is None else row[0]
+
+    def record_predictions(self, model_version: str, predictions: Iterable[Prediction], who: str = "trainer") -> int:
+        """Store (or replace) a model's predictions in bulk, masks included, in one transaction."""
+        now = utc_now()
+        rows = []
+        for p in predictions:
+            rows.append({
+                "model_version": model_version,
+                "image_id": int(p.image_id),
+                "probability": None if p.probability is None else float(p.probability),
+                "uncertainty": float(p.uncertainty),
+                "box": None if p.box is None else json.dumps([float(v) for v in p.box]),
+                "mask_file": None if p.mask is None else self.files.put_mask(p.mask),
+                "created_at": now,
+            })
+        with self.transaction() as conn:
+            self.model(model_version)
+            self.db.table("predictions").insert_all(rows, replace=True, batch_size=5000)
+            self._log(conn, who, "record_predictions", {"model": model_version, "count": len(rows)})
+        return len(rows)
+
+    def prediction(self, image_id: int, model_version: str | None = None) -> dict[str, Any] | None:
+        """A model's prediction for one image (default: the current model's), with the box decoded."""
+        model_version = model_version or self.current_model_version()
+        row = self.conn.execute(
+            "SELECT * FROM predictions WHERE image_id = ? AND model_version = ?", (image_id, model_version)
+        ).fetchone()
+        if row is None:
+            return None
+        return {**dict(row), "box": None if row["box"] is None else json.loads(row["box"])}
+
+    def start_round(self, labels_used: int, who: str = "trainer") -> int:
+        with self.transaction() as conn:
+            round_id = conn.execute(
+                "INSERT INTO training_rounds (started_at, labels_used, status) VALUES (?, ?, 'running')",
+                (utc_now(), labels_used),
+            ).lastrowid
+            self._log(conn, who, "start_round", {"round": round_id, "labels_used": labels_used})
+        return int(round_id)
+
+    def finish_round(self, round_id: int, status: str = "done", val_dice: float | None = None,
+                     error: str | None = None, model_version: str | None = None, who: str = "trainer") -> RoundInfo:
+        if status not in ("done", "failed", "cancelled"):
+            raise WorkspaceError(f"a round finishes as done, failed or cancelled, not {status!r}")
+        with self.transaction() as conn:
+            updated = conn.execute(
+                "UPDATE training_rounds SET ended_at = ?, status = ?, val_dice = ?, error = ?, model_version = ?"
+                " WHERE id = ?",
+                (utc_now(), status, val_dice, error, model_version, round_id),
+            ).rowcount
+            if not updated:
+                raise WorkspaceError(f"no training round {round_id}")
+            self._log(conn, who, "finish_round", {"round": round_id, "status": status, "val_dice": val_dice,
+                                                  "error": error})
+        return self.rounds(round_id)[0]
+
+    def rounds(self, round_id: int | None = None) -> list[RoundInfo]:
+        """Training rounds oldest first (the Dice curve), or just the one asked for."""
+        if round_id is None:
+            rows = self.conn.execute("SELECT * FROM training_rounds ORDER BY id")
+        else:
+            rows = self.conn.execute("SELECT * FROM training_rounds WHERE id = ?", (round_id,))
+        return [from_row(RoundInfo, row) for row in rows]
+
+    def latest_round(self) -> RoundInfo | None:
+        row = self.conn.execute("SELECT * FROM training_rounds ORDER BY id DESC LIMIT 1").fetchone()
+        return None if row is None else from_row(RoundInfo, row)
+
+    # -- status, backup, housekeeping --------------------------------------------------------------------------
+
+    def counts(self) -> WorkspaceCounts:
+        """One consistent snapshot of what `adasam status` prints."""
+        conn = self.conn
+        conn.execute("BEGIN")
+        try:
+            row = conn.execute(
+                "SELECT COUNT(*), COALESCE(SUM(state = 'masked'), 0), COALESCE(SUM(state = 'no_finding'), 0),"
+                " COALESCE(SUM(state = 'unlabeled'), 0) FROM images"
+            ).fetchone()
+            tagged = conn.execute("SELECT COUNT(DISTINCT image_id) FROM tags").fetchone()[0]
+            leased = conn.execute("SELECT COUNT(*) FROM leases WHERE expires_at > ?", (time.time(),)).fetchone()[0]
+            by_split = dict(conn.execute("SELECT split, COUNT(*) FROM images GROUP BY split").fetchall())
+        finally:
+            conn.execute("COMMIT")
+        return WorkspaceCounts(images=row[0], masked=row[1], no_finding=row[2], tagged=tagged, unlabeled=row[3],
+                               leased=leased, latest_model=self.latest_model(), latest_round=self.latest_round(),
+                               by_split=by_split)
+
+    def integrity_check(self) -> str:
+        """SQLite's own check: 'ok' when the database file is sound."""
+        return "; ".join(row[0] for row in self.conn.execute("PRAGMA integrity_check"))
+
+    def backup(self, destination: str | os.PathLike[str]) -> Path:
+        """Copy the database with SQLite's online backup API (safe while others write), then check the copy.
+
+        Pixel files are not copied: they are immutable and content-addressed, so copying files/ at any time
+        alongside (e.g. with rsync) gives a consistent pair.
+        """
+        dest = Path(destination)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = dest.with_name(f".{dest.name}.tmp-{os.getpid()}")
+        tmp.unlink(missing_ok=True)
+        target = sqlite3.connect(tmp)
+        try:
+            self.conn.backup(target)
+            target.execute("PRAGMA journal_mode = DELETE")
+            result = target.execute("PRAGMA integrity_check").fetchone()[0]
+        finally:
+            target.close()
+        if result != "ok":
+            tmp.unlink(missing_ok=True)
+            raise WorkspaceError(f"backup failed its integrity check: {result}")
+        os.replace(tmp, dest)
+        return dest
+
+    def referenced_files(self) -> set[str]:
+        rows = self.conn.execute(
+            "SELECT file FROM images UNION SELECT file FROM masks WHERE file IS NOT NULL"
+            " UNION SELECT mask_file FROM predictions WHERE mask_file IS NOT NULL"
+        )
+        return {row[0] for row in rows}
+
+    def collect_garbage(self, grace_seconds: float = 3600.0) -> int:
+        """Remove pixel files no row references (left by a crash between writing a file and committing its row)."""
+        with self.transaction():
+            return self.files.collect_garbage(self.referenced_files(), grace_seconds)
+
+
+_INSERT_IMAGE = """
+INSERT INTO images (sha256, file, name, original_path, width, height, channels, bit_depth, dtype, modality, split,
+                    has_lesion, volume_id, slice_index, frame_index, window_center, window_width, invert,
+                    shuffle_key, imported_at)
+VALUES (:sha256, :file, :name, :original_path, :width, :height, :channels, :bit_depth, :dtype, :modality, :split,
+        :has_lesion, :volume_id, :slice_index, :frame_index, :window_center, :window_width, :invert,
+        :shuffle_key, :imported_at)
+ON CONFLICT(sha256) DO NOTHING RETURNING id
+"""
+
+
+_MASK_COLUMNS = [f.name for f in dataclasses.fields(MaskInfo)]
+
+
+def _image_info(row: sqlite3.Row) -> ImageInfo:
+    has_lesion = row["has_lesion"]
+    return from_row(ImageInfo, row, has_lesion=None if has_lesion is None else bool(has_lesion),
+                    invert=bool(row["invert"]))
+
+
+def _rescale(pixels: np.ndarray, low: float, high: float) -> np.ndarray:
+    span = max(high - low, 1e-12)
+    return (np.clip((pixels.astype(np.float32) - low) / span, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+
+
+__all__ = ["Store", "WorkspaceError", "utc_now", "write_durably", "DEFAULT_LEASE_SECONDS"]

@@ -1,0 +1,126 @@
+"""Workspace sub-commands (import, export, backup, status): thin wrappers over `annotation`."""
+from __future__ import annotations
+
+import argparse
+import functools
+import sys
+from typing import Callable
+
+from app.cli import CommandError
+
+
+def register(sub) -> None:
+    """Add the workspace sub-commands to the `adasam` parser."""
+    p = sub.add_parser("import", help="import images (PNG, JPEG, TIFF, BMP, DICOM, NIfTI), masks and a manifest",
+                       description="Import folders or files into WORKSPACE (created if missing). Masks are matched by "
+                                   "stem in a masks/ folder beside images/; manifest.csv sets split and has_lesion. "
+                                   "Bad files are listed and skipped; running it again adds nothing twice. "
+                                   "Exit status 1 when files were found but none could be imported.")
+    p.add_argument("workspace", help="workspace folder (e.g. data/workspace)")
+    p.add_argument("sources", nargs="+", metavar="SOURCE", help="folders or files to import")
+    p.add_argument("--no-masks", action="store_true", help="ignore masks/ folders (import images only)")
+    p.add_argument("--axis", type=int, default=-1, help="NIfTI axis to slice along (default: last)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_handle(_import))
+
+    p = sub.add_parser("export", help="export the latest masks as PNG, COCO (RLE) or NIfTI",
+                       description="Export the latest mask of every labeled image (no-finding = empty mask) with "
+                                   "manifest.csv and provenance.json. Accepted model predictions are included only "
+                                   "with --include-predictions. OUT must not exist (or be empty).")
+    p.add_argument("workspace")
+    p.add_argument("--format", required=True, choices=("png", "coco", "nifti"))
+    p.add_argument("--out", required=True, help="folder to create")
+    p.add_argument("--include-predictions", action="store_true",
+                   help="also export images whose latest mask is an accepted model prediction")
+    p.set_defaults(func=_handle(_export))
+
+    p = sub.add_parser("backup", help="copy the workspace database with SQLite's online backup (safe while in use)")
+    p.add_argument("workspace")
+    p.add_argument("file", help="backup file to write")
+    p.set_defaults(func=_handle(_backup))
+
+    p = sub.add_parser("status", help="counts of images and labels, the latest model and training round")
+    p.add_argument("workspace")
+    p.set_defaults(func=_handle(_status))
+
+
+def _handle(command: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    """Turn the store's user-facing errors into the CLI's one-line errors."""
+    from annotation.store import WorkspaceError
+
+    @functools.wraps(command)
+    def run(args: argparse.Namespace) -> int:
+        try:
+            return command(args)
+        except WorkspaceError as exc:
+            raise CommandError(str(exc)) from None
+
+    return run
+
+
+def _import(args: argparse.Namespace) -> int:
+    from annotation.importers import import_sources
+    from annotation.store import Store
+
+    with Store(args.workspace) as store:
+        summary = import_sources(store, args.sources, with_masks=not args.no_masks, axis=args.axis,
+                                 progress=not args.quiet)
+    for path, reason in summary.skipped:
+        print(f"skipped {path}: {reason}")
+    print(f"imported {summary.added} new images ({summary.duplicates} already there), "
+          f"{summary.masks_added} masks; {len(summary.skipped)} skipped")
+    return 1 if summary.skipped and not (summary.added or summary.duplicates) else 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from annotation.export import export_workspace
+    from annotation.store import Store
+
+    with Store(args.workspace, create=False) as store:
+        summary = export_workspace(store, args.out, args.format, include_predictions=args.include_predictions)
+    print(f"exported {summary.images} masks ({summary.empty} empty) as {summary.format} to {summary.out}; "
+          f"checked by reading them back")
+    return 0
+
+
+def _backup(args: argparse.Namespace) -> int:
+    from annotation.store import Store
+
+    with Store(args.workspace, create=False) as store:
+        path = store.backup(args.file)
+    print(f"backed up {store.db_path} to {path} (integrity ok); pixel files stay in {store.files.root}")
+    return 0
+
+
+def _status(args: argparse.Namespace) -> int:
+    from annotation.store import Store
+
+    with Store(args.workspace, create=False) as store:
+        counts = store.counts()
+    splits = ", ".join(f"{name} {n}" for name, n in sorted(counts.by_split.items()))
+    lines = [
+        f"workspace   {args.workspace}",
+        f"images      {counts.images}" + (f" ({splits})" if splits else ""),
+        f"masked      {counts.masked}",
+        f"no finding  {counts.no_finding}",
+        f"tagged      {counts.tagged}",
+        f"unlabeled   {counts.unlabeled}",
+        f"leased      {counts.leased}",
+    ]
+    model = counts.latest_model
+    lines.append("model       " + ("none" if model is None else
+                                   f"{model.version} ({model.created_at}) {_metrics(model.metrics)}".rstrip()))
+    rnd = counts.latest_round
+    if rnd is None:
+        lines.append("round       none")
+    else:
+        dice = "" if rnd.val_dice is None else f", val Dice {rnd.val_dice:.3f}"
+        error = f", error: {rnd.error}" if rnd.error else ""
+        lines.append(f"round       #{rnd.id} {rnd.status}, {rnd.labels_used} labels{dice}{error} "
+                     f"(started {rnd.started_at})")
+    print("\n".join(lines), file=sys.stdout)
+    return 0
+
+
+def _metrics(metrics: dict) -> str:
+    return ", ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in sorted(metrics.items()))
