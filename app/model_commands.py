@@ -40,7 +40,9 @@ def register(sub) -> None:
 
     ev = sub.add_parser("evaluate", help="score a trained model on a split of a data folder")
     ev.add_argument("--data", required=True)
-    ev.add_argument("--model", required=True, help="run folder or model .pt")
+    ev.add_argument("--model", required=True,
+                    help="run folder or model .pt; 'pretrained[:BACKBONE]' scores the untrained backbone prompted "
+                         "by the whole image (or, with --prompt oracle, by the ground-truth box)")
     ev.add_argument("--split", default="test", choices=["pool", "val", "test"])
     ev.add_argument("--json", default=None, help="write the summary and per-image rows here")
     ev.add_argument("--prompt", choices=["auto", "oracle"], default="auto")
@@ -132,14 +134,15 @@ def _train(args: argparse.Namespace) -> int:
         if item.tag is not None:
             tagged.append(item)
     data = TrainingData(masked=masked, tagged=tagged, unlabeled=unlabeled, val=val_items)
-    config = AdaSamConfig(backbone=args.backbone, method=args.method, cam_threshold=args.cam_threshold)
+    config = AdaSamConfig(backbone=args.backbone, method=args.method, cam_threshold=args.cam_threshold,
+                          cascade=0 if args.method == "supervised" else 1)
     if args.method == "adasam" and not detect_negatives(data):
         config = replace(config, has_negatives=False)
         print("note: no image is tagged target-absent, so the presence classifier has nothing to contrast. Falling "
               "back to: every image treated as containing the target, the CAM learned from the masks alone (CAM "
               "loss), prompts from that CAM refined by the cascade.")
-    if args.method == "adasam" and args.prompt == "whole":
-        config = replace(config, method="supervised")
+    if args.prompt == "whole":
+        config = replace(config, prompt="whole", cascade=0)
     train_config = TrainConfig(seed=args.seed, use_unlabeled=not args.no_unlabeled,
                                freeze_adapter=args.freeze_adapter, **({"steps": args.steps} if args.steps else {}))
     model = build_training_model(config, args.seed, backbone, args.init)
@@ -169,7 +172,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from model.adasam import load_checkpoint, write_json
+    from model.adasam import write_json
     from model.dataset import load_data_folder
     from model.evaluate import evaluate
 
@@ -177,7 +180,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     samples = [s for s in folder.split(args.split) if s.mask_path is not None]
     if not samples:
         raise CommandError(f"{args.data}: no image with a mask in split {args.split!r}")
-    model, _ = load_checkpoint(args.model)
+    model = load_model(args.model)
     items = load_items(samples, _cache(model.backbone, args.cache))
     started = time.time()
     summary, rows = evaluate(model, items, prompt=args.prompt)
@@ -187,6 +190,17 @@ def _evaluate(args: argparse.Namespace) -> int:
     if args.json:
         write_json(Path(args.json), {**summary, "images": rows})
     return 0
+
+
+def load_model(spec: str):
+    """A trained model from a run folder / .pt, or `pretrained[:BACKBONE]`: the shipped weights, untrained heads,
+    prompted by the whole image (the zero-shot baseline)."""
+    from model.adasam import AdaSamConfig, build_adasam, load_checkpoint
+
+    if spec == "pretrained" or spec.startswith("pretrained:"):
+        backbone = spec.partition(":")[2] or "litemedsam"
+        return build_adasam(AdaSamConfig(backbone=backbone, method="supervised", cascade=0)).eval()
+    return load_checkpoint(spec)[0]
 
 
 def format_table(summary: dict) -> str:
@@ -212,12 +226,11 @@ def cmd_predict(args: argparse.Namespace) -> int:
 def _predict(args: argparse.Namespace) -> int:
     from PIL import Image
 
-    from model.adasam import load_checkpoint
     from model.inference import Predictor
     from model.overlay import cam_overlay
     from model.preprocess import read_image
 
-    model, _ = load_checkpoint(args.model)
+    model = load_model(args.model)
     images = [read_image(p) for p in args.images]  # every file is checked before anything is written
     cache = _cache(model.backbone, args.cache)
     predictor = Predictor(model)

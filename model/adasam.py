@@ -29,6 +29,7 @@ class AdaSamConfig:
     method: str = "adasam"  # "adasam" (CAM prompts, classifier) or "supervised" (whole-image box, no classifier)
     adapter_hidden: int = 64
     classifier_dropout: float = 0.3
+    prompt: str = "cam"  # "cam": the CAM box prompts the decoder; "whole": the whole image does (ablation)
     cam_threshold: float = 0.4
     cam_component: str = "peak"  # "peak": the CAM region holding the maximum; "all": every pixel above threshold
     cascade: int = 1  # re-prompt this many times with the box of the previous mask
@@ -83,7 +84,7 @@ class AdaSam(nn.Module):
         """The automatic prompt for each image: its CAM box (adasam) or the whole image (supervised)."""
         boxes, fallbacks = [], []
         for cam, hw in zip(cams, valid_hw):
-            if self.config.method == "supervised":
+            if self.config.method == "supervised" or self.config.prompt == "whole":
                 box, fallback = whole_box(hw), False
             else:
                 box, fallback = cam_to_box(cam.cpu().numpy(), self.config.cam_threshold, self.cam_scale, hw,

@@ -38,7 +38,7 @@ class TrainConfig:
     steps: int = 400
     batch_masked: int = 4
     batch_unlabeled: int = 4
-    batch_tagged: int = 32
+    batch_tagged: int = 16
     lr_decoder: float = 5e-5
     lr_heads: float = 1e-3
     weight_decay: float = 1e-4
@@ -126,17 +126,18 @@ class Trainer:
         batch = self._pick(self.seg_items, cfg.batch_masked)
         features = model.features(torch.stack([i.embedding for i in batch]))
         hw = [i.geometry.resized for i in batch]
-        if self.supervised:
+        if self.supervised or self.model.config.prompt == "whole":
             boxes = torch.as_tensor(np.stack([whole_box(h) for h in hw]))
-        else:
+        if not self.supervised:
             grid = features.shape[-1]
             cams, _ = model.cam(features, valid_grid([i.geometry for i in batch], grid), create_graph=True)
             cam_target = F.adaptive_avg_pool2d(self._target(batch, self.size), grid)[:, 0]
             losses["cam"] = cfg.cam_loss_weight * cam_loss(cams, cam_target)
-            cam_boxes, _ = model.auto_boxes(cams.detach(), hw)
-            use_cam = self.rng.random(len(batch)) < cfg.cam_prompt_prob
-            boxes = torch.as_tensor(np.stack([cam_boxes[k].numpy() if use_cam[k] else self._jittered_box(item)
-                                              for k, item in enumerate(batch)]))
+            if model.config.prompt == "cam":
+                cam_boxes, _ = model.auto_boxes(cams.detach(), hw)
+                use_cam = self.rng.random(len(batch)) < cfg.cam_prompt_prob
+                boxes = torch.as_tensor(np.stack([cam_boxes[k].numpy() if use_cam[k] else self._jittered_box(item)
+                                                  for k, item in enumerate(batch)]))
         logits, _ = model.segment(features, boxes)
         losses["seg"] = segmentation_loss(logits, self._target(batch, logits.shape[-1]))
         if not self.supervised and self.data.tagged and model.config.has_negatives:
