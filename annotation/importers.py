@@ -93,10 +93,10 @@ def _inside(path: Path, root: Path) -> bool:
 
 def _import_file(store: Store, path: Path, layout: "_Layout", with_masks: bool, axis: int, annotator: str,
                  summary: ImportSummary) -> None:
+    mask_path = layout.mask_for(path) if with_masks else None  # first: a skipped image's mask is not an orphan
     split, has_lesion = layout.manifest_values(path)
     decoded = decode(path, axis)
     masks = None
-    mask_path = layout.mask_for(path) if with_masks else None
     if mask_path is not None:
         try:
             masks = _matching_masks(mask_path, decoded, axis)

@@ -212,7 +212,7 @@ class Store:
                     existing = conn.execute("SELECT id FROM images WHERE sha256 = ?", (record.sha256,)).fetchone()
                     results.append((existing[0], False))
             added = sum(new for _, new in results)
-            if results:
+            if added:
                 self._log(conn, who, "register_images", {"added": added, "duplicates": len(results) - added})
         return results
 

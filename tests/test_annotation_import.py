@@ -1,0 +1,248 @@
+"""Import: every format at its own bit depth, DICOM rescale/window/frames, NIfTI slices, masks, manifest, bad input."""
+from __future__ import annotations
+
+import gzip
+import os
+
+import numpy as np
+import pytest
+
+from annotation import Store, import_sources
+from annotation_fixtures import (
+    grey8,
+    grey16,
+    make_dataset,
+    rgb8,
+    rgb16,
+    write_dicom,
+    write_image,
+    write_multipage_tiff,
+    write_nifti,
+)
+
+
+@pytest.fixture
+def store(tmp_path):
+    with Store(tmp_path / "ws") as opened:
+        yield opened
+
+
+def only_image(store):
+    [image] = store.images()
+    return image
+
+
+LOSSLESS = [
+    ("grey8.png", grey8(), {}),
+    ("rgb8.png", rgb8(), {}),
+    ("grey16.png", grey16(), {}),
+    ("rgb16.png", rgb16(), {}),
+    ("grey8.tif", grey8(), {}),
+    ("rgb8.tiff", rgb8(), {}),
+    ("grey16.tif", grey16(), {}),
+    ("rgb16.tif", rgb16(), {}),
+    ("grey8.bmp", grey8(), {}),
+    ("rgb8.bmp", rgb8(), {}),
+]
+
+
+@pytest.mark.parametrize("name, pixels, options", LOSSLESS, ids=[case[0] for case in LOSSLESS])
+def test_lossless_formats_keep_their_pixels_and_bit_depth(store, tmp_path, name, pixels, options):
+    path = write_image(tmp_path / "src" / name, pixels, **options)
+    summary = import_sources(store, [path], progress=False)
+    assert (summary.added, summary.skipped) == (1, [])
+    image = only_image(store)
+    assert image.bit_depth == pixels.dtype.itemsize * 8
+    assert image.channels == (1 if pixels.ndim == 2 else 3)
+    assert (image.width, image.height) == (16, 12)
+    stored = store.load_image(image.id)
+    assert stored.dtype == pixels.dtype and np.array_equal(stored, pixels)
+    assert store.load_display(image.id).dtype == np.uint8
+
+
+@pytest.mark.parametrize("pixels", [grey8(), rgb8()], ids=["grey", "rgb"])
+def test_jpeg_is_imported_at_8_bits(store, tmp_path, pixels):
+    write_image(tmp_path / "src" / "photo.jpg", pixels, quality=95)
+    assert import_sources(store, [tmp_path / "src"], progress=False).added == 1
+    image = only_image(store)
+    assert (image.modality, image.bit_depth, image.channels) == ("JPEG", 8, 3 if pixels.ndim == 3 else 1)
+    assert store.load_image(image.id).shape == pixels.shape
+
+
+def test_multipage_tiff_becomes_one_image_per_page(store, tmp_path):
+    pages = [grey8(seed=k) for k in range(3)]
+    write_multipage_tiff(tmp_path / "stack.tif", pages)
+    import_sources(store, [tmp_path / "stack.tif"], progress=False)
+    images = store.images()
+    assert [i.frame_index for i in images] == [0, 1, 2]
+    assert [i.name for i in images] == ["stack_f0000", "stack_f0001", "stack_f0002"]
+    for image, page in zip(images, pages):
+        assert np.array_equal(store.load_image(image.id), page)
+
+
+def test_dicom_is_rescaled_and_windowed(store, tmp_path):
+    raw = np.arange(12 * 16, dtype=np.uint16).reshape(12, 16)
+    write_dicom(tmp_path / "ct.dcm", raw, slope=2.0, intercept=-100.0, window=(40.0, 400.0))
+    summary = import_sources(store, [tmp_path / "ct.dcm"], progress=False)
+    assert summary.skipped == []
+    image = only_image(store)
+    stored = store.load_image(image.id)
+    assert stored.dtype == np.int16 and np.array_equal(stored, raw.astype(np.int32) * 2 - 100)
+    assert (image.modality, image.window_center, image.window_width) == ("DICOM:CT", 40.0, 400.0)
+    display = store.load_display(image.id)
+    assert display[0, 0] == 38 and display[-1, -1] == 255  # -100 is 60/400 into the window, 282 above it
+
+
+def test_dicom_without_window_gets_a_percentile_window_and_monochrome1_is_inverted(store, tmp_path):
+    raw = np.arange(12 * 16, dtype=np.uint16).reshape(12, 16)
+    write_dicom(tmp_path / "us", raw, modality="US", photometric="MONOCHROME1")  # no extension: found by magic
+    import_sources(store, [tmp_path / "us"], progress=False)
+    image = only_image(store)
+    assert image.modality == "DICOM:US" and image.invert
+    assert 0 < image.window_center < 191 and 0 < image.window_width <= 191
+    assert store.load_display(image.id)[0, 0] == 255
+
+
+def test_multiframe_dicom_is_split_into_frames(store, tmp_path):
+    raw = np.stack([np.full((6, 7), k * 100, dtype=np.uint16) for k in range(4)])
+    raw[:, 0, 0] = 7
+    write_dicom(tmp_path / "cine.dcm", raw)
+    summary = import_sources(store, [tmp_path / "cine.dcm"], progress=False)
+    assert summary.added == 4
+    images = store.images()
+    assert [i.frame_index for i in images] == [0, 1, 2, 3]
+    assert all(i.bit_depth == 16 for i in images)
+    for image, frame in zip(images, raw):
+        assert np.array_equal(store.load_image(image.id), frame)
+
+
+@pytest.mark.parametrize("axis", [-1, 0])
+def test_nifti_is_sliced_and_its_volume_recorded(store, tmp_path, axis):
+    data = np.arange(6 * 5 * 4, dtype=np.int16).reshape(6, 5, 4) - 50
+    affine = np.diag([0.5, 0.7, 2.0, 1.0])
+    affine[:3, 3] = [10, 20, 30]
+    write_nifti(tmp_path / "vol.nii.gz", data, affine)
+    summary = import_sources(store, [tmp_path / "vol.nii.gz"], axis=axis, progress=False)
+    count = data.shape[axis]
+    assert (summary.added, summary.skipped) == (count, [])
+    images = store.images()
+    assert [i.slice_index for i in images] == list(range(count))
+    volume = store.volume(images[0].volume_id)
+    assert volume["shape"] == [6, 5, 4] and volume["axis"] == axis % 3
+    assert np.allclose(volume["affine"], affine)
+    for image in images:
+        expected = np.take(data, image.slice_index, axis=axis).T
+        assert np.array_equal(store.load_image(image.id), expected)
+
+
+def test_dataset_layout_masks_and_manifest_are_honoured(store, tmp_path):
+    source = tmp_path / "set"
+    cases = make_dataset(source, n=6, splits=["pool", "pool", "val", "test", "pool", "val"])
+    summary = import_sources(store, [source], progress=False)
+    assert (summary.added, summary.masks_added, summary.skipped) == (6, 6, [])
+    by_name = {image.name: image for image in store.images()}
+    assert [by_name[f"case_{k:03d}"].split for k in range(6)] == ["pool", "pool", "val", "test", "pool", "val"]
+    for name, (_, mask) in cases.items():
+        image = by_name[name]
+        assert image.has_lesion == bool(mask.any())
+        assert image.state == "masked" and store.latest_mask(image.id).origin == "imported"
+        assert np.array_equal(store.load_mask(image.id), mask)
+
+
+def test_nifti_mask_volume_is_sliced_like_its_image(store, tmp_path):
+    data = np.random.default_rng(0).integers(0, 1000, (8, 6, 3)).astype(np.int16)
+    mask = np.zeros((8, 6, 3), dtype=np.uint8)
+    mask[2:5, 1:3, 1] = 1
+    write_nifti(tmp_path / "set" / "images" / "liver.nii.gz", data)
+    write_nifti(tmp_path / "set" / "masks" / "liver.nii.gz", mask)
+    summary = import_sources(store, [tmp_path / "set"], progress=False)
+    assert (summary.added, summary.masks_added, summary.skipped) == (3, 3, [])
+    for image in store.images():
+        assert np.array_equal(store.load_mask(image.id), mask[:, :, image.slice_index].T > 0)
+
+
+def test_duplicates_are_found_by_content_and_reimport_is_idempotent(store, tmp_path):
+    pixels = grey16()
+    write_image(tmp_path / "src" / "a.png", pixels)
+    write_image(tmp_path / "src" / "sub" / "a_copy.tif", pixels)
+    make_dataset(tmp_path / "src" / "set", n=3)
+    first = import_sources(store, [tmp_path / "src"], progress=False)
+    assert (first.added, first.duplicates, first.masks_added, first.skipped) == (4, 1, 3, [])
+    events = len(store.events(limit=1000))
+    second = import_sources(store, [tmp_path / "src"], progress=False)
+    assert (second.added, second.duplicates, second.masks_added, second.skipped) == (0, 5, 0, [])
+    assert len(store.images()) == 4
+    assert sum(len(store.mask_history(i.id)) for i in store.images()) == 3
+    assert len(store.events(limit=1000)) == events
+
+
+def test_bad_input_is_reported_and_skipped_never_half_imported(store, tmp_path):
+    src = tmp_path / "src"
+    cases = make_dataset(src, n=4, splits=["pool", "pool", "val", "test"])
+    images = src / "images"
+    good = write_image(images / "good.png", grey8(seed=9))
+    (images / "empty.png").write_bytes(b"")
+    (images / "text.png").write_text("this is not an image\n")
+    full = (images / "case_000.png").read_bytes()
+    (images / "truncated.png").write_bytes(full[: len(full) // 2])
+    write_image(images / "jpeg_named.png", grey8(seed=3), format="JPEG")
+    (images / "notes.txt").write_text("hello")
+    (images / "broken.dcm").write_bytes(b"\0" * 128 + b"DICM" + os.urandom(200))
+    write_nifti(tmp_path / "whole.nii.gz", np.ones((4, 4, 4), dtype=np.int16))
+    (images / "cut.nii.gz").write_bytes((tmp_path / "whole.nii.gz").read_bytes()[:60])
+    (images / "junk.nii.gz").write_bytes(gzip.compress(b"not nifti"))
+    write_image(images / "odd_size.png", grey8(seed=4))
+    write_image(src / "masks" / "odd_size.png", np.zeros((5, 5), dtype=np.uint8))
+    write_image(src / "masks" / "orphan.png", np.zeros((5, 5), dtype=np.uint8))
+    outside = write_image(tmp_path / "outside" / "secret.png", grey8(seed=5))
+    os.symlink(outside, images / "link_out.png")
+    os.symlink(outside.parent, src / "linked_dir")
+
+    summary = import_sources(store, [src, tmp_path / "missing"], progress=False)
+    reasons = {os.path.basename(path): reason for path, reason in summary.skipped}
+    expected = {
+        "empty.png": "empty file",
+        "text.png": "content is text",
+        "truncated.png": "truncated",
+        "jpeg_named.png": "content is JPEG",
+        "notes.txt": "unsupported file type",
+        "broken.dcm": "DICOM",
+        "cut.nii.gz": "NIfTI",
+        "junk.nii.gz": "NIfTI",
+        "odd_size.png": "differs from image size",
+        "orphan.png": "no image with the same name",
+        "link_out.png": "escapes the source folder",
+        "linked_dir": "escapes the source folder",
+        "missing": "no such file",
+    }
+    for name, fragment in expected.items():
+        assert name in reasons, f"{name} not reported"
+        assert fragment in reasons[name], f"{name}: {reasons[name]}"
+    assert len(summary.skipped) == len(expected)
+    # the good files, and the image whose mask was wrong (without a mask), are in
+    names = {image.name for image in store.images()}
+    assert names == set(cases) | {"good", "odd_size"}
+    assert store.latest_mask([i for i in store.images() if i.name == "odd_size"][0].id) is None
+    assert summary.added == 6 and summary.masks_added == 4
+    assert store.integrity_check() == "ok"
+    assert all(store.files.path(image.file).exists() for image in store.images())
+    assert np.array_equal(store.load_image([i for i in store.images() if i.name == "good"][0].id), grey8(seed=9))
+    rerun = import_sources(store, [src], progress=False)
+    assert (rerun.added, rerun.duplicates, rerun.masks_added) == (0, 6, 0)
+
+
+def test_a_manifest_with_a_bad_split_skips_its_images(store, tmp_path):
+    src = tmp_path / "set"
+    make_dataset(src, n=2)
+    text = (src / "manifest.csv").read_text().replace(",pool,", ",training,", 1)
+    (src / "manifest.csv").write_text(text)
+    summary = import_sources(store, [src], progress=False)
+    assert summary.added == 1
+    assert len(summary.skipped) == 1 and "split 'training'" in summary.skipped[0][1]
+
+
+def test_import_without_masks_leaves_images_unlabeled(store, tmp_path):
+    make_dataset(tmp_path / "set", n=3)
+    summary = import_sources(store, [tmp_path / "set"], with_masks=False, progress=False)
+    assert (summary.added, summary.masks_added, summary.skipped) == (3, 0, [])
+    assert store.counts().unlabeled == 3
