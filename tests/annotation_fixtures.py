@@ -160,16 +160,22 @@ def seed_images(store, n: int, split_every: int = 0) -> list[int]:
     return [image_id for image_id, _ in store.register_images(records)]
 
 
-def label_until_empty(workspace: str, annotator: str, start=None) -> list[int]:
-    """Worker: take tasks and mark them no-finding until the queue is empty; returns the image ids it was given."""
+def label_until_empty(workspace: str, annotator: str, start=None, pause: float = 0.002) -> list[int]:
+    """Worker: take tasks and mark them no-finding until the queue is empty; returns the image ids it was given.
+
+    All workers ask for their first task at the same moment (`start` is a barrier); `pause` stands for the
+    annotator's work, without which one tight loop can keep SQLite's lock to itself."""
+    import time
+
     from annotation import Store, next_task
 
-    if start is not None:
-        start.wait()
     given = []
     with Store(workspace) as store:
+        if start is not None:
+            start.wait()
         while (task := next_task(store, annotator)) is not None:
             given.append(task.image.id)
+            time.sleep(pause)
             store.mark_no_finding(task.image.id, annotator)
     return given
 
