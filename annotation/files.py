@@ -70,14 +70,13 @@ class FileStore:
     def put(self, pixels: np.ndarray, kind: str) -> tuple[str, str]:
         """Store pixels (once) and return (hash, relative path)."""
         sha = pixel_hash(pixels)
-        data, ext = encode(pixels)
-        relpath = f"{kind}/{sha[:2]}/{sha}{ext}"
+        relpath = f"{kind}/{sha[:2]}/{sha}{'.png' if _png_friendly(pixels) else '.npy'}"
         target = self.root / relpath
         if target.exists():
             os.utime(target)  # fresh mtime keeps collect_garbage off a file about to be referenced again
         else:
             target.parent.mkdir(parents=True, exist_ok=True)
-            write_durably(target, data)
+            write_durably(target, encode(pixels)[0])
         return sha, relpath
 
     def put_mask(self, mask: np.ndarray) -> str:

@@ -1,0 +1,55 @@
+"""The workspace sub-commands (import, export, backup, status) as a user runs them."""
+from __future__ import annotations
+
+import argparse
+import sqlite3
+
+import pytest
+
+from app import workspace_commands
+from app.cli import CommandError
+from annotation_fixtures import make_dataset
+
+
+def run(*argv) -> int:
+    parser = argparse.ArgumentParser(prog="adasam")
+    workspace_commands.register(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args([str(a) for a in argv])
+    return args.func(args)
+
+
+def test_import_status_export_backup(tmp_path, capsys):
+    make_dataset(tmp_path / "set", n=4, splits=["pool", "pool", "val", "test"])
+    (tmp_path / "set" / "images" / "bad.png").write_text("not an image")
+    ws = tmp_path / "ws"
+    assert run("import", ws, tmp_path / "set", "--quiet") == 0
+    out = capsys.readouterr().out
+    assert "imported 4 new images (0 already there), 4 masks; 1 skipped" in out
+    assert "bad.png: not a PNG image: the content is text" in out
+
+    assert run("status", ws) == 0
+    status = capsys.readouterr().out
+    assert "images      4 (pool 2, test 1, val 1)" in status
+    assert "masked      4" in status and "leased      0" in status and "model       none" in status
+
+    for fmt in ("png", "coco", "nifti"):
+        assert run("export", ws, "--format", fmt, "--out", tmp_path / fmt) == 0
+        assert (tmp_path / fmt / "manifest.csv").exists() and (tmp_path / fmt / "provenance.json").exists()
+    assert run("backup", ws, tmp_path / "backup.db") == 0
+    copy = sqlite3.connect(tmp_path / "backup.db")
+    assert copy.execute("SELECT COUNT(*) FROM images").fetchone()[0] == 4
+    copy.close()
+
+
+def test_user_errors_are_one_line_command_errors(tmp_path):
+    with pytest.raises(CommandError, match="no workspace"):
+        run("status", tmp_path / "missing")
+    run("import", tmp_path / "ws", tmp_path / "nothing-here", "--quiet")
+    with pytest.raises(CommandError, match="nothing to export"):
+        run("export", tmp_path / "ws", "--format", "png", "--out", tmp_path / "out")
+
+
+def test_import_of_nothing_but_bad_files_exits_1(tmp_path):
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "a.png").write_bytes(b"")
+    assert run("import", tmp_path / "ws", tmp_path / "src", "--quiet") == 1
