@@ -18,6 +18,7 @@ import json
 import os
 import shutil
 import uuid
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -50,7 +51,13 @@ class _Item:
     name: str
     image: ImageInfo
     mask: MaskInfo
-    pixels: np.ndarray  # boolean mask, all False for no-finding
+    empty: bool = False  # set by the writer
+
+    def pixels(self, store: Store) -> np.ndarray:
+        """The boolean mask (all False for no-finding), read when needed so big exports stay small in memory."""
+        mask = store.read_mask(self.image, self.mask)
+        self.empty = not mask.any()
+        return mask
 
 
 def export_workspace(store: Store, out: str | os.PathLike[str], fmt: str, *, include_predictions: bool = False,
@@ -73,8 +80,7 @@ def export_workspace(store: Store, out: str | os.PathLike[str], fmt: str, *, inc
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     tmp.mkdir()
     try:
-        items = [_Item(name, image, mask, store.read_mask(image, mask))
-                 for name, (image, mask) in zip(_unique_names(labeled), labeled)]
+        items = [_Item(name, image, mask) for name, (image, mask) in zip(_unique_names(labeled), labeled)]
         writer = {"png": _write_png, "coco": _write_coco, "nifti": _write_nifti}[fmt]
         mask_files = writer(store, tmp, items)
         _write_manifest(store, tmp, items, mask_files)
@@ -88,7 +94,7 @@ def export_workspace(store: Store, out: str | os.PathLike[str], fmt: str, *, inc
         raise
     store.log_event(who, "export", {"format": fmt, "out": str(out), "images": len(items)})
     files = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
-    return ExportSummary(out=out, format=fmt, images=len(items), empty=sum(not i.pixels.any() for i in items),
+    return ExportSummary(out=out, format=fmt, images=len(items), empty=sum(i.empty for i in items),
                          files=files)
 
 
@@ -122,7 +128,7 @@ def _write_png(store: Store, tmp: Path, items: list[_Item]) -> dict[str, list[Pl
     files = {}
     for item in items:
         relpath = f"masks/{item.name}.png"
-        Image.fromarray(np.where(item.pixels, 255, 0).astype(np.uint8)).save(tmp / relpath)
+        Image.fromarray(np.where(item.pixels(store), 255, 0).astype(np.uint8)).save(tmp / relpath)
         files[item.name] = [(relpath, None, None)]
     return files
 
@@ -136,8 +142,9 @@ def _write_coco(store: Store, tmp: Path, items: list[_Item]) -> dict[str, list[P
         single = image.frame_index is None and image.slice_index is None
         images.append({"id": image.id, "file_name": Path(image.original_path).name if single else f"{item.name}.png",
                        "width": image.width, "height": image.height, "adasam_name": item.name})
-        if item.pixels.any():
-            rle = mask_utils.encode(np.asfortranarray(item.pixels.astype(np.uint8)))
+        pixels = item.pixels(store)
+        if pixels.any():
+            rle = mask_utils.encode(np.asfortranarray(pixels.astype(np.uint8)))
             annotations.append({
                 "id": len(annotations) + 1, "image_id": image.id, "category_id": 1, "iscrowd": 0,
                 "segmentation": {"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode("ascii")},
@@ -172,7 +179,7 @@ def _write_nifti(store: Store, tmp: Path, items: list[_Item]) -> dict[str, list[
         relpath = f"volumes/{name}.nii.gz"
         data = np.zeros(volume["shape"], dtype=np.uint8)
         for item, position in placed:
-            _slice_view(data, volume["axis"], position)[...] = item.pixels.T
+            _slice_view(data, volume["axis"], position)[...] = item.pixels(store).T
             files[item.name].append((relpath, volume["axis"], position))
         (tmp / "volumes").mkdir(exist_ok=True)
         nib.save(nib.Nifti1Image(data, np.asarray(volume["affine"])), tmp / relpath)
@@ -180,7 +187,8 @@ def _write_nifti(store: Store, tmp: Path, items: list[_Item]) -> dict[str, list[
         if not files[item.name]:
             (tmp / "masks").mkdir(exist_ok=True)
             relpath = f"masks/{item.name}.nii.gz"
-            nib.save(nib.Nifti1Image(item.pixels.T[:, :, None].astype(np.uint8), np.eye(4)), tmp / relpath)
+            pixels = item.pixels(store).T[:, :, None].astype(np.uint8)
+            nib.save(nib.Nifti1Image(pixels, np.eye(4)), tmp / relpath)
             files[item.name].append((relpath, None, None))
     return files
 
@@ -205,7 +213,7 @@ def _write_manifest(store: Store, tmp: Path, items: list[_Item], mask_files: dic
                 "name": item.name, "image_id": image.id, "sha256": image.sha256, "original_path": image.original_path,
                 "width": image.width, "height": image.height, "split": image.split,
                 "has_lesion": "" if image.has_lesion is None else int(image.has_lesion),
-                "mask_file": mask_files[item.name][0][0], "empty": int(not item.pixels.any()), "origin": mask.origin,
+                "mask_file": mask_files[item.name][0][0], "empty": int(item.empty), "origin": mask.origin,
                 "annotator": mask.annotator, "created_at": mask.created_at, "model_version": mask.model_version or "",
                 "mask_version": mask.version, "volume": volume,
                 "slice_index": "" if image.slice_index is None else image.slice_index,
@@ -239,33 +247,34 @@ def _validate(store: Store, tmp: Path, fmt: str, items: list[_Item], mask_files:
     reader = _Reader(tmp)
     for item in items:
         for relpath, axis, position in mask_files[item.name]:
-            if not np.array_equal(reader.mask(item, relpath, axis, position), item.pixels):
+            if not np.array_equal(reader.mask(item, relpath, axis, position), item.pixels(store)):
                 raise WorkspaceError(f"export check failed: {relpath} does not hold the mask of {item.name}")
 
 
 class _Reader:
-    """Reads masks back from exported files, each file opened once."""
+    """Reads masks back from exported files; keeps the last file open (the COCO file, or the current volume)."""
 
     def __init__(self, root: Path) -> None:
         self.root = root
-        self._cache: dict[str, Any] = {}
+        self._last: tuple[str, Any] = ("", None)
 
     def _open(self, relpath: str) -> Any:
-        if relpath not in self._cache:
+        if self._last[0] != relpath:
             path = self.root / relpath
             if relpath.endswith(".png"):
                 with Image.open(path) as image:
-                    self._cache[relpath] = np.array(image) > 0
+                    content: Any = np.array(image) > 0
             elif relpath.endswith(".json"):
                 from pycocotools.coco import COCO
 
                 with contextlib.redirect_stdout(io.StringIO()):  # COCO() prints progress
-                    self._cache[relpath] = COCO(str(path))
+                    content = COCO(str(path))
             else:
                 import nibabel as nib
 
-                self._cache[relpath] = np.asanyarray(nib.load(path).dataobj) > 0
-        return self._cache[relpath]
+                content = np.asanyarray(nib.load(path).dataobj) > 0
+            self._last = (relpath, content)
+        return self._last[1]
 
     def mask(self, item: _Item, relpath: str, axis: int | None, position: int | None) -> np.ndarray:
         content = self._open(relpath)
@@ -273,8 +282,10 @@ class _Reader:
             return content
         if relpath.endswith(".json"):
             mask = np.zeros((item.image.height, item.image.width), dtype=bool)
-            for annotation in content.loadAnns(content.getAnnIds(imgIds=[item.image.id])):
-                mask |= content.annToMask(annotation) > 0
+            with warnings.catch_warnings():  # pycocotools' own NumPy 2 deprecation notice
+                warnings.simplefilter("ignore", DeprecationWarning)
+                for annotation in content.loadAnns(content.getAnnIds(imgIds=[item.image.id])):
+                    mask |= content.annToMask(annotation) > 0
             return mask
         if axis is None or position is None:
             return content[:, :, 0].T

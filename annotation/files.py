@@ -104,8 +104,11 @@ class FileStore:
             if not path.is_file():
                 continue
             relpath = path.relative_to(self.root).as_posix()
-            if relpath in referenced or path.stat().st_mtime > cutoff:
+            try:
+                if relpath in referenced or path.stat().st_mtime > cutoff:
+                    continue
+                path.unlink()
+            except FileNotFoundError:  # another process collected it first
                 continue
-            path.unlink(missing_ok=True)
             removed += 1
         return removed

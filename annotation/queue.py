@@ -2,7 +2,8 @@
 
 Order: the image the annotator already holds; else the unlabeled pool image the current model is least sure about;
 else (no model yet, or no prediction for it) a seeded random order; images this annotator skipped come last,
-oldest skip first. Each step is one indexed query that stops at the first free image, all inside one
+oldest skip first. Each step is one indexed query that stops at the first free image (CROSS JOIN pins the join
+order, so the planner never scans all images to find a handful of leases), all inside one
 `BEGIN IMMEDIATE` transaction, so two annotators (threads or processes) asking at once are served one after the other.
 """
 from __future__ import annotations
@@ -17,10 +18,10 @@ _FREE = """i.state = 'unlabeled' AND i.split = 'pool'
     AND NOT EXISTS (SELECT 1 FROM leases l WHERE l.image_id = i.id)"""
 _NOT_SKIPPED = "AND NOT EXISTS (SELECT 1 FROM skips s WHERE s.annotator = :me AND s.image_id = i.id)"
 
-_HELD = """SELECT l.image_id FROM leases l JOIN images i ON i.id = l.image_id
+_HELD = """SELECT l.image_id FROM leases l INDEXED BY leases_annotator CROSS JOIN images i ON i.id = l.image_id
     WHERE l.annotator = :me AND i.state = 'unlabeled' ORDER BY l.taken_at DESC LIMIT 1"""
 _BY_UNCERTAINTY = f"""SELECT p.image_id FROM predictions p INDEXED BY predictions_queue
-    JOIN images i ON i.id = p.image_id
+    CROSS JOIN images i ON i.id = p.image_id
     WHERE p.model_version = :model AND {_FREE} {_NOT_SKIPPED}
     ORDER BY p.uncertainty DESC, p.image_id LIMIT 1"""
 _UNPREDICTED = f"""SELECT i.id FROM images i INDEXED BY images_queue
@@ -28,7 +29,7 @@ _UNPREDICTED = f"""SELECT i.id FROM images i INDEXED BY images_queue
     AND (:model IS NULL OR NOT EXISTS (
         SELECT 1 FROM predictions p WHERE p.model_version = :model AND p.image_id = i.id))
     ORDER BY i.shuffle_key LIMIT 1"""
-_SKIPPED = f"""SELECT s.image_id FROM skips s INDEXED BY skips_order JOIN images i ON i.id = s.image_id
+_SKIPPED = f"""SELECT s.image_id FROM skips s INDEXED BY skips_order CROSS JOIN images i ON i.id = s.image_id
     WHERE s.annotator = :me AND {_FREE} ORDER BY s.skipped_at LIMIT 1"""
 
 

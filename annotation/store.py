@@ -568,9 +568,12 @@ class Store:
         return {row[0] for row in rows}
 
     def collect_garbage(self, grace_seconds: float = 3600.0) -> int:
-        """Remove pixel files no row references (left by a crash between writing a file and committing its row)."""
-        with self.transaction():
-            return self.files.collect_garbage(self.referenced_files(), grace_seconds)
+        """Remove pixel files no row references (left by a crash between writing a file and committing its row).
+
+        Holds no lock while it walks the folder: files younger than `grace_seconds` are spared, and a writer
+        refreshes the mtime of an existing file before pointing a new row at it.
+        """
+        return self.files.collect_garbage(self.referenced_files(), grace_seconds)
 
 
 _INSERT_IMAGE = """

@@ -14,6 +14,9 @@ from pycocotools import mask as mask_utils
 from annotation import Prediction, Store, WorkspaceError, export_workspace, import_sources
 from annotation_fixtures import BUSI, busi_subset, make_dataset, seed_images, write_nifti
 
+# pycocotools 2.0 warns about NumPy 2 copy semantics on every decode; not our concern here
+pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
+
 
 @pytest.fixture
 def store(tmp_path):
