@@ -14,23 +14,25 @@ import time
 from annotation.records import Task
 from annotation.store import DEFAULT_LEASE_SECONDS, Store, _image_info, utc_now
 
-_FREE = """i.state = 'unlabeled' AND i.split = 'pool'
-    AND NOT EXISTS (SELECT 1 FROM leases l WHERE l.image_id = i.id)"""
-_NOT_SKIPPED = "AND NOT EXISTS (SELECT 1 FROM skips s WHERE s.annotator = :me AND s.image_id = i.id)"
+_ELIGIBLE = "i.state = 'unlabeled' AND i.split = 'pool'"
+_UNLEASED = "NOT EXISTS (SELECT 1 FROM leases l WHERE l.image_id = {id})"
+_NOT_SKIPPED = "NOT EXISTS (SELECT 1 FROM skips s WHERE s.annotator = :me AND s.image_id = {id})"
 
 _HELD = """SELECT l.image_id FROM leases l INDEXED BY leases_annotator CROSS JOIN images i ON i.id = l.image_id
     WHERE l.annotator = :me AND i.state = 'unlabeled' ORDER BY l.taken_at DESC LIMIT 1"""
+# The lease and skip tests name p.image_id, so SQLite runs them before it looks the image up.
 _BY_UNCERTAINTY = f"""SELECT p.image_id FROM predictions p INDEXED BY predictions_queue
     CROSS JOIN images i ON i.id = p.image_id
-    WHERE p.model_version = :model AND {_FREE} {_NOT_SKIPPED}
+    WHERE p.model_version = :model AND {_NOT_SKIPPED.format(id="p.image_id")}
+    AND {_UNLEASED.format(id="p.image_id")} AND {_ELIGIBLE}
     ORDER BY p.uncertainty DESC, p.image_id LIMIT 1"""
 _UNPREDICTED = f"""SELECT i.id FROM images i INDEXED BY images_queue
-    WHERE {_FREE} {_NOT_SKIPPED}
+    WHERE {_ELIGIBLE} AND {_UNLEASED.format(id="i.id")} AND {_NOT_SKIPPED.format(id="i.id")}
     AND (:model IS NULL OR NOT EXISTS (
         SELECT 1 FROM predictions p WHERE p.model_version = :model AND p.image_id = i.id))
     ORDER BY i.shuffle_key LIMIT 1"""
 _SKIPPED = f"""SELECT s.image_id FROM skips s INDEXED BY skips_order CROSS JOIN images i ON i.id = s.image_id
-    WHERE s.annotator = :me AND {_FREE} ORDER BY s.skipped_at LIMIT 1"""
+    WHERE s.annotator = :me AND {_ELIGIBLE} AND {_UNLEASED.format(id="i.id")} ORDER BY s.skipped_at LIMIT 1"""
 
 
 def next_task(store: Store, annotator: str, lease_seconds: float = DEFAULT_LEASE_SECONDS) -> Task | None:
