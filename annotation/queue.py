@@ -1,9 +1,10 @@
 """The active-learning queue: which image an annotator should label next, and leases so no two get the same one.
 
-Order: the image the annotator already holds; else the unlabeled pool image the current model is least sure about;
-else (no model yet, or no prediction for it) a seeded random order; images this annotator skipped come last,
-oldest skip first. Each step is one indexed query that stops at the first free image (CROSS JOIN pins the join
-order, so the planner never scans all images to find a handful of leases), all inside one
+Order: the image the annotator already holds; else the unlabeled pool image the current model is least sure about
+(images.priority, copied from the newest model's predictions); images that model has not scored, and every image
+before any model exists, follow in a seeded random order; images this annotator skipped come last, oldest skip
+first. Each step is one query that reads an index in that order and stops at the first free image (CROSS JOIN pins
+the join order, so a handful of leases or skips never makes SQLite scan all images), all inside one
 `BEGIN IMMEDIATE` transaction, so two annotators (threads or processes) asking at once are served one after the other.
 """
 from __future__ import annotations
@@ -14,25 +15,17 @@ import time
 from annotation.records import Task
 from annotation.store import DEFAULT_LEASE_SECONDS, Store, _image_info, utc_now
 
-_ELIGIBLE = "i.state = 'unlabeled' AND i.split = 'pool'"
-_UNLEASED = "NOT EXISTS (SELECT 1 FROM leases l WHERE l.image_id = {id})"
-_NOT_SKIPPED = "NOT EXISTS (SELECT 1 FROM skips s WHERE s.annotator = :me AND s.image_id = {id})"
+_UNLEASED = "NOT EXISTS (SELECT 1 FROM leases l WHERE l.image_id = i.id)"
 
 _HELD = """SELECT l.image_id FROM leases l INDEXED BY leases_annotator CROSS JOIN images i ON i.id = l.image_id
     WHERE l.annotator = :me AND i.state = 'unlabeled' ORDER BY l.taken_at DESC LIMIT 1"""
-# The lease and skip tests name p.image_id, so SQLite runs them before it looks the image up.
-_BY_UNCERTAINTY = f"""SELECT p.image_id FROM predictions p INDEXED BY predictions_queue
-    CROSS JOIN images i ON i.id = p.image_id
-    WHERE p.model_version = :model AND {_NOT_SKIPPED.format(id="p.image_id")}
-    AND {_UNLEASED.format(id="p.image_id")} AND {_ELIGIBLE}
-    ORDER BY p.uncertainty DESC, p.image_id LIMIT 1"""
-_UNPREDICTED = f"""SELECT i.id FROM images i INDEXED BY images_queue
-    WHERE {_ELIGIBLE} AND {_UNLEASED.format(id="i.id")} AND {_NOT_SKIPPED.format(id="i.id")}
-    AND (:model IS NULL OR NOT EXISTS (
-        SELECT 1 FROM predictions p WHERE p.model_version = :model AND p.image_id = i.id))
-    ORDER BY i.shuffle_key LIMIT 1"""
+_NEXT = f"""SELECT i.id FROM images i INDEXED BY images_queue
+    WHERE i.state = 'unlabeled' AND i.split = 'pool' AND {_UNLEASED}
+    AND NOT EXISTS (SELECT 1 FROM skips s WHERE s.annotator = :me AND s.image_id = i.id)
+    ORDER BY i.priority DESC, i.shuffle_key LIMIT 1"""
 _SKIPPED = f"""SELECT s.image_id FROM skips s INDEXED BY skips_order CROSS JOIN images i ON i.id = s.image_id
-    WHERE s.annotator = :me AND {_ELIGIBLE} AND {_UNLEASED.format(id="i.id")} ORDER BY s.skipped_at LIMIT 1"""
+    WHERE s.annotator = :me AND i.state = 'unlabeled' AND i.split = 'pool' AND {_UNLEASED}
+    ORDER BY s.skipped_at LIMIT 1"""
 
 
 def next_task(store: Store, annotator: str, lease_seconds: float = DEFAULT_LEASE_SECONDS) -> Task | None:
@@ -42,14 +35,11 @@ def next_task(store: Store, annotator: str, lease_seconds: float = DEFAULT_LEASE
     with store.transaction() as conn:
         now = time.time()
         conn.execute("DELETE FROM leases WHERE expires_at <= ?", (now,))
-        model = store.current_model_version()
-        params = {"me": annotator, "model": model}
+        params = {"me": annotator}
         image_id = _first(conn, _HELD, params)
         skipped = False
         if image_id is None:
-            image_id = _first(conn, _BY_UNCERTAINTY, params) if model else None
-            if image_id is None:
-                image_id = _first(conn, _UNPREDICTED, params)
+            image_id = _first(conn, _NEXT, params)
             if image_id is None:
                 image_id = _first(conn, _SKIPPED, params)
                 skipped = image_id is not None
@@ -65,7 +55,7 @@ def next_task(store: Store, annotator: str, lease_seconds: float = DEFAULT_LEASE
         info = _image_info(conn.execute("SELECT * FROM images WHERE id = ?", (image_id,)).fetchone())
         prediction = conn.execute(
             "SELECT probability, uncertainty FROM predictions WHERE image_id = ? AND model_version = ?",
-            (image_id, model),
+            (image_id, store.get_setting("queue_model")),
         ).fetchone()
     return Task(
         image=info,

@@ -43,10 +43,11 @@ CREATE TABLE images (
     window_width REAL,
     invert INTEGER NOT NULL DEFAULT 0,                -- DICOM MONOCHROME1: high values display dark
     state TEXT NOT NULL DEFAULT 'unlabeled' CHECK (state IN ('unlabeled', 'masked', 'no_finding')),
-    shuffle_key INTEGER NOT NULL,                     -- seeded random order used before any model exists
+    priority REAL,                                    -- the current model's uncertainty (NULL: not scored)
+    shuffle_key INTEGER NOT NULL,                     -- seeded random order: before any model, and for ties
     imported_at TEXT NOT NULL
 );
-CREATE INDEX images_queue ON images (state, split, shuffle_key);
+CREATE INDEX images_queue ON images (state, split, priority DESC, shuffle_key);  -- next_task reads it in order
 CREATE INDEX images_volume ON images (volume_id, slice_index);
 CREATE TABLE image_sources (                          -- every place an image was found, duplicates included
     image_id INTEGER NOT NULL REFERENCES images(id),

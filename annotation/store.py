@@ -463,8 +463,33 @@ class Store:
         with self.transaction() as conn:
             self.model(model_version)
             self.db.table("predictions").insert_all(rows, replace=True, batch_size=5000)
+            self._refresh_priorities(conn, model_version, rows)
             self._log(conn, who, "record_predictions", {"model": model_version, "count": len(rows)})
         return len(rows)
+
+    def _refresh_priorities(self, conn: sqlite3.Connection, model_version: str, rows: list[dict[str, Any]]) -> None:
+        """Copy the current model's uncertainties into images.priority, the column the queue's index is sorted by.
+
+        When a newer model takes over, every old priority is cleared first, so images it has not scored yet
+        fall back to the seeded order instead of keeping a stale model's ranking.
+        """
+        if self.current_model_version() != model_version:
+            return  # predictions of an older model: kept, but they do not order the queue
+        if self.get_setting("queue_model") != model_version:
+            conn.execute("UPDATE images SET priority = NULL WHERE priority IS NOT NULL")
+            conn.execute(
+                "UPDATE images SET priority = p.uncertainty FROM predictions p"
+                " WHERE p.image_id = images.id AND p.model_version = ?",
+                (model_version,),
+            )
+            conn.execute(
+                "INSERT INTO settings (key, value) VALUES ('queue_model', ?)"
+                " ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                (json.dumps(model_version),),
+            )
+        else:
+            conn.executemany("UPDATE images SET priority = ? WHERE id = ?",
+                             [(row["uncertainty"], row["image_id"]) for row in rows])
 
     def prediction(self, image_id: int, model_version: str | None = None) -> dict[str, Any] | None:
         """A model's prediction for one image (default: the current model's), with the box decoded."""
