@@ -1,4 +1,7 @@
-"""The annotation workspace: SQLite store, importers, active-learning queue, export. Imports nothing from app/ or model/."""
+"""The annotation workspace: SQLite store, importers, active-learning queue, export.
+
+Imports nothing from app/ or model/: the UI, the trainer and the command line all stand on it.
+"""
 from pathlib import Path
 
 from annotation.export import ExportSummary, export_workspace

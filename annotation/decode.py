@@ -193,7 +193,7 @@ def _decode_dicom(path: Path) -> Decoded:
     try:
         ds = pydicom.dcmread(path, force=not is_dicom(path))
     except Exception as exc:  # pydicom raises many types for a broken file
-        raise DecodeError(f"not a readable DICOM file ({_first_line(exc)})") from None
+        raise DecodeError(f"not a readable DICOM file ({first_line(exc)})") from None
     if "PixelData" not in ds:
         raise DecodeError("DICOM file has no pixel data")
     try:
@@ -201,7 +201,7 @@ def _decode_dicom(path: Path) -> Decoded:
     except Exception as exc:
         syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
         syntax_name = getattr(syntax, "name", "unknown transfer syntax")
-        raise DecodeError(f"cannot decode DICOM pixel data ({syntax_name}): {_first_line(exc)}") from None
+        raise DecodeError(f"cannot decode DICOM pixel data ({syntax_name}): {first_line(exc)}") from None
     frame_count = int(ds.get("NumberOfFrames", 1) or 1)
     colour = int(ds.get("SamplesPerPixel", 1)) > 1
     if frame_count == 1:
@@ -244,7 +244,7 @@ def _decode_nifti(path: Path, axis: int) -> Decoded:
         image = nib.load(path)
         data = np.asanyarray(image.dataobj)
     except Exception as exc:  # nibabel, gzip and zlib each raise their own errors for a broken file
-        raise DecodeError(f"not a readable NIfTI file ({_first_line(exc)})") from None
+        raise DecodeError(f"not a readable NIfTI file ({first_line(exc)})") from None
     if data.ndim == 2:
         data = data[..., None]
     if data.ndim == 4 and data.shape[3] == 1:
@@ -262,6 +262,6 @@ def _decode_nifti(path: Path, axis: int) -> Decoded:
     return Decoded(frames=frames, modality="NIfTI", position_kind="slice", window=window, volume=volume)
 
 
-def _first_line(exc: BaseException) -> str:
+def first_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return (text[0] if text else type(exc).__name__)[:200]

@@ -1,4 +1,4 @@
-"""`adasam export`: the latest mask of every labeled image as PNG masks, COCO RLE or NIfTI, with manifest and provenance.
+"""`adasam export`: the latest mask of every labeled image as PNG, COCO RLE or NIfTI, with manifest and provenance.
 
 What is exported: images whose latest mask a person made (drawn, imported with the data, or marked no-finding,
 which is exported as an empty mask); with `include_predictions`, also those whose latest mask is a model

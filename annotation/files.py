@@ -37,7 +37,8 @@ def encode(pixels: np.ndarray) -> tuple[bytes, str]:
     """Lossless bytes and extension for a pixel array (PNG where it fits, numpy's .npy otherwise)."""
     buffer = io.BytesIO()
     if _png_friendly(pixels):
-        Image.fromarray(np.ascontiguousarray(pixels)).save(buffer, format="PNG", compress_level=1)  # fast; still lossless
+        # compress_level=1: several times faster than the default and still lossless
+        Image.fromarray(np.ascontiguousarray(pixels)).save(buffer, format="PNG", compress_level=1)
         return buffer.getvalue(), ".png"
     np.save(buffer, np.ascontiguousarray(pixels), allow_pickle=False)
     return buffer.getvalue(), ".npy"

@@ -17,7 +17,7 @@ from typing import Iterable
 import numpy as np
 from tqdm import tqdm
 
-from annotation.decode import DecodeError, Decoded, binary_frames, decode, stem, _first_line
+from annotation.decode import DecodeError, Decoded, binary_frames, decode, first_line, stem
 from annotation.records import SPLITS, ImageRecord
 from annotation.store import Store
 
@@ -50,7 +50,7 @@ def import_sources(store: Store, sources: Iterable[str | os.PathLike[str]], *, w
         try:
             _import_file(store, path, layout, with_masks, axis, annotator, summary)
         except Exception as exc:  # one bad file must never stop the import
-            summary.skip(path, str(exc) if isinstance(exc, DecodeError) else f"{type(exc).__name__}: {_first_line(exc)}")
+            summary.skip(path, str(exc) if isinstance(exc, DecodeError) else f"{type(exc).__name__}: {first_line(exc)}")
     for mask in layout.escaped:
         summary.skip(mask, f"path escapes the masks folder (links to {mask.resolve()})")
     if with_masks:
@@ -101,7 +101,7 @@ def _import_file(store: Store, path: Path, layout: "_Layout", with_masks: bool, 
         try:
             masks = _matching_masks(mask_path, decoded, axis)
         except Exception as exc:
-            summary.skip(mask_path, f"{_first_line(exc)}; image imported without its mask")
+            summary.skip(mask_path, f"{first_line(exc)}; image imported without its mask")
 
     # Files first (complete, content-addressed), rows after: a row never points at a missing or partial file.
     absolute = str(path.absolute())
@@ -199,7 +199,7 @@ class _Layout:
                         raise DecodeError(f"{path} has no 'id' column")
                     self._manifests[path] = {row["id"]: row for row in reader}
             except (OSError, UnicodeDecodeError, csv.Error) as exc:
-                self._manifests[path] = DecodeError(f"cannot read {path}: {_first_line(exc)}")
+                self._manifests[path] = DecodeError(f"cannot read {path}: {first_line(exc)}")
             except DecodeError as exc:
                 self._manifests[path] = exc
         table = self._manifests[path]

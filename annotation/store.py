@@ -22,7 +22,7 @@ import numpy as np
 import sqlite_utils
 
 from annotation import schema
-from annotation.files import FileStore, write_durably
+from annotation.files import FileStore
 from annotation.records import (
     ORIGINS,
     SPLITS,
@@ -152,13 +152,15 @@ class Store:
             )
             self._log(conn, who, "set_setting", {"key": key})
 
-    def log_event(self, who: str, what: str, details: dict[str, Any] | None = None, image_id: int | None = None) -> None:
+    def log_event(self, who: str, what: str, details: dict[str, Any] | None = None,
+                  image_id: int | None = None) -> None:
         with self.transaction() as conn:
             self._log(conn, who, what, details, image_id)
 
     def events(self, limit: int = 100, image_id: int | None = None) -> list[dict[str, Any]]:
         """Most recent events first."""
-        sql = "SELECT * FROM events" + (" WHERE image_id = ?" if image_id is not None else "") + " ORDER BY id DESC LIMIT ?"
+        where = " WHERE image_id = ?" if image_id is not None else ""
+        sql = f"SELECT * FROM events{where} ORDER BY id DESC LIMIT ?"
         params = (image_id, limit) if image_id is not None else (limit,)
         return [{**dict(row), "details": json.loads(row["details"])} for row in self.conn.execute(sql, params)]
 
@@ -285,7 +287,8 @@ class Store:
         info = self.image(image_id)
         mask = np.asarray(mask)
         if mask.shape != (info.height, info.width):
-            raise WorkspaceError(f"mask is {mask.shape[::-1]} (w, h) but image {image_id} is {info.width}x{info.height}")
+            raise WorkspaceError(f"mask is {mask.shape[::-1]} (w, h) but image {image_id} is "
+                                 f"{info.width}x{info.height}")
         relpath = self.files.put_mask(mask > 0)
         with self.transaction() as conn:
             return self._add_mask(conn, image_id, relpath, origin, annotator, model_version)
@@ -318,7 +321,9 @@ class Store:
             ).fetchone()
             if row is None:
                 return None
-            row = conn.execute("UPDATE masks SET undone_at = ? WHERE id = ? RETURNING *", (utc_now(), row["id"])).fetchone()
+            row = conn.execute(
+                "UPDATE masks SET undone_at = ? WHERE id = ? RETURNING *", (utc_now(), row["id"])
+            ).fetchone()
             state = self._refresh_state(conn, row["image_id"])
             if state == "unlabeled":
                 conn.execute(
@@ -378,7 +383,8 @@ class Store:
         ).fetchone()
         self._refresh_state(conn, image_id)
         conn.execute("DELETE FROM leases WHERE image_id = ?", (image_id,))
-        self._log(conn, annotator, "save_mask", {"version": last + 1, "origin": origin, "model": model_version}, image_id)
+        details = {"version": last + 1, "origin": origin, "model": model_version}
+        self._log(conn, annotator, "save_mask", details, image_id)
         return from_row(MaskInfo, row)
 
     @staticmethod
@@ -441,7 +447,8 @@ class Store:
     def current_model_version(self) -> str | None:
         """The newest model that has predictions: the one whose uncertainties order the queue."""
         row = self.conn.execute(
-            "SELECT m.version FROM models m WHERE EXISTS (SELECT 1 FROM predictions p WHERE p.model_version = m.version)"
+            "SELECT m.version FROM models m"
+            " WHERE EXISTS (SELECT 1 FROM predictions p WHERE p.model_version = m.version)"
             " ORDER BY m.rowid DESC LIMIT 1"
         ).fetchone()
         return None if row is None else row[0]
@@ -626,4 +633,4 @@ def _rescale(pixels: np.ndarray, low: float, high: float) -> np.ndarray:
     return (np.clip((pixels.astype(np.float32) - low) / span, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
 
 
-__all__ = ["Store", "WorkspaceError", "utc_now", "write_durably", "DEFAULT_LEASE_SECONDS"]
+__all__ = ["DEFAULT_LEASE_SECONDS", "Store", "WorkspaceError", "utc_now"]

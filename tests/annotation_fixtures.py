@@ -102,7 +102,9 @@ def write_nifti(path: Path, data: np.ndarray, affine: np.ndarray | None = None) 
 
 def make_dataset(root: Path, n: int = 6, size: tuple[int, int] = (20, 16), splits: list[str] | None = None,
                  seed: int = 0) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """The project's dataset layout: images/<id>.png, masks/<id>.png (0/255), manifest.csv. Returns id -> (image, mask)."""
+    """The project's dataset layout: images/<id>.png, masks/<id>.png (0/255) and manifest.csv.
+
+    Returns id -> (image, boolean mask)."""
     generator = rng(seed)
     h, w = size
     out = {}
