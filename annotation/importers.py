@@ -43,8 +43,9 @@ def import_sources(store: Store, sources: Iterable[str | os.PathLike[str]], *, w
     summary = ImportSummary()
     store.collect_garbage()  # pixel files orphaned by an earlier interrupted run
     files: list[Path] = []
+    walked: set[Path] = set()  # folders read whole: only their masks/ can hold masks with no image
     for source in sources:
-        files.extend(_collect(Path(source), summary))
+        files.extend(_collect(Path(source), summary, walked))
     layout = _Layout()
     for path in tqdm(files, desc="import", unit="file", disable=not progress):
         try:
@@ -54,12 +55,12 @@ def import_sources(store: Store, sources: Iterable[str | os.PathLike[str]], *, w
     for mask in layout.escaped:
         summary.skip(mask, f"path escapes the masks folder (links to {mask.resolve()})")
     if with_masks:
-        for mask in layout.unused_masks():
+        for mask in layout.unused_masks(walked):
             summary.skip(mask, "mask has no image with the same name")
     return summary
 
 
-def _collect(source: Path, summary: ImportSummary) -> list[Path]:
+def _collect(source: Path, summary: ImportSummary, walked: set[Path]) -> list[Path]:
     """Files to import under `source`, refusing links that lead outside it; masks/ and manifest.csv are not images."""
     if not source.exists():
         summary.skip(source, "no such file or directory")
@@ -70,6 +71,7 @@ def _collect(source: Path, summary: ImportSummary) -> list[Path]:
     found: list[Path] = []
     for dirpath, dirnames, filenames in os.walk(source):
         here = Path(dirpath)
+        walked.add(here.absolute())
         if "images" in dirnames and "masks" in dirnames:
             dirnames.remove("masks")  # read as the masks of images/, not as images
         for name in sorted(dirnames):
@@ -229,8 +231,10 @@ class _Layout:
             self._used.add(mask)
         return mask
 
-    def unused_masks(self) -> list[Path]:
-        return [p for index in self._mask_dirs.values() for p in index.values() if p not in self._used]
+    def unused_masks(self, walked: set[Path]) -> list[Path]:
+        """Masks matching no image, in masks/ folders whose images/ folder was imported whole."""
+        return [path for mask_dir, index in self._mask_dirs.items() if (mask_dir.parent / "images").absolute() in walked
+                for path in index.values() if path not in self._used]
 
 
 def _split(row: dict[str, str], manifest: Path) -> str:

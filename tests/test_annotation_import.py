@@ -246,3 +246,9 @@ def test_import_without_masks_leaves_images_unlabeled(store, tmp_path):
     summary = import_sources(store, [tmp_path / "set"], with_masks=False, progress=False)
     assert (summary.added, summary.masks_added, summary.skipped) == (3, 0, [])
     assert store.counts().unlabeled == 3
+
+
+def test_importing_single_files_does_not_report_the_other_masks(store, tmp_path):
+    make_dataset(tmp_path / "set", n=3)
+    summary = import_sources(store, [tmp_path / "set" / "images" / "case_001.png"], progress=False)
+    assert (summary.added, summary.masks_added, summary.skipped) == (1, 1, [])
