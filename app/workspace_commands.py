@@ -26,7 +26,10 @@ def register(sub) -> None:
     p = sub.add_parser("export", help="export the latest masks as PNG, COCO (RLE) or NIfTI",
                        description="Export the latest mask of every labeled image (no-finding = empty mask) with "
                                    "manifest.csv and provenance.json. Accepted model predictions are included only "
-                                   "with --include-predictions. OUT must not exist (or be empty).")
+                                   "with --include-predictions. NIfTI: slices of an imported volume go back into "
+                                   "a mask volume with the source's shape and affine; other images get one .nii.gz "
+                                   "each. Written to a temporary folder, read back and checked, then renamed to OUT, "
+                                   "which must not exist (or be empty).")
     p.add_argument("workspace")
     p.add_argument("--format", required=True, choices=("png", "coco", "nifti"))
     p.add_argument("--out", required=True, help="folder to create")
