@@ -146,9 +146,12 @@ def _train(args: argparse.Namespace) -> int:
     train_config = TrainConfig(seed=args.seed, use_unlabeled=not args.no_unlabeled,
                                freeze_adapter=args.freeze_adapter, **({"steps": args.steps} if args.steps else {}))
     model = build_training_model(config, args.seed, backbone, args.init)
+    try:  # before anything is written: a data set the trainer refuses leaves no half-made run folder
+        trainer = Trainer(model, train_config, data, out)
+    except ValueError as exc:  # e.g. none of the masked pool images contains the target
+        raise CommandError(f"{args.data}: {exc} (use a larger --masks or another --seed)") from None
     out.mkdir(parents=True, exist_ok=True)
     folder.write_split(out / "split.csv")
-    trainer = Trainer(model, train_config, data, out)
     if (out / "last.pt").exists():
         trainer.load_resume_state(out / "last.pt")
         print(f"resuming {out} from step {trainer.step}")

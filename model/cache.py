@@ -84,12 +84,17 @@ class EmbeddingCache:
         items = list(images)
         results: list[tuple[torch.Tensor, Geometry] | None] = [None] * len(items)
         misses: list[tuple[int, str, np.ndarray]] = []
+        waiting: dict[str, list[int]] = {}  # key -> every index with those pixels (a duplicate is encoded once)
         for index, item in enumerate(items):
             array = read_image(item) if isinstance(item, (str, Path)) else item
             key = content_hash(array)
+            if key in waiting:
+                waiting[key].append(index)
+                continue
             hit = self.load(key)
             if hit is None:
                 misses.append((index, key, array))
+                waiting[key] = [index]
             else:
                 results[index] = (hit[0].float(), hit[1])
         bar = tqdm(total=len(misses), desc=description, unit="img", disable=not progress or not misses)
@@ -99,7 +104,8 @@ class EmbeddingCache:
             embeddings = encode_batch(self.backbone, torch.stack([tensor for tensor, _ in prepared]))
             for (index, key, _), (_, geometry), embedding in zip(chunk, prepared, embeddings):
                 self.store(key, embedding, geometry)
-                results[index] = (embedding.to(torch.float16).float(), geometry)
+                for same in waiting[key]:
+                    results[same] = (embedding.to(torch.float16).float(), geometry)
                 self.encoded += 1
             bar.update(len(chunk))
         bar.close()

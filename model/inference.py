@@ -101,9 +101,7 @@ class Predictor:
         if positive or negative:
             coords = np.array(list(positive) + list(negative), dtype=np.float32).reshape(-1, 2) * geometry.scale
             labels = np.array([1] * len(positive) + [0] * len(negative), dtype=np.float32)
-            if box is None:  # SAM expects a padding point when no box accompanies the clicks
-                coords = np.concatenate([coords, np.zeros((1, 2), np.float32)])
-                labels = np.concatenate([labels, np.array([-1], np.float32)])
+            # no padding point here: SAM's prompt encoder adds one itself when no box accompanies the clicks
             points = (torch.from_numpy(coords)[None], torch.from_numpy(labels)[None])
         boxes = None if box is None else torch.from_numpy(box_to_model(box, geometry))[None]
         logits, _ = self.model.segment(self._features, boxes=boxes, points=points)

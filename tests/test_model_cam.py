@@ -1,0 +1,147 @@
+"""Grad-CAM from the presence classifier, and CAM -> box / point prompts."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from model.adasam import AdaSam, AdaSamConfig, whole_box
+from model.cam import cam_peaks, cam_to_box, central_box, grad_cam
+from model.heads import PresenceClassifier, SharedAdapter
+from model_fixtures import micro_backbone, one_torch_thread  # noqa: F401 (autouse)
+
+
+@pytest.fixture(scope="module")
+def classifier():
+    torch.manual_seed(0)
+    return PresenceClassifier(256).eval()
+
+
+def test_grad_cam_shape_and_range(classifier):
+    features = torch.randn(3, 256, 64, 64, generator=torch.Generator().manual_seed(1))
+    cam, logits = grad_cam(classifier, features)
+    assert cam.shape == (3, 64, 64) and logits.shape == (3, 2)
+    assert float(cam.min()) >= 0.0 and float(cam.max()) <= 1.0 + 1e-6
+    for c in cam:
+        assert float(c.max()) == pytest.approx(1.0) or float(c.max()) == 0.0
+    assert not cam.requires_grad and not features.requires_grad
+    assert torch.allclose(logits, classifier(features), atol=1e-5)
+
+
+def test_grad_cam_is_zero_on_padding(classifier):
+    features = torch.randn(2, 256, 64, 64, generator=torch.Generator().manual_seed(2))
+    valid = torch.zeros(2, 64, 64)
+    valid[0, :40, :] = 1
+    valid[1, :, :25] = 1
+    cam, _ = grad_cam(classifier, features, valid)
+    assert float(cam.min()) >= 0.0 and float(cam.max()) <= 1.0 + 1e-6
+    assert float(cam[0, 40:].abs().max()) == 0.0 and float(cam[1, :, 25:].abs().max()) == 0.0
+    assert float(cam[0].max()) == pytest.approx(1.0)
+
+
+def test_grad_cam_finds_what_the_classifier_looks_at():
+    """A classifier that reads channel 0 only: its CAM is bright exactly where channel 0 is."""
+    classifier = PresenceClassifier(8, hidden=4, dropout=0.0)
+    with torch.no_grad():
+        for layer in (classifier.mlp[0], classifier.mlp[3]):
+            layer.weight.zero_()
+            layer.bias.zero_()
+        classifier.mlp[0].weight[0, 0] = 1.0
+        classifier.mlp[3].weight[1, 0] = 1.0
+    features = torch.zeros(1, 8, 16, 16)
+    features[0, 0, 4:8, 10:14] = 1.0
+    features[0, 1:] = torch.rand(7, 16, 16)  # channels the classifier ignores
+    cam, _ = grad_cam(classifier, features)
+    assert float(cam[0, 4:8, 10:14].min()) == pytest.approx(1.0)
+    assert float(cam[0].sum()) == pytest.approx(16.0)
+    box, fallback = cam_to_box(cam[0].numpy(), 0.4, scale=4.0)
+    assert not fallback and box.tolist() == [40, 16, 56, 32]
+
+
+def test_grad_cam_create_graph_trains_through_the_cam():
+    adapter, classifier = SharedAdapter(32), PresenceClassifier(32)
+    embeddings = torch.randn(2, 32, 16, 16)
+    cam, logits = grad_cam(classifier, adapter(embeddings), create_graph=True)
+    assert cam.requires_grad and logits.requires_grad
+    cam[:, :4, :4].mean().backward()
+    assert classifier.mlp[0].weight.grad.abs().sum() > 0
+    assert adapter.block[-1].weight.grad.abs().sum() > 0  # the gradient-feedback path reaches the adapter
+
+
+def test_cam_to_box_one_rectangle():
+    cam = np.zeros((64, 64), np.float32)
+    cam[10:20, 20:40] = 1.0
+    cam[30, 5] = 0.2  # below the threshold: ignored
+    box, fallback = cam_to_box(cam, threshold=0.4, scale=4.0)
+    assert not fallback
+    assert box.tolist() == [80, 40, 160, 80]  # (x0, y0, x1, y1) of cells 20..39 x 10..19, exclusive, times 4
+    box, _ = cam_to_box(cam, threshold=0.4, scale=2.5)
+    np.testing.assert_allclose(box, [50, 25, 100, 50])
+
+
+def test_cam_to_box_threshold_is_used():
+    cam = np.zeros((64, 64), np.float32)
+    cam[10:20, 10:20] = 1.0
+    cam[8:22, 8:22] = np.maximum(cam[8:22, 8:22], 0.5)
+    assert cam_to_box(cam, threshold=0.4)[0].tolist() == [32, 32, 88, 88]
+    assert cam_to_box(cam, threshold=0.6)[0].tolist() == [40, 40, 80, 80]
+
+
+@pytest.mark.parametrize("cam", [np.zeros((64, 64), np.float32), np.full((64, 64), 0.3, np.float32),
+                                 np.full((64, 64), np.nan, np.float32)])
+def test_cam_to_box_fallback(cam):
+    box, fallback = cam_to_box(cam, threshold=0.4, scale=4.0, valid_hw=(200, 256))
+    assert fallback
+    np.testing.assert_allclose(box, central_box(200, 256))
+    np.testing.assert_allclose(box, [64, 50, 192, 150])
+    box, fallback = cam_to_box(cam, threshold=0.4, scale=4.0)
+    assert fallback and box.tolist() == [64, 64, 192, 192]
+
+
+def test_cam_to_box_peak_ignores_a_weaker_hot_spot():
+    cam = np.zeros((64, 64), np.float32)
+    cam[5:15, 5:15] = 1.0
+    cam[40:50, 40:60] = 0.6
+    peak, fallback = cam_to_box(cam, threshold=0.4, scale=4.0, component="peak")
+    assert not fallback and peak.tolist() == [20, 20, 60, 60]
+    both, _ = cam_to_box(cam, threshold=0.4, scale=4.0, component="all")
+    assert both.tolist() == [20, 20, 240, 200]
+    # whichever region holds the maximum wins, wherever it is
+    cam[45, 45] = 1.5
+    assert cam_to_box(cam, threshold=0.4, scale=4.0, component="peak")[0].tolist() == [160, 160, 240, 200]
+
+
+def test_cam_to_box_is_clipped_to_the_valid_area():
+    cam = np.zeros((64, 64), np.float32)
+    cam[0:64, 30:64] = 1.0
+    box, _ = cam_to_box(cam, threshold=0.4, scale=4.0, valid_hw=(256, 200))
+    assert box.tolist() == [120, 0, 200, 256]
+
+
+def test_cam_peaks():
+    cam = np.zeros((64, 64), np.float32)
+    cam[30, 12] = 1.0
+    cam[50, 50] = 0.7
+    cam[52, 52] = 0.6  # within min_distance of the 0.7 peak: not a separate peak
+    (point,) = cam_peaks(cam, count=1, scale=4.0)
+    np.testing.assert_allclose(point, [12 * 4 + 2, 30 * 4 + 2])
+    points = cam_peaks(cam, count=5, scale=4.0, min_distance=4)
+    np.testing.assert_allclose(points, [[50, 122], [202, 202]])
+    assert cam_peaks(np.zeros((8, 8), np.float32), count=2).shape == (0, 2)
+
+
+def test_auto_boxes_cam_or_whole_image():
+    backbone = micro_backbone()
+    cams = torch.zeros(2, 16, 16)
+    cams[0, 2:6, 3:9] = 1.0  # image 1: nothing above the threshold
+    adasam = AdaSam(AdaSamConfig(backbone="micro"), backbone)
+    boxes, fallbacks = adasam.auto_boxes(cams, [(64, 50), (40, 64)])
+    assert adasam.cam_scale == 4.0
+    assert fallbacks == [False, True]
+    assert boxes[0].tolist() == [12, 8, 36, 24]
+    np.testing.assert_allclose(boxes[1].numpy(), central_box(40, 64))
+    supervised = AdaSam(AdaSamConfig(backbone="micro", method="supervised"), backbone)
+    boxes, fallbacks = supervised.auto_boxes(cams, [(64, 50), (40, 64)])
+    assert fallbacks == [False, False]
+    np.testing.assert_allclose(boxes.numpy(), np.stack([whole_box((64, 50)), whole_box((40, 64))]))
+    assert whole_box((40, 64)).tolist() == [0, 0, 64, 40]

@@ -1,0 +1,236 @@
+"""`adasam train / evaluate / predict` end to end on generated blobs (tiny_random backbone), and bad input."""
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from app.cli import main
+from model.dataset import seeded_split
+from model_fixtures import one_torch_thread, write_blob_dataset, write_blob_folder  # noqa: F401 (autouse)
+
+ROOT = Path(__file__).resolve().parents[1]
+IDS = [f"img_{k:03d}" for k in range(10)]
+SPLIT = seeded_split(IDS, 0)  # what train and evaluate generate for a folder without manifest.csv
+ABSENT = {min(i for i in IDS if SPLIT[i] == "pool"), min(i for i in IDS if SPLIT[i] == "test")}
+
+
+def run_cli(*argv: str) -> tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main([str(a) for a in argv])
+    return code, out.getvalue(), err.getvalue()
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    """10 blob images without a manifest: a generated 7/1/2 split, one blob-free image in pool and one in test."""
+    return write_blob_folder(tmp_path_factory.mktemp("data") / "blobs", [i not in ABSENT for i in IDS])
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("cache")
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory, data, cache) -> dict:
+    folder = tmp_path_factory.mktemp("runs") / "run"
+    code, out, err = run_cli("train", "--data", data, "--out", folder, "--backbone", "tiny_random", "--steps", 4,
+                             "--cache", cache, "--masks", 0.5, "--seed", 0)
+    assert code == 0, err
+    return {"folder": folder, "stdout": out, "stderr": err}
+
+
+def test_train_writes_a_run(run):
+    folder = run["folder"]
+    assert sorted(p.name for p in folder.iterdir()) == ["last.pt", "model.pt", "split.csv", "summary.json"]
+    summary = json.loads((folder / "summary.json").read_text())
+    assert summary["n_pool"] == 7 and summary["n_val"] == 1 and summary["n_masked"] == 4
+    assert summary["embeddings_computed"] == 8  # pool + val; the test split is never touched
+    assert summary["train_config"]["steps"] == 4 and summary["model_config"]["backbone"] == "tiny_random"
+    assert summary["model_config"]["has_negatives"] is True
+    assert summary["best"]["step"] == 4
+    assert "generated (seed 0)" in run["stdout"] and "wrote" in run["stdout"]
+    assert "error" not in run["stderr"].lower() and "Traceback" not in run["stderr"]
+
+
+def test_generated_split_is_written_to_the_run(run):
+    with (run["folder"] / "split.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert {r["id"]: r["split"] for r in rows} == SPLIT
+    assert all(r["has_lesion"] == "" for r in rows)  # no manifest: tags come from the masks, not from the split file
+
+
+def test_second_train_resumes_from_the_cache(run, data, cache):
+    code, out, err = run_cli("train", "--data", data, "--out", run["folder"], "--backbone", "tiny_random",
+                             "--steps", 4, "--cache", cache, "--masks", 0.5, "--seed", 0)
+    assert code == 0, err
+    assert "resuming" in out and "from step 4" in out
+    assert json.loads((run["folder"] / "summary.json").read_text())["embeddings_computed"] == 0
+
+
+@pytest.fixture(scope="module")
+def evaluated(run, data, cache, tmp_path_factory) -> dict:
+    results = {}
+    for prompt in ("auto", "oracle"):
+        path = tmp_path_factory.mktemp("eval") / f"{prompt}.json"
+        code, out, err = run_cli("evaluate", "--data", data, "--model", run["folder"], "--split", "test",
+                                 "--json", path, "--cache", cache, "--prompt", prompt)
+        assert code == 0, err
+        results[prompt] = {"json": json.loads(path.read_text()), "stdout": out}
+    return results
+
+
+def test_evaluate_json(evaluated):
+    result = evaluated["auto"]["json"]
+    for key in ("n_images", "n_lesion", "dice_lesion", "dice_all", "presence_auc", "hd95_lesion", "prompt"):
+        assert key in result, key
+    assert result["n_images"] == 2 and result["n_lesion"] == 1
+    assert result["prompt"] == "auto" and result["split"] == "test"
+    assert 0 <= result["dice_lesion"] <= 1 and 0 <= result["dice_all"] <= 1
+    assert 0 <= result["presence_auc"] <= 1  # both classes are in the test split
+    assert isinstance(result["hd95_lesion"], float)
+    assert sorted(r["id"] for r in result["images"]) == sorted(i for i in IDS if SPLIT[i] == "test")
+    table = evaluated["auto"]["stdout"]
+    for key in ("n_images", "dice_lesion", "dice_all", "presence_auc", "hd95_lesion", "prompt"):
+        assert key in table
+
+
+def test_oracle_prompt_is_labelled_an_upper_bound(evaluated):
+    oracle = evaluated["oracle"]["json"]
+    assert "upper bound" in oracle["prompt"] and "upper bound" in evaluated["oracle"]["stdout"]
+    assert oracle["n_images"] == 2 and oracle["prompt_box_iou_lesion"] > 0.9
+    assert evaluated["auto"]["json"]["prompt"] == "auto"
+
+
+def test_predict_writes_masks_and_overlays(run, data, cache, tmp_path):
+    images = [data / "images" / f"{i}.png" for i in IDS[:2]]
+    out = tmp_path / "pred"
+    code, stdout, err = run_cli("predict", "--model", run["folder"], *images, "--out", out, "--cache", cache)
+    assert code == 0, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["pred"]  # no .partial folder left behind
+    rows = json.loads((out / "predictions.json").read_text())
+    assert len(rows) == 2
+    for path, row in zip(images, rows):
+        original = np.asarray(Image.open(path))
+        mask = np.asarray(Image.open(out / f"{path.stem}_mask.png"))
+        overlay = np.asarray(Image.open(out / f"{path.stem}_cam.png"))
+        assert mask.shape == original.shape and set(np.unique(mask)) <= {0, 255}
+        assert overlay.shape == (*original.shape, 3)
+        assert 0 <= row["probability"] <= 1 and row["mask_pixels"] == int((mask > 0).sum())
+        assert all(0 <= v <= 1 for v in row["uncertainty"].values())
+
+
+# -- bad input --------------------------------------------------------------------------------------------------------
+
+@pytest.fixture
+def small(tmp_path) -> Path:
+    """A valid 6-image folder with a manifest (pool: img_000 (no blob), img_003, img_004, img_005)."""
+    return write_blob_dataset(tmp_path / "small", n=6, negatives=1, size=(40, 48))
+
+
+def _assert_refused(code: int, err: str, command: str, *needles: str, progress: bool = False) -> None:
+    """Exit status 2 and one stderr line (plus, where the refusal needs the embeddings, the progress bar)."""
+    assert code == 2
+    lines = err.replace("\r", "\n").strip().splitlines()
+    if progress:
+        lines = [line for line in lines if line.strip() and not line.startswith("embedding:")]
+    assert len(lines) == 1, err
+    assert lines[0].startswith(f"adasam {command}: error: ")
+    for needle in needles:
+        assert needle in lines[0]
+
+
+def _train(data: Path, out: Path, cache: Path, *extra) -> tuple[int, str, str]:
+    return run_cli("train", "--data", data, "--out", out, "--backbone", "tiny_random", "--steps", 2,
+                   "--cache", cache, *extra)
+
+
+def test_unreadable_image(small, tmp_path):
+    bad = small / "images" / "img_003.png"
+    bad.write_text("not a picture, just text\n")
+    code, _, err = _train(small, tmp_path / "run", tmp_path / "cache")
+    _assert_refused(code, err, "train", str(bad), "not a readable image")
+    assert not (tmp_path / "run").exists()
+
+
+def test_mask_of_another_size(small, tmp_path):
+    bad = small / "masks" / "img_004.png"
+    Image.fromarray(np.zeros((41, 48), np.uint8)).save(bad)
+    code, _, err = _train(small, tmp_path / "run", tmp_path / "cache")
+    _assert_refused(code, err, "train", str(bad), "48x41", "48x40")
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("layout", ["nothing", "empty images/"])
+def test_empty_data_folder(tmp_path, layout):
+    data = tmp_path / "empty"
+    (data / "images" if layout != "nothing" else data).mkdir(parents=True)
+    code, _, err = _train(data, tmp_path / "run", tmp_path / "cache")
+    _assert_refused(code, err, "train", "no images")
+    assert not (tmp_path / "run").exists()
+
+
+def test_unknown_backbone(small, tmp_path):
+    code, _, err = run_cli("train", "--data", small, "--out", tmp_path / "run", "--backbone", "vgg16")
+    _assert_refused(code, err, "train", "unknown backbone", "vgg16")
+    assert not (tmp_path / "run").exists()
+
+
+def test_no_masked_image_contains_the_target(tmp_path):
+    data = write_blob_folder(tmp_path / "blank", [False] * 6, size=(30, 30))
+    code, _, err = _train(data, tmp_path / "run", tmp_path / "cache", "--masks", 1.0)
+    _assert_refused(code, err, "train", "containing the target", "--masks", progress=True)
+    assert not (tmp_path / "run").exists()
+
+
+def test_masks_fraction_out_of_range(small, tmp_path):
+    code, _, err = _train(small, tmp_path / "run", tmp_path / "cache", "--masks", 0)
+    _assert_refused(code, err, "train", "--masks")
+    assert not (tmp_path / "run").exists()
+
+
+def test_evaluate_refuses_bad_input(run, data, tmp_path):
+    copy = tmp_path / "data"
+    shutil.copytree(data, copy)
+    bad = copy / "images" / f"{min(i for i in IDS if SPLIT[i] == 'test')}.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n" + b"truncated")
+    report = tmp_path / "eval.json"
+    code, _, err = run_cli("evaluate", "--data", copy, "--model", run["folder"], "--json", report,
+                           "--cache", tmp_path / "cache")
+    _assert_refused(code, err, "evaluate", str(bad))
+    assert not report.exists()
+    code, _, err = run_cli("evaluate", "--data", data, "--model", tmp_path / "no-run", "--json", report)
+    _assert_refused(code, err, "evaluate", "no such model checkpoint")
+    assert not report.exists()
+
+
+def test_predict_refuses_an_unreadable_image(run, data, tmp_path):
+    bad = tmp_path / "bad.png"
+    bad.write_text("text")
+    code, _, err = run_cli("predict", "--model", run["folder"], data / "images" / "img_000.png", bad,
+                           "--out", tmp_path / "pred", "--cache", tmp_path / "cache")
+    _assert_refused(code, err, "predict", str(bad))
+    assert not (tmp_path / "pred").exists() and not (tmp_path / "pred.partial").exists()
+
+
+def test_exit_code_of_the_real_command(small, tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    result = subprocess.run([sys.executable, "-m", "app.cli", "train", "--data", str(small), "--out",
+                             str(tmp_path / "run"), "--backbone", "nope"], cwd=ROOT, env=env, capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [result.stderr.strip()]
+    assert "unknown backbone 'nope'" in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "run").exists()

@@ -1,0 +1,118 @@
+"""Data folders (layout, manifest, generated split) and evaluation metrics."""
+from __future__ import annotations
+
+import csv
+import math
+
+import numpy as np
+import pytest
+
+from model.dataset import DataError, load_data_folder, seeded_split
+from model.metrics import box_iou, dice, hd95, nanmean, presence_auc
+from model_fixtures import one_torch_thread, write_blob_dataset, write_blob_folder  # noqa: F401 (autouse)
+
+
+# -- data folders -----------------------------------------------------------------------------------------------------
+
+def test_folder_with_manifest(tmp_path):
+    root = write_blob_dataset(tmp_path / "d", n=12, negatives=3, size=(20, 24))
+    folder = load_data_folder(root)
+    assert folder.split_source == "manifest" and len(folder.samples) == 12
+    assert [s.id for s in folder.split("val")] == ["img_001", "img_007"]
+    assert [s.id for s in folder.split("test")] == ["img_002", "img_008"]
+    assert len(folder.split("pool")) == 8
+    sample = folder.samples[0]
+    assert sample.image_path == root / "images" / "img_000.png" and sample.mask_path == root / "masks" / "img_000.png"
+    assert [s.has_lesion for s in folder.samples[:4]] == [False, False, False, True]
+
+
+def test_folder_without_manifest_gets_a_seeded_split(tmp_path):
+    root = write_blob_folder(tmp_path / "d", [True] * 20, size=(16, 16))
+    (root / "masks" / "img_003.png").unlink()  # an image without a mask is fine (unlabeled)
+    a, b = load_data_folder(root, seed=0), load_data_folder(root, seed=0)
+    assert a.split_source == "generated (seed 0)"
+    assert [s.split for s in a.samples] == [s.split for s in b.samples]
+    counts = {name: len(a.split(name)) for name in ("pool", "val", "test")}
+    assert counts == {"pool": 14, "val": 2, "test": 4}
+    assert a.samples[3].mask_path is None and a.samples[3].has_lesion is None
+    other = load_data_folder(root, seed=1)
+    assert [s.split for s in other.samples] != [s.split for s in a.samples]
+    a.write_split(tmp_path / "run" / "split.csv")
+    with (tmp_path / "run" / "split.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert [(r["id"], r["split"]) for r in rows] == [(s.id, s.split) for s in a.samples]
+
+
+def test_manifest_without_split_column_is_split_by_seed(tmp_path):
+    root = write_blob_folder(tmp_path / "d", [True, False] * 5, size=(16, 16))
+    (root / "manifest.csv").write_text("id,has_lesion\n" + "".join(f"img_{k:03d},{1 - k % 2}\n" for k in range(10)))
+    folder = load_data_folder(root)
+    assert folder.split_source.startswith("generated")
+    assert [s.has_lesion for s in folder.samples[:2]] == [True, False]
+
+
+def test_seeded_split_small():
+    split = seeded_split(["a", "b", "c"], 0)
+    assert sorted(split.values()) == ["pool", "test", "val"]
+    split = seeded_split([f"i{k}" for k in range(100)], 3)
+    assert sum(v == "val" for v in split.values()) == 10 and sum(v == "test" for v in split.values()) == 20
+
+
+@pytest.mark.parametrize("case, message", [
+    ("no_images_dir", "no images/ folder"),
+    ("empty_images", "no images"),
+    ("unknown_split", "unknown split"),
+    ("missing_row", "no row for image"),
+    ("no_id_column", "needs an 'id' column"),
+])
+def test_bad_folders_are_one_line_errors(tmp_path, case, message):
+    root = tmp_path / "d"
+    if case == "no_images_dir":
+        root.mkdir()
+    elif case == "empty_images":
+        (root / "images").mkdir(parents=True)
+        (root / "images" / "readme.txt").write_text("no pictures here")
+    else:
+        write_blob_dataset(root, n=4, negatives=1, size=(16, 16))
+        manifest = root / "manifest.csv"
+        if case == "unknown_split":
+            manifest.write_text(manifest.read_text().replace(",pool", ",training"))
+        elif case == "missing_row":
+            manifest.write_text("\n".join(manifest.read_text().splitlines()[:-1]) + "\n")
+        else:
+            manifest.write_text("name,split\nimg_000,pool\n")
+    with pytest.raises(DataError, match=message) as err:
+        load_data_folder(root)
+    assert "\n" not in str(err.value)
+
+
+# -- metrics ----------------------------------------------------------------------------------------------------------
+
+def test_dice():
+    a = np.zeros((10, 10), bool)
+    b = a.copy()
+    assert dice(a, b) == 1.0  # a correct "no finding"
+    b[2:4, 2:4] = True
+    assert dice(a, b) == 0.0 and dice(b, b) == 1.0
+    a[2:4, 2:6] = True
+    assert dice(a, b) == pytest.approx(2 * 4 / 12)
+
+
+def test_box_iou():
+    assert box_iou(np.array([0, 0, 10, 10]), np.array([0, 0, 10, 10])) == 1.0
+    assert box_iou(np.array([0, 0, 10, 10]), np.array([5, 0, 15, 10])) == pytest.approx(50 / 150)
+    assert box_iou(np.array([0, 0, 1, 1]), np.array([2, 2, 3, 3])) == 0.0
+    assert box_iou(None, np.array([0, 0, 1, 1])) == 0.0
+
+
+def test_hd95_presence_auc_nanmean():
+    a = np.zeros((20, 20), bool)
+    a[5:10, 5:10] = True
+    b = np.roll(a, 3, axis=1)
+    assert hd95(a, a) == 0.0
+    assert hd95(a, b) == pytest.approx(3.0)
+    assert math.isnan(hd95(a, np.zeros_like(a)))
+    assert presence_auc([0.9, 0.8, 0.1], [True, True, False]) == 1.0
+    assert presence_auc([0.1, 0.8, 0.9], [True, True, False]) == 0.0
+    assert math.isnan(presence_auc([0.5, 0.6], [True, True]))
+    assert nanmean([1.0, math.nan, 3.0]) == 2.0 and math.isnan(nanmean([math.nan]))

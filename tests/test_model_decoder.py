@@ -1,0 +1,55 @@
+"""model.decoder.decode: one prompt per image, batched, identical to segment-anything's own decoder."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from model.decoder import decode
+from model_fixtures import shared_backbone, one_torch_thread  # noqa: F401 (autouse)
+
+
+@pytest.fixture(scope="module")
+def parts():
+    backbone = shared_backbone("tiny_random")
+    generator = torch.Generator().manual_seed(0)
+    embeddings = torch.randn(3, *backbone.embedding_shape, generator=generator)
+    boxes = torch.tensor([[10.0, 20.0, 120.0, 200.0], [0.0, 0.0, 256.0, 256.0], [100.0, 50.0, 140.0, 90.0]])
+    return backbone, embeddings, boxes
+
+
+def test_batch_equals_each_image_alone(parts):
+    backbone, embeddings, boxes = parts
+    with torch.no_grad():
+        logits, iou = decode(backbone.mask_decoder, backbone.prompt_encoder, embeddings, boxes=boxes)
+        assert logits.shape == (3, 1, 256, 256) and iou.shape == (3, 1)
+        for i in range(3):
+            alone, alone_iou = decode(backbone.mask_decoder, backbone.prompt_encoder, embeddings[i:i + 1],
+                                      boxes=boxes[i:i + 1])
+            assert torch.allclose(logits[i], alone[0], atol=1e-4, rtol=1e-4)
+            assert torch.allclose(iou[i], alone_iou[0], atol=1e-5)
+    # the prompts are paired with their own image: different images give different masks
+    assert not torch.allclose(logits[0], logits[2], atol=1e-2)
+
+
+def test_single_image_matches_segment_anything(parts):
+    """Same layers, same answer as the stock MaskDecoder's single-mask output."""
+    backbone, embeddings, boxes = parts
+    coords = torch.tensor([[[60.0, 80.0], [30.0, 30.0]]])
+    labels = torch.tensor([[1.0, 0.0]])
+    with torch.no_grad():
+        for prompt in ({"boxes": boxes[:1], "points": None}, {"boxes": None, "points": (coords, labels)},
+                       {"boxes": boxes[:1], "points": (coords, labels)}):
+            ours, our_iou = decode(backbone.mask_decoder, backbone.prompt_encoder, embeddings[:1], **prompt)
+            sparse, dense = backbone.prompt_encoder(points=prompt["points"], boxes=prompt["boxes"], masks=None)
+            stock, stock_iou = backbone.mask_decoder(embeddings[:1], backbone.prompt_encoder.get_dense_pe(),
+                                                     sparse, dense, multimask_output=False)
+            assert torch.allclose(ours, stock, atol=1e-4, rtol=1e-4)
+            assert torch.allclose(our_iou, stock_iou, atol=1e-5)
+
+
+def test_decode_is_differentiable(parts):
+    backbone, embeddings, boxes = parts
+    features = embeddings[:2].clone().requires_grad_(True)
+    logits, _ = decode(backbone.mask_decoder, backbone.prompt_encoder, features, boxes=boxes[:2])
+    logits.mean().backward()
+    assert features.grad is not None and features.grad.abs().sum() > 0

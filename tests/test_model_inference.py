@@ -1,0 +1,263 @@
+"""Automatic prediction, click/box refinement, uncertainty scores, evaluation and overlays."""
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+
+from model.adasam import AdaSam, AdaSamConfig
+from model.evaluate import Item, evaluate
+from model.inference import Predictor, valid_grid
+from model.overlay import cam_overlay, display_image
+from model.preprocess import Geometry, box_to_model, logits_to_original, mask_box
+from model.uncertainty import (binary_entropy, classifier_uncertainty, combined_uncertainty,
+                               mc_dropout_probability, segmentation_uncertainty)
+from model_fixtures import (blob_items, lite_blob, micro_backbone, one_torch_thread,  # noqa: F401 (autouse)
+                            shared_backbone, tiny_blob_items)
+
+
+@pytest.fixture(scope="module")
+def items():
+    """Three 96 x 112 blob images (the first without a blob) and one 120 x 80, encoded by tiny_random."""
+    tall = blob_items(shared_backbone("tiny_random"), 1, seed=6, size=(120, 80), prefix="tall")
+    return list(tiny_blob_items()) + tall
+
+
+def _model(**config) -> AdaSam:
+    torch.manual_seed(0)
+    return AdaSam(AdaSamConfig(backbone="tiny_random", **config), shared_backbone("tiny_random")).eval()
+
+
+@pytest.fixture(scope="module")
+def predictions(items):
+    return Predictor(_model()).predict_batch(torch.stack([i.embedding for i in items]), [i.geometry for i in items])
+
+
+def _in_unit_interval(value: float) -> bool:
+    return 0.0 <= value <= 1.0
+
+
+def test_prediction_is_at_original_size(items, predictions):
+    for item, p in zip(items, predictions):
+        shape = (item.geometry.height, item.geometry.width)
+        assert p.mask.shape == p.raw_mask.shape == p.cam.shape == shape
+        assert p.mask.dtype == bool and p.raw_mask.dtype == bool
+        assert _in_unit_interval(p.probability)
+        assert float(p.cam.min()) >= 0.0 and float(p.cam.max()) <= 1.0
+        for value in (p.uncertainty.classifier, p.uncertainty.segmentation, p.uncertainty.combined):
+            assert _in_unit_interval(value)
+        assert p.box.shape == (4,)
+        assert 0 <= p.box[0] <= p.box[2] <= shape[1] - 1 and 0 <= p.box[1] <= p.box[3] <= shape[0] - 1
+        gated = p.probability >= 0.5
+        assert np.array_equal(p.mask, p.raw_mask if gated else np.zeros_like(p.raw_mask))
+
+
+def test_batch_equals_one_by_one(items, predictions):
+    predictor = Predictor(_model())
+    for item, batched in zip(items, predictions):
+        alone = predictor.predict(item.embedding, item.geometry)
+        assert alone.probability == pytest.approx(batched.probability, abs=1e-5)
+        assert np.mean(alone.raw_mask != batched.raw_mask) < 0.001
+        np.testing.assert_allclose(alone.cam, batched.cam, atol=1e-4)
+        np.testing.assert_allclose(alone.box, batched.box, atol=1e-3)
+
+
+def test_presence_threshold_gates_the_mask(items):
+    item = items[1]
+    never = Predictor(_model(presence_threshold=1.01)).predict(item.embedding, item.geometry)
+    always = Predictor(_model(presence_threshold=0.0)).predict(item.embedding, item.geometry)
+    assert not never.mask.any() and never.raw_mask.any()
+    assert np.array_equal(always.mask, always.raw_mask)
+
+
+@pytest.mark.parametrize("config", [{"method": "supervised"}, {"has_negatives": False}])
+def test_presence_is_assumed_without_a_classifier_to_ask(items, config):
+    item = items[0]
+    p = Predictor(_model(**config)).predict(item.embedding, item.geometry)
+    assert p.probability == 1.0 and np.array_equal(p.mask, p.raw_mask)
+    assert p.uncertainty.classifier == pytest.approx(0.0, abs=1e-4)
+
+
+def test_supervised_and_whole_prompt_use_the_whole_image(items):
+    item = items[2]
+    for config in ({"method": "supervised", "cascade": 0}, {"prompt": "whole", "cascade": 0}):
+        p = Predictor(_model(**config)).predict(item.embedding, item.geometry)
+        np.testing.assert_allclose(p.box, [0, 0, item.geometry.width - 1, item.geometry.height - 1], atol=0.5)
+        assert not p.box_is_fallback
+
+
+def test_dropout_samples(items):
+    item = items[1]
+    model = _model()
+    torch.manual_seed(0)
+    p = Predictor(model, dropout_samples=8).predict(item.embedding, item.geometry)
+    assert _in_unit_interval(p.probability) and _in_unit_interval(p.uncertainty.combined)
+    assert not model.training and not model.classifier.training
+
+
+def test_refine_needs_a_prompt(items):
+    with pytest.raises(ValueError, match="at least one click or a box"):
+        Predictor(_model()).refine(items[1].embedding, items[1].geometry)
+
+
+def test_refine_positive_vs_negative_click(items):
+    item = items[1]
+    predictor = Predictor(_model())
+    ys, xs = np.nonzero(item.mask)
+    centre = (float(xs.mean()), float(ys.mean()))
+    positive = predictor.refine(item.embedding, item.geometry, positive=[centre])
+    negative = predictor.refine(item.embedding, item.geometry, negative=[centre])
+    assert positive.shape == negative.shape == item.mask.shape and positive.dtype == bool
+    assert (positive != negative).sum() > 100
+
+
+def _stock_sam(item: Item, points=None, box=None) -> np.ndarray:
+    """segment-anything's own prompt encoder + mask decoder, single-mask output, as SamPredictor runs them."""
+    backbone = shared_backbone("tiny_random")
+    g = item.geometry
+    if points is not None:
+        coords = torch.tensor([[list(p) for p, _ in points]], dtype=torch.float32) * g.scale
+        points = (coords, torch.tensor([[float(label) for _, label in points]]))
+    boxes = None if box is None else torch.from_numpy(box_to_model(box, g))[None]
+    with torch.no_grad():
+        sparse, dense = backbone.prompt_encoder(points=points, boxes=boxes, masks=None)
+        logits, _ = backbone.mask_decoder(item.embedding[None], backbone.prompt_encoder.get_dense_pe(), sparse, dense,
+                                          multimask_output=False)
+    return (logits_to_original(logits[0], g)[0] > 0).numpy()
+
+
+def test_refine_matches_segment_anything(items):
+    """An untrained adapter is the identity, so refine must give exactly what stock SAM gives for the prompts."""
+    item = items[1]
+    predictor = Predictor(_model())
+    click, other = (50.0, 40.0), (10.0, 80.0)
+    box = (20.0, 15.0, 90.0, 70.0)
+    assert np.array_equal(predictor.refine(item.embedding, item.geometry, positive=[click]),
+                          _stock_sam(item, points=[(click, 1)]))
+    assert np.array_equal(predictor.refine(item.embedding, item.geometry, positive=[click], negative=[other]),
+                          _stock_sam(item, points=[(click, 1), (other, 0)]))
+    assert np.array_equal(predictor.refine(item.embedding, item.geometry, box=box), _stock_sam(item, box=box))
+    assert np.array_equal(predictor.refine(item.embedding, item.geometry, negative=[other], box=box),
+                          _stock_sam(item, points=[(other, 0)], box=box))
+
+
+def test_refine_reuses_features_of_the_same_image(items):
+    predictor = Predictor(_model())
+    a, b = items[1], items[2]
+    predictor.refine(a.embedding, a.geometry, box=(10, 10, 50, 50))
+    features = predictor._features
+    predictor.refine(a.embedding, a.geometry, positive=[(20, 20)])
+    assert predictor._features is features
+    mask_b = predictor.refine(b.embedding, b.geometry, box=(10, 10, 50, 50))
+    assert predictor._features is not features
+    assert np.array_equal(mask_b, Predictor(_model()).refine(b.embedding, b.geometry, box=(10, 10, 50, 50)))
+
+
+def test_valid_grid():
+    grid = valid_grid([Geometry(96, 112, 256), Geometry(120, 80, 256), Geometry(64, 64, 256)], 64)
+    assert grid.shape == (3, 64, 64)
+    assert grid[0].sum() == 55 * 64 and grid[0, :55].all()  # 219 of 256 rows are image: 54.75 cells, rounded up
+    assert grid[1].sum() == 64 * 43 and grid[1, :, :43].all()
+    assert grid[2].all()
+
+
+# -- uncertainty ------------------------------------------------------------------------------------------------------
+
+def test_binary_entropy():
+    values = binary_entropy(torch.tensor([0.5, 0.0, 1.0, 1e-9, 1 - 1e-9, 0.11]))
+    assert values[0] == pytest.approx(1.0)
+    assert values[1:5].max() < 1e-4
+    assert values[5] == pytest.approx(0.4999, abs=1e-3)
+    assert torch.isfinite(values).all()
+    assert torch.equal(classifier_uncertainty(torch.tensor([0.5])), binary_entropy(torch.tensor([0.5])))
+
+
+def test_segmentation_and_combined_uncertainty():
+    crisp = torch.zeros(1, 8, 8)
+    crisp[0, 2:5, 2:5] = 1.0
+    unsure = torch.full((1, 8, 8), 0.5)
+    empty = torch.zeros(1, 8, 8)
+    scores = segmentation_uncertainty(torch.cat([crisp, unsure, empty]))
+    assert scores[0] < 1e-4 and scores[1] == pytest.approx(1.0) and scores[2] == 0.0
+    faint = torch.full((1, 8, 8), 0.05)  # below the 0.1 floor: not part of the mask's extent
+    faint[0, 0, 0] = 0.5
+    assert segmentation_uncertainty(faint)[0] == pytest.approx(1.0)
+    p = torch.tensor([0.5, 1.0, 0.0])
+    combined = combined_uncertainty(p, classifier_uncertainty(p), torch.tensor([1.0, 1.0, 1.0]))
+    assert combined.tolist() == pytest.approx([0.75, 0.5, 0.0], abs=1e-4)  # (H(p) + p * seg) / 2
+    assert ((combined >= 0) & (combined <= 1)).all()
+
+
+def test_mc_dropout_probability_restores_the_mode():
+    from model.heads import PresenceClassifier
+
+    torch.manual_seed(0)
+    classifier = PresenceClassifier(16, dropout=0.5).eval()
+    features = torch.randn(3, 16, 4, 4)
+    probability = mc_dropout_probability(classifier, features, samples=16)
+    assert probability.shape == (3,) and ((probability >= 0) & (probability <= 1)).all()
+    assert not classifier.training
+    plain = classifier(features).softmax(1)[:, 1]
+    assert not torch.allclose(probability, plain)  # dropout was active while sampling
+
+
+# -- evaluation -------------------------------------------------------------------------------------------------------
+
+def test_evaluate_summary_and_rows():
+    backbone = micro_backbone()
+    items = blob_items(backbone, 5, negatives=2, seed=3)
+    items.append(replace(items[-1], id="unlabelled", mask=None))
+    model = AdaSam(AdaSamConfig(backbone="micro", has_negatives=True), backbone)
+    summary, rows = evaluate(model, items, prompt="auto")
+    assert summary["n_images"] == 5 and summary["n_lesion"] == 3 and len(rows) == 5
+    assert summary["prompt"] == "auto"
+    for key in ("dice_lesion", "dice_all", "presence_auc", "hd95_lesion", "prompt_box_iou_lesion",
+                "prompt_fallback_rate", "dice_lesion_ungated"):
+        assert key in summary
+    assert _in_unit_interval(summary["dice_all"]) and _in_unit_interval(summary["presence_auc"])
+    # dice_all scores an empty truth 1 when the (gated) prediction is empty, else 0
+    for row in rows:
+        if not row["lesion"]:
+            assert row["dice"] in (0.0, 1.0) and math.isnan(row["hd95"]) and math.isnan(row["box_iou"])
+    assert summary["dice_all"] == pytest.approx(np.mean([r["dice"] for r in rows]))
+    lesion = [r["dice"] for r in rows if r["lesion"]]
+    assert summary["dice_lesion"] == pytest.approx(np.mean(lesion))
+    with pytest.raises(ValueError, match="auto or oracle"):
+        evaluate(model, items, prompt="cheat")
+    with pytest.raises(ValueError, match="no image with a ground-truth mask"):
+        evaluate(model, [replace(items[0], mask=None)])
+
+
+def test_oracle_evaluation_of_the_real_weights_is_an_upper_bound():
+    lite = lite_blob()
+    item = Item("blob", lite["embedding"], lite["geometry"], lite["mask"], True)
+    empty = Item("empty", lite["embedding"], lite["geometry"], np.zeros_like(lite["mask"]), False)
+    model = AdaSam(AdaSamConfig(backbone="litemedsam", method="supervised", cascade=0), lite["backbone"])
+    oracle, rows = evaluate(model, [item, empty], prompt="oracle")
+    assert "upper bound" in oracle["prompt"] and "oracle" in oracle["prompt"]
+    assert oracle["dice_lesion"] > 0.8
+    assert oracle["prompt_box_iou_lesion"] > 0.95
+    assert math.isfinite(oracle["hd95_lesion"]) and oracle["hd95_lesion"] < 10
+    auto, _ = evaluate(model, [item], prompt="auto")  # the whole image as the box: far worse than the oracle
+    assert auto["prompt"] == "auto" and auto["dice_lesion"] < oracle["dice_lesion"]
+
+
+# -- overlay ----------------------------------------------------------------------------------------------------------
+
+def test_cam_overlay():
+    lite = lite_blob()
+    image, mask = lite["image"], lite["mask"]
+    cam = np.zeros(mask.shape, np.float32)
+    box = mask_box(mask)
+    picture = cam_overlay(image, cam, mask, box)
+    assert picture.shape == (*mask.shape, 3) and picture.dtype == np.uint8
+    x0, y0, x1, y1 = (int(v) for v in box)
+    assert picture[y0, (x0 + x1) // 2].tolist() == [255, 255, 0]  # the box, in yellow
+    assert (picture[mask] == [0, 255, 0]).all(axis=1).any()  # the mask outline, in green
+    plain = cam_overlay(image, None, None, None)
+    assert np.array_equal(plain, display_image(image))
+    rgb = cam_overlay(np.dstack([image] * 3), np.ones(mask.shape, np.float32), None, None)
+    assert rgb.shape == plain.shape and not np.array_equal(rgb, plain)  # the heat map is blended in

@@ -1,0 +1,228 @@
+"""Semi-supervised training on a micro backbone: losses fall, seeded determinism, checkpoints, resume, no negatives."""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict
+
+import numpy as np
+import pytest
+import torch
+
+from model.adasam import AdaSamConfig, CheckpointError, load_checkpoint, save_checkpoint
+from model.inference import Predictor
+from model.losses import cam_loss, consistency_loss, dice_loss, segmentation_loss
+from model.metrics import box_iou, presence_auc
+from model.preprocess import mask_box
+from model.train import TrainConfig, Trainer, TrainingData, build_training_model, detect_negatives
+from model_fixtures import blob_items, micro_backbone, one_torch_thread  # noqa: F401 (autouse)
+
+STEPS = 40
+
+
+@pytest.fixture(scope="module")
+def pool():
+    """12 encoded blob images (3 without a blob) and 4 validation images (1 without)."""
+    backbone = micro_backbone()
+    return blob_items(backbone, 12, negatives=3, seed=1), blob_items(backbone, 4, negatives=1, seed=2, prefix="v")
+
+
+def _data(pool, masked=8, with_val=False):
+    items, val = pool
+    return TrainingData(masked=items[:masked], tagged=list(items), unlabeled=items[masked:],
+                        val=list(val) if with_val else [])
+
+
+def _trainer(tmp_path, data, seed=0, steps=STEPS, method="adasam", has_negatives=True, eval_every=1000, **overrides):
+    config = AdaSamConfig(backbone="micro", method=method, has_negatives=has_negatives)
+    model = build_training_model(config, seed, micro_backbone())
+    train_config = TrainConfig(steps=steps, batch_masked=4, batch_unlabeled=2, batch_tagged=4,
+                               eval_every=eval_every, seed=seed, **overrides)
+    return Trainer(model, train_config, data, tmp_path, log=lambda line: None)
+
+
+def _states_equal(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+# -- losses ---------------------------------------------------------------------------------------------------------
+
+def test_loss_functions():
+    target = torch.zeros(2, 1, 8, 8)
+    target[:, :, 2:6, 2:6] = 1
+    good, bad = (target - 0.5) * 40, (0.5 - target) * 40
+    assert float(dice_loss(good, target)) < 0.01 and float(dice_loss(bad, target)) > 0.95
+    assert float(segmentation_loss(good, target)) < 0.02 < 1 < float(segmentation_loss(bad, target))
+    assert float(cam_loss(target[:, 0], target[:, 0])) < 1e-3
+    assert float(cam_loss(1 - target[:, 0], target[:, 0])) > 5
+    # consistency: agreeing with a confident teacher costs little; an unsure teacher (p = 0.5) has no weight
+    teacher = torch.sigmoid(good)
+    assert float(consistency_loss(good, teacher)) < 0.02
+    unsure = torch.full_like(target, 0.5)
+    assert float(consistency_loss(bad, unsure)) < float(consistency_loss(bad, teacher))
+    # a weight of zero on some pixels leaves them out of the Dice
+    weight = torch.ones_like(target)
+    weight[:, :, :4] = 0
+    half_wrong = good.clone()
+    half_wrong[:, :, :4] *= -1
+    assert float(dice_loss(half_wrong, target, weight)) < 0.01 < float(dice_loss(half_wrong, target))
+
+
+# -- training ---------------------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def trained(pool, tmp_path_factory):
+    trainer = _trainer(tmp_path_factory.mktemp("run"), _data(pool), lr_decoder=1e-3, lr_heads=3e-3)
+    losses = [trainer.train_step() for _ in range(STEPS)]
+    return trainer, losses
+
+
+def test_losses_fall_on_a_toy_problem(trained):
+    _, losses = trained
+    assert {"seg", "cam", "cls", "consistency", "cls_consistency"} <= set().union(*losses)
+    assert all(math.isfinite(v) for step in losses for v in step.values())
+
+    def mean(key, part):
+        return np.mean([step[key] for step in part if key in step])
+
+    for key, factor in (("seg", 0.9), ("cam", 0.5), ("cls", 0.95)):
+        first, last = mean(key, losses[:5]), mean(key, losses[-5:])
+        assert last < factor * first, (key, first, last)
+
+
+def test_classifier_learns_presence(trained, pool):
+    trainer, _ = trained
+    items = list(pool[0]) + list(pool[1])
+    predictions = Predictor(trainer.model).predict_batch(torch.stack([i.embedding for i in items]),
+                                                         [i.geometry for i in items])
+    assert presence_auc([p.probability for p in predictions], [bool(i.mask.any()) for i in items]) > 0.9
+
+
+def test_training_moves_the_cam_onto_the_blobs(trained, pool):
+    trainer, _ = trained
+    _, val = pool
+    untrained = build_training_model(trainer.model.config, 0, micro_backbone())
+    trained_iou, untrained_iou = [], []
+    for model, ious in ((trainer.model, trained_iou), (untrained, untrained_iou)):
+        predictor = Predictor(model)
+        for item in val:
+            if item.mask.any():
+                p = predictor.predict(item.embedding, item.geometry)
+                ious.append(box_iou(p.box, mask_box(item.mask)))
+    assert np.mean(trained_iou) > 0.4
+    assert np.mean(trained_iou) > np.mean(untrained_iou) + 0.1
+
+
+def test_seeded_training_is_deterministic(pool, tmp_path):
+    states = []
+    for seed, folder in ((0, "a"), (0, "b"), (1, "c")):
+        trainer = _trainer(tmp_path / folder, _data(pool), seed=seed)
+        for _ in range(3):
+            trainer.train_step()
+        states.append(trainer.model.trainable_state())
+    assert _states_equal(states[0], states[1])
+    assert not _states_equal(states[0], states[2])
+
+
+@pytest.mark.parametrize("method", ["adasam", "supervised"])
+def test_checkpoint_round_trip(pool, tmp_path, method):
+    trainer = _trainer(tmp_path, _data(pool), method=method, steps=3, lr_decoder=1e-3)
+    for _ in range(3):
+        trainer.train_step()
+    model = trainer.model.eval()
+    path = tmp_path / "ckpt" / "model.pt"
+    save_checkpoint(model, path, {"note": "hello"})
+    assert not list(path.parent.glob("*.tmp"))
+    payload = torch.load(path, weights_only=False)
+    assert payload["note"] == "hello" and payload["config"] == asdict(model.config)
+    assert not any(k.startswith(("backbone.image_encoder.", "backbone.prompt_encoder.")) for k in payload["state"])
+    assert any(k.startswith("backbone.mask_decoder.") for k in payload["state"])
+    assert any(k.startswith("adapter.") for k in payload["state"]) == (method == "adasam")
+
+    loaded, _ = load_checkpoint(path.parent, backbone=micro_backbone())  # a run folder holding model.pt
+    assert loaded.config == model.config and not loaded.training
+    _, val = pool
+    embeddings = torch.stack([i.embedding for i in val])
+    geometries = [i.geometry for i in val]
+    before = Predictor(model).predict_batch(embeddings, geometries)
+    after = Predictor(loaded).predict_batch(embeddings, geometries)
+    fresh = Predictor(build_training_model(model.config, 5, micro_backbone())).predict_batch(embeddings, geometries)
+    assert any(not np.array_equal(a.raw_mask, f.raw_mask) or a.probability != f.probability
+               for a, f in zip(before, fresh))  # training changed the predictions...
+    for a, b in zip(before, after):  # ...and the checkpoint restores them exactly
+        assert np.array_equal(a.mask, b.mask) and np.array_equal(a.raw_mask, b.raw_mask)
+        assert a.probability == pytest.approx(b.probability, abs=1e-6)
+        np.testing.assert_allclose(a.box, b.box)
+        if method == "adasam":
+            np.testing.assert_allclose(a.cam, b.cam, atol=1e-6)
+
+
+def test_load_checkpoint_errors(tmp_path):
+    with pytest.raises(CheckpointError, match="no such model checkpoint"):
+        load_checkpoint(tmp_path)
+    (tmp_path / "model.pt").write_bytes(b"garbage")
+    with pytest.raises(CheckpointError, match="not an ADA-SAM checkpoint") as err:
+        load_checkpoint(tmp_path / "model.pt")
+    assert "\n" not in str(err.value)
+
+
+def test_resume_gives_the_same_weights(pool, tmp_path):
+    data = _data(pool, with_val=True)
+    straight = _trainer(tmp_path / "straight", data, steps=4, eval_every=2)
+    straight.run()
+    assert [r["step"] for r in straight.history] == [2, 4]
+    assert (tmp_path / "straight" / "model.pt").is_file() and (tmp_path / "straight" / "last.pt").is_file()
+
+    first = _trainer(tmp_path / "resumed", data, steps=4, eval_every=2)
+    first.train_step()
+    first.train_step()
+    first.save_resume_state()
+    del first
+    torch.manual_seed(1234)  # whatever happened in between must not matter
+    np.random.default_rng(99).random(10)
+    second = _trainer(tmp_path / "resumed", data, steps=4, eval_every=2)
+    second.load_resume_state(tmp_path / "resumed" / "last.pt")
+    assert second.step == 2
+    second.run()
+    assert second.step == 4
+    assert _states_equal(straight.model.trainable_state(), second.model.trainable_state())
+    assert _states_equal(straight.teacher.trainable_state(), second.teacher.trainable_state())
+
+
+def test_data_without_negatives_still_gives_useful_boxes(pool, tmp_path):
+    items, val = pool
+    positives = [i for i in items if i.mask.any()]
+    data = TrainingData(masked=positives[:6], tagged=positives, unlabeled=positives[6:], val=[])
+    assert not detect_negatives(data) and detect_negatives(_data(pool))
+    trainer = _trainer(tmp_path, data, has_negatives=False)
+    losses = [trainer.train_step() for _ in range(STEPS)]
+    assert all("cls" not in step for step in losses)  # nothing to contrast: no classifier loss
+    assert all(math.isfinite(v) for step in losses for v in step.values())
+    predictor = Predictor(trainer.model)
+    ious = []
+    for item in val:
+        if item.mask.any():
+            p = predictor.predict(item.embedding, item.geometry)
+            assert not p.box_is_fallback
+            assert p.probability == 1.0  # presence is assumed, not asked of an untrained classifier
+            ious.append(box_iou(p.box, mask_box(item.mask)))
+    assert min(ious) > 0.2 and np.mean(ious) > 0.4
+
+
+def test_freeze_adapter_and_supervised_leave_heads_alone(pool, tmp_path):
+    for name, kwargs in (("frozen", {"freeze_adapter": True}), ("supervised", {"method": "supervised"})):
+        trainer = _trainer(tmp_path / name, _data(pool), steps=2, **kwargs)
+        adapter = {k: v.clone() for k, v in trainer.model.adapter.state_dict().items()}
+        decoder = {k: v.clone() for k, v in trainer.model.backbone.mask_decoder.state_dict().items()}
+        trainer.train_step()
+        trainer.train_step()
+        assert _states_equal(adapter, trainer.model.adapter.state_dict())
+        assert not _states_equal(decoder, trainer.model.backbone.mask_decoder.state_dict())
+        assert not any(k.startswith("adapter.") for k in trainer.model.trainable_state())
+
+
+def test_trainer_needs_a_masked_positive(pool, tmp_path):
+    items, _ = pool
+    negatives = [i for i in items if not i.mask.any()]
+    data = TrainingData(masked=negatives, tagged=list(items), unlabeled=[], val=[])
+    with pytest.raises(ValueError, match="at least one"):
+        _trainer(tmp_path, data)
