@@ -154,7 +154,7 @@ class Trainer:
         if self.teacher is not None:
             self._update_teacher()
         self.step += 1
-        return {k: float(v) for k, v in losses.items()}
+        return {k: float(v.detach()) for k, v in losses.items()}
 
     def _consistency(self) -> dict[str, torch.Tensor]:
         cfg, teacher = self.config, self.teacher
