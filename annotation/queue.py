@@ -99,6 +99,13 @@ def skip(store: Store, annotator: str, image_id: int) -> None:
         store._log(conn, annotator, "skip", None, image_id)
 
 
+def peek_next(store: Store, annotator: str) -> int | None:
+    """The image `next_task` would hand `annotator` once their current one is labeled, without leasing it
+    (lets the UI prepare the next prediction ahead of time; another annotator may still take it first)."""
+    params = {"me": annotator}
+    return _first(store.conn, _NEXT, params) or _first(store.conn, _SKIPPED, params)
+
+
 def _first(conn: sqlite3.Connection, sql: str, params: dict[str, object]) -> int | None:
     row = conn.execute(sql, params).fetchone()
     return None if row is None else row[0]

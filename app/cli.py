@@ -11,12 +11,13 @@ from app.errors import CommandError  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from app import model_commands, workspace_commands
+    from app import model_commands, serve_commands, workspace_commands
 
     parser = argparse.ArgumentParser(prog="adasam", description="ADA-SAM Studio: active-learning segmentation.")
     sub = parser.add_subparsers(dest="command", required=True)
     model_commands.register(sub)
     workspace_commands.register(sub)
+    serve_commands.register(sub)
     return parser
 
 

@@ -1,0 +1,36 @@
+"""What the background trainer tells the server: a small JSON file it rewrites atomically (progress, ETA, heartbeat),
+plus the names of the workspace settings both processes share. A file, not a setting, so progress updates every
+second do not fill the workspace's event log."""
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+RETRAIN_REQUESTED = "retrain_requested"  # setting: set by "Retrain now", cleared by the trainer when it starts
+LABELS_AT_LAST_ROUND = "labels_at_last_round"  # setting: the label count the last round (or failure) saw
+VALIDATION_IDS = "validation_image_ids"  # setting: the fixed validation set, chosen once
+VALIDATION_SOURCE = "validation_source"  # setting: how it was chosen (shown on the dashboard)
+WORKSPACE_NOTE = "workspace_note"  # setting: what the images are (written by the first-run seeding)
+TAG = "finding"  # the image-level tag: the target (lesion, organ...) is present in the image
+
+
+def status_path(workspace: str | os.PathLike[str]) -> Path:
+    return Path(workspace) / "trainer" / "status.json"
+
+
+def write_status(workspace: str | os.PathLike[str], **status: Any) -> None:
+    path = status_path(workspace)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".status-{os.getpid()}.tmp")
+    tmp.write_text(json.dumps({**status, "updated": time.time(), "pid": os.getpid()}, default=str))
+    os.replace(tmp, path)
+
+
+def read_status(workspace: str | os.PathLike[str]) -> dict[str, Any]:
+    try:
+        return json.loads(status_path(workspace).read_text())
+    except (OSError, ValueError):
+        return {}

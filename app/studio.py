@@ -1,0 +1,403 @@
+"""What an annotator session does, independent of Gradio: fetch the next task with the model's proposal, save,
+undo, refine with clicks, and the figures the dashboard shows.
+
+Every action returns a plain dict (JSON-ready) so the browser draws it without further requests: the image, mask
+and CAM travel as PNG data URLs. The proposal for the image the queue will hand out next is computed in the
+background while the annotator works, so accept -> next image costs a save and a cache lookup.
+"""
+from __future__ import annotations
+
+import base64
+import concurrent.futures
+import copy
+import io
+import math
+import shutil
+import tempfile
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from matplotlib import colormaps
+from PIL import Image
+
+from annotation import Store, export_workspace, next_task, skip
+from annotation.queue import peek_next
+from app.status import RETRAIN_REQUESTED, TAG, VALIDATION_IDS, VALIDATION_SOURCE, WORKSPACE_NOTE, read_status
+from model.adasam import AdaSam, AdaSamConfig, build_adasam, load_checkpoint
+from model.backbones import Backbone, build_backbone
+from model.cache import EmbeddingCache
+from model.inference import Predictor
+from model.preprocess import Geometry, mask_box
+
+PRETRAINED = "pretrained"
+CAM_SIDE = 256  # the CAM is smooth: sent at most this size, the browser scales it up
+
+
+@dataclass
+class View:
+    """One image as shown under one model: pictures ready to send, and the mask for later comparison."""
+
+    image_id: int
+    model_version: str
+    payload: dict[str, Any]
+    mask: np.ndarray
+
+
+def png_data_url(pixels: np.ndarray) -> str:
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG", compress_level=1)
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+def decode_mask(data_url: str, shape: tuple[int, int]) -> np.ndarray:
+    """A mask PNG sent by the browser (any non-zero, non-transparent pixel is target) -> bool H x W."""
+    raw = base64.b64decode(data_url.split(",", 1)[-1])
+    with Image.open(io.BytesIO(raw)) as im:
+        im = im.convert("RGBA")
+        if im.size != (shape[1], shape[0]):
+            raise ValueError(f"mask is {im.size[0]}x{im.size[1]}, image is {shape[1]}x{shape[0]}")
+        array = np.asarray(im)
+    return (array[..., :3].max(axis=2) > 127) & (array[..., 3] > 127)
+
+
+def cam_picture(cam: np.ndarray) -> np.ndarray:
+    """CAM in [0, 1] -> RGBA heat map whose opacity follows the CAM, so cold regions leave the image visible."""
+    h, w = cam.shape
+    scale = min(1.0, CAM_SIDE / max(h, w))
+    if scale < 1:
+        cam = np.asarray(Image.fromarray(cam.astype(np.float32)).resize((max(1, round(w * scale)),
+                                                                          max(1, round(h * scale))), Image.BILINEAR))
+    rgba = (colormaps["jet"](np.clip(cam, 0, 1)) * 255).astype(np.uint8)
+    rgba[..., 3] = (np.clip(cam, 0, 1) * 150).astype(np.uint8)
+    return rgba
+
+
+def dice(a: np.ndarray, b: np.ndarray) -> float:
+    total = int(a.sum()) + int(b.sum())
+    return 1.0 if total == 0 else 2.0 * int((a & b).sum()) / total
+
+
+def backbone_view(base: Backbone) -> Backbone:
+    """A backbone sharing the frozen encoders with `base` but owning its mask decoder, so loading a new model's
+    decoder weights never changes the one still serving."""
+    return Backbone(base.name, base.identity, base.image_encoder, base.prompt_encoder,
+                    copy.deepcopy(base.mask_decoder), base.image_size, base.pixel_scale,
+                    tuple(base.pixel_mean.flatten().tolist()), tuple(base.pixel_std.flatten().tolist()))
+
+
+class ModelSlot:
+    """The model predictions come from: the untrained backbone until the trainer publishes a version, then the
+    newest one, swapped in between requests (a cheap version check, at most once a second)."""
+
+    def __init__(self, store: Store, backbone: str, cache_dir: str | Path) -> None:
+        self.store = store
+        self.spec = backbone
+        self.base = build_backbone(backbone)
+        self.cache = EmbeddingCache(cache_dir, self.base)
+        self.lock = threading.RLock()  # one model call at a time: 2 cores, and Predictor.refine keeps state
+        self.version = PRETRAINED
+        self.model: AdaSam = build_adasam(AdaSamConfig(backbone=backbone, method="supervised", cascade=0),
+                                          backbone_view(self.base)).eval()
+        self.predictor = Predictor(self.model)
+        self.metrics: dict[str, Any] = {}
+        self._checked = 0.0
+        self._embeddings: OrderedDict[int, tuple[torch.Tensor, Geometry]] = OrderedDict()
+        self.refresh(force=True)
+
+    @property
+    def trained(self) -> bool:
+        return self.version != PRETRAINED
+
+    def refresh(self, force: bool = False) -> bool:
+        """Swap in the newest published model; True when it changed."""
+        if not force and time.monotonic() - self._checked < 1.0:
+            return False
+        self._checked = time.monotonic()
+        info = self.store.latest_model()
+        if info is None or info.version == self.version:
+            return False
+        model, _ = load_checkpoint(info.checkpoint_path, backbone_view(self.base))
+        with self.lock:
+            self.model, self.predictor = model.eval(), Predictor(model)
+            self.version, self.metrics = info.version, dict(info.metrics)
+        return True
+
+    def embedding(self, image_id: int) -> tuple[torch.Tensor, Geometry]:
+        """The cached embedding (computed now if the background embedder has not reached this image yet)."""
+        hit = self._embeddings.get(image_id)
+        if hit is None:
+            pixels = self.store.load_image(image_id).astype(np.float32)  # float32: the key `adasam train` uses
+            with self.lock:
+                hit = self.cache.get(pixels)
+            self._embeddings[image_id] = hit
+            while len(self._embeddings) > 8:
+                self._embeddings.popitem(last=False)
+        return hit
+
+    def note(self) -> str:
+        if not self.trained:
+            return ("Untrained backbone: the whole image is the prompt and there is no CAM yet. The first training "
+                    "round replaces it.")
+        dice_text = self.metrics.get("dice_lesion")
+        score = "" if dice_text is None or _nan(dice_text) else f", val Dice {dice_text:.3f}"
+        return f"Model {self.version} (trained on {self.metrics.get('n_masks', '?')} masks{score})"
+
+
+class Studio:
+    """Annotator actions on one workspace; thread-safe (Store is, model calls are serialised)."""
+
+    def __init__(self, store: Store, slot: ModelSlot, round_every: int = 10) -> None:
+        self.store = store
+        self.slot = slot
+        self.round_every = round_every
+        self._views: OrderedDict[tuple[int, str], View] = OrderedDict()
+        self._views_lock = threading.Lock()
+        self._ahead = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="prefetch")
+
+    # -- views -------------------------------------------------------------------------------------------------
+
+    def view(self, image_id: int) -> View:
+        """The model's proposal for an image, from the cache of views or computed now."""
+        self.slot.refresh()
+        key = (image_id, self.slot.version)
+        with self._views_lock:
+            if key in self._views:
+                self._views.move_to_end(key)
+                return self._views[key]
+        view = self._render(image_id)
+        with self._views_lock:
+            self._views[(image_id, view.model_version)] = view
+            while len(self._views) > 32:
+                self._views.popitem(last=False)
+        return view
+
+    def _render(self, image_id: int) -> View:
+        info = self.store.image(image_id)
+        embedding, geometry = self.slot.embedding(image_id)
+        with self.slot.lock:
+            version, trained = self.slot.version, self.slot.trained
+            prediction = self.slot.predictor.predict(embedding, geometry)
+        mask = prediction.mask
+        payload = {
+            "image_id": image_id, "name": info.name, "width": info.width, "height": info.height,
+            "image": png_data_url(self.store.load_display(image_id)),
+            "cam": png_data_url(cam_picture(prediction.cam)) if trained else None,
+            "mask": png_data_url((mask * 255).astype(np.uint8)),
+            "box": [round(float(v), 1) for v in prediction.box],
+            "probability": round(prediction.probability, 4) if trained else None,
+            "uncertainty": round(prediction.uncertainty.combined, 4),
+            "box_is_fallback": bool(prediction.box_is_fallback) if trained else False,
+            "model": version,
+        }
+        return View(image_id, version, payload, mask)
+
+    def _prefetch(self, annotator: str) -> None:
+        """Prepare the proposal for the image the queue will hand out next (errors only cost the head start)."""
+        def work() -> None:
+            try:
+                image_id = peek_next(self.store, annotator)
+                if image_id is not None:
+                    self.view(image_id)
+            except Exception:  # noqa: BLE001 - the real request will compute (and report) it again
+                pass
+        self._ahead.submit(work)
+
+    # -- actions -----------------------------------------------------------------------------------------------
+
+    def task(self, annotator: str, message: str = "") -> dict[str, Any]:
+        """The annotator's current (or next) image with the model's proposal, counts and notes."""
+        task = next_task(self.store, annotator)
+        payload: dict[str, Any] = {"image_id": None}
+        if task is not None:
+            payload = dict(self.view(task.image.id).payload)
+            payload["skipped_before"] = task.skipped_before
+            self._prefetch(annotator)
+        payload.update(self._header(annotator), message=message)
+        return payload
+
+    def accept(self, annotator: str, image_id: int, mask_png: str | None = None) -> dict[str, Any]:
+        """Save the mask as shown (mask_png None: the proposal unchanged) and move on."""
+        view = self._shown(image_id)
+        info = self.store.image(image_id)
+        mask = view.mask if mask_png is None else decode_mask(mask_png, (info.height, info.width))
+        unchanged = bool(np.array_equal(mask, view.mask))
+        origin = "accepted_prediction" if unchanged else "human"
+        saved = self.store.save_mask(image_id, mask, annotator, origin=origin, model_version=_registered(view))
+        self._review(annotator, image_id, view, mask, saved.version)
+        what = "accepted as proposed" if unchanged else "saved your corrected mask"
+        return self.task(annotator, f"{info.name}: {what}")
+
+    def no_finding(self, annotator: str, image_id: int) -> dict[str, Any]:
+        view = self._shown(image_id)
+        saved = self.store.mark_no_finding(image_id, annotator)
+        self._review(annotator, image_id, view, np.zeros_like(view.mask), saved.version)
+        return self.task(annotator, f"{self.store.image(image_id).name}: marked no finding")
+
+    def tag_only(self, annotator: str, image_id: int, present: bool = True) -> dict[str, Any]:
+        """An image-level label without a mask; the image goes to the back of this annotator's queue."""
+        self.store.set_tag(image_id, TAG, present, annotator)
+        skip(self.store, annotator, image_id)
+        word = "present" if present else "absent"
+        return self.task(annotator, f"{self.store.image(image_id).name}: tagged '{TAG} {word}' (no mask)")
+
+    def skip(self, annotator: str, image_id: int) -> dict[str, Any]:
+        skip(self.store, annotator, image_id)
+        return self.task(annotator, f"{self.store.image(image_id).name}: skipped (back of your queue)")
+
+    def undo(self, annotator: str) -> dict[str, Any]:
+        """Withdraw the annotator's last save; that image comes back to them if it is unlabeled again."""
+        undone = self.store.undo_last(annotator)
+        if undone is None:
+            return self.task(annotator, "nothing of yours to undo")
+        return self.task(annotator, f"{self.store.image(undone.image_id).name}: undid your {undone.origin} save")
+
+    def refine(self, image_id: int, positive: list[list[float]], negative: list[list[float]],
+               box: list[float] | None = None) -> dict[str, Any]:
+        """Re-run the decoder on the cached embedding with clicks and a box (LiteMedSAM needs the box with clicks:
+        the one given, else the proposal's box, else the whole image)."""
+        started = time.perf_counter()
+        info = self.store.image(image_id)
+        if box is None:
+            view = self._shown(image_id)
+            shown_box = mask_box(view.mask)
+            box = view.payload["box"] if shown_box is None else [*shown_box[:2], *(shown_box[2:] + 1)]
+        box = box or [0, 0, info.width, info.height]
+        embedding, geometry = self.slot.embedding(image_id)
+        with self.slot.lock:
+            mask = self.slot.predictor.refine(embedding, geometry, positive=[tuple(p) for p in positive],
+                                              negative=[tuple(p) for p in negative], box=tuple(box))
+        return {"image_id": image_id, "mask": png_data_url((mask * 255).astype(np.uint8)),
+                "pixels": int(mask.sum()), "ms": round(1000 * (time.perf_counter() - started), 1)}
+
+    def retrain_now(self, annotator: str) -> str:
+        self.store.set_setting(RETRAIN_REQUESTED, time.time(), who=annotator)
+        return "Asked the trainer for a round now; the dashboard shows its progress."
+
+    def _shown(self, image_id: int) -> View:
+        """The proposal the annotator was looking at (the newest cached view of this image)."""
+        with self._views_lock:
+            for (shown_id, _), view in reversed(self._views.items()):
+                if shown_id == image_id:
+                    return view
+        return self.view(image_id)
+
+    def _review(self, annotator: str, image_id: int, view: View, saved: np.ndarray, version: int) -> None:
+        """Remember how far the saved mask is from the proposal shown: the dashboard's effort-saved figure."""
+        self.store.log_event(annotator, "review", {
+            "dice_shown_saved": round(dice(view.mask, saved), 4), "model": view.model_version,
+            "mask_version": version, "changed_pixels": int((view.mask != saved).sum())}, image_id)
+
+    # -- figures -----------------------------------------------------------------------------------------------
+
+    def _header(self, annotator: str) -> dict[str, Any]:
+        pool = dict(self.store.conn.execute(
+            "SELECT state, COUNT(*) FROM images WHERE split = 'pool' GROUP BY state").fetchall())
+        status = read_status(self.store.root)
+        return {"annotator": annotator, "done": pool.get("masked", 0) + pool.get("no_finding", 0),
+                "left": pool.get("unlabeled", 0), "model": self.slot.version, "model_note": self.slot.note(),
+                "workspace_note": self.store.get_setting(WORKSPACE_NOTE, ""), "trainer": _trainer_line(status)}
+
+    def dashboard(self) -> dict[str, Any]:
+        """Everything the dashboard tab shows, as plain data."""
+        store = self.store
+        counts = store.counts()
+        rounds = []
+        for r in store.rounds():
+            metrics = store.model(r.model_version).metrics if r.model_version else {}
+            rounds.append({"round": r.id, "status": r.status, "masks": metrics.get("n_masks", r.labels_used),
+                           "labels": r.labels_used, "val_dice": _num(r.val_dice),
+                           "presence_auc": _num(metrics.get("presence_auc")), "model": r.model_version or "",
+                           "started": r.started_at[:19].replace("T", " "), "error": r.error or ""})
+        annotators = [dict(row) for row in store.conn.execute(
+            """WITH latest AS (SELECT *, ROW_NUMBER() OVER (PARTITION BY image_id ORDER BY version DESC) AS rank
+                               FROM masks WHERE undone_at IS NULL)
+               SELECT annotator, SUM(origin = 'human') AS drawn, SUM(origin = 'accepted_prediction') AS accepted,
+                      SUM(origin = 'no_finding') AS no_finding, COUNT(*) AS total
+               FROM latest WHERE rank = 1 AND origin != 'imported' GROUP BY annotator ORDER BY total DESC""")]
+        tag_counts = dict(store.conn.execute("SELECT annotator, COUNT(*) FROM tags GROUP BY annotator").fetchall())
+        for row in annotators:
+            row["tags"] = tag_counts.pop(row["annotator"], 0)
+        annotators += [{"annotator": name, "drawn": 0, "accepted": 0, "no_finding": 0, "total": 0, "tags": n}
+                       for name, n in tag_counts.items()]
+        reviews = [row[0] for row in store.conn.execute(
+            """SELECT json_extract(e.details, '$.dice_shown_saved') FROM events e JOIN masks m
+               ON m.image_id = e.image_id AND m.version = json_extract(e.details, '$.mask_version')
+               WHERE e.what = 'review' AND m.undone_at IS NULL""")]
+        status = read_status(store.root)
+        pool_unlabeled = store.conn.execute(
+            "SELECT COUNT(*) FROM images WHERE split = 'pool' AND state = 'unlabeled'").fetchone()[0]
+        scored = store.conn.execute(
+            "SELECT COUNT(*) FROM images WHERE split = 'pool' AND state = 'unlabeled' AND priority IS NOT NULL"
+        ).fetchone()[0]
+        val_ids = store.get_setting(VALIDATION_IDS)
+        return {
+            "rounds": rounds,
+            "labels": {"masks": counts.masked, "no_finding": counts.no_finding, "tagged": counts.tagged,
+                       "unlabeled": counts.unlabeled, "images": counts.images},
+            "annotators": annotators,
+            "effort": {"reviews": len(reviews), "mean_dice": _num(float(np.mean(reviews)) if reviews else None),
+                       "unchanged": sum(1 for d in reviews if d is not None and d >= 0.999)},
+            "training": {"status": status, "line": _trainer_line(status), "round_every": self.round_every,
+                         "latest_round": rounds[-1] if rounds else None},
+            "queue": {"left": pool_unlabeled, "scored_by_model": scored, "leased": counts.leased,
+                      "ordered_by": store.get_setting("queue_model") or "seeded random order (no model yet)"},
+            "validation": {"images": None if val_ids is None else len(val_ids),
+                           "source": store.get_setting(VALIDATION_SOURCE, "not chosen yet")},
+            "model": {"serving": self.slot.version, "note": self.slot.note()},
+            "workspace_note": store.get_setting(WORKSPACE_NOTE, ""),
+        }
+
+    def export(self, fmt: str, include_predictions: bool = False) -> Path:
+        """`adasam export` into a temporary folder, zipped for download."""
+        tmp = Path(tempfile.mkdtemp(prefix="adasam-export-"))
+        name = f"{self.store.root.resolve().name}-{fmt}-{time.strftime('%Y%m%d-%H%M%S')}"
+        export_workspace(self.store, tmp / name, fmt, include_predictions=include_predictions)
+        archive = shutil.make_archive(str(tmp / name), "zip", root_dir=tmp, base_dir=name)
+        shutil.rmtree(tmp / name)
+        return Path(archive)
+
+    def close(self) -> None:
+        self._ahead.shutdown(wait=False, cancel_futures=True)
+
+
+def _registered(view: View) -> str | None:
+    """The model version to store with a mask: only published versions exist in the workspace's model table."""
+    return None if view.model_version == PRETRAINED else view.model_version
+
+
+def _trainer_line(status: dict[str, Any]) -> str:
+    """One sentence on what the background trainer is doing."""
+    if not status:
+        return "trainer: starting"
+    if time.time() - status.get("updated", 0) > 120 and status.get("state") not in ("stopped",):
+        return f"trainer: no heartbeat for {time.time() - status.get('updated', 0):.0f} s (is it running?)"
+    state = status.get("state", "idle")
+    parts = [f"trainer: {state}"]
+    if state == "training":
+        parts.append(f"round {status.get('round')} step {status.get('step')}/{status.get('total')}")
+        if status.get("eta_s") is not None:
+            parts.append(f"ETA {status['eta_s']:.0f} s")
+    elif state == "embedding":
+        parts.append(f"{status.get('done')}/{status.get('total')} images embedded")
+    elif state == "scoring":
+        parts.append(f"model {status.get('model')}: {status.get('done')}/{status.get('total')} pool images rescored")
+    if status.get("message"):
+        parts.append(status["message"])
+    embedded = status.get("embedded")
+    if embedded and state != "embedding" and embedded.get("done", 0) < embedded.get("total", 0):
+        parts.append(f"{embedded['done']}/{embedded['total']} embedded")
+    return " · ".join(parts)
+
+
+def _num(value: Any) -> float | None:
+    return None if value is None or _nan(value) else round(float(value), 4)
+
+
+def _nan(value: Any) -> bool:
+    return isinstance(value, float) and math.isnan(value)

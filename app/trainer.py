@@ -1,0 +1,324 @@
+"""The background trainer: a separate process (`adasam trainer WORKSPACE`, started by `adasam serve`) so the UI
+never waits on it.
+
+Its loop: embed images that have no cached embedding yet; finish re-scoring the pool for the newest model; start a
+training round once `round_every` new labels have come in or someone pressed "Retrain now". A round trains ADA-SAM
+semi-supervised, warm-started from the last model, on every mask, tag and (a sample of the) unlabeled images,
+evaluates on the fixed validation set, and publishes a new version atomically (checkpoint renamed into
+WORKSPACE/models/, then registered in the store). The server notices the new version between requests; the trainer
+re-scores the pool's uncertainty in chunks so the queue follows it. A failed round is recorded with its error and
+the last good model keeps serving. SIGTERM (or the server disappearing) stops it between steps: the round is marked
+cancelled, its progress stays in WORKSPACE/models/training/ and the next start resumes it.
+"""
+from __future__ import annotations
+
+import fcntl
+import json
+import math
+import os
+import shutil
+import signal
+import threading
+import time
+import traceback
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from annotation import Prediction as StoredPrediction
+from annotation import Store
+from app.status import LABELS_AT_LAST_ROUND, RETRAIN_REQUESTED, TAG, write_status
+from app.studio import backbone_view
+from app.validation import validation_ids
+from model.adasam import AdaSamConfig, load_checkpoint
+from model.backbones import build_backbone
+from model.cache import EmbeddingCache, content_hash
+from model.evaluate import Item, evaluate
+from model.inference import Predictor
+from model.train import Trainer, TrainConfig, TrainingData, build_training_model, detect_negatives
+
+UNLABELED_SAMPLE = 128  # unlabeled images per round (embeddings are held in memory: ~4 MB each for LiteMedSAM)
+SCORE_CHUNK = 32
+
+
+class Stopped(Exception):
+    """Raised inside a round when the trainer is asked to stop."""
+
+
+class BackgroundTrainer:
+    def __init__(self, workspace: str | Path, backbone: str, cache_dir: str | Path, round_every: int = 10,
+                 steps: int = 200, parent_pid: int | None = None, poll_s: float = 1.0) -> None:
+        self.root = Path(workspace)
+        self.spec, self.round_every, self.steps, self.poll_s = backbone, round_every, steps, poll_s
+        self.parent_pid = parent_pid
+        self.stop = threading.Event()
+        self.store = Store(self.root, create=False)
+        self.base = build_backbone(backbone)
+        self.cache = EmbeddingCache(cache_dir, self.base)
+        self.models = self.root / "models"
+        self.work = self.models / "training"
+        self._embedded: set[int] = set()
+        self._seen_upto = 0
+        self._status: dict[str, Any] = {"state": "idle"}
+        self._last_write = 0.0
+
+    # -- the loop ----------------------------------------------------------------------------------------------
+
+    def run(self) -> None:
+        for rnd in self.store.rounds():
+            if rnd.status == "running":  # left by a crash or kill -9: it will be redone
+                self.store.finish_round(rnd.id, "cancelled", error="trainer stopped before the round finished")
+        self.status(state="idle", force=True)
+        while not self.stopping():
+            try:
+                self.embed_new()
+                latest = self.store.latest_model()
+                if latest is not None:
+                    self.rescore(latest.version)
+                if self.due():
+                    self.train_round()
+                self.status(state="idle", round=None, message=self._status.get("message", ""))
+            except Stopped:
+                break
+            self.stop.wait(self.poll_s)
+        self.status(state="stopped", force=True)
+
+    def stopping(self) -> bool:
+        if self.parent_pid is not None and os.getppid() != self.parent_pid:
+            self.stop.set()  # the server is gone: nobody will stop us otherwise
+        return self.stop.is_set()
+
+    def check(self) -> None:
+        if self.stopping():
+            raise Stopped()
+
+    def status(self, force: bool = False, **update: Any) -> None:
+        """Update the status file, at most once a second unless forced (state changes are)."""
+        if update.get("state") != self._status.get("state"):
+            force = True
+        self._status.update(update)
+        if force or time.monotonic() - self._last_write >= 1.0:
+            self._last_write = time.monotonic()
+            write_status(self.root, **self._status)
+
+    # -- embeddings --------------------------------------------------------------------------------------------
+
+    def pixels(self, image_id: int) -> np.ndarray:
+        return self.store.load_image(image_id).astype(np.float32)  # float32: the cache key `adasam train` uses
+
+    def embed_new(self) -> None:
+        """Encode every image the cache lacks (new imports included), pool images first."""
+        rows = self.store.conn.execute("SELECT id FROM images WHERE id > ? ORDER BY split = 'pool' DESC, id",
+                                       (self._seen_upto,)).fetchall()
+        if not rows:
+            return
+        total = self.store.conn.execute("SELECT COUNT(*) FROM images").fetchone()[0]
+        missing = []
+        for (image_id,) in rows:
+            if self.cache.path_for(content_hash(self.pixels(image_id))).exists():
+                self._embedded.add(image_id)
+            else:
+                missing.append(image_id)
+        started = time.monotonic()
+        for done, image_id in enumerate(missing):
+            self.check()
+            self.status(state="embedding", done=done, total=len(missing),
+                        eta_s=_eta(started, done, len(missing)),
+                        embedded={"done": len(self._embedded), "total": total})
+            self.cache.get(self.pixels(image_id))
+            self._embedded.add(image_id)
+        self._seen_upto = max(image_id for (image_id,) in rows)
+        self.status(embedded={"done": len(self._embedded), "total": total})
+
+    def items(self, ids: list[int], masks: dict[int, np.ndarray] | None = None,
+              tags: dict[int, bool] | None = None) -> list[Item]:
+        masks, tags = masks or {}, tags or {}
+        embedded = self.cache.get_many([self.pixels(i) for i in ids], progress=False)
+        return [Item(str(i), emb, geo, masks.get(i), tags.get(i)) for i, (emb, geo) in zip(ids, embedded)]
+
+    # -- rounds ------------------------------------------------------------------------------------------------
+
+    def labels(self) -> int:
+        """Labeled pool images: a mask, a no-finding mark or an image-level tag."""
+        return self.store.conn.execute(
+            "SELECT COUNT(*) FROM images i WHERE i.split = 'pool' AND (i.state != 'unlabeled'"
+            " OR EXISTS (SELECT 1 FROM tags t WHERE t.image_id = i.id))").fetchone()[0]
+
+    def due(self) -> bool:
+        requested = self.store.get_setting(RETRAIN_REQUESTED)
+        if requested:
+            self.store.set_setting(RETRAIN_REQUESTED, None, who="trainer")
+        new = self.labels() - int(self.store.get_setting(LABELS_AT_LAST_ROUND, 0))
+        if not (requested or new >= self.round_every):
+            self.status(message=f"next round after {self.round_every - new} more labels (or Retrain now)")
+            return False
+        has_target = self.store.conn.execute(
+            "SELECT 1 FROM images WHERE split = 'pool' AND state = 'masked' LIMIT 1").fetchone()
+        if not has_target:
+            self.status(message="waiting for a first mask that shows the target before training")
+            return False
+        return True
+
+    def training_data(self, round_id: int, val_ids: set[int]) -> tuple[TrainingData, dict[str, int]]:
+        """Every pool mask (no-finding = empty mask), every tag, a sample of unlabeled images, the validation set."""
+        store = self.store
+        masks: dict[int, np.ndarray] = {}
+        for info, mask in store.labeled(split="pool"):
+            if info.id not in val_ids:
+                masks[info.id] = store.read_mask(info, mask)
+        tags = {image_id: bool(present) for image_id, present in store.conn.execute(
+            "SELECT t.image_id, t.present FROM tags t JOIN images i ON i.id = t.image_id"
+            " WHERE t.tag = ? AND i.split = 'pool' ORDER BY t.created_at", (TAG,))}
+        tags = {i: p for i, p in tags.items() if i not in val_ids}
+        tags.update({i: bool(m.any()) for i, m in masks.items()})
+        unlabeled = [row[0] for row in store.conn.execute(
+            "SELECT id FROM images WHERE split = 'pool' AND state = 'unlabeled' ORDER BY id")]
+        rng = np.random.default_rng(round_id)
+        sample = sorted(rng.choice(unlabeled, size=min(UNLABELED_SAMPLE, len(unlabeled)), replace=False).tolist()
+                        ) if unlabeled else []
+        val_masks = {i: m for i in val_ids if (m := store.load_mask(i)) is not None}
+        masked_items = self.items(sorted(masks), masks, tags)
+        tag_only = {int(i.id): i for i in self.items(sorted(set(tags) - set(masks)), tags=tags)}
+        unlabeled_items = self.items([i for i in sample if i not in tag_only]) + [tag_only[i] for i in sample
+                                                                                  if i in tag_only]
+        by_id = {int(item.id): item for item in masked_items} | tag_only
+        data = TrainingData(masked=masked_items, tagged=[by_id[i] for i in sorted(tags)],
+                            unlabeled=unlabeled_items, val=self.items(sorted(val_masks), val_masks))
+        empty = sum(not m.any() for m in masks.values())
+        sizes = {"n_masks": len(masks) - empty, "n_empty": empty, "n_tagged": len(tags),
+                 "n_unlabeled_sampled": len(unlabeled_items), "n_val": len(data.val)}
+        return data, sizes
+
+    def train_round(self) -> None:
+        store = self.store
+        labels = self.labels()
+        round_id = store.start_round(labels)
+        self.status(state="training", round=round_id, step=0, total=self.steps, eta_s=None, message="", force=True)
+        try:
+            version, val_dice = self._train(round_id)
+        except Stopped:
+            store.finish_round(round_id, "cancelled", error="server stopped during training; resumes on restart")
+            raise
+        except Exception as exc:  # noqa: BLE001 - any failure is recorded; the last good model keeps serving
+            error = f"{type(exc).__name__}: {exc}"
+            store.finish_round(round_id, "failed", error=error[:500])
+            store.log_event("trainer", "round_failed", {"round": round_id, "traceback": traceback.format_exc()})
+            store.set_setting(LABELS_AT_LAST_ROUND, labels)  # wait for new labels (or Retrain now) before retrying
+            self.status(state="idle", message=f"round {round_id} failed: {error[:200]}", force=True)
+            return
+        store.finish_round(round_id, "done", val_dice=val_dice, model_version=version)
+        store.set_setting(LABELS_AT_LAST_ROUND, labels)
+        self.status(message=f"round {round_id} published {version}", force=True)
+        self.rescore(version)
+
+    def _train(self, round_id: int) -> tuple[str, float | None]:
+        store = self.store
+        data, sizes = self.training_data(round_id, set(validation_ids(store)))
+        self.check()
+        config = AdaSamConfig(backbone=self.spec, method="adasam", cascade=1, has_negatives=detect_negatives(data))
+        previous = store.latest_model()
+        model = build_training_model(config, round_id, backbone_view(self.base),
+                                     init=previous.checkpoint_path if previous else None)
+        train_config = TrainConfig(steps=self.steps, eval_every=max(1, self.steps // 4), seed=round_id)
+        trainer = Trainer(model, train_config, data, self.work, log=lambda line: None)
+        self._resume(trainer, config, train_config)
+        started, first_step = time.monotonic(), trainer.step
+
+        def progress(step: int, total: int) -> None:
+            self.status(step=step, total=total, eta_s=_eta(started, step - first_step, total - first_step))
+            self.check()
+
+        trainer.run(progress=progress)
+        best, _ = load_checkpoint(self.work / "model.pt", backbone_view(self.base))
+        metrics: dict[str, Any] = {**sizes, "steps": self.steps, "round": round_id,
+                                   "train_seconds": round(time.monotonic() - started, 1)}
+        val_dice = None
+        if data.val:
+            summary, _ = evaluate(best, data.val, with_hd95=False)
+            metrics.update({k: _clean(summary[k]) for k in ("dice_lesion", "dice_all", "presence_auc", "n_lesion")})
+            val_dice = metrics["dice_lesion"] if summary["n_lesion"] else metrics["dice_all"]
+        version = f"r{round_id:04d}"
+        path = self.models / f"{version}.pt"
+        tmp = self.models / f".{version}.pt.tmp"
+        shutil.copyfile(self.work / "model.pt", tmp)
+        with open(tmp, "rb") as handle:
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)  # the file is complete before the store points at it
+        store.register_model(version, path, metrics, round_id)
+        shutil.rmtree(self.work, ignore_errors=True)
+        return version, val_dice
+
+    def _resume(self, trainer: Trainer, config: AdaSamConfig, train_config: TrainConfig) -> None:
+        """Continue an interrupted round's steps when it trained the same kind of model; else start clean."""
+        marker = self.work / "round.json"
+        wanted = {"model": asdict(config), "steps": train_config.steps, "from": self._from_version()}
+        if (self.work / "last.pt").exists() and marker.exists() and json.loads(marker.read_text()) == wanted:
+            trainer.load_resume_state(self.work / "last.pt")
+            self.status(message=f"resumed an interrupted round at step {trainer.step}")
+            return
+        shutil.rmtree(self.work, ignore_errors=True)
+        self.work.mkdir(parents=True)
+        marker.write_text(json.dumps(wanted))
+
+    def _from_version(self) -> str | None:
+        latest = self.store.latest_model()
+        return None if latest is None else latest.version
+
+    # -- re-scoring the pool -----------------------------------------------------------------------------------
+
+    def rescore(self, version: str) -> None:
+        """Record `version`'s uncertainty for every unlabeled pool image it has not scored, in chunks."""
+        store = self.store
+        ids = [row[0] for row in store.conn.execute(
+            "SELECT id FROM images WHERE split = 'pool' AND state = 'unlabeled' AND id NOT IN"
+            " (SELECT image_id FROM predictions WHERE model_version = ?) ORDER BY id", (version,))]
+        if not ids:
+            return
+        model, _ = load_checkpoint(store.model(version).checkpoint_path, backbone_view(self.base))
+        predictor = Predictor(model)
+        started = time.monotonic()
+        for start in range(0, len(ids), SCORE_CHUNK):
+            self.check()
+            self.status(state="scoring", model=version, done=start, total=len(ids),
+                        eta_s=_eta(started, start, len(ids)))
+            chunk = self.items(ids[start:start + SCORE_CHUNK])
+            predictions = predictor.predict_batch(torch.stack([i.embedding for i in chunk]),
+                                                  [i.geometry for i in chunk])
+            store.record_predictions(version, [
+                StoredPrediction(int(item.id), p.uncertainty.combined, p.probability, tuple(map(float, p.box)))
+                for item, p in zip(chunk, predictions)])
+        self.status(state="idle", message=f"{version} scored {len(ids)} pool images", force=True)
+
+
+def _eta(started: float, done: int, total: int) -> float | None:
+    if done <= 0:
+        return None
+    return (time.monotonic() - started) / done * (total - done)
+
+
+def _clean(value: Any) -> Any:
+    return None if isinstance(value, float) and math.isnan(value) else value
+
+
+def run_trainer(workspace: str | Path, backbone: str, cache_dir: str | Path, round_every: int, steps: int,
+                parent_pid: int | None = None) -> int:
+    """Entry point of `adasam trainer`: one trainer per workspace (a lock file), stopped by SIGTERM/SIGINT."""
+    lock_path = Path(workspace) / "trainer" / "lock"
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    lock = open(lock_path, "w")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        print(f"another trainer is already running on {workspace}; leaving it to that one")
+        return 0
+    cores = os.cpu_count() or 2
+    torch.set_num_threads(max(1, cores - 1))  # leave a core to the server, whose requests a person waits on
+    os.nice(5)
+    trainer = BackgroundTrainer(workspace, backbone, cache_dir, round_every, steps, parent_pid)
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: trainer.stop.set())
+    trainer.run()
+    return 0

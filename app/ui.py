@@ -1,0 +1,247 @@
+"""The Gradio layout: Annotate (a canvas with its own JavaScript), Dashboard and Export tabs, and a small API.
+
+The canvas calls Python through gr.HTML server functions (one plain HTTP request per action, not the event queue),
+which keeps accept -> next image short. The same actions are also published as named API endpoints
+(`/task`, `/accept`, `/no_finding`, `/tag`, `/skip`, `/undo`, `/refine`, `/dashboard`, `/export`) for gradio_client.
+"""
+# No `from __future__ import annotations`: Gradio reads the gr.Request annotations at runtime.
+import functools
+import html
+import json
+import traceback
+from pathlib import Path
+from typing import Any, Optional
+
+import gradio as gr
+
+from app.studio import Studio
+
+STATIC = Path(__file__).parent / "static"
+PAGE_CSS = """
+.gradio-container { max-width: 100% !important; }
+.dash-figures table { font-variant-numeric: tabular-nums; }
+"""
+
+
+def annotator_of(request: Any, default: str) -> str:
+    """The logged-in user (Gradio's login cookie), or `default` when the server runs without --auth."""
+    name = getattr(request, "username", None)
+    if name:
+        return name
+    raw = getattr(request, "request", None) or request  # gr.Request wraps the fastapi.Request
+    app = getattr(raw, "app", None)
+    if app is None or getattr(app, "auth", None) is None:
+        return default
+    cookie_id = app.cookie_id
+    token = raw.cookies.get(f"access-token-{cookie_id}") or raw.cookies.get(f"access-token-unsecure-{cookie_id}")
+    user = app.tokens.get(token)
+    if not user:
+        raise PermissionError("not logged in")
+    return user
+
+
+def reported(fn):
+    """A canvas server function that answers {"error": ...} instead of failing, so the page can say what happened."""
+    @functools.wraps(fn)
+    def run(data: dict, request: gr.Request) -> dict:
+        try:
+            return fn(data or {}, request)
+        except Exception as exc:  # noqa: BLE001 - shown to the annotator, logged in full here
+            traceback.print_exc()
+            return {"error": f"{type(exc).__name__}: {exc}"}
+
+    return run
+
+
+def build_ui(studio: Studio, default_annotator: str = "annotator") -> gr.Blocks:
+    who = lambda request: annotator_of(request, default_annotator)  # noqa: E731
+
+    # -- server functions for the canvas (one dict in, one dict out) -------------------------------------------
+    def task(data: dict, request: gr.Request) -> dict:
+        return studio.task(who(request))
+
+    def accept(data: dict, request: gr.Request) -> dict:
+        return studio.accept(who(request), int(data["image_id"]), data.get("mask"))
+
+    def no_finding(data: dict, request: gr.Request) -> dict:
+        return studio.no_finding(who(request), int(data["image_id"]))
+
+    def tag(data: dict, request: gr.Request) -> dict:
+        return studio.tag_only(who(request), int(data["image_id"]), bool(data.get("present", True)))
+
+    def skip(data: dict, request: gr.Request) -> dict:
+        return studio.skip(who(request), int(data["image_id"]))
+
+    def undo(data: dict, request: gr.Request) -> dict:
+        return studio.undo(who(request))
+
+    def refine(data: dict, request: gr.Request) -> dict:
+        who(request)
+        return studio.refine(int(data["image_id"]), data.get("positive") or [], data.get("negative") or [],
+                             data.get("box"))
+
+    with gr.Blocks(title="ADA-SAM Studio", fill_width=True) as demo:
+        gr.Markdown("## ADA-SAM Studio")
+        with gr.Tabs():
+            with gr.Tab("Annotate", id="annotate"):
+                gr.HTML(value="", html_template=(STATIC / "annotator.html").read_text(),
+                        css_template=(STATIC / "annotator.css").read_text(),
+                        js_on_load=(STATIC / "annotator.js").read_text(), elem_id="annotator",
+                        server_functions=[reported(f) for f in (task, accept, no_finding, tag, skip, undo, refine)])
+                note = gr.Markdown(elem_id="workspace-note")
+            with gr.Tab("Dashboard", id="dashboard") as dash_tab:
+                with gr.Row():
+                    refresh = gr.Button("Refresh", scale=0, elem_id="dash-refresh")
+                    retrain = gr.Button("Retrain now", scale=0, variant="primary", elem_id="retrain")
+                    retrain_msg = gr.Markdown()
+                with gr.Row():
+                    curve = gr.HTML(elem_id="dice-curve")
+                    figures = gr.HTML(elem_id="dash-figures", elem_classes="dash-figures")
+                rounds = gr.Dataframe(label="Training rounds", elem_id="rounds", interactive=False)
+                people = gr.Dataframe(label="Annotators (latest live labels)", elem_id="annotators",
+                                      interactive=False)
+            with gr.Tab("Export", id="export"):
+                gr.Markdown("Exports the latest mask of every labeled image (no finding = an empty mask) with "
+                            "`manifest.csv` and `provenance.json`: the same code as `adasam export`. Masks accepted "
+                            "unchanged from the model count as predictions unless you include them.")
+                fmt = gr.Radio(["png", "coco", "nifti"], value="png", label="Format", elem_id="export-format")
+                include = gr.Checkbox(value=True, label="Include masks accepted unchanged from the model",
+                                      elem_id="export-include")
+                go = gr.Button("Export", variant="primary", elem_id="export-button")
+                result = gr.File(label="Download", elem_id="export-file")
+                export_msg = gr.Markdown(elem_id="export-message")
+
+        def dashboard_view() -> tuple:
+            data = studio.dashboard()
+            done = [r for r in data["rounds"] if r["status"] == "done"]
+            return (dice_curve_svg(done), figures_html(data), rounds_table(data["rounds"]),
+                    annotators_table(data["annotators"]))
+
+        def do_export(fmt_value: str, include_value: bool) -> tuple:
+            try:
+                path = studio.export(fmt_value, include_value)
+            except Exception as exc:  # noqa: BLE001 - e.g. nothing labeled yet: say so, do not crash the tab
+                return None, f"**Export failed:** {html.escape(str(exc))}"
+            return str(path), f"Exported to `{path.name}`."
+
+        def do_retrain(request: gr.Request) -> str:
+            return studio.retrain_now(who(request))
+
+        def workspace_note() -> str:
+            text = studio.store.get_setting("workspace_note", "")
+            return f"**About these images:** {text}" if text else ""
+
+        outputs = [curve, figures, rounds, people]
+        demo.load(dashboard_view, outputs=outputs, api_visibility="private")
+        demo.load(workspace_note, outputs=note, api_visibility="private")
+        refresh.click(dashboard_view, outputs=outputs, api_visibility="private")
+        dash_tab.select(dashboard_view, outputs=outputs, api_visibility="private")
+        gr.Timer(5.0).tick(dashboard_view, outputs=outputs, api_visibility="private", show_progress="hidden")
+        retrain.click(do_retrain, outputs=retrain_msg, api_name="retrain_now")
+        go.click(do_export, inputs=[fmt, include], outputs=[result, export_msg], api_visibility="private")
+
+        # -- the same actions as named API endpoints (gradio_client) ---------------------------------------------
+        def api_task(request: gr.Request) -> dict:
+            return studio.task(who(request))
+
+        def api_accept(image_id: int, mask_png: Optional[str] = None, request: gr.Request = None) -> dict:
+            return studio.accept(who(request), int(image_id), mask_png or None)
+
+        def api_no_finding(image_id: int, request: gr.Request = None) -> dict:
+            return studio.no_finding(who(request), int(image_id))
+
+        def api_tag(image_id: int, present: bool = True, request: gr.Request = None) -> dict:
+            return studio.tag_only(who(request), int(image_id), present)
+
+        def api_skip(image_id: int, request: gr.Request = None) -> dict:
+            return studio.skip(who(request), int(image_id))
+
+        def api_undo(request: gr.Request) -> dict:
+            return studio.undo(who(request))
+
+        def api_refine(image_id: int, positive: str = "[]", negative: str = "[]", box: str = "null",
+                       request: gr.Request = None) -> dict:
+            who(request)
+            return studio.refine(int(image_id), json.loads(positive), json.loads(negative), json.loads(box))
+
+        def api_dashboard() -> dict:
+            return studio.dashboard()
+
+        def api_export(fmt_value: str = "png", include_predictions: bool = True) -> str:
+            return str(studio.export(fmt_value, include_predictions))
+
+        for fn, name in [(api_task, "task"), (api_accept, "accept"), (api_no_finding, "no_finding"),
+                         (api_tag, "tag"), (api_skip, "skip"), (api_undo, "undo"), (api_refine, "refine"),
+                         (api_dashboard, "dashboard"), (api_export, "export")]:
+            gr.api(fn, api_name=name)
+    return demo
+
+
+def dice_curve_svg(rounds: list[dict], width: int = 560, height: int = 300) -> str:
+    """Validation Dice against the number of masks trained on, one point per finished round (inline SVG)."""
+    points = [(r["masks"], r["val_dice"], r["round"]) for r in rounds if r["val_dice"] is not None]
+    title = "<div style='font-weight:600;margin-bottom:4px'>Validation Dice vs. masks used</div>"
+    if not points:
+        return title + ("<div id='dice-empty' style='padding:40px;border:1px dashed #999;border-radius:6px'>"
+                        "No finished round with a validation score yet.</div>")
+    left, right, top, bottom = 48, 16, 12, 36
+    x_max = max(max(p[0] for p in points), 1) * 1.05
+    sx = lambda x: left + (width - left - right) * x / x_max  # noqa: E731
+    sy = lambda y: top + (height - top - bottom) * (1 - y)  # noqa: E731
+    parts = [f"<svg xmlns='http://www.w3.org/2000/svg' width='{width}' height='{height}' class='dice-curve'>"]
+    for tick in (0, 0.25, 0.5, 0.75, 1.0):
+        parts.append(f"<line x1='{left}' x2='{width - right}' y1='{sy(tick):.1f}' y2='{sy(tick):.1f}' "
+                     f"stroke='#ccc' stroke-width='0.5'/><text x='{left - 6}' y='{sy(tick) + 4:.1f}' "
+                     f"text-anchor='end' font-size='11' fill='currentColor'>{tick:.2f}</text>")
+    for tick in _ticks(x_max):
+        parts.append(f"<text x='{sx(tick):.1f}' y='{height - bottom + 16}' text-anchor='middle' font-size='11' "
+                     f"fill='currentColor'>{tick}</text>")
+    parts.append(f"<text x='{(left + width) / 2}' y='{height - 4}' text-anchor='middle' font-size='12' "
+                 f"fill='currentColor'>masks used for training</text>")
+    path = " ".join(f"{'M' if i == 0 else 'L'}{sx(x):.1f},{sy(y):.1f}" for i, (x, y, _) in enumerate(points))
+    parts.append(f"<path d='{path}' fill='none' stroke='#1e88e5' stroke-width='2'/>")
+    for x, y, rnd in points:
+        parts.append(f"<circle class='point' cx='{sx(x):.1f}' cy='{sy(y):.1f}' r='4.5' fill='#1e88e5'>"
+                     f"<title>round {rnd}: {x} masks, Dice {y:.3f}</title></circle>")
+    parts.append("</svg>")
+    return title + "".join(parts)
+
+
+def _ticks(x_max: float) -> list[int]:
+    step = max(1, round(x_max / 5))
+    return list(range(0, int(x_max) + 1, step))
+
+
+def figures_html(data: dict) -> str:
+    """The key numbers as a small table."""
+    labels, effort, queue, val = data["labels"], data["effort"], data["queue"], data["validation"]
+    last = data["training"]["latest_round"]
+    auc = next((r["presence_auc"] for r in reversed(data["rounds"]) if r["presence_auc"] is not None), None)
+    rows = [
+        ("Serving", data["model"]["note"]),
+        ("Training", data["training"]["line"] + f" (a round every {data['training']['round_every']} new labels)"),
+        ("Last round", "none yet" if last is None else
+         f"#{last['round']} {last['status']}" + (f": {last['error']}" if last["error"] else "")),
+        ("Presence AUC (val)", "—" if auc is None else f"{auc:.3f}"),
+        ("Labels", f"{labels['masks']} masks · {labels['no_finding']} no finding · {labels['tagged']} tagged · "
+                   f"{labels['unlabeled']} unlabeled (of {labels['images']} images)"),
+        ("Effort saved", "no saves yet" if not effort["reviews"] else
+         f"mean Dice {effort['mean_dice']:.3f} between the mask shown and the mask saved over {effort['reviews']} "
+         f"saves; {effort['unchanged']} accepted unchanged"),
+        ("Queue", f"{queue['left']} left · {queue['scored_by_model']} ranked by the model · {queue['leased']} "
+                  f"being worked on · order: {queue['ordered_by']}"),
+        ("Validation set", f"{val['source']} (fixed once chosen)"),
+    ]
+    body = "".join(f"<tr><th style='text-align:left;padding-right:12px;vertical-align:top'>{html.escape(k)}</th>"
+                   f"<td>{html.escape(str(v))}</td></tr>" for k, v in rows)
+    return f"<table>{body}</table>"
+
+
+def rounds_table(rounds: list[dict]) -> list[list]:
+    header = ["round", "status", "masks", "labels", "val_dice", "presence_auc", "model", "started", "error"]
+    return gr.Dataframe(value=[[r[k] for k in header] for r in reversed(rounds)] or None, headers=header)
+
+
+def annotators_table(rows: list[dict]) -> Any:
+    header = ["annotator", "total", "drawn", "accepted", "no_finding", "tags"]
+    return gr.Dataframe(value=[[r[k] for k in header] for r in rows] or None, headers=header)

@@ -1,0 +1,37 @@
+"""The fixed validation set: chosen once and stored, so a project's Dice curve never jumps because it changed.
+
+Images imported with split `val` and a mask are used when there are any. Otherwise, once VAL_MIN_LABELS pool images
+have been labeled here, the first VAL_FRACTION of them (by time labeled) are frozen as validation and left out of
+training from then on; until then rounds run without a validation score.
+"""
+from __future__ import annotations
+
+import math
+
+from annotation import Store
+from app.status import VALIDATION_IDS, VALIDATION_SOURCE
+
+VAL_FRACTION = 0.1
+VAL_MIN_LABELS = 30
+HUMAN_ORIGINS = ("human", "accepted_prediction", "no_finding")
+
+
+def validation_ids(store: Store, freeze: bool = True) -> list[int]:
+    """The validation image ids (empty until there is a way to choose them); chosen and stored on first call."""
+    ids = store.get_setting(VALIDATION_IDS)
+    if ids is not None:
+        return list(ids)
+    imported = [info.id for info, _ in store.labeled(split="val")]
+    if imported:
+        chosen, source = imported, f"{len(imported)} images imported with split 'val' and a mask"
+    else:
+        labeled = sorted(store.labeled(split="pool", origins=HUMAN_ORIGINS), key=lambda pair: pair[1].created_at)
+        if len(labeled) < VAL_MIN_LABELS:
+            return []
+        n = max(3, math.ceil(VAL_FRACTION * len(labeled)))
+        chosen = [info.id for info, _ in labeled[:n]]
+        source = f"the first {n} of {len(labeled)} images labeled here (not used for training)"
+    if freeze:
+        store.set_setting(VALIDATION_IDS, chosen)
+        store.set_setting(VALIDATION_SOURCE, source)
+    return chosen

@@ -1,0 +1,199 @@
+"""The web app in headless Chromium against a real server: annotate (paint, accept, no finding, skip, undo, point
+clicks), a background training round showing up on the dashboard, and an export download."""
+from __future__ import annotations
+
+import zipfile
+
+import pytest
+
+from annotation import Store
+from app_fixtures import Server, launch_chromium, make_workspace, mask_png, wait_for
+
+playwright_api = pytest.importorskip("playwright.sync_api")
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    root = tmp_path_factory.mktemp("app")
+    workspace = make_workspace(root)
+    srv = Server(workspace, root / "serve.log", "--round-every", "3", "--train-steps", "8")
+    yield srv
+    assert srv.stop() == 0, (root / "serve.log").read_text()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with playwright_api.sync_playwright() as playwright:
+        chromium = launch_chromium(playwright)
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture
+def page(server, browser):
+    context = browser.new_context(viewport={"width": 1280, "height": 860}, accept_downloads=True)
+    page = context.new_page()
+    outside = []
+    page.on("request", lambda r: outside.append(r.url) if not r.url.startswith((server.url, "data:", "blob:"))
+            else None)
+    page.goto(server.url)
+    page.wait_for_selector("[data-image-id]:not([data-image-id=''])", timeout=30_000)
+    yield page
+    context.close()
+    assert not outside, f"the page reached outside the server: {outside[:3]}"
+
+
+def drawn(page) -> int:
+    return int(page.get_attribute("[data-drawn]", "data-drawn") or 0)
+
+
+def image_id(page) -> int:
+    return int(page.get_attribute("[data-image-id]", "data-image-id"))
+
+
+def act(page, press=None, click=None) -> None:
+    """Press a key or click a button, then wait until the next task is drawn."""
+    before = drawn(page)
+    if press:
+        page.keyboard.press(press)
+    else:
+        page.click(click)
+    page.wait_for_function(f"Number(document.querySelector('[data-drawn]').dataset.drawn) > {before}")
+
+
+def canvas_box(page) -> dict:
+    return page.locator("canvas.ann-canvas").bounding_box()
+
+
+def mask_pixels(page) -> int:
+    return int(page.inner_text(".ann-pixels"))
+
+
+def test_page_shows_image_with_overlay(page, server):
+    assert "phantom_" in page.inner_text(".ann-title")
+    assert "you are tester" in page.inner_text(".ann-counts")
+    assert "Untrained backbone" in page.inner_text(".ann-model")  # said plainly before the first round
+    assert "Test phantoms." in page.inner_text("#workspace-note")
+    colours = page.evaluate("""() => {
+        const c = document.querySelector('canvas.ann-canvas');
+        const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+        let green = 0, grey = 0;
+        for (let i = 0; i < d.length; i += 4) {
+            if (d[i + 1] > 200 && d[i] < 120 && d[i + 2] < 120) green++;
+            else if (Math.abs(d[i] - d[i + 1]) < 8 && Math.abs(d[i + 1] - d[i + 2]) < 8) grey++;
+        }
+        return {green, grey, width: c.getBoundingClientRect().width};
+    }""")
+    assert colours["green"] > 100, colours  # the mask outline
+    assert colours["grey"] > 100, colours  # the image itself, uncovered somewhere
+    assert colours["width"] >= 400, colours  # small images are shown large
+
+
+def test_paint_and_accept_saves_the_mask_with_the_user(page, server):
+    page.keyboard.press("e")  # eraser: clear a band, then paint a blob with the brush
+    box = canvas_box(page)
+    cx, cy = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+    page.mouse.move(box["x"] + 5, cy)
+    page.mouse.down()
+    page.mouse.move(box["x"] + box["width"] - 5, cy, steps=8)
+    page.mouse.up()
+    page.keyboard.press("b")
+    page.mouse.move(cx - 30, cy - 30)
+    page.mouse.down()
+    page.mouse.move(cx + 30, cy + 30, steps=6)
+    page.mouse.up()
+    assert "(edited)" in page.inner_text(".ann-facts")
+    shown = image_id(page)
+    act(page, click="button[data-act=accept]")
+    assert image_id(page) != shown
+    with Store(server.workspace, create=False) as store:
+        saved = store.latest_mask(shown)
+        assert saved.annotator == "tester" and saved.origin == "human"
+        mask = store.load_mask(shown)
+        h, w = mask.shape
+        assert mask[h // 2, w // 2] and mask.any()
+        review = store.events(image_id=shown, limit=5)
+        assert any(e["what"] == "review" and e["details"]["dice_shown_saved"] < 1 for e in review)
+
+
+def test_no_finding_skip_and_undo_by_keyboard(page, server):
+    first = image_id(page)
+    act(page, press="f")
+    second = image_id(page)
+    with Store(server.workspace, create=False) as store:
+        assert store.image(first).state == "no_finding"
+        assert store.latest_mask(first).annotator == "tester"
+    act(page, press="s")
+    assert image_id(page) != second
+    with Store(server.workspace, create=False) as store:
+        assert any(e["what"] == "skip" for e in store.events(image_id=second, limit=5))
+    act(page, press="u")  # undo the no-finding: that image comes back
+    assert image_id(page) == first
+    assert "undid" in page.inner_text(".ann-message")
+    with Store(server.workspace, create=False) as store:
+        assert store.image(first).state == "unlabeled"
+
+
+def test_point_click_redraws_the_mask(page):
+    before = mask_pixels(page)
+    page.keyboard.press("p")
+    box = canvas_box(page)
+    page.mouse.click(box["x"] + box["width"] * 0.3, box["y"] + box["height"] * 0.4)
+    page.wait_for_function("Number(document.querySelector('[data-drawn]').dataset.refined || 0) >= 1")
+    assert "SAM redrew the mask" in page.inner_text(".ann-message")
+    page.keyboard.press("n")
+    page.mouse.click(box["x"] + box["width"] * 0.8, box["y"] + box["height"] * 0.7)
+    page.wait_for_function("Number(document.querySelector('[data-drawn]').dataset.refined || 0) >= 2")
+    assert mask_pixels(page) != before or "(edited)" in page.inner_text(".ann-facts")
+
+
+def test_round_runs_and_dashboard_shows_it(page, server):
+    with Store(server.workspace, create=False) as store:  # make sure a round is due: three labels, one a lesion
+        for _ in range(3):
+            task = _api_accept(store, server)
+    with Store(server.workspace, create=False) as store:
+        done = wait_for(lambda: [r for r in store.rounds() if r.status == "done"], timeout=120,
+                        what="a finished training round")
+        assert done[0].model_version and store.latest_model() is not None
+    page.click("button[role=tab]:has-text('Dashboard')")
+    page.click("#dash-refresh")
+    page.wait_for_selector("#dice-curve circle.point", timeout=20_000)
+    assert page.locator("#dice-curve circle.point").count() >= 1
+    text = page.inner_text("#dash-figures")
+    assert "Presence AUC" in text and "Effort saved" in text and "Validation set" in text
+    assert "4 images imported with split 'val'" in text
+    assert "tester" in page.inner_text("#annotators")
+    page.click("button[role=tab]:has-text('Annotate')")
+    act(page, press="s")  # the next request swaps the new model in
+    assert page.inner_text(".ann-model").startswith("Model r0")
+    assert task is not None
+
+
+def _api_accept(store: Store, server: Server):
+    """Label the annotator's current image with a square lesion through the HTTP API."""
+    from gradio_client import Client
+
+    client = Client(server.url, verbose=False)
+    task = client.predict(api_name="/task")
+    info = store.image(task["image_id"])
+    import numpy as np
+
+    mask = np.zeros((info.height, info.width), bool)
+    mask[info.height // 4: info.height // 2, info.width // 4: info.width // 2] = True
+    return client.predict(task["image_id"], mask_png(mask), api_name="/accept")
+
+
+def test_export_downloads_a_valid_zip(page, tmp_path):
+    page.click("button[role=tab]:has-text('Export')")
+    page.click("#export-format label:has-text('coco')")
+    page.click("#export-button")
+    link = page.locator("#export-file a").first
+    link.wait_for(timeout=30_000)
+    with page.expect_download() as download:
+        link.click()
+    path = tmp_path / "export.zip"
+    download.value.save_as(path)
+    with zipfile.ZipFile(path) as archive:
+        names = archive.namelist()
+        assert any(n.endswith("manifest.csv") for n in names) and any(n.endswith("provenance.json") for n in names)
+        assert any(n.endswith(".json") and "annotations" in n for n in names) or len(names) >= 3
