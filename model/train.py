@@ -36,7 +36,9 @@ from model.preprocess import mask_box, preprocess_mask
 @dataclass
 class TrainConfig:
     steps: int = 400
-    batch_masked: int = 4
+    batch_masked: int = 4  # images through the decoder per step (the expensive part: ~160 ms each)
+    batch_cam: int = 12  # masked positives whose CAM is supervised per step (cheap: ~12 ms each)
+    warmup_steps: int = 0  # first steps train only the CAM/classifier path, so the decoder meets useful CAM boxes
     batch_unlabeled: int = 4
     batch_tagged: int = 16
     lr_decoder: float = 5e-5
@@ -120,32 +122,36 @@ class Trainer:
 
     # -- one step ----------------------------------------------------------------------------------------------
     def train_step(self) -> dict[str, float]:
+        """One optimiser step; the first `warmup_steps` train only the cheap CAM/classifier path (no decoder)."""
         model, cfg = self.model, self.config
         model.train()
+        warmup = not self.supervised and self.step < cfg.warmup_steps
         losses: dict[str, torch.Tensor] = {}
-        batch = self._pick(self.seg_items, cfg.batch_masked)
+        batch = self._pick(self.seg_items, max(cfg.batch_masked, 0 if self.supervised else cfg.batch_cam))
+        seg_batch = batch[:cfg.batch_masked]
         features = model.features(torch.stack([i.embedding for i in batch]))
-        hw = [i.geometry.resized for i in batch]
-        if self.supervised or self.model.config.prompt == "whole":
+        hw = [i.geometry.resized for i in seg_batch]
+        if self.supervised or model.config.prompt == "whole":
             boxes = torch.as_tensor(np.stack([whole_box(h) for h in hw]))
         if not self.supervised:
             grid = features.shape[-1]
             cams, _ = model.cam(features, valid_grid([i.geometry for i in batch], grid), create_graph=True)
             cam_target = F.adaptive_avg_pool2d(self._target(batch, self.size), grid)[:, 0]
             losses["cam"] = cfg.cam_loss_weight * cam_loss(cams, cam_target)
-            if model.config.prompt == "cam":
-                cam_boxes, _ = model.auto_boxes(cams.detach(), hw)
-                use_cam = self.rng.random(len(batch)) < cfg.cam_prompt_prob
+            if model.config.prompt == "cam" and not warmup:
+                cam_boxes, _ = model.auto_boxes(cams[:len(seg_batch)].detach(), hw)
+                use_cam = self.rng.random(len(seg_batch)) < cfg.cam_prompt_prob
                 boxes = torch.as_tensor(np.stack([cam_boxes[k].numpy() if use_cam[k] else self._jittered_box(item)
-                                                  for k, item in enumerate(batch)]))
-        logits, _ = model.segment(features, boxes)
-        losses["seg"] = segmentation_loss(logits, self._target(batch, logits.shape[-1]))
+                                                  for k, item in enumerate(seg_batch)]))
+        if not warmup:
+            logits, _ = model.segment(features[:len(seg_batch)], boxes)
+            losses["seg"] = segmentation_loss(logits, self._target(seg_batch, logits.shape[-1]))
         if not self.supervised and self.data.tagged and model.config.has_negatives:
             tagged = self._pick(self.data.tagged, cfg.batch_tagged)
             cls_logits = model.classifier(model.features(torch.stack([i.embedding for i in tagged])))
             losses["cls"] = F.cross_entropy(cls_logits, torch.tensor([int(i.tag) for i in tagged]))
-        if self._semi_supervised:
-            ramp = min(1.0, self.step / max(1, cfg.steps / 3))
+        if self._semi_supervised and not warmup:
+            ramp = min(1.0, (self.step - cfg.warmup_steps) / max(1, (cfg.steps - cfg.warmup_steps) / 3))
             losses.update({k: ramp * cfg.consistency_weight * v for k, v in self._consistency().items()})
         total = sum(losses.values())
         self.optimizer.zero_grad(set_to_none=True)
@@ -229,7 +235,8 @@ class Trainer:
             losses_since.append(self.train_step())
             if progress:
                 progress(self.step, cfg.steps)
-            if self.step % cfg.eval_every == 0 or self.step == cfg.steps:
+            warm = not self.supervised and self.step <= cfg.warmup_steps
+            if not warm and ((self.step - cfg.warmup_steps) % cfg.eval_every == 0 or self.step == cfg.steps):
                 summary = self.validate()
                 score = self.val_score(summary)
                 mean_losses = {k: float(np.mean([d[k] for d in losses_since if k in d]))

@@ -95,29 +95,10 @@ def shared_backbone(name: str):
 
 
 def micro_backbone(seed: int = 0, dim: int = 32):
-    """A LiteMedSAM-shaped model small enough to train for dozens of steps in a second or two.
+    """The `micro_random` backbone: LiteMedSAM-shaped, small enough to train for dozens of steps in a second or two."""
+    from model.backbones import build_micro_random
 
-    64 px input, a strided-conv "encoder" to dim x 16 x 16 embeddings, and segment-anything's prompt encoder, two-way
-    transformer and mask decoder at width `dim`: every code path of ADA-SAM (CAM, decoder, losses) runs unchanged.
-    """
-    import torch
-    from torch import nn
-
-    from model.backbones import Backbone, _import_medsam_lite
-
-    _, _, modeling = _import_medsam_lite()
-    state = torch.random.get_rng_state()
-    torch.manual_seed(seed)
-    encoder = nn.Sequential(nn.Conv2d(3, dim, 4, stride=4), nn.GELU(), nn.Conv2d(dim, dim, 1))
-    prompt_encoder = modeling.PromptEncoder(embed_dim=dim, image_embedding_size=(16, 16), input_image_size=(64, 64),
-                                            mask_in_chans=4)
-    decoder = modeling.MaskDecoder(num_multimask_outputs=3, transformer_dim=dim, iou_head_depth=2,
-                                   iou_head_hidden_dim=dim,
-                                   transformer=modeling.TwoWayTransformer(depth=1, embedding_dim=dim, mlp_dim=2 * dim,
-                                                                          num_heads=2))
-    torch.random.set_rng_state(state)
-    return Backbone("micro", f"micro-{seed}-{dim}", encoder, prompt_encoder, decoder, image_size=64, pixel_scale=1.0,
-                    pixel_mean=(0.0, 0.0, 0.0), pixel_std=(1.0, 1.0, 1.0)).eval()
+    return build_micro_random(seed, dim).eval()
 
 
 def blob_items(backbone, n: int, negatives: int = 0, seed: int = 0, size: tuple[int, int] = (48, 56),
