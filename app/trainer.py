@@ -64,6 +64,7 @@ class BackgroundTrainer:
         self._seen_upto = 0
         self._status: dict[str, Any] = {"state": "idle"}
         self._last_write = 0.0
+        self.resumed_from: int | None = None  # the step an interrupted round was resumed at (None: started clean)
 
     # -- the loop ----------------------------------------------------------------------------------------------
 
@@ -257,6 +258,7 @@ class BackgroundTrainer:
         wanted = {"model": asdict(config), "steps": train_config.steps, "from": self._from_version()}
         if (self.work / "last.pt").exists() and marker.exists() and json.loads(marker.read_text()) == wanted:
             trainer.load_resume_state(self.work / "last.pt")
+            self.resumed_from = trainer.step
             self.status(message=f"resumed an interrupted round at step {trainer.step}")
             return
         shutil.rmtree(self.work, ignore_errors=True)

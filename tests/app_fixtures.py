@@ -7,6 +7,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -42,14 +43,15 @@ def make_workspace(root: Path, n: int = 24, n_val: int = 4, size: tuple[int, int
 class Server:
     """`adasam serve` in a subprocess; stop() sends SIGTERM like Ctrl+C would, and waits."""
 
-    def __init__(self, workspace: Path, log: Path, *extra: str) -> None:
+    def __init__(self, workspace: Path, log: Path, *extra: str, backbone: str = "micro_random",
+                 cache: str | None = None) -> None:
         self.workspace = workspace
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = log
         env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "PYTHONPATH": str(ROOT)}
         command = [sys.executable, "-m", "app.cli", "serve", str(workspace), "--port", str(self.port),
-                   "--backbone", "micro_random", "--cache", str(workspace.parent / "cache"), "--annotator", "tester",
+                   "--backbone", backbone, "--cache", cache or str(workspace.parent / "cache"), "--annotator", "tester",
                    *extra]
         self.process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=open(log, "w"), stderr=subprocess.STDOUT)
         self.wait_ready()
@@ -61,6 +63,8 @@ class Server:
                 raise RuntimeError(f"server exited:\n{self.log.read_text()}")
             try:
                 urllib.request.urlopen(self.url + "/config", timeout=2)
+                return
+            except urllib.error.HTTPError:  # e.g. 401 behind --auth: it answers, so it is up
                 return
             except Exception:  # noqa: BLE001 - not up yet
                 time.sleep(0.3)

@@ -1,0 +1,146 @@
+"""The background trainer in-process (micro_random, a few steps): rounds publish and re-score, failures keep the last
+good model, a stopped round resumes; the fixed validation set; the server's model swap; auth files."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from annotation import Store
+from app import trainer as trainer_module
+from app.auth import hash_password, read_users, verify_password, write_user
+from app.errors import CommandError
+from app.status import LABELS_AT_LAST_ROUND, VALIDATION_IDS, read_status
+from app.studio import ModelSlot, Studio
+from app.trainer import BackgroundTrainer
+from app.validation import VAL_MIN_LABELS, validation_ids
+from app_fixtures import make_workspace
+
+
+def label(store: Store, count: int, annotator: str = "ann") -> list[int]:
+    """Give `count` pool images a lesion mask (every third one 'no finding')."""
+    ids = [info.id for info in store.images(split="pool", state="unlabeled")][:count]
+    for k, image_id in enumerate(ids):
+        info = store.image(image_id)
+        if k % 3 == 2:
+            store.mark_no_finding(image_id, annotator)
+        else:
+            mask = np.zeros((info.height, info.width), bool)
+            mask[10:40, 20:60] = True
+            store.save_mask(image_id, mask, annotator)
+    return ids
+
+
+@pytest.fixture
+def workspace(tmp_path):
+    return make_workspace(tmp_path, n=16, n_val=3)
+
+
+def make_trainer(workspace, steps: int = 6) -> BackgroundTrainer:
+    return BackgroundTrainer(workspace, "micro_random", workspace.parent / "cache", round_every=3, steps=steps)
+
+
+def test_round_publishes_a_model_and_rescores_the_pool(workspace):
+    bt = make_trainer(workspace)
+    store = bt.store
+    assert not bt.due()  # nothing labeled yet
+    label(store, 3)
+    bt.embed_new()
+    assert read_status(workspace)["embedded"] == {"done": 16, "total": 16}
+    assert bt.due()
+    bt.train_round()
+    rnd = store.rounds()[-1]
+    assert rnd.status == "done" and rnd.model_version == "r0001" and rnd.val_dice is not None
+    model = store.latest_model()
+    assert model.version == "r0001" and (workspace / "models" / "r0001.pt").is_file()
+    assert model.metrics["n_masks"] == 2 and model.metrics["n_empty"] == 1 and model.metrics["n_val"] == 3
+    unlabeled = store.images(split="pool", state="unlabeled")
+    assert all(store.prediction(info.id, "r0001") is not None for info in unlabeled)
+    assert store.current_model_version() == "r0001"
+    assert store.get_setting(VALIDATION_IDS) == [info.id for info in store.images(split="val")]
+    assert store.get_setting(LABELS_AT_LAST_ROUND) == 3 and not bt.due()
+    assert not (workspace / "models" / "training").exists()
+
+
+def test_failed_round_is_recorded_and_the_last_model_keeps_serving(workspace, monkeypatch):
+    bt = make_trainer(workspace)
+    label(bt.store, 3)
+    bt.train_round()
+    slot = ModelSlot(bt.store, "micro_random", workspace.parent / "cache")
+    assert slot.version == "r0001"
+
+    def boom(self, progress=None):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(trainer_module.Trainer, "run", boom)
+    label(bt.store, 3)
+    bt.train_round()
+    failed = bt.store.rounds()[-1]
+    assert failed.status == "failed" and failed.error == "RuntimeError: disk full"
+    assert bt.store.latest_model().version == "r0001"
+    assert "failed" in read_status(workspace)["message"]
+    assert not slot.refresh(force=True) and slot.version == "r0001"
+    assert any(e["what"] == "round_failed" for e in bt.store.events(limit=20))
+
+
+def test_stopped_round_is_cancelled_and_resumes_on_restart(workspace):
+    bt = make_trainer(workspace, steps=8)  # checkpoints every 2 steps
+    label(bt.store, 3)
+    original = bt.check
+
+    def stop_at_step_5() -> None:
+        if bt._status.get("step") == 5:
+            bt.stop.set()
+        original()
+
+    bt.check = stop_at_step_5
+    with pytest.raises(trainer_module.Stopped):
+        bt.train_round()
+    assert bt.store.rounds()[-1].status == "cancelled"
+    assert (workspace / "models" / "training" / "last.pt").exists()
+    bt.store.close()
+
+    again = make_trainer(workspace, steps=8)
+    assert again.due()  # a cancelled round does not count as done
+    again.train_round()
+    assert again.store.rounds()[-1].status == "done" and again.resumed_from == 4
+    assert again.store.latest_model().version == "r0002"  # versions are named after their round
+
+
+def test_validation_set_is_frozen_from_early_labels(tmp_path):
+    workspace = make_workspace(tmp_path, n=VAL_MIN_LABELS + 10, n_val=0)
+    with Store(workspace) as store:
+        label(store, VAL_MIN_LABELS - 1)
+        assert validation_ids(store) == [] and store.get_setting(VALIDATION_IDS) is None
+        first = label(store, 1)
+        chosen = validation_ids(store)
+        assert len(chosen) == 3 and first[0] not in chosen
+        label(store, 5)
+        assert validation_ids(store) == chosen  # fixed once chosen
+
+
+def test_server_swaps_in_a_new_model_between_requests(workspace):
+    bt = make_trainer(workspace)
+    store = Store(workspace)
+    slot = ModelSlot(store, "micro_random", workspace.parent / "cache")
+    studio = Studio(store, slot)
+    first = studio.task("ann")
+    assert first["model"] == "pretrained" and first["cam"] is None
+    label(bt.store, 3)
+    bt.train_round()
+    slot._checked = 0  # the once-a-second check is due
+    after = studio.skip("ann", first["image_id"])
+    assert after["model"] == "r0001" and after["cam"].startswith("data:image/png")
+    assert after["probability"] is not None and "Model r0001" in after["model_note"]
+    studio.close()
+
+
+def test_auth_file(tmp_path):
+    encoded = hash_password("pw1234")
+    assert verify_password("pw1234", encoded) and not verify_password("nope", encoded)
+    users = tmp_path / "users"
+    write_user(users, "ann", "pw1234")
+    write_user(users, "ann", "changed")
+    assert list(read_users(users)) == ["ann"] and verify_password("changed", read_users(users)["ann"])
+    (tmp_path / "bad").write_text("ann:plaintext\n")
+    with pytest.raises(CommandError, match="expected name:pbkdf2"):
+        read_users(tmp_path / "bad")
