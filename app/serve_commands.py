@@ -32,7 +32,8 @@ def register(sub) -> None:
                    help="litemedsam (default), sam_vit_b:/path.pth, or micro_random for tests and demos")
     p.add_argument("--cache", default=None, help="embedding cache folder (default ~/.cache/adasam/embeddings)")
     p.add_argument("--round-every", type=int, default=10, metavar="N", help="train after N new labels (default 10)")
-    p.add_argument("--train-steps", type=int, default=200, help="training steps per round (default 200)")
+    p.add_argument("--train-steps", type=int, default=120,
+                   help="training steps per round (default 120: a few minutes on 2 CPU cores with LiteMedSAM)")
     p.add_argument("--demo", action="store_true", help="fill an empty workspace with demo images (the default "
                                                       "workspace always is)")
     p.add_argument("--no-trainer", action="store_true", help="do not start the background trainer")
@@ -43,7 +44,7 @@ def register(sub) -> None:
     t.add_argument("--backbone", default="litemedsam")
     t.add_argument("--cache", default=None)
     t.add_argument("--round-every", type=int, default=10)
-    t.add_argument("--train-steps", type=int, default=200)
+    t.add_argument("--train-steps", type=int, default=120)
     t.add_argument("--parent-pid", type=int, default=None, help=argparse.SUPPRESS)
     t.set_defaults(func=cmd_trainer)
 

@@ -36,7 +36,7 @@ from app.validation import validation_ids
 from model.adasam import AdaSamConfig, load_checkpoint
 from model.backbones import build_backbone
 from model.cache import EmbeddingCache, content_hash
-from model.evaluate import Item, evaluate
+from model.evaluate import Item
 from model.inference import Predictor
 from model.train import Trainer, TrainConfig, TrainingData, build_training_model, detect_negatives
 
@@ -50,7 +50,7 @@ class Stopped(Exception):
 
 class BackgroundTrainer:
     def __init__(self, workspace: str | Path, backbone: str, cache_dir: str | Path, round_every: int = 10,
-                 steps: int = 200, parent_pid: int | None = None, poll_s: float = 1.0) -> None:
+                 steps: int = 120, parent_pid: int | None = None, poll_s: float = 1.0) -> None:
         self.root = Path(workspace)
         self.spec, self.round_every, self.steps, self.poll_s = backbone, round_every, steps, poll_s
         self.parent_pid = parent_pid
@@ -223,7 +223,7 @@ class BackgroundTrainer:
         previous = store.latest_model()
         model = build_training_model(config, round_id, backbone_view(self.base),
                                      init=previous.checkpoint_path if previous else None)
-        train_config = TrainConfig(steps=self.steps, eval_every=max(1, self.steps // 4), seed=round_id)
+        train_config = TrainConfig(steps=self.steps, eval_every=max(1, self.steps // 2), seed=round_id)
         trainer = Trainer(model, train_config, data, self.work, log=lambda line: None)
         self._resume(trainer, config, train_config)
         started, first_step = time.monotonic(), trainer.step
@@ -232,15 +232,15 @@ class BackgroundTrainer:
             self.status(step=step, total=total, eta_s=_eta(started, step - first_step, total - first_step))
             self.check()
 
-        trainer.run(progress=progress)
-        best, _ = load_checkpoint(self.work / "model.pt", backbone_view(self.base))
-        metrics: dict[str, Any] = {**sizes, "steps": self.steps, "round": round_id,
+        best = trainer.run(progress=progress)
+        metrics: dict[str, Any] = {**sizes, "steps": self.steps, "round": round_id, "best_step": best.get("step"),
                                    "train_seconds": round(time.monotonic() - started, 1)}
         val_dice = None
-        if data.val:
-            summary, _ = evaluate(best, data.val, with_hd95=False)
-            metrics.update({k: _clean(summary[k]) for k in ("dice_lesion", "dice_all", "presence_auc", "n_lesion")})
-            val_dice = metrics["dice_lesion"] if summary["n_lesion"] else metrics["dice_all"]
+        if data.val:  # the trainer scored model.pt on the validation set when it kept it
+            summary = best.get("val") or {}
+            metrics.update({k: _clean(summary.get(k)) for k in ("dice_lesion", "dice_all", "presence_auc",
+                                                                 "n_lesion")})
+            val_dice = metrics["dice_lesion"] if summary.get("n_lesion") else metrics["dice_all"]
         version = f"r{round_id:04d}"
         path = self.models / f"{version}.pt"
         tmp = self.models / f".{version}.pt.tmp"

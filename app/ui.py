@@ -82,13 +82,13 @@ def build_ui(studio: Studio, default_annotator: str = "annotator") -> gr.Blocks:
 
     with gr.Blocks(title="ADA-SAM Studio", fill_width=True) as demo:
         gr.Markdown("## ADA-SAM Studio")
+        note = gr.Markdown(elem_id="workspace-note")
         with gr.Tabs():
             with gr.Tab("Annotate", id="annotate"):
                 gr.HTML(value="", html_template=(STATIC / "annotator.html").read_text(),
                         css_template=(STATIC / "annotator.css").read_text(),
                         js_on_load=(STATIC / "annotator.js").read_text(), elem_id="annotator",
                         server_functions=[reported(f) for f in (task, accept, no_finding, tag, skip, undo, refine)])
-                note = gr.Markdown(elem_id="workspace-note")
             with gr.Tab("Dashboard", id="dashboard") as dash_tab:
                 with gr.Row():
                     refresh = gr.Button("Refresh", scale=0, elem_id="dash-refresh")

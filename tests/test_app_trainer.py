@@ -144,3 +144,29 @@ def test_auth_file(tmp_path):
     (tmp_path / "bad").write_text("ann:plaintext\n")
     with pytest.raises(CommandError, match="expected name:pbkdf2"):
         read_users(tmp_path / "bad")
+
+
+def test_first_run_seeding(tmp_path):
+    from app.seed import seed_workspace, write_phantoms
+
+    with Store(tmp_path / "phantom-ws") as store:  # no BUSI beside the repo: generated phantoms
+        note = seed_workspace(store, busi=tmp_path / "missing", phantoms=12, progress=False)
+        assert note.startswith("Synthetic phantoms") and store.get_setting("workspace_note") == note
+        assert store.counts().by_split == {"pool": 10, "val": 2}
+        assert store.counts().masked == 2 and not store.labeled(split="pool")
+    busi = tmp_path / "busi"  # the BUSI layout: pool without masks, val with masks, test left out
+    write_phantoms(tmp_path / "src", 9, 3)
+    (busi / "images").mkdir(parents=True)
+    (busi / "masks").mkdir()
+    rows = ["id,split,has_lesion"]
+    for split, folder in (("val", "val"), ("pool", "pool")):
+        for image in sorted((tmp_path / "src" / folder / "images").iterdir()):
+            image.rename(busi / "images" / image.name)
+            (tmp_path / "src" / folder / "masks" / image.name).rename(busi / "masks" / image.name)
+            rows.append(f"{image.stem},{'test' if image.stem.endswith('8') else split},1")
+    (busi / "manifest.csv").write_text("\n".join(rows) + "\n")
+    with Store(tmp_path / "busi-ws") as store:
+        note = seed_workspace(store, busi=busi, progress=False)
+        assert note.startswith("BUSI breast ultrasound") and "5 pool images" in note and "3 validation" in note
+        assert store.counts().by_split == {"pool": 5, "val": 3}
+        assert store.counts().masked == 3 and not store.labeled(split="pool")
