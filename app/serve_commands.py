@@ -97,9 +97,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
         signal.signal(sig, lambda *_: stop.set())
     try:
         demo.queue(default_concurrency_limit=4)
-        demo.launch(server_name=args.host, server_port=args.port, auth=checker(users) if users else None,
-                    auth_message="ADA-SAM Studio: log in with your annotator name.", prevent_thread_lock=True,
-                    show_error=True, theme=theme, css=_page_css(), share=False, enable_monitoring=False)
+        try:
+            demo.launch(server_name=args.host, server_port=args.port, auth=checker(users) if users else None,
+                        auth_message="ADA-SAM Studio: log in with your annotator name.", prevent_thread_lock=True,
+                        show_error=True, theme=theme, css=_page_css(), share=False, enable_monitoring=False)
+        except OSError as exc:
+            raise CommandError(f"cannot listen on {args.host}:{args.port} ({exc}); is another server running? "
+                               f"Choose another --port") from None
         print(f"ADA-SAM Studio: http://{args.host}:{args.port} (workspace {workspace}; Ctrl+C stops it and its "
               f"trainer)", flush=True)
         while not stop.wait(0.5):

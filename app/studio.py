@@ -310,7 +310,7 @@ class Studio:
         rounds = []
         for r in store.rounds():
             metrics = store.model(r.model_version).metrics if r.model_version else {}
-            rounds.append({"round": r.id, "status": r.status, "masks": metrics.get("n_masks", r.labels_used),
+            rounds.append({"round": r.id, "status": r.status, "masks": metrics.get("n_masks"),
                            "labels": r.labels_used, "val_dice": _num(r.val_dice),
                            "presence_auc": _num(metrics.get("presence_auc")), "model": r.model_version or "",
                            "started": r.started_at[:19].replace("T", " "), "error": r.error or ""})
@@ -329,6 +329,10 @@ class Studio:
             """SELECT json_extract(e.details, '$.dice_shown_saved') FROM events e JOIN masks m
                ON m.image_id = e.image_id AND m.version = json_extract(e.details, '$.mask_version')
                WHERE e.what = 'review' AND m.undone_at IS NULL""")]
+        pool = dict(store.conn.execute(
+            "SELECT state, COUNT(*) FROM images WHERE split = 'pool' GROUP BY state").fetchall())
+        tagged = store.conn.execute("SELECT COUNT(DISTINCT t.image_id) FROM tags t JOIN images i ON i.id = t.image_id"
+                                    " WHERE i.split = 'pool'").fetchone()[0]
         status = read_status(store.root)
         pool_unlabeled = store.conn.execute(
             "SELECT COUNT(*) FROM images WHERE split = 'pool' AND state = 'unlabeled'").fetchone()[0]
@@ -338,8 +342,9 @@ class Studio:
         val_ids = store.get_setting(VALIDATION_IDS)
         return {
             "rounds": rounds,
-            "labels": {"masks": counts.masked, "no_finding": counts.no_finding, "tagged": counts.tagged,
-                       "unlabeled": counts.unlabeled, "images": counts.images},
+            "labels": {"masks": pool.get("masked", 0), "no_finding": pool.get("no_finding", 0),
+                       "tagged": tagged, "unlabeled": pool.get("unlabeled", 0), "images": counts.images,
+                       "pool": sum(pool.values()), "other_splits": counts.images - sum(pool.values())},
             "annotators": annotators,
             "effort": {"reviews": len(reviews), "mean_dice": _num(float(np.mean(reviews)) if reviews else None),
                        "unchanged": sum(1 for d in reviews if d is not None and d >= 0.999)},
@@ -353,14 +358,15 @@ class Studio:
             "workspace_note": store.get_setting(WORKSPACE_NOTE, ""),
         }
 
-    def export(self, fmt: str, include_predictions: bool = False) -> Path:
-        """`adasam export` into a temporary folder, zipped for download."""
+    def export(self, fmt: str, include_predictions: bool = False) -> tuple[Path, str]:
+        """`adasam export` into a temporary folder, zipped for download -> (zip, one-line summary)."""
         tmp = Path(tempfile.mkdtemp(prefix="adasam-export-"))
         name = f"{self.store.root.resolve().name}-{fmt}-{time.strftime('%Y%m%d-%H%M%S')}"
-        export_workspace(self.store, tmp / name, fmt, include_predictions=include_predictions)
+        summary = export_workspace(self.store, tmp / name, fmt, include_predictions=include_predictions)
         archive = shutil.make_archive(str(tmp / name), "zip", root_dir=tmp, base_dir=name)
         shutil.rmtree(tmp / name)
-        return Path(archive)
+        return Path(archive), (f"Exported {summary.images} masks ({summary.empty} empty) as {summary.format}, "
+                               f"checked by reading them back: {Path(archive).name}")
 
     def close(self) -> None:
         self._ahead.shutdown(wait=False, cancel_futures=True)

@@ -119,10 +119,10 @@ def build_ui(studio: Studio, default_annotator: str = "annotator") -> gr.Blocks:
 
         def do_export(fmt_value: str, include_value: bool) -> tuple:
             try:
-                path = studio.export(fmt_value, include_value)
+                path, message = studio.export(fmt_value, include_value)
             except Exception as exc:  # noqa: BLE001 - e.g. nothing labeled yet: say so, do not crash the tab
                 return None, f"**Export failed:** {html.escape(str(exc))}"
-            return str(path), f"Exported to `{path.name}`."
+            return str(path), message
 
         def do_retrain(request: gr.Request) -> str:
             return studio.retrain_now(who(request))
@@ -168,7 +168,7 @@ def build_ui(studio: Studio, default_annotator: str = "annotator") -> gr.Blocks:
             return studio.dashboard()
 
         def api_export(fmt_value: str = "png", include_predictions: bool = True) -> str:
-            return str(studio.export(fmt_value, include_predictions))
+            return str(studio.export(fmt_value, include_predictions)[0])
 
         for fn, name in [(api_task, "task"), (api_accept, "accept"), (api_no_finding, "no_finding"),
                          (api_tag, "tag"), (api_skip, "skip"), (api_undo, "undo"), (api_refine, "refine"),
@@ -223,8 +223,9 @@ def figures_html(data: dict) -> str:
         ("Last round", "none yet" if last is None else
          f"#{last['round']} {last['status']}" + (f": {last['error']}" if last["error"] else "")),
         ("Presence AUC (val)", "—" if auc is None else f"{auc:.3f}"),
-        ("Labels", f"{labels['masks']} masks · {labels['no_finding']} no finding · {labels['tagged']} tagged · "
-                   f"{labels['unlabeled']} unlabeled (of {labels['images']} images)"),
+        ("Labels (pool)", f"{labels['masks']} masks · {labels['no_finding']} no finding · {labels['tagged']} "
+                          f"tagged · {labels['unlabeled']} unlabeled, of {labels['pool']} pool images"
+                          + (f" ({labels['other_splits']} more in val/test)" if labels["other_splits"] else "")),
         ("Effort saved", "no saves yet" if not effort["reviews"] else
          f"mean Dice {effort['mean_dice']:.3f} between the mask shown and the mask saved over {effort['reviews']} "
          f"saves; {effort['unchanged']} accepted unchanged"),

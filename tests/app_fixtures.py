@@ -54,7 +54,11 @@ class Server:
                    "--backbone", backbone, "--cache", cache or str(workspace.parent / "cache"), "--annotator", "tester",
                    *extra]
         self.process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=open(log, "w"), stderr=subprocess.STDOUT)
-        self.wait_ready()
+        try:
+            self.wait_ready()
+        except BaseException:
+            self.stop()
+            raise
 
     def wait_ready(self, timeout: float = 90.0) -> None:
         deadline = time.time() + timeout

@@ -170,3 +170,22 @@ def test_first_run_seeding(tmp_path):
         assert note.startswith("BUSI breast ultrasound") and "5 pool images" in note and "3 validation" in note
         assert store.counts().by_split == {"pool": 5, "val": 3}
         assert store.counts().masked == 3 and not store.labeled(split="pool")
+
+
+def test_sixteen_bit_images_are_windowed_for_display(tmp_path):
+    import base64
+    import io
+
+    from PIL import Image
+
+    from annotation import import_sources
+
+    pixels = (1000 + np.arange(64 * 80).reshape(64, 80) % 500).astype(np.uint16)  # a narrow band of 16-bit values
+    Image.fromarray(pixels).save(tmp_path / "ct.png")
+    with Store(tmp_path / "ws") as store:
+        import_sources(store, [tmp_path / "ct.png"], progress=False)
+        studio = Studio(store, ModelSlot(store, "micro_random", tmp_path / "cache"))
+        task = studio.task("ann")
+        shown = np.asarray(Image.open(io.BytesIO(base64.b64decode(task["image"].split(",")[1]))))
+        assert shown.dtype == np.uint8 and shown.min() == 0 and shown.max() == 255  # not a flat grey
+        studio.close()

@@ -83,7 +83,7 @@ function rebuildLayer() {
   for (let i = 0; i < edge.length; i++) {
     if (d[4 * i + 3] === 0) continue;
     if (edge[i]) { d[4 * i] = 40; d[4 * i + 1] = 255; d[4 * i + 2] = 40; d[4 * i + 3] = 255; }
-    else { d[4 * i] = 0; d[4 * i + 1] = 255; d[4 * i + 2] = 0; d[4 * i + 3] = 50; }
+    else { d[4 * i] = 0; d[4 * i + 1] = 255; d[4 * i + 2] = 0; d[4 * i + 3] = 40; }
   }
   g.putImageData(big, 0, 0);
 }
