@@ -41,7 +41,7 @@ from model.inference import Predictor
 from model.train import Trainer, TrainConfig, TrainingData, build_training_model, detect_negatives
 
 UNLABELED_SAMPLE = 128  # unlabeled images per round (embeddings are held in memory: ~4 MB each for LiteMedSAM)
-SCORE_CHUNK = 32
+SCORE_CHUNK = 16  # small enough that a stop request is answered within seconds
 
 
 class Stopped(Exception):
@@ -310,17 +310,25 @@ def run_trainer(workspace: str | Path, backbone: str, cache_dir: str | Path, rou
     """Entry point of `adasam trainer`: one trainer per workspace (a lock file), stopped by SIGTERM/SIGINT."""
     lock_path = Path(workspace) / "trainer" / "lock"
     lock_path.parent.mkdir(parents=True, exist_ok=True)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
     lock = open(lock_path, "w")
-    try:
-        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        print(f"another trainer is already running on {workspace}; leaving it to that one")
-        return 0
+    said = False
+    while True:  # another trainer (e.g. a server still shutting down) holds the workspace: wait for it
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            break
+        except BlockingIOError:
+            if not said:
+                print(f"another trainer is running on {workspace}; waiting for it to stop", flush=True)
+                said = True
+            if stop.wait(1.0) or (parent_pid is not None and os.getppid() != parent_pid):
+                return 0
     cores = os.cpu_count() or 2
     torch.set_num_threads(max(1, cores - 1))  # leave a core to the server, whose requests a person waits on
     os.nice(5)
     trainer = BackgroundTrainer(workspace, backbone, cache_dir, round_every, steps, parent_pid)
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: trainer.stop.set())
+    trainer.stop = stop
     trainer.run()
     return 0

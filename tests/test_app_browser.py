@@ -145,6 +145,15 @@ def test_point_click_redraws_the_mask(page):
     page.mouse.click(box["x"] + box["width"] * 0.8, box["y"] + box["height"] * 0.7)
     page.wait_for_function("Number(document.querySelector('[data-drawn]').dataset.refined || 0) >= 2")
     assert mask_pixels(page) != before or "(edited)" in page.inner_text(".ann-facts")
+    page.keyboard.press("x")  # drag a box: SAM redraws inside it
+    page.mouse.move(box["x"] + box["width"] * 0.2, box["y"] + box["height"] * 0.2)
+    page.mouse.down()
+    page.mouse.move(box["x"] + box["width"] * 0.6, box["y"] + box["height"] * 0.7, steps=4)
+    page.mouse.up()
+    page.wait_for_function("Number(document.querySelector('[data-drawn]').dataset.refined || 0) >= 3")
+    page.keyboard.press("Control+z")  # the last edit is undone locally
+    page.keyboard.press("r")  # back to the model's proposal
+    assert mask_pixels(page) == before and "(edited)" not in page.inner_text(".ann-facts")
 
 
 def test_round_runs_and_dashboard_shows_it(page, server):
