@@ -20,7 +20,8 @@ def register(sub) -> None:
     train = sub.add_parser("train", help="train ADA-SAM (or the supervised baseline) on a data folder")
     train.add_argument("--data", required=True, help="folder with images/, masks/ and optionally manifest.csv")
     train.add_argument("--out", required=True, help="run folder to write (model.pt, last.pt, summary.json)")
-    train.add_argument("--method", choices=["adasam", "supervised"], default="adasam")
+    train.add_argument("--method", choices=["adasam", "supervised", "meanteacher"], default="adasam",
+                       help="meanteacher: supervised + EMA-teacher consistency on unlabeled images (no classifier/CAM)")
     train.add_argument("--masks", type=float, default=0.1, help="fraction of the pool whose masks are used")
     train.add_argument("--tags", choices=["all", "masked"], default="all",
                        help="present/absent tags for every pool image, or only for the masked ones")
@@ -89,6 +90,14 @@ def load_items(samples, cache, with_masks: bool = True) -> list:
     return items
 
 
+def masked_ids(pool, fraction: float, seed: int) -> set[str]:
+    """The pool images whose masks `train --masks FRACTION --seed SEED` uses (benchmarks reuse it for baselines)."""
+    maskable = [s for s in pool if s.mask_path is not None]
+    rng = np.random.default_rng(seed)
+    n_masked = max(1, round(fraction * len(pool)))
+    return {maskable[i].id for i in rng.choice(len(maskable), size=min(n_masked, len(maskable)), replace=False)}
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     try:
         return _train(args)
@@ -100,7 +109,7 @@ def _train(args: argparse.Namespace) -> int:
     from model.adasam import AdaSamConfig, write_json
     from model.backbones import build_backbone
     from model.dataset import load_data_folder
-    from model.train import TrainConfig, Trainer, TrainingData, build_training_model, detect_negatives
+    from model.train import DECODER_ONLY, TrainConfig, Trainer, TrainingData, build_training_model, detect_negatives
 
     if not 0 < args.masks <= 1:
         raise CommandError(f"--masks must be in (0, 1], got {args.masks}")
@@ -114,9 +123,7 @@ def _train(args: argparse.Namespace) -> int:
     if args.encoder_lora:
         raise CommandError("--encoder-lora trains the encoder, so it cannot use cached embeddings; this command "
                            "trains on cached embeddings only (see model.lora and tests for the LoRA path)")
-    rng = np.random.default_rng(args.seed)
-    n_masked = max(1, round(args.masks * len(pool)))
-    chosen = {maskable[i].id for i in rng.choice(len(maskable), size=min(n_masked, len(maskable)), replace=False)}
+    chosen = masked_ids(pool, args.masks, args.seed)
     print(f"data: {len(pool)} pool ({len(chosen)} masked, seed {args.seed}), {len(val)} val; split from "
           f"{folder.split_source}; test split untouched")
     cache = _cache(backbone, args.cache)
@@ -135,7 +142,9 @@ def _train(args: argparse.Namespace) -> int:
             tagged.append(item)
     data = TrainingData(masked=masked, tagged=tagged, unlabeled=unlabeled, val=val_items)
     config = AdaSamConfig(backbone=args.backbone, method=args.method, cam_threshold=args.cam_threshold,
-                          cascade=0 if args.method == "supervised" else 1)
+                          cascade=0 if args.method in DECODER_ONLY else 1)
+    if args.method == "meanteacher":  # no classifier: whole-image prompts, presence assumed (like supervised)
+        config = replace(config, prompt="whole", has_negatives=False)
     if args.method == "adasam" and not detect_negatives(data):
         config = replace(config, has_negatives=False)
         print("note: no image is tagged target-absent, so the presence classifier has nothing to contrast. Falling "

@@ -26,7 +26,8 @@ class AdaSamConfig:
     """Everything needed to rebuild a model; stored in every checkpoint."""
 
     backbone: str = "litemedsam"  # NAME or NAME:CHECKPOINT_PATH (see model.backbones)
-    method: str = "adasam"  # "adasam" (CAM prompts, classifier) or "supervised" (whole-image box, no classifier)
+    method: str = "adasam"  # "adasam" (CAM prompts, classifier); "supervised" / "meanteacher": whole-image box, no
+    # classifier (meanteacher is built with prompt="whole", has_negatives=False, so inference needs no special case)
     adapter_hidden: int = 64
     classifier_dropout: float = 0.3
     prompt: str = "cam"  # "cam": the CAM box prompts the decoder; "whole": the whole image does (ablation)

@@ -9,6 +9,10 @@ Per step, from three pools of images:
   the student sees a perturbed embedding (channel dropout + noise) and learns to agree (confidence-weighted),
   ramped up over the first third of training. Images the teacher thinks empty are left out.
 
+`method="supervised"` trains the decoder alone from whole-image boxes (no classifier, no CAM). `"meanteacher"` is
+the standard semi-supervised baseline on the same backbone: the supervised setup plus the consistency term above,
+with the teacher prompted by the whole image and no presence gating, so it isolates what the classifier/CAM add.
+
 The validation images pick the checkpoint (`model.pt`); `last.pt` holds what resuming needs. Seeded and
 deterministic on a given machine.
 """
@@ -31,6 +35,9 @@ from model.evaluate import Item, evaluate
 from model.inference import valid_grid
 from model.losses import cam_loss, consistency_loss, segmentation_loss
 from model.preprocess import mask_box, preprocess_mask
+
+
+DECODER_ONLY = ("supervised", "meanteacher")  # methods without classifier or CAM: whole-image prompts
 
 
 @dataclass
@@ -71,7 +78,8 @@ class Trainer:
         self.model, self.config, self.data, self.out, self.log = model, config, data, Path(out), log
         self.rng = np.random.default_rng(config.seed)
         self.size = model.image_size
-        self.supervised = model.config.method == "supervised"
+        self.supervised = model.config.method in DECODER_ONLY  # decoder only, whole-image boxes
+        self.mean_teacher = model.config.method == "meanteacher"
         self.positives = [i for i in data.masked if i.mask.any()]
         self.seg_items = data.masked if self.supervised else self.positives
         if not self.seg_items:
@@ -99,7 +107,8 @@ class Trainer:
 
     @property
     def _semi_supervised(self) -> bool:
-        return not self.supervised and self.config.use_unlabeled and bool(self.data.unlabeled)
+        return ((not self.supervised or self.mean_teacher) and self.config.use_unlabeled
+                and bool(self.data.unlabeled))
 
     # -- batches -----------------------------------------------------------------------------------------------
     def _pick(self, items: list[Item], count: int) -> list[Item]:
@@ -169,20 +178,25 @@ class Trainer:
         geometries = [i.geometry for i in batch]
         with torch.no_grad():
             t_features = teacher.features(embeddings)
-        t_cams, t_logits = teacher.cam(t_features, valid_grid(geometries, embeddings.shape[-1]))
-        boxes, _ = teacher.auto_boxes(t_cams, [g.resized for g in geometries])
+        if self.mean_teacher:  # no classifier: whole-image prompts, every image kept
+            boxes = torch.as_tensor(np.stack([whole_box(g.resized) for g in geometries]))
+            t_present = torch.ones(len(batch))
+        else:
+            t_cams, t_logits = teacher.cam(t_features, valid_grid(geometries, embeddings.shape[-1]))
+            boxes, _ = teacher.auto_boxes(t_cams, [g.resized for g in geometries])
+            t_present = t_logits.softmax(1)[:, 1]
         with torch.no_grad():
             t_masks = torch.sigmoid(teacher.segment(t_features, boxes)[0])
-        t_present = t_logits.softmax(1)[:, 1]
         noise = torch.randn(embeddings.shape, generator=torch.Generator().manual_seed(int(self.rng.integers(2**31))))
         perturbed = F.dropout2d(embeddings, cfg.perturb_dropout) + cfg.perturb_noise * embeddings.std() * noise
         s_features = self.model.features(perturbed)
         out = {}
-        keep = t_present > 0.5 if self.model.config.has_negatives else torch.ones_like(t_present, dtype=torch.bool)
+        gated = self.model.config.has_negatives and not self.mean_teacher
+        keep = t_present > 0.5 if gated else torch.ones_like(t_present, dtype=torch.bool)
         if keep.any():
             s_logits, _ = self.model.segment(s_features[keep], boxes[keep])
             out["consistency"] = consistency_loss(s_logits, t_masks[keep])
-        if self.model.config.has_negatives:
+        if gated:
             s_present = self.model.classifier(s_features).softmax(1)[:, 1]
             out["cls_consistency"] = F.binary_cross_entropy(s_present.clamp(1e-5, 1 - 1e-5), t_present)
         return out
