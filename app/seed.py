@@ -33,7 +33,8 @@ def seed_workspace(store: Store, busi: Path = BUSI, phantoms: int = 60, progress
         pool, val = _busi_files(busi)
         import_sources(store, pool, with_masks=False, progress=progress, annotator="seed")
         import_sources(store, val, with_masks=True, progress=progress, annotator="seed")
-        note = BUSI_NOTE.format(pool=len(pool), val=len(val))
+        splits = store.counts().by_split  # (BUSI holds a few duplicate images: each is imported once)
+        note = BUSI_NOTE.format(pool=splits.get("pool", 0), val=splits.get("val", 0))
     else:
         with tempfile.TemporaryDirectory() as tmp:
             n_val = max(2, phantoms // 6)
@@ -41,7 +42,8 @@ def seed_workspace(store: Store, busi: Path = BUSI, phantoms: int = 60, progress
             import_sources(store, [Path(tmp) / "pool" / "images"], with_masks=False, progress=progress,
                            annotator="seed")
             import_sources(store, [Path(tmp) / "val"], with_masks=True, progress=progress, annotator="seed")
-        note = PHANTOM_NOTE.format(pool=phantoms - n_val, val=n_val)
+        splits = store.counts().by_split
+        note = PHANTOM_NOTE.format(pool=splits.get("pool", 0), val=splits.get("val", 0))
     store.set_setting("workspace_note", note, who="seed")
     return note
 

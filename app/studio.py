@@ -130,15 +130,15 @@ class ModelSlot:
 
     def embedding(self, image_id: int) -> tuple[torch.Tensor, Geometry]:
         """The cached embedding (computed now if the background embedder has not reached this image yet)."""
-        hit = self._embeddings.get(image_id)
-        if hit is None:
-            pixels = self.store.load_image(image_id).astype(np.float32)  # float32: the key `adasam train` uses
-            with self.lock:
+        with self.lock:
+            hit = self._embeddings.get(image_id)
+            if hit is None:
+                pixels = self.store.load_image(image_id).astype(np.float32)  # float32: the key `adasam train` uses
                 hit = self.cache.get(pixels)
-            self._embeddings[image_id] = hit
-            while len(self._embeddings) > 8:
-                self._embeddings.popitem(last=False)
-        return hit
+                self._embeddings[image_id] = hit
+                while len(self._embeddings) > 8:
+                    self._embeddings.popitem(last=False)
+            return hit
 
     def note(self) -> str:
         if not self.trained:

@@ -38,7 +38,8 @@ function fitCanvas() {
   const stage = $('.ann-stage');
   const maxW = stage.clientWidth - 8;
   if (maxW <= 0) return;  // the tab is hidden; the ResizeObserver calls again when it shows
-  const maxH = Math.max(320, window.innerHeight - 190);
+  const top = stage.getBoundingClientRect().top + window.scrollY;  // fit below the header, in the window
+  const maxH = Math.max(320, window.innerHeight - top - 16);
   const scale = Math.min(maxW / S.W, maxH / S.H);
   const cssW = Math.max(1, Math.floor(S.W * scale)), cssH = Math.max(1, Math.floor(S.H * scale));
   const dpr = window.devicePixelRatio || 1;
