@@ -189,3 +189,17 @@ def test_sixteen_bit_images_are_windowed_for_display(tmp_path):
         shown = np.asarray(Image.open(io.BytesIO(base64.b64decode(task["image"].split(",")[1]))))
         assert shown.dtype == np.uint8 and shown.min() == 0 and shown.max() == 255  # not a flat grey
         studio.close()
+
+
+def test_empty_queue_and_tag_only(tmp_path):
+    workspace = make_workspace(tmp_path, n=4, n_val=2)
+    with Store(workspace) as store:
+        studio = Studio(store, ModelSlot(store, "micro_random", tmp_path / "cache"))
+        first = studio.task("ann")
+        second = studio.tag_only("ann", first["image_id"])  # tagged, no mask: back of the queue
+        assert second["image_id"] != first["image_id"] and store.tags(first["image_id"])[0]["tag"] == "finding"
+        third = studio.no_finding("ann", second["image_id"])
+        assert third["image_id"] == first["image_id"] and third["skipped_before"]  # only the tagged one is left
+        done = studio.no_finding("ann", first["image_id"])
+        assert done["image_id"] is None and done["left"] == 0 and done["done"] == 2
+        studio.close()
