@@ -84,6 +84,10 @@ class BackgroundTrainer:
                 self.status(state="idle", round=None, message=self._status.get("message", ""))
             except Stopped:
                 break
+            except Exception as exc:  # noqa: BLE001 - never die silently: say it, log it, try again later
+                self.status(state="error", message=f"{type(exc).__name__}: {exc}"[:300], force=True)
+                self.store.log_event("trainer", "trainer_error", {"traceback": traceback.format_exc()})
+                self.stop.wait(30)
             self.stop.wait(self.poll_s)
         self.status(state="stopped", force=True)
 
@@ -129,8 +133,11 @@ class BackgroundTrainer:
             self.status(state="embedding", done=done, total=len(missing),
                         eta_s=_eta(started, done, len(missing)),
                         embedded={"done": len(self._embedded), "total": total})
-            self.cache.get(self.pixels(image_id))
-            self._embedded.add(image_id)
+            try:
+                self.cache.get(self.pixels(image_id))
+                self._embedded.add(image_id)
+            except Exception as exc:  # noqa: BLE001 - one unreadable image must not stop the others
+                self.store.log_event("trainer", "embed_failed", {"error": f"{type(exc).__name__}: {exc}"}, image_id)
         self._seen_upto = max(image_id for (image_id,) in rows)
         self.status(embedded={"done": len(self._embedded), "total": total})
 
