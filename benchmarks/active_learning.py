@@ -1,0 +1,347 @@
+"""Issue 5, simulated active learning: does labelling what the model is unsure about save masks?
+
+An oracle annotator works a real workspace exactly as a person would through the app: `annotation.next_task` hands
+out the next pool image in the queue's order, the oracle saves its ground-truth mask (or marks "no finding"), and
+the app's own background trainer (`app.trainer.BackgroundTrainer`, in-process) decides when a round is due, trains
+it (warm-started, on every mask and a sample of unlabeled images, val picking the checkpoint), publishes the model
+and re-scores the pool, whose uncertainties order the queue. Nothing here re-implements training or ranking.
+
+Start: the queue's seeded random order labels 2% of the pool; then each round adds 2% more, up to 30%. Strategies
+differ only in the number the trainer stores as each image's uncertainty: classifier entropy, segmentation entropy,
+their combination (the app's default), or a constant (random: the queue falls back to its seeded shuffle). The
+trainer stores `Uncertainty.combined`; `ranked_by` swaps the chosen field into that slot while a run lasts.
+After every round the published model is scored on the test split with automatic prompts.
+
+The full-label reference: the same trainer, the whole pool labelled, for as many rounds as a curve has (the same
+training compute). Reported per strategy: the Dice-vs-labels curve, its area (mean Dice over the label range),
+and the labels needed to reach 95% of the full-label Dice (goal: uncertainty <= 0.6 x random).
+
+    python benchmarks/active_learning.py --data ../shared/datasets/busi --out benchmarks/results/active_learning
+    python benchmarks/active_learning.py --quick    # a minute on generated data: checks the script, not figures
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import csv
+import dataclasses
+import json
+import math
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+from unittest import mock
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from annotation import Store, import_sources, next_task, skip  # noqa: E402
+from app import trainer as trainer_module  # noqa: E402
+from app.model_commands import SPLIT_SEED, load_items  # noqa: E402
+from app.studio import backbone_view  # noqa: E402
+from model.adasam import load_checkpoint  # noqa: E402
+from model.dataset import DataFolder, load_data_folder  # noqa: E402
+from model.evaluate import evaluate  # noqa: E402
+from model.inference import Predictor  # noqa: E402
+from model.preprocess import read_mask  # noqa: E402
+
+STRATEGIES = {"classifier": "classifier", "segmentation": "segmentation", "combined": "combined", "random": None}
+ORACLE = "oracle"
+
+
+class RankingPredictor(Predictor):
+    """A Predictor whose `uncertainty.combined` (the number the trainer records) is the chosen field, or 0 for
+    random (every image ties, so the queue's seeded shuffle decides)."""
+
+    field: str | None = "combined"
+
+    def predict_batch(self, embeddings, geometries):
+        out = super().predict_batch(embeddings, geometries)
+        for p in out:
+            value = 0.0 if self.field is None else getattr(p.uncertainty, self.field)
+            p.uncertainty = dataclasses.replace(p.uncertainty, combined=value)
+        return out
+
+
+@contextlib.contextmanager
+def ranked_by(field: str | None):
+    """While active, the app's trainer records `field` as each pool image's uncertainty."""
+    predictor = type(f"RankedBy{field}", (RankingPredictor,), {"field": field})
+    with mock.patch.object(trainer_module, "Predictor", predictor):
+        yield
+
+
+def stage_source(folder: DataFolder, root: Path) -> Path:
+    """images/ (hard links where possible), masks/ of the val split only, and a manifest with the split used:
+    importing it gives a workspace whose pool is unlabelled and whose fixed validation set is the val split."""
+    source = root / "source"
+    if (source / "manifest.csv").exists():
+        return source
+    for sub in ("images", "masks"):
+        (source / sub).mkdir(parents=True, exist_ok=True)
+    for sample in folder.samples:
+        pairs = [(sample.image_path, source / "images" / sample.image_path.name)]
+        if sample.split == "val" and sample.mask_path is not None:
+            pairs.append((sample.mask_path, source / "masks" / sample.mask_path.name))
+        for src, dst in pairs:
+            if not dst.exists():
+                try:
+                    os.link(src, dst)
+                except OSError:
+                    shutil.copy2(src, dst)
+    with (source / "manifest.csv.tmp").open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["id", "split", "has_lesion"])
+        for s in folder.samples:
+            writer.writerow([s.id, s.split, "" if s.has_lesion is None else int(s.has_lesion)])
+    (source / "manifest.csv.tmp").rename(source / "manifest.csv")
+    return source
+
+
+def new_workspace(source: Path, path: Path, seed: int) -> Store:
+    shutil.rmtree(path, ignore_errors=True)
+    with Store(path) as store:
+        store.set_setting("queue_seed", seed)  # the seeded random order: the start set and the random strategy
+    store = Store(path)  # re-opened: the queue seed is read when a store opens
+    summary = import_sources(store, [source], with_masks=True, progress=False)
+    if summary.skipped:
+        print(f"import skipped {len(summary.skipped)} files, e.g. {summary.skipped[0]}")
+    return store
+
+
+def annotate(store: Store, truth: dict[str, np.ndarray | None], count: int) -> int:
+    """The oracle labels the next `count` images the queue hands it; returns how many it labelled."""
+    done = 0
+    while done < count:
+        task = next_task(store, ORACLE)
+        if task is None or task.skipped_before:
+            break  # nothing left (or only images the oracle cannot label)
+        mask = truth.get(task.image.name)
+        if mask is None:
+            skip(store, ORACLE, task.image.id)  # no ground truth: the oracle cannot label it
+            continue
+        if mask.any():
+            store.save_mask(task.image.id, mask, ORACLE, origin="human")
+        else:
+            store.mark_no_finding(task.image.id, ORACLE)
+        done += 1
+    return done
+
+
+def score_latest(bt: trainer_module.BackgroundTrainer, test_items: list) -> dict:
+    rnd = bt.store.latest_round()
+    if rnd is None or rnd.status != "done":
+        raise RuntimeError(f"training round failed: {rnd.error if rnd else 'none ran'}")
+    model, _ = load_checkpoint(bt.store.latest_model().checkpoint_path, backbone_view(bt.base))
+    summary, _ = evaluate(model, test_items, with_hd95=False)
+    return {"round": rnd.id, "val_dice": rnd.val_dice, "dice_lesion": summary["dice_lesion"],
+            "dice_all": summary["dice_all"], "presence_auc": summary["presence_auc"]}
+
+
+def simulate(args, folder: DataFolder, source: Path, strategy: str, seed: int, out: Path) -> dict:
+    """One strategy and seed (or the full-label reference): the curve of test Dice against labels."""
+    path = out / "runs" / f"{strategy}_seed{seed}.json"
+    if path.exists():
+        return json.loads(path.read_text())
+    started = time.time()
+    pool = folder.split("pool")
+    truth = {s.id: (read_mask(s.mask_path) if s.mask_path else None) for s in pool}
+    n_pool = len(pool)
+    step = max(1, round(args.step * n_pool))
+    start, stop = max(1, round(args.start * n_pool)), round(args.stop * n_pool)
+    workspace = out / "workspaces" / f"{strategy}_seed{seed}"
+    store = new_workspace(source, workspace, seed)
+    bt = trainer_module.BackgroundTrainer(workspace, args.backbone, args.cache, round_every=step, steps=args.steps)
+    bt.embed_new()
+    test_items = load_items([s for s in folder.split("test") if s.mask_path], bt.cache)
+    curve: list[dict] = []
+    field = STRATEGIES.get(strategy, "combined")
+    with ranked_by(field):
+        if strategy == "full":
+            annotate(store, truth, n_pool)
+            for _ in range(args.reference_rounds):
+                bt.train_round()
+                curve.append({"labels": bt.labels(), **score_latest(bt, test_items)})
+        else:
+            labelled = annotate(store, truth, start)
+            while True:
+                if bt.due():  # the app's rule: enough new labels and at least one mask showing the target
+                    bt.train_round()
+                    curve.append({"labels": bt.labels(), **score_latest(bt, test_items)})
+                if labelled >= stop:
+                    break
+                added = annotate(store, truth, min(step, stop - labelled))
+                if added == 0:
+                    break
+                labelled += added
+    for point in curve:
+        point["fraction"] = point["labels"] / n_pool
+    result = {"strategy": strategy, "seed": seed, "n_pool": n_pool, "step": step, "curve": curve,
+              "seconds": time.time() - started}
+    store.close()
+    if not args.keep_workspaces:
+        shutil.rmtree(workspace, ignore_errors=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=2, default=float))
+    return result
+
+
+def labels_to_reach(curve: list[dict], target: float) -> int | None:
+    for point in curve:
+        if not math.isnan(point["dice_lesion"]) and point["dice_lesion"] >= target:
+            return point["labels"]
+    return None
+
+
+def area(curve: list[dict]) -> float:
+    """Mean lesion Dice over the label range (trapezoids over the fraction of the pool labelled)."""
+    x = np.array([p["fraction"] for p in curve])
+    y = np.array([p["dice_lesion"] for p in curve])
+    if len(x) < 2 or x[-1] == x[0]:
+        return float(y.mean()) if len(y) else math.nan
+    return float(np.trapezoid(y, x) / (x[-1] - x[0]))
+
+
+def summarise(results: dict) -> dict:
+    """Per strategy: AUC and labels to 95% of the same seed's full-label Dice (mean over seeds; None = not reached
+    within the range, counted as missing)."""
+    summary = {}
+    full = {r["seed"]: r["curve"][-1]["dice_lesion"] for r in results["reference"] if r["curve"]}
+    for strategy, runs in results["strategies"].items():
+        aucs = [area(r["curve"]) for r in runs if r["curve"]]
+        reach = [labels_to_reach(r["curve"], 0.95 * full[r["seed"]]) for r in runs if r["seed"] in full]
+        reached = [n for n in reach if n is not None]
+        summary[strategy] = {
+            "auc_mean": float(np.mean(aucs)) if aucs else math.nan, "auc_sd": float(np.std(aucs)) if aucs else math.nan,
+            "labels_to_95_per_seed": reach,
+            "labels_to_95_mean": float(np.mean(reached)) if reached and len(reached) == len(reach) else None,
+            "final_dice_mean": float(np.mean([r["curve"][-1]["dice_lesion"] for r in runs if r["curve"]]))
+            if runs else math.nan}
+    random = summary.get("random", {}).get("labels_to_95_mean")
+    for values in summary.values():
+        mine = values["labels_to_95_mean"]
+        values["labels_vs_random"] = mine / random if (mine is not None and random) else None
+    summary["full_label_dice"] = {str(k): v for k, v in full.items()}
+    return summary
+
+
+def fmt(value, spec: str = ".3f") -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "n/a"
+    return f"{value:{spec}}"
+
+
+def table(results: dict) -> str:
+    s = results["summary"]
+    full = list(s["full_label_dice"].values())
+    lines = ["## Simulated active learning (test split, automatic prompts)", "",
+             f"Full-label lesion Dice (same trainer, same rounds): {fmt(float(np.mean(full)) if full else None)}; "
+             "target 95% of it.", "",
+             "| strategy | AUC (mean Dice over labels) | labels to 95% (per seed) | mean | x random | final Dice |",
+             "|---|---|---|---|---|---|"]
+    for strategy in results["strategies"]:
+        v = s[strategy]
+        per_seed = ", ".join("> range" if n is None else str(n) for n in v["labels_to_95_per_seed"])
+        lines.append(f"| {strategy} | {fmt(v['auc_mean'])} ± {fmt(v['auc_sd'])} | {per_seed or 'n/a'} | "
+                     f"{fmt(v['labels_to_95_mean'], '.1f')} | {fmt(v['labels_vs_random'], '.2f')} | "
+                     f"{fmt(v['final_dice_mean'])} |")
+    return "\n".join(lines)
+
+
+def plot(results: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for strategy, runs in results["strategies"].items():
+        by_labels: dict[int, list[float]] = {}
+        for r in runs:
+            for p in r["curve"]:
+                by_labels.setdefault(p["labels"], []).append(p["dice_lesion"])
+        xs = sorted(by_labels)
+        mean = np.array([np.nanmean(by_labels[x]) for x in xs])
+        sd = np.array([np.nanstd(by_labels[x]) for x in xs])
+        n_pool = runs[0]["n_pool"]
+        pct = [100 * x / n_pool for x in xs]
+        ax.plot(pct, mean, marker="o", label=strategy)
+        ax.fill_between(pct, mean - sd, mean + sd, alpha=0.15)
+    full = list(results["summary"]["full_label_dice"].values())
+    if full:
+        ax.axhline(np.mean(full), color="black", linestyle="--", label="every pool mask")
+        ax.axhline(0.95 * np.mean(full), color="grey", linestyle=":", label="95% of it")
+    ax.set_xlabel("pool images labelled (%)")
+    ax.set_ylabel("lesion Dice, test (mean ± sd over seeds)")
+    ax.set_title("Simulated active learning through the app's queue and trainer")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def write_outputs(results: dict, out: Path, figure: bool = False) -> None:
+    results["summary"] = summarise(results)
+    results["table"] = table(results)
+    (out / "active_learning.json").write_text(json.dumps(results, indent=2, default=float))
+    (out / "active_learning.md").write_text(results["table"] + "\n")
+    if figure:
+        plot(results, out / "active_learning.png")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", default=str(ROOT.parent / "shared" / "datasets" / "busi"))
+    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "active_learning"))
+    parser.add_argument("--strategies", nargs="+", default=list(STRATEGIES), choices=list(STRATEGIES))
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--start", type=float, default=0.02, help="fraction labelled at random before round 1")
+    parser.add_argument("--step", type=float, default=0.02, help="fraction labelled per round")
+    parser.add_argument("--stop", type=float, default=0.30)
+    parser.add_argument("--steps", type=int, default=120, help="training steps per round (the app's default)")
+    parser.add_argument("--reference-rounds", type=int, default=None,
+                        help="rounds of the full-label reference (default: as many as a curve has)")
+    parser.add_argument("--backbone", default="litemedsam")
+    parser.add_argument("--cache", default=str(Path.home() / ".cache" / "adasam" / "embeddings"))
+    parser.add_argument("--keep-workspaces", action="store_true")
+    parser.add_argument("--quick", action="store_true", help="generated data, micro backbone, 3 rounds, one seed")
+    args = parser.parse_args()
+    if args.quick:
+        sys.path.insert(0, str(ROOT / "tests"))
+        from model_fixtures import write_blob_dataset
+
+        scratch = Path(tempfile.mkdtemp(prefix="adasam-al-"))
+        args.data = str(write_blob_dataset(scratch / "data", n=30, negatives=6))
+        if args.out == parser.get_default("out"):
+            args.out = str(scratch / "out")
+        args.cache, args.backbone, args.steps, args.seeds = str(scratch / "cache"), "micro_random", 3, [0]
+        args.start, args.step, args.stop = 0.1, 0.1, 0.3
+    if args.reference_rounds is None:
+        args.reference_rounds = max(1, math.floor((args.stop - args.start) / args.step + 1e-9) + 1)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    folder = load_data_folder(args.data, seed=SPLIT_SEED)
+    source = stage_source(folder, out)
+    config = {k: v for k, v in vars(args).items() if k not in ("out",)}
+    results: dict = {"config": {**config, "split": "test", "prompt": "auto"}, "strategies": {}, "reference": []}
+    for seed in args.seeds:  # seed-major: an interrupted benchmark still holds complete comparisons
+        results["reference"].append(simulate(args, folder, source, "full", seed, out))
+        for strategy in args.strategies:
+            results["strategies"].setdefault(strategy, []).append(simulate(args, folder, source, strategy, seed, out))
+            write_outputs(results, out)
+    write_outputs(results, out, figure=True)
+    print(results["table"])
+    return 0
+
+
+if __name__ == "__main__":
+    started = time.time()
+    code = main()
+    print(f"finished in {time.time() - started:.0f} s")
+    sys.exit(code)
