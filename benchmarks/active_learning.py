@@ -316,9 +316,10 @@ def main() -> int:
         sys.path.insert(0, str(ROOT / "tests"))
         from model_fixtures import write_blob_dataset
 
-        scratch = Path(tempfile.mkdtemp(prefix="adasam-al-"))
+        given = args.out != parser.get_default("out")  # generated inputs go beside the outputs, or to /tmp
+        scratch = Path(args.out) / "quick-input" if given else Path(tempfile.mkdtemp(prefix="adasam-al-"))
         args.data = str(write_blob_dataset(scratch / "data", n=30, negatives=6))
-        if args.out == parser.get_default("out"):
+        if not given:
             args.out = str(scratch / "out")
         args.cache, args.backbone, args.steps, args.seeds = str(scratch / "cache"), "micro_random", 3, [0]
         args.start, args.step, args.stop = 0.1, 0.1, 0.3

@@ -130,9 +130,10 @@ def main() -> int:
         sys.path.insert(0, str(ROOT / "tests"))
         from model_fixtures import write_blob_dataset
 
-        scratch = Path(tempfile.mkdtemp(prefix="adasam-label-eff-"))
+        given = args.out != parser.get_default("out")  # generated inputs go beside the outputs, or to /tmp
+        scratch = Path(args.out) / "quick-input" if given else Path(tempfile.mkdtemp(prefix="adasam-label-eff-"))
         args.data = str(write_blob_dataset(scratch / "data", n=18, negatives=4))
-        if args.out == parser.get_default("out"):
+        if not given:
             args.out = str(scratch / "out")
         args.cache, args.backbone, args.steps, inprocess = str(scratch / "cache"), "micro_random", 3, True
         args.fractions, args.seeds, args.ablation_fraction = [0.5, 1.0], [0], 0.5
