@@ -67,10 +67,10 @@ def main() -> int:
     results["runs"]["pretrained whole-image box"] = [evaluate(args.data, pretrained, out / "pretrained", cache)]
     results["runs"]["pretrained ground-truth box (oracle)"] = [
         evaluate(args.data, pretrained, out / "pretrained", cache, "oracle")]
-    for run in args.runs:
-        method, fraction = run.split("@")
-        label = f"{method} masks {float(fraction):g}"
-        for seed in args.seeds:
+    for seed in args.seeds:  # seed-major order: an interrupted benchmark still holds complete comparisons
+        for run in args.runs:
+            method, fraction = run.split("@")
+            label = f"{method} masks {float(fraction):g}"
             run_dir = out / f"{method}_{fraction}_seed{seed}"
             train_args = ["train", "--data", args.data, "--out", str(run_dir), "--method", method, "--masks",
                           fraction, "--tags", "all", "--seed", str(seed), "--backbone", backbone, "--cache", cache]
@@ -84,6 +84,8 @@ def main() -> int:
             if method == "adasam" and seed == args.seeds[0]:
                 result["oracle_dice_lesion"] = evaluate(args.data, str(run_dir), run_dir, cache, "oracle")["dice_lesion"]
             results["runs"].setdefault(label, []).append(result)
+            results["table"] = table(results["runs"])
+            (out / "results.json").write_text(json.dumps(results, indent=2, default=float))
     results["table"] = table(results["runs"])
     (out / "results.json").write_text(json.dumps(results, indent=2, default=float))
     print(results["table"])
