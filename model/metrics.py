@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 
@@ -34,7 +35,9 @@ def hd95(prediction: np.ndarray, truth: np.ndarray) -> float:
 
     pred = torch.from_numpy(prediction[None, None].astype(np.float32))
     true = torch.from_numpy(truth[None, None].astype(np.float32))
-    return float(compute_hausdorff_distance(pred, true, percentile=95.0)[0, 0])
+    with warnings.catch_warnings():  # MONAI warns about its own deprecated internals
+        warnings.simplefilter("ignore", FutureWarning)
+        return float(compute_hausdorff_distance(pred, true, percentile=95.0)[0, 0])
 
 
 def presence_auc(scores: list[float], labels: list[bool]) -> float:
