@@ -72,6 +72,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from model.backbones import BackboneError
 
     users = read_users(args.auth) if args.auth else None
+    if users is None and args.host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"warning: serving on {args.host} without --auth: anyone who can reach this port can annotate, "
+              f"as {args.annotator!r}", flush=True)
     workspace = Path(args.workspace)
     try:
         store = Store(workspace)
