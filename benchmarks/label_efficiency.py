@@ -118,13 +118,14 @@ def main() -> int:
     parser.add_argument("--cache", default=str(Path.home() / ".cache" / "adasam" / "embeddings"))
     parser.add_argument("--steps", type=int, default=None, help="adasam training steps (default: the CLI's)")
     parser.add_argument("--unet-size", type=int, default=256)
-    parser.add_argument("--unet-steps", type=int, default=1500)
+    parser.add_argument("--unet-steps", type=int, default=1000)
+    parser.add_argument("--unet-batch", type=int, default=4)
     parser.add_argument("--quick", action="store_true", help="generated data, micro backbone, a few steps")
     args = parser.parse_args()
 
     from unet_baseline import UNetConfig
 
-    unet = UNetConfig(size=args.unet_size, steps=args.unet_steps)
+    unet = UNetConfig(size=args.unet_size, steps=args.unet_steps, batch=args.unet_batch)
     inprocess = False
     if args.quick:  # every code path in about a minute: in-process CLI calls skip ~6 s of imports each
         sys.path.insert(0, str(ROOT / "tests"))

@@ -1,0 +1,99 @@
+"""Each benchmark's --quick mode (generated data, micro/tiny backbones) runs to the end and writes well-formed JSON.
+
+These keep the scripts working between the (hours-long) full runs; they check structure, never a figure. Each runs
+in a subprocess on one torch thread, as a user would start it, with its output in a temporary folder.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_quick(script: str, *args: str, timeout: float = 240) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "GRADIO_ANALYTICS_ENABLED": "False"}
+    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), "--quick", *args], cwd=ROOT,
+                            env=env, capture_output=True, text=True, timeout=timeout)
+    assert result.returncode == 0, f"{script} --quick failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+    return result
+
+
+def load(path: Path) -> dict:
+    assert path.is_file(), f"{path} was not written"
+    return json.loads(path.read_text())  # NaN is allowed (e.g. presence AUC without a classifier)
+
+
+def is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def test_label_efficiency_quick(tmp_path):
+    run_quick("label_efficiency.py", "--out", str(tmp_path))
+    data = load(tmp_path / "label_efficiency.json")
+    assert set(data) >= {"config", "pretrained", "runs", "ablations", "table"}
+    assert set(data["runs"]) == {"supervised", "mean teacher", "U-Net (MONAI, from scratch)", "ADA-SAM tags all",
+                                 "ADA-SAM tags masked"}
+    for by_fraction in data["runs"].values():
+        assert set(by_fraction) == {"0.5", "1"}
+        for rows in by_fraction.values():
+            assert len(rows) == 1
+            assert all(is_number(rows[0][k]) for k in ("dice_lesion", "dice_all", "presence_auc", "hd95_lesion"))
+            assert 0 <= rows[0]["dice_all"] <= 1
+    assert len(data["ablations"]) == 5 and all(set(v) == {"0.5"} for v in data["ablations"].values())
+    assert is_number(data["pretrained"]["dice_lesion"])
+    assert "| supervised |" in data["table"] and (tmp_path / "label_efficiency.md").is_file()
+    assert (tmp_path / "label_efficiency.png").is_file()
+
+
+def test_active_learning_quick(tmp_path):
+    run_quick("active_learning.py", "--out", str(tmp_path))
+    data = load(tmp_path / "active_learning.json")
+    assert set(data) >= {"config", "strategies", "reference", "summary", "table"}
+    assert set(data["strategies"]) == {"classifier", "segmentation", "combined", "random"}
+    for runs in data["strategies"].values():
+        curve = runs[0]["curve"]
+        assert curve and [p["labels"] for p in curve] == sorted(p["labels"] for p in curve)
+        assert all(is_number(p["dice_lesion"]) and 0 < p["fraction"] <= 0.3 + 1e-9 for p in curve)
+    assert data["reference"][0]["curve"] and data["reference"][0]["strategy"] == "full"
+    for strategy in data["strategies"]:
+        summary = data["summary"][strategy]
+        assert is_number(summary["auc_mean"]) and "labels_to_95_per_seed" in summary
+    assert not (tmp_path / "workspaces" / "random_seed0").exists()  # removed unless --keep-workspaces
+    assert (tmp_path / "active_learning.png").is_file()
+
+
+def test_speed_quick(tmp_path):
+    out = tmp_path / "speed.json"
+    run_quick("speed.py", "--json", str(out))
+    data = load(out)
+    assert set(data) >= {"config", "matmul", "encoder", "decoder", "train_step", "retrain_round", "summary"}
+    assert data["matmul"]["gflops"] > 0 and data["encoder"]["s_per_image"] > 0
+    assert data["decoder"]["predict_ms"] > 0 and data["decoder"]["refine_ms"] > 0
+    assert data["train_step"]["s_per_image"] > 0
+    rr = data["retrain_round"]
+    assert rr["round_s"] > 0 and rr["rescore_images"] > 0 and rr["rescore_images_per_s"] > 0
+    for section in ("matmul", "encoder", "decoder", "train_step", "retrain_round"):
+        assert data[section]["peak_rss_mb"] > 0
+
+
+def test_model_quality_quick():
+    """model_quality --quick picks its own scratch folder; its path is read from the commands it prints."""
+    result = run_quick("model_quality.py", "--runs", "supervised@0.1", "adasam@0.1")  # adasam@1.0: same path
+    found = re.search(r"--json (\S+)/pretrained/eval_auto\.json", result.stdout)
+    assert found, result.stdout[-2000:]
+    out = Path(found.group(1))
+    try:
+        data = load(out / "results.json")
+        assert set(data) >= {"data", "seeds", "runs", "table"}
+        assert {"pretrained whole-image box", "supervised masks 0.1", "adasam masks 0.1"} == set(data["runs"]) - {
+            "pretrained ground-truth box (oracle)"}
+        assert all(is_number(r["dice_all"]) for runs in data["runs"].values() for r in runs)
+    finally:
+        shutil.rmtree(out.parent, ignore_errors=True)
