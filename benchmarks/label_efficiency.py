@@ -175,7 +175,8 @@ def cell(values: list[float], fmt: str = ".3f") -> str:
 
 def table(results: dict) -> str:
     """Markdown: lesion Dice, dice_all and presence AUC (mean ± sd over seeds) per method and fraction."""
-    head = "| method | masks | seeds | lesion Dice | dice_all | presence AUC | HD95 (px) | train s |\n" + "|---" * 8 + "|"
+    head = ("| method | masks | seeds | lesion Dice | dice_all | presence AUC | HD95 (px) | train s |\n"
+            + "|---" * 8 + "|")
     lines = ["## Label efficiency (test split, automatic prompts)", "", head]
     p = results["pretrained"]
     if p:

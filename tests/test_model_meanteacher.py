@@ -65,9 +65,9 @@ def test_mean_teacher_cli_run_predicts_with_whole_image_box(tmp_path, capsys):
     assert summary["method"] == "meanteacher" and summary["n_unlabeled"] > 0
     model, _ = load_checkpoint(run)
     assert (model.config.method, model.config.prompt, model.config.has_negatives) == ("meanteacher", "whole", False)
-    item = pool_item = blob_items(micro_backbone(), 1, seed=9)[0]
+    item = blob_items(micro_backbone(), 1, seed=9)[0]
     p = Predictor(model).predict(item.embedding, item.geometry)
-    h, w = pool_item.mask.shape
+    h, w = item.mask.shape
     assert p.probability == 1.0 and not p.box_is_fallback
     assert np.allclose(p.box, [0, 0, w, h], atol=1.5)  # whole-image prompt, no CAM
     code = adasam(["evaluate", "--data", str(data), "--model", str(run), "--split", "test",
