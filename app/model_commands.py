@@ -106,7 +106,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from model.adasam import AdaSamConfig, write_json
+    from model.adasam import AdaSamConfig
+    from model.atomic import write_json
     from model.backbones import build_backbone
     from model.dataset import load_data_folder
     from model.train import DECODER_ONLY, TrainConfig, Trainer, TrainingData, build_training_model, detect_negatives
@@ -184,7 +185,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from model.adasam import write_json
+    from model.atomic import write_json
     from model.dataset import load_data_folder
     from model.evaluate import evaluate
 

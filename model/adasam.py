@@ -1,9 +1,6 @@
 """ADA-SAM: a SAM backbone, a shared trainable adapter, a presence classifier whose CAM prompts the mask decoder."""
 from __future__ import annotations
 
-import json
-import os
-import tempfile
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
@@ -11,6 +8,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from model.atomic import save_torch
 from model.backbones import Backbone, build_backbone
 from model.cam import cam_to_box, central_box, grad_cam
 from model.decoder import decode
@@ -128,20 +126,9 @@ def build_adasam(config: AdaSamConfig, backbone: Backbone | None = None) -> AdaS
 
 def save_checkpoint(model: AdaSam, path: str | Path, extra: dict | None = None) -> None:
     """Trainable weights + config (+ `extra`, e.g. metrics or optimiser state) written atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     payload = {"format": CHECKPOINT_FORMAT, "config": asdict(model.config), "state": model.trainable_state(),
                **(extra or {})}
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.save(payload, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    save_torch(payload, path)
 
 
 class CheckpointError(ValueError):
@@ -165,15 +152,6 @@ def load_checkpoint(path: str | Path, backbone: Backbone | None = None) -> tuple
     if result.unexpected_keys:
         raise CheckpointError(f"{path}: weights do not fit this model, e.g. {result.unexpected_keys[0]!r}")
     return model.eval(), payload
-
-
-def write_json(path: str | Path, data: dict) -> None:
-    """Atomic JSON write (run summaries, metrics)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=float))
-    os.replace(tmp, path)
 
 
 __all__ = ["AdaSam", "AdaSamConfig", "build_adasam", "save_checkpoint", "load_checkpoint", "central_box"]

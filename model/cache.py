@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 from pathlib import Path
 from typing import Iterable
 
@@ -17,6 +16,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from model.atomic import save_torch
 from model.backbones import Backbone
 from model.preprocess import PREPROCESS_VERSION, Geometry, preprocess_image, read_image
 
@@ -59,20 +59,9 @@ class EmbeddingCache:
             return None
 
     def store(self, key: str, embedding: torch.Tensor, geometry: Geometry) -> None:
-        path = self.path_for(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
         entry = {"key": key, "embedding": embedding.to(torch.float16).contiguous(),
                  "geometry": (geometry.height, geometry.width, geometry.size)}
-        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                torch.save(entry, handle)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        save_torch(entry, self.path_for(key))
 
     def get(self, image: np.ndarray) -> tuple[torch.Tensor, Geometry]:
         """Embedding (float32, C x h x w) and geometry of one image array, encoding it on a miss."""
