@@ -10,7 +10,7 @@ from torch import nn
 
 from model.atomic import save_torch
 from model.backbones import Backbone, build_backbone
-from model.cam import cam_to_box, central_box, grad_cam
+from model.cam import cam_peaks, cam_to_box, central_box, grad_cam
 from model.decoder import decode
 from model.heads import PresenceClassifier, SharedAdapter
 from model.lora import apply_lora
@@ -31,6 +31,7 @@ class AdaSamConfig:
     prompt: str = "cam"  # "cam": the CAM box prompts the decoder; "whole": the whole image does (ablation)
     cam_threshold: float = 0.4
     cam_component: str = "peak"  # "peak": the CAM region holding the maximum; "all": every pixel above threshold
+    cam_points: int = 0  # extra positive point prompts at the CAM's strongest peaks (0 = box only; see benchmarks)
     cascade: int = 1  # re-prompt this many times with the box of the previous mask
     presence_threshold: float = 0.5  # below it the automatic mask is empty ("no finding")
     encoder_lora: int = 0  # LoRA rank on the encoder's attention (0 = frozen encoder, cached embeddings)
@@ -91,6 +92,18 @@ class AdaSam(nn.Module):
             boxes.append(box)
             fallbacks.append(fallback)
         return torch.as_tensor(np.stack(boxes)), fallbacks
+
+    def auto_points(self, cams: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """`cam_points` positive clicks per image at the CAM's peaks (the automatic prompt's optional extra)."""
+        count = self.config.cam_points
+        if not count or self.config.method == "supervised" or self.config.prompt == "whole":
+            return None
+        coords = np.zeros((len(cams), count, 2), np.float32)
+        labels = np.full((len(cams), count), -1.0, np.float32)  # -1: padding, for images with fewer peaks
+        for i, cam in enumerate(cams):
+            peaks = cam_peaks(cam.cpu().numpy(), count, self.cam_scale)
+            coords[i, :len(peaks)], labels[i, :len(peaks)] = peaks, 1.0
+        return torch.from_numpy(coords), torch.from_numpy(labels)
 
     @torch.no_grad()
     def cascade(self, features: torch.Tensor, boxes: torch.Tensor, logits: torch.Tensor,

@@ -63,7 +63,7 @@ class Predictor:
         valid_hw = [g.resized for g in geometries]
         boxes, fallbacks = model.auto_boxes(cams, valid_hw)
         with torch.no_grad():
-            mask_logits, _ = model.segment(features, boxes)
+            mask_logits, _ = model.segment(features, boxes, model.auto_points(cams))
             if config.cascade:
                 mask_logits, _ = model.cascade(features, boxes, mask_logits, config.cascade)
         cls_unc = classifier_uncertainty(probability)
