@@ -93,7 +93,7 @@ def backbone_view(base: Backbone) -> Backbone:
 
 class ModelSlot:
     """The model predictions come from: the untrained backbone until the trainer publishes a version, then the
-    newest one, swapped in between requests (a cheap version check, at most once a second)."""
+    newest one, swapped in between requests."""
 
     def __init__(self, store: Store, backbone: str, cache_dir: str | Path) -> None:
         self.store = store
@@ -106,19 +106,16 @@ class ModelSlot:
                                           backbone_view(self.base)).eval()
         self.predictor = Predictor(self.model)
         self.metrics: dict[str, Any] = {}
-        self._checked = 0.0
         self._embeddings: OrderedDict[int, tuple[torch.Tensor, Geometry]] = OrderedDict()
-        self.refresh(force=True)
+        self.refresh()
 
     @property
     def trained(self) -> bool:
         return self.version != PRETRAINED
 
-    def refresh(self, force: bool = False) -> bool:
-        """Swap in the newest published model; True when it changed."""
-        if not force and time.monotonic() - self._checked < 1.0:
-            return False
-        self._checked = time.monotonic()
+    def refresh(self) -> bool:
+        """Swap in the newest published model; True when it changed. Called before every request's model work:
+        the check is one indexed query (well under a millisecond)."""
         info = self.store.latest_model()
         if info is None or info.version == self.version:
             return False
