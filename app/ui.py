@@ -82,7 +82,8 @@ def build_ui(studio: Studio, default_annotator: str = "annotator") -> gr.Blocks:
 
     with gr.Blocks(title="ADA-SAM Studio", fill_width=True) as demo:
         gr.Markdown("## ADA-SAM Studio")
-        note = gr.Markdown(elem_id="workspace-note")
+        text = studio.store.get_setting("workspace_note", "")  # written once, by the first-run seeding
+        gr.Markdown(f"**About these images:** {text}" if text else "", elem_id="workspace-note")
         with gr.Tabs():
             with gr.Tab("Annotate", id="annotate"):
                 gr.HTML(value="", html_template=(STATIC / "annotator.html").read_text(),
@@ -127,13 +128,8 @@ def build_ui(studio: Studio, default_annotator: str = "annotator") -> gr.Blocks:
         def do_retrain(request: gr.Request) -> str:
             return studio.retrain_now(who(request))
 
-        def workspace_note() -> str:
-            text = studio.store.get_setting("workspace_note", "")
-            return f"**About these images:** {text}" if text else ""
-
         outputs = [curve, figures, rounds, people]
         demo.load(dashboard_view, outputs=outputs, api_visibility="private")
-        demo.load(workspace_note, outputs=note, api_visibility="private")
         refresh.click(dashboard_view, outputs=outputs, api_visibility="private")
         dash_tab.select(dashboard_view, outputs=outputs, api_visibility="private")
         gr.Timer(5.0).tick(dashboard_view, outputs=outputs, api_visibility="private", show_progress="hidden")
@@ -238,7 +234,7 @@ def figures_html(data: dict) -> str:
     return f"<table>{body}</table>"
 
 
-def rounds_table(rounds: list[dict]) -> list[list]:
+def rounds_table(rounds: list[dict]) -> Any:
     header = ["round", "status", "masks", "labels", "val_dice", "presence_auc", "model", "started", "error"]
     return gr.Dataframe(value=[[r[k] for k in header] for r in reversed(rounds)] or None, headers=header)
 
