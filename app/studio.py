@@ -26,7 +26,7 @@ import torch
 from matplotlib import colormaps
 from PIL import Image
 
-from annotation import Store, export_workspace, next_task, skip
+from annotation import Store, export_workspace, next_task, renew_lease, skip
 from annotation.queue import peek_next
 from app.status import RETRAIN_REQUESTED, TAG, VALIDATION_IDS, VALIDATION_SOURCE, WORKSPACE_NOTE, read_status
 from model.adasam import AdaSam, AdaSamConfig, build_adasam, load_checkpoint
@@ -255,10 +255,12 @@ class Studio:
         return self.task(annotator, f"{self.store.image(undone.image_id).name}: undid your {undone.origin} save")
 
     def refine(self, image_id: int, positive: list[list[float]], negative: list[list[float]],
-               box: list[float] | None = None) -> dict[str, Any]:
+               box: list[float] | None = None, annotator: str | None = None) -> dict[str, Any]:
         """Re-run the decoder on the cached embedding with clicks and a box (LiteMedSAM needs the box with clicks:
-        the one given, else the proposal's box, else the whole image)."""
+        the one given, else the proposal's box, else the whole image). Someone still editing keeps their lease."""
         started = time.perf_counter()
+        if annotator:
+            renew_lease(self.store, annotator, image_id)
         info = self.store.image(image_id)
         if box is None:
             view = self._shown(image_id)

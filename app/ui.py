@@ -76,9 +76,8 @@ def build_ui(studio: Studio, default_annotator: str = "annotator") -> gr.Blocks:
         return studio.undo(who(request))
 
     def refine(data: dict, request: gr.Request) -> dict:
-        who(request)
         return studio.refine(int(data["image_id"]), data.get("positive") or [], data.get("negative") or [],
-                             data.get("box"))
+                             data.get("box"), who(request))
 
     with gr.Blocks(title="ADA-SAM Studio", fill_width=True) as demo:
         gr.Markdown("## ADA-SAM Studio")
@@ -157,8 +156,8 @@ def build_ui(studio: Studio, default_annotator: str = "annotator") -> gr.Blocks:
 
         def api_refine(image_id: int, positive: str = "[]", negative: str = "[]", box: str = "null",
                        request: gr.Request = None) -> dict:
-            who(request)
-            return studio.refine(int(image_id), json.loads(positive), json.loads(negative), json.loads(box))
+            return studio.refine(int(image_id), json.loads(positive), json.loads(negative), json.loads(box),
+                                 who(request))
 
         def api_dashboard() -> dict:
             return studio.dashboard()
