@@ -202,3 +202,16 @@ def test_empty_queue_and_tag_only(tmp_path):
         done = studio.no_finding("ann", first["image_id"])
         assert done["image_id"] is None and done["left"] == 0 and done["done"] == 2
         studio.close()
+
+
+def test_peek_next_is_the_image_the_queue_hands_out_next(tmp_path):
+    from annotation import next_task
+    from annotation.queue import peek_next
+
+    with Store(make_workspace(tmp_path, n=6, n_val=1)) as store:
+        current = next_task(store, "ann").image.id
+        upcoming = peek_next(store, "ann")
+        assert upcoming not in (None, current)
+        assert next_task(store, "ann").image.id == current  # peeking leases nothing
+        store.mark_no_finding(current, "ann")
+        assert next_task(store, "ann").image.id == upcoming
