@@ -97,3 +97,10 @@ def test_model_quality_quick():
         assert all(is_number(r["dice_all"]) for runs in data["runs"].values() for r in runs)
     finally:
         shutil.rmtree(out.parent, ignore_errors=True)
+
+
+def test_ui_latency_quick(tmp_path):
+    out = tmp_path / "ui.json"
+    run_quick("ui_latency.py", "--json", str(out))
+    data = load(out)
+    assert data["accept_to_next_ms"]["median"] > 0 and data["click_to_mask_ms"]["median"] > 0
