@@ -134,7 +134,9 @@ def test_processes_asking_at_once_never_get_the_same_image(store):
         assert worker.exitcode == 0
     handed_out = [image_id for ids in given.values() for image_id in ids]
     assert len(handed_out) == len(set(handed_out)) == 80
-    assert all(given.values())  # every process got work: they really did ask side by side
+    # At least two processes got work, so they really did ask side by side. Not all four: SQLite's lock is not fair,
+    # and on a loaded machine one process can finish the 80 images while another waits for the lock.
+    assert sum(1 for ids in given.values() if ids) >= 2
     assert store.integrity_check() == "ok"
 
 
