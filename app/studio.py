@@ -39,6 +39,9 @@ PRETRAINED = "pretrained"
 CAM_SIDE = 256  # the CAM is smooth: sent at most this size, the browser scales it up
 
 
+RENEW_EVERY_S = 30.0  # clicks renew the 10-minute lease at most this often
+
+
 @dataclass
 class View:
     """One image as shown under one model: pictures ready to send, and the mask for later comparison."""
@@ -156,6 +159,7 @@ class Studio:
         self._views: OrderedDict[tuple[int, str], View] = OrderedDict()
         self._views_lock = threading.Lock()
         self._ahead = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="prefetch")
+        self._renewed: dict[tuple[str, int], float] = {}  # last lease renewal per (annotator, image)
 
     # -- views -------------------------------------------------------------------------------------------------
 
@@ -259,14 +263,16 @@ class Studio:
         """Re-run the decoder on the cached embedding with clicks and a box (LiteMedSAM needs the box with clicks:
         the one given, else the proposal's box, else the whole image). Someone still editing keeps their lease."""
         started = time.perf_counter()
-        if annotator:
-            renew_lease(self.store, annotator, image_id)
-        info = self.store.image(image_id)
+        if annotator and time.monotonic() - self._renewed.get((annotator, image_id), -math.inf) > RENEW_EVERY_S:
+            renew_lease(self.store, annotator, image_id)  # a durable commit: not on every click
+            self._renewed[(annotator, image_id)] = time.monotonic()
         if box is None:
             view = self._shown(image_id)
             shown_box = mask_box(view.mask)
             box = view.payload["box"] if shown_box is None else [*shown_box[:2], *(shown_box[2:] + 1)]
-        box = box or [0, 0, info.width, info.height]
+        if not box:
+            info = self.store.image(image_id)
+            box = [0, 0, info.width, info.height]
         embedding, geometry = self.slot.embedding(image_id)
         with self.slot.lock:
             mask = self.slot.predictor.refine(embedding, geometry, positive=[tuple(p) for p in positive],
