@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import shutil
 import statistics
@@ -204,7 +205,7 @@ def main() -> int:
     from model_fixtures import blob_image
 
     results: dict = {"config": {"backbone": args.backbone, "repeats": args.repeats, "quick": args.quick,
-                                "threads": torch.get_num_threads(), "data": args.data}}
+                                "threads": torch.get_num_threads(), "data": os.path.relpath(args.data, ROOT)}}
     timed("matmul", results, lambda: matmul(args.repeats))
     model = build_adasam(AdaSamConfig(backbone=args.backbone)).eval()
     timed("encoder", results, lambda: encoder(model.backbone, args.repeats, results["matmul"]["gflops"]))
