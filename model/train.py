@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from model.adasam import AdaSam, AdaSamConfig, build_adasam, load_checkpoint, save_checkpoint, whole_box
+from model.calibrate import CAM_THRESHOLDS, calibrate
 from model.evaluate import Item, evaluate
 from model.inference import valid_grid
 from model.losses import cam_loss, consistency_loss, segmentation_loss
@@ -62,6 +63,8 @@ class TrainConfig:
     seed: int = 0
     use_unlabeled: bool = True
     freeze_adapter: bool = False  # ablation: no gradient feedback through the shared module
+    calibrate: bool = True  # after training, pick the prompt thresholds on val (model.calibrate)
+    calibrate_cam_threshold: bool = True  # False: the CAM threshold was fixed by the user; only presence is tuned
 
 
 @dataclass
@@ -265,7 +268,24 @@ class Trainer:
                     self.best = {"score": score, "step": self.step, "val": record["val"]}
                     save_checkpoint(self.model, self.out / "model.pt", {"val": summary, "step": self.step})
                 self.save_resume_state()
+        self.calibrate_best()
         return self.best
+
+    def calibrate_best(self) -> None:
+        """Load the val-picked weights (model.pt) into the model, choose its prompt thresholds on val and store
+        them in model.pt; the choice is recorded in `self.best["calibration"]`. Idempotent, so resuming a finished
+        run redoes it."""
+        path = self.out / "model.pt"
+        if not (self.config.calibrate and self.data.val and path.exists()):
+            return
+        payload = torch.load(path, map_location="cpu", weights_only=False)
+        self.model.load_state_dict(payload["state"], strict=False)
+        report = calibrate(self.model.eval(), self.data.val,
+                           CAM_THRESHOLDS if self.config.calibrate_cam_threshold else None)
+        if report:
+            save_checkpoint(self.model, path, {k: v for k, v in payload.items() if k not in ("format", "config", "state")})
+            self.best["calibration"] = report
+            self.log(json.dumps({"calibration": report}))
 
 
 def build_training_model(config: AdaSamConfig, seed: int, backbone=None, init: str | Path | None = None) -> AdaSam:
