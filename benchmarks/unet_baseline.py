@@ -19,6 +19,7 @@ import torch.nn.functional as F
 
 from app.model_commands import SPLIT_SEED, masked_ids
 from model.dataset import Sample, load_data_folder
+from model.device import default_device, module_device
 from model.metrics import dice, hd95, nanmean, presence_auc
 from model.preprocess import normalise_intensity, read_image, read_mask
 
@@ -66,8 +67,9 @@ def score(net: torch.nn.Module, split: Split, with_hd95: bool) -> dict:
     """The same figures `adasam evaluate` reports (prompt-related ones do not apply to a U-Net)."""
     net.eval()
     rows = []
+    device = module_device(net)
     for start in range(0, len(split.ids), 16):
-        probs = torch.sigmoid(net(split.images[start:start + 16]))
+        probs = torch.sigmoid(net(split.images[start:start + 16].to(device))).cpu()
         for k, prob in enumerate(probs):
             truth = split.masks[start + k]
             full = F.interpolate(prob[None], size=truth.shape, mode="bilinear", align_corners=False)[0, 0]
@@ -98,15 +100,15 @@ def train_unet(data: str, fraction: float, seed: int, out: Path, config: UNetCon
     test = load_split([s for s in folder.split("test") if s.mask_path], config.size)
     from monai.losses import DiceCELoss
 
-    net = build_unet(config)
+    net = build_unet(config).to(default_device())
     loss_fn = DiceCELoss(sigmoid=True)
     optimizer = torch.optim.Adam(net.parameters(), lr=config.lr)
     best = {"score": -math.inf, "step": 0, "state": None}
     for step in range(1, config.steps + 1):
         net.train()
         index = torch.as_tensor(rng.choice(len(train.ids), size=min(config.batch, len(train.ids)), replace=False))
-        x, y = train.images[index], train.targets[index]
-        flip = torch.as_tensor(rng.random(len(index)) < 0.5)
+        x, y = train.images[index].to(default_device()), train.targets[index].to(default_device())
+        flip = torch.as_tensor(rng.random(len(index)) < 0.5, device=x.device)
         x = torch.where(flip[:, None, None, None], x.flip(-1), x)
         y = torch.where(flip[:, None, None, None], y.flip(-1), y)
         loss = loss_fn(net(x), y)
@@ -118,7 +120,7 @@ def train_unet(data: str, fraction: float, seed: int, out: Path, config: UNetCon
             value = summary.get("dice_lesion", float(step)) if summary.get("n_lesion") else summary.get(
                 "dice_all", float(step))
             if value > best["score"]:
-                best = {"score": value, "step": step, "state": {k: v.clone() for k, v in net.state_dict().items()}}
+                best = {"score": value, "step": step, "state": {k: v.detach().clone() for k, v in net.state_dict().items()}}
     net.load_state_dict(best["state"])
     result = score(net, test, with_hd95=True)
     result.update({"split": "test", "method": "unet", "masks": fraction, "seed": seed, "n_masked": len(train.ids),

@@ -68,8 +68,13 @@ class AdaSam(nn.Module):
     def cam_scale(self) -> float:
         return self.image_size / self.backbone.embedding_shape[1]
 
+    @property
+    def device(self) -> torch.device:
+        return self.backbone.pixel_mean.device
+
     def features(self, embeddings: torch.Tensor) -> torch.Tensor:
-        return self.adapter(embeddings)
+        """Cached embeddings (on any device) -> adapted features on the model's device."""
+        return self.adapter(embeddings.to(self.device))
 
     def segment(self, features: torch.Tensor, boxes: torch.Tensor | None = None,
                 points: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -112,10 +117,11 @@ class AdaSam(nn.Module):
         for _ in range(steps):
             scale = self.image_size / logits.shape[-1]
             new_boxes = boxes.clone()
-            for i, mask in enumerate(logits[:, 0] > 0):
+            for i, mask in enumerate((logits[:, 0] > 0).cpu()):
                 box = mask_box(mask)
                 if box is not None:
-                    new_boxes[i] = torch.as_tensor(box * scale + np.array([0, 0, scale, scale], dtype=np.float32))
+                    new_boxes[i] = torch.as_tensor(box * scale + np.array([0, 0, scale, scale], dtype=np.float32),
+                                                   device=new_boxes.device)
             boxes = new_boxes
             logits, _ = self.segment(features, boxes)
         return logits, boxes
@@ -124,7 +130,7 @@ class AdaSam(nn.Module):
         """Only the weights that training changes (adapter, classifier, decoder, LoRA): the frozen encoder is not
         stored, it comes from the backbone checkpoint."""
         names = {n for n, p in self.named_parameters() if p.requires_grad}
-        return {k: v.detach().clone() for k, v in self.state_dict().items() if k in names}
+        return {k: v.detach().cpu().clone() for k, v in self.state_dict().items() if k in names}
 
 
 def whole_box(valid_hw: tuple[int, int]) -> np.ndarray:
@@ -134,7 +140,8 @@ def whole_box(valid_hw: tuple[int, int]) -> np.ndarray:
 
 def build_adasam(config: AdaSamConfig, backbone: Backbone | None = None) -> AdaSam:
     """A fresh ADA-SAM around the named backbone (or one already built, to share it)."""
-    return AdaSam(config, backbone if backbone is not None else build_backbone(config.backbone))
+    backbone = backbone if backbone is not None else build_backbone(config.backbone)
+    return AdaSam(config, backbone).to(backbone.pixel_mean.device)
 
 
 def save_checkpoint(model: AdaSam, path: str | Path, extra: dict | None = None) -> None:
@@ -161,7 +168,7 @@ def load_checkpoint(path: str | Path, backbone: Backbone | None = None) -> tuple
     except Exception as exc:
         raise CheckpointError(f"{path}: not an ADA-SAM checkpoint ({type(exc).__name__})") from None
     model = build_adasam(config, backbone)
-    result = model.load_state_dict(payload["state"], strict=False)
+    result = model.load_state_dict(payload["state"], strict=False)  # copies onto the model's device
     if result.unexpected_keys:
         raise CheckpointError(f"{path}: weights do not fit this model, e.g. {result.unexpected_keys[0]!r}")
     return model.eval(), payload

@@ -14,6 +14,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from model.device import default_device
+
 SAM_PIXEL_MEAN = (123.675, 116.28, 103.53)
 SAM_PIXEL_STD = (58.395, 57.12, 57.375)
 BACKBONES = ("litemedsam", "sam_vit_b", "sam_vit_l", "sam_vit_h", "tiny_random", "micro_random")
@@ -76,7 +78,7 @@ def build_backbone(spec: str = DEFAULT_BACKBONE, checkpoint: str | Path | None =
         backbone = build_micro_random()
     else:
         raise BackboneError(f"unknown backbone {name!r}; choose one of {', '.join(BACKBONES)}")
-    return backbone.eval()
+    return backbone.eval().to(default_device())
 
 
 def _load_state(name: str, path: Path, expected: str) -> dict:

@@ -25,7 +25,7 @@ def grad_cam(classifier: nn.Module, features: torch.Tensor, valid: torch.Tensor 
     if not create_graph:
         cam, logits = cam.detach(), logits.detach()
     if valid is not None:
-        cam = cam * valid
+        cam = cam * valid.to(cam.device)
     flat = cam.flatten(1)
     low = flat.min(dim=1).values if valid is None else torch.zeros_like(flat[:, 0])
     high = flat.max(dim=1).values

@@ -21,6 +21,10 @@ def decode(mask_decoder: nn.Module, prompt_encoder: nn.Module, embeddings: torch
            boxes: torch.Tensor | None = None, points: tuple[torch.Tensor, torch.Tensor] | None = None,
            mask_inputs: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """B embeddings + B prompts -> (B x 1 x 4s x 4s mask logits, B IoU predictions), single-mask output."""
+    device = embeddings.device  # prompts are made on the CPU (numpy boxes, clicks): move them to the model
+    boxes = None if boxes is None else boxes.to(device)
+    points = None if points is None else (points[0].to(device), points[1].to(device))
+    mask_inputs = None if mask_inputs is None else mask_inputs.to(device)
     sparse, dense = encode_prompts(prompt_encoder, boxes=boxes, points=points, masks=mask_inputs)
     batch = embeddings.shape[0]
     tokens = torch.cat([mask_decoder.iou_token.weight, mask_decoder.mask_tokens.weight], dim=0)

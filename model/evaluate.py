@@ -74,7 +74,7 @@ def _oracle(model: AdaSam, item: Item, prediction):
         return prediction
     model_box = torch.from_numpy(box_to_model(box + np.array([0, 0, 1, 1], np.float32), item.geometry))[None]
     logits, _ = model.segment(model.features(item.embedding[None]), model_box)
-    mask = (logits_to_original(logits[0], item.geometry)[0] > 0).numpy()
+    mask = (logits_to_original(logits[0].cpu(), item.geometry)[0] > 0).numpy()
     prediction.mask = prediction.raw_mask = mask
     prediction.box = box_to_original(model_box[0].numpy(), item.geometry)
     prediction.box_is_fallback = False

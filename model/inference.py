@@ -66,6 +66,7 @@ class Predictor:
             mask_logits, _ = model.segment(features, boxes, model.auto_points(cams))
             if config.cascade:
                 mask_logits, _ = model.cascade(features, boxes, mask_logits, config.cascade)
+        mask_logits, cams, probability = mask_logits.cpu(), cams.cpu(), probability.cpu()
         cls_unc = classifier_uncertainty(probability)
         out = []
         for i, g in enumerate(geometries):
@@ -105,4 +106,4 @@ class Predictor:
             points = (torch.from_numpy(coords)[None], torch.from_numpy(labels)[None])
         boxes = None if box is None else torch.from_numpy(box_to_model(box, geometry))[None]
         logits, _ = self.model.segment(self._features, boxes=boxes, points=points)
-        return (logits_to_original(logits[0], geometry)[0] > 0).numpy()
+        return (logits_to_original(logits[0].cpu(), geometry)[0] > 0).numpy()

@@ -129,7 +129,7 @@ class Trainer:
         return np.clip(box, 0, [w, h, w, h]).astype(np.float32)
 
     def _target(self, items: list[Item], size: int) -> torch.Tensor:
-        masks = torch.stack([self.targets[i.id] for i in items])
+        masks = torch.stack([self.targets[i.id] for i in items]).to(self.model.device)
         return masks if size == self.size else (F.interpolate(masks, size=(size, size), mode="area") >= 0.5).float()
 
     # -- one step ----------------------------------------------------------------------------------------------
@@ -161,7 +161,8 @@ class Trainer:
         if not self.supervised and self.data.tagged and model.config.has_negatives:
             tagged = self._pick(self.data.tagged, cfg.batch_tagged)
             cls_logits = model.classifier(model.features(torch.stack([i.embedding for i in tagged])))
-            losses["cls"] = F.cross_entropy(cls_logits, torch.tensor([int(i.tag) for i in tagged]))
+            losses["cls"] = F.cross_entropy(cls_logits, torch.tensor([int(i.tag) for i in tagged],
+                                                                     device=cls_logits.device))
         if self._semi_supervised and not warmup:
             ramp = min(1.0, (self.step - cfg.warmup_steps) / max(1, (cfg.steps - cfg.warmup_steps) / 3))
             losses.update({k: ramp * cfg.consistency_weight * v for k, v in self._consistency().items()})
@@ -183,11 +184,12 @@ class Trainer:
             t_features = teacher.features(embeddings)
         if self.mean_teacher:  # no classifier: whole-image prompts, every image kept
             boxes = torch.as_tensor(np.stack([whole_box(g.resized) for g in geometries]))
-            t_present = torch.ones(len(batch))
+            t_present = torch.ones(len(batch), device=t_features.device)
         else:
             t_cams, t_logits = teacher.cam(t_features, valid_grid(geometries, embeddings.shape[-1]))
             boxes, _ = teacher.auto_boxes(t_cams, [g.resized for g in geometries])
             t_present = t_logits.softmax(1)[:, 1]
+        boxes = boxes.to(t_features.device)
         with torch.no_grad():
             t_masks = torch.sigmoid(teacher.segment(t_features, boxes)[0])
         noise = torch.randn(embeddings.shape, generator=torch.Generator().manual_seed(int(self.rng.integers(2**31))))
