@@ -22,11 +22,13 @@ and the labels needed to reach 95% of the full-label Dice (goal: uncertainty <= 
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import contextlib
 import csv
 import dataclasses
 import json
 import math
+import multiprocessing
 import os
 import shutil
 import sys
@@ -261,6 +263,8 @@ def plot(results: dict, path: Path) -> None:
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for strategy, runs in results["strategies"].items():
+        if not runs:
+            continue
         by_labels: dict[int, list[float]] = {}
         for r in runs:
             for p in r["curve"]:
@@ -310,6 +314,7 @@ def main() -> int:
     parser.add_argument("--backbone", default="litemedsam")
     parser.add_argument("--cache", default=str(Path.home() / ".cache" / "adasam" / "embeddings"))
     parser.add_argument("--keep-workspaces", action="store_true")
+    parser.add_argument("--jobs", type=int, default=1, help="curves at a time, each in its own process")
     parser.add_argument("--quick", action="store_true", help="generated data, micro backbone, 3 rounds, one seed")
     args = parser.parse_args()
     if args.quick:
@@ -330,11 +335,25 @@ def main() -> int:
     folder = load_data_folder(args.data, seed=SPLIT_SEED)
     source = stage_source(folder, out)
     config = {k: v for k, v in vars(args).items() if k not in ("out",)}
-    results: dict = {"config": {**config, "split": "test", "prompt": "auto"}, "strategies": {}, "reference": []}
-    for seed in args.seeds:  # seed-major: an interrupted benchmark still holds complete comparisons
-        results["reference"].append(simulate(args, folder, source, "full", seed, out))
-        for strategy in args.strategies:
-            results["strategies"].setdefault(strategy, []).append(simulate(args, folder, source, strategy, seed, out))
+    results: dict = {"config": {**config, "split": "test", "prompt": "auto"},
+                     "strategies": {s: [] for s in args.strategies}, "reference": [], "failures": []}
+    # seed-major: an interrupted benchmark still holds complete comparisons
+    tasks = [(strategy, seed) for seed in args.seeds for strategy in ["full", *args.strategies]]
+    context = multiprocessing.get_context("spawn")  # no fork after torch (or CUDA) has started
+    with concurrent.futures.ProcessPoolExecutor(max(1, args.jobs), mp_context=context) as workers:
+        futures = {workers.submit(simulate, args, folder, source, strategy, seed, out): (strategy, seed)
+                   for strategy, seed in tasks}
+        for future in concurrent.futures.as_completed(futures):
+            strategy, seed = futures[future]
+            try:
+                curve = future.result()
+            except Exception as exc:  # a failed curve is reported; the others still count
+                results["failures"].append({"run": f"{strategy} seed {seed}", "error": repr(exc)})
+                print(f"FAILED {strategy} seed {seed}: {exc!r}", flush=True)
+                continue
+            runs = results["reference"] if strategy == "full" else results["strategies"][strategy]
+            runs.append(curve)
+            runs.sort(key=lambda r: r["seed"])
             write_outputs(results, out)
     write_outputs(results, out, figure=True)
     print(results["table"])

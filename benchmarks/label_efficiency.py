@@ -17,6 +17,7 @@ every checkpoint, `test` is only read by the evaluation. Resumable: a run whose 
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import json
 import math
 import subprocess
@@ -103,8 +104,10 @@ def run(setup: Setup, name: str, fraction: float, seed: int, extra: list[str] | 
 
 
 def record(setup: Setup, group: str, label: str, fraction: float, result: dict) -> None:
-    setup.results[group].setdefault(label, {}).setdefault(f"{fraction:g}", []).append(
-        {k: result.get(k) for k in ["seed", *KEYS, "n_images", "n_lesion", "dice_lesion_ungated"]})
+    rows = setup.results[group].setdefault(label, {}).setdefault(f"{fraction:g}", [])
+    rows.append({k: result.get(k) for k in ["seed", *KEYS, "n_images", "n_lesion", "dice_lesion_ungated"]})
+    rows.sort(key=lambda r: r["seed"])
+    setup.results[group][label] = dict(sorted(setup.results[group][label].items(), key=lambda kv: float(kv[0])))
     write_outputs(setup)
 
 
@@ -121,6 +124,7 @@ def main() -> int:
     parser.add_argument("--unet-size", type=int, default=256)
     parser.add_argument("--unet-steps", type=int, default=1000)
     parser.add_argument("--unet-batch", type=int, default=4)
+    parser.add_argument("--jobs", type=int, default=1, help="runs at a time (e.g. several on one GPU)")
     parser.add_argument("--quick", action="store_true", help="generated data, micro backbone, a few steps")
     args = parser.parse_args()
 
@@ -146,15 +150,26 @@ def main() -> int:
                                 "ablation_fraction": args.ablation_fraction, "backbone": args.backbone,
                                 "steps": args.steps or "CLI default", "unet": unet.__dict__, "quick": args.quick,
                                 "split": "test", "prompt": "auto"},
-                     "pretrained": {}, "runs": {}, "ablations": {}}
+                     "pretrained": {}, "runs": {label: {} for label in METHODS},
+                     "ablations": {label: {} for label in ABLATIONS}, "failures": []}
     setup.results["pretrained"] = evaluate(setup, f"pretrained:{args.backbone}", setup.out / "runs" / "pretrained")
-    for seed in args.seeds:  # seed-major: an interrupted benchmark still holds complete comparisons
-        for fraction in args.fractions:
-            for label, extra in METHODS.items():
-                record(setup, "runs", label, fraction, {"seed": seed, **run(setup, label, fraction, seed, extra)})
-        for label, extra in ABLATIONS.items():
-            result = run(setup, label, args.ablation_fraction, seed, METHODS[REFERENCE] + extra)
-            record(setup, "ablations", label, args.ablation_fraction, {"seed": seed, **result})
+    tasks = []  # seed-major: an interrupted benchmark still holds complete comparisons
+    for seed in args.seeds:
+        tasks += [("runs", label, fraction, seed, extra) for fraction in args.fractions
+                  for label, extra in METHODS.items()]
+        tasks += [("ablations", label, args.ablation_fraction, seed, METHODS[REFERENCE] + extra)
+                  for label, extra in ABLATIONS.items()]
+    with concurrent.futures.ThreadPoolExecutor(max(1, args.jobs)) as workers:  # each run is a subprocess
+        futures = {workers.submit(run, setup, label, fraction, seed, extra): (group, label, fraction, seed)
+                   for group, label, fraction, seed, extra in tasks}
+        for future in concurrent.futures.as_completed(futures):
+            group, label, fraction, seed = futures[future]
+            try:
+                record(setup, group, label, fraction, {"seed": seed, **future.result()})
+            except Exception as exc:  # one failed run is reported; the others still count
+                setup.results["failures"].append({"run": f"{label} {fraction:g} seed {seed}", "error": repr(exc)})
+                print(f"FAILED {label} {fraction:g} seed {seed}: {exc!r}", flush=True)
+                write_outputs(setup)
     write_outputs(setup, figure=True)
     print(setup.results["table"])
     return 0
@@ -210,6 +225,8 @@ def plot(results: dict, path: Path) -> None:
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for label, by_fraction in results["runs"].items():
+        if not by_fraction:
+            continue
         xs = sorted(by_fraction, key=float)
         means = [stats([r["dice_lesion"] for r in by_fraction[x]]) for x in xs]
         ax.errorbar([100 * float(x) for x in xs], [m for m, _, _ in means], yerr=[s for _, s, _ in means],
