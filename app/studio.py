@@ -89,9 +89,10 @@ def dice(a: np.ndarray, b: np.ndarray) -> float:
 def backbone_view(base: Backbone) -> Backbone:
     """A backbone sharing the frozen encoders with `base` but owning its mask decoder, so loading a new model's
     decoder weights never changes the one still serving."""
-    return Backbone(base.name, base.identity, base.image_encoder, base.prompt_encoder,
+    view = Backbone(base.name, base.identity, base.image_encoder, base.prompt_encoder,
                     copy.deepcopy(base.mask_decoder), base.image_size, base.pixel_scale,
                     tuple(base.pixel_mean.flatten().tolist()), tuple(base.pixel_std.flatten().tolist()))
+    return view.to(base.pixel_mean.device)  # its pixel buffers are new: put them beside the shared weights
 
 
 class ModelSlot:

@@ -162,27 +162,33 @@ def simulate(args, folder: DataFolder, source: Path, strategy: str, seed: int, o
     bt.embed_new()
     test_items = load_items([s for s in folder.split("test") if s.mask_path], bt.cache)
     curve: list[dict] = []
+    partial = path.with_name(path.stem + ".partial.json")  # the curve so far, for a run cut short
+
+    def add_point() -> None:
+        curve.append({"labels": bt.labels(), "fraction": bt.labels() / n_pool, **score_latest(bt, test_items)})
+        partial.parent.mkdir(parents=True, exist_ok=True)
+        partial.write_text(json.dumps({"strategy": strategy, "seed": seed, "n_pool": n_pool, "step": step,
+                                       "curve": curve, "partial": True}, default=float))
+
     field = STRATEGIES.get(strategy, "combined")
     with ranked_by(field):
         if strategy == "full":
             annotate(store, truth, n_pool)
             for _ in range(args.reference_rounds):
                 bt.train_round()
-                curve.append({"labels": bt.labels(), **score_latest(bt, test_items)})
+                add_point()
         else:
             labelled = annotate(store, truth, start)
             while True:
                 if bt.due():  # the app's rule: enough new labels and at least one mask showing the target
                     bt.train_round()
-                    curve.append({"labels": bt.labels(), **score_latest(bt, test_items)})
+                    add_point()
                 if labelled >= stop:
                     break
                 added = annotate(store, truth, min(step, stop - labelled))
                 if added == 0:
                     break
                 labelled += added
-    for point in curve:
-        point["fraction"] = point["labels"] / n_pool
     result = {"strategy": strategy, "seed": seed, "n_pool": n_pool, "step": step, "curve": curve,
               "seconds": time.time() - started}
     store.close()
@@ -190,7 +196,23 @@ def simulate(args, folder: DataFolder, source: Path, strategy: str, seed: int, o
         shutil.rmtree(workspace, ignore_errors=True)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(result, indent=2, default=float))
+    partial.unlink(missing_ok=True)
     return result
+
+
+def report_only(results: dict, out: Path) -> None:
+    """Tables and plot from the curves already on disk; a curve cut short (`.partial.json`) counts as far as it
+    got and is listed under `partial`."""
+    for strategy in ["full", *results["strategies"]]:
+        runs = results["reference"] if strategy == "full" else results["strategies"][strategy]
+        for seed in results["config"]["seeds"]:
+            done = out / "runs" / f"{strategy}_seed{seed}.json"
+            cut = done.with_name(done.stem + ".partial.json")
+            if done.exists():
+                runs.append(json.loads(done.read_text()))
+            elif cut.exists():
+                runs.append(json.loads(cut.read_text()))
+                results.setdefault("partial", []).append(f"{strategy} seed {seed}: {len(runs[-1]['curve'])} rounds")
 
 
 def labels_to_reach(curve: list[dict], target: float) -> int | None:
@@ -315,6 +337,7 @@ def main() -> int:
     parser.add_argument("--cache", default=str(Path.home() / ".cache" / "adasam" / "embeddings"))
     parser.add_argument("--keep-workspaces", action="store_true")
     parser.add_argument("--jobs", type=int, default=1, help="curves at a time, each in its own process")
+    parser.add_argument("--report-only", action="store_true", help="write tables and plot from the runs on disk")
     parser.add_argument("--quick", action="store_true", help="generated data, micro backbone, 3 rounds, one seed")
     args = parser.parse_args()
     if args.quick:
@@ -332,11 +355,16 @@ def main() -> int:
         args.reference_rounds = max(1, math.floor((args.stop - args.start) / args.step + 1e-9) + 1)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    folder = load_data_folder(args.data, seed=SPLIT_SEED)
-    source = stage_source(folder, out)
     config = {k: v for k, v in vars(args).items() if k not in ("out",)}
     results: dict = {"config": {**config, "split": "test", "prompt": "auto"},
                      "strategies": {s: [] for s in args.strategies}, "reference": [], "failures": []}
+    if args.report_only:
+        report_only(results, out)
+        write_outputs(results, out, figure=True)
+        print(results["table"])
+        return 0
+    folder = load_data_folder(args.data, seed=SPLIT_SEED)
+    source = stage_source(folder, out)
     # seed-major: an interrupted benchmark still holds complete comparisons
     tasks = [(strategy, seed) for seed in args.seeds for strategy in ["full", *args.strategies]]
     context = multiprocessing.get_context("spawn")  # no fork after torch (or CUDA) has started

@@ -125,6 +125,7 @@ def main() -> int:
     parser.add_argument("--unet-steps", type=int, default=1000)
     parser.add_argument("--unet-batch", type=int, default=4)
     parser.add_argument("--jobs", type=int, default=1, help="runs at a time (e.g. several on one GPU)")
+    parser.add_argument("--report-only", action="store_true", help="redo table and plot from --out's JSON")
     parser.add_argument("--quick", action="store_true", help="generated data, micro backbone, a few steps")
     args = parser.parse_args()
 
@@ -146,6 +147,11 @@ def main() -> int:
         unet = UNetConfig(size=32, channels=(4, 8, 16), steps=4, batch=4, eval_every=2)
     setup = Setup(args.data, Path(args.out), args.cache, args.backbone, args.steps, inprocess, unet)
     setup.out.mkdir(parents=True, exist_ok=True)
+    if args.report_only:
+        setup.results = json.loads((setup.out / "label_efficiency.json").read_text())
+        write_outputs(setup, figure=True)
+        print(setup.results["table"])
+        return 0
     setup.results = {"config": {"data": args.data, "fractions": args.fractions, "seeds": args.seeds,
                                 "ablation_fraction": args.ablation_fraction, "backbone": args.backbone,
                                 "steps": args.steps or "CLI default", "unet": unet.__dict__, "quick": args.quick,
