@@ -156,7 +156,7 @@ def _train(args: argparse.Namespace) -> int:
     if args.prompt == "whole":
         config = replace(config, prompt="whole", cascade=0)
     train_config = TrainConfig(seed=args.seed, use_unlabeled=not args.no_unlabeled,
-                               calibrate_cam_threshold=args.cam_threshold is None,
+                               calibrate=args.cam_threshold is None,
                                freeze_adapter=args.freeze_adapter, **({"steps": args.steps} if args.steps else {}))
     model = build_training_model(config, args.seed, backbone, args.init)
     try:  # before anything is written: a data set the trainer refuses leaves no half-made run folder

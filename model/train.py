@@ -63,8 +63,7 @@ class TrainConfig:
     seed: int = 0
     use_unlabeled: bool = True
     freeze_adapter: bool = False  # ablation: no gradient feedback through the shared module
-    calibrate: bool = True  # after training, pick the prompt thresholds on val (model.calibrate)
-    calibrate_cam_threshold: bool = True  # False: the CAM threshold was fixed by the user; only presence is tuned
+    calibrate: bool = True  # after training, pick the CAM threshold on val (model.calibrate); False: keep it
 
 
 @dataclass
@@ -274,16 +273,15 @@ class Trainer:
         return self.best
 
     def calibrate_best(self) -> None:
-        """Load the val-picked weights (model.pt) into the model, choose its prompt thresholds on val and store
-        them in model.pt; the choice is recorded in `self.best["calibration"]`. Idempotent, so resuming a finished
-        run redoes it."""
+        """Load the val-picked weights (model.pt) into the model, choose its CAM threshold on val and store it in
+        model.pt; the choice is recorded in `self.best["calibration"]`. Idempotent, so resuming a finished run
+        redoes it."""
         path = self.out / "model.pt"
         if not (self.config.calibrate and self.data.val and path.exists()):
             return
         payload = torch.load(path, map_location="cpu", weights_only=False)
         self.model.load_state_dict(payload["state"], strict=False)
-        report = calibrate(self.model.eval(), self.data.val,
-                           CAM_THRESHOLDS if self.config.calibrate_cam_threshold else None)
+        report = calibrate(self.model.eval(), self.data.val, CAM_THRESHOLDS)
         if report:
             save_checkpoint(self.model, path, {k: v for k, v in payload.items() if k not in ("format", "config", "state")})
             self.best["calibration"] = report
