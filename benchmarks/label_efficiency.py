@@ -197,12 +197,13 @@ def cell(values: list[float], fmt: str = ".3f") -> str:
 
 def table(results: dict) -> str:
     """Markdown: lesion Dice, dice_all and presence AUC (mean ± sd over seeds) per method and fraction."""
-    head = ("| method | masks | seeds | lesion Dice | dice_all | presence AUC | HD95 (px) | train s |\n"
-            + "|---" * 8 + "|")
+    head = ("| method | masks | seeds | lesion Dice | lesion Dice before presence gating | dice_all | presence AUC | "
+            "HD95 (px) | train s |\n" + "|---" * 9 + "|")
     lines = ["## Label efficiency (test split, automatic prompts)", "", head]
     p = results["pretrained"]
     if p:
-        lines.append(f"| {PRETRAINED} | 0 | - | {cell([p['dice_lesion']])} | {cell([p['dice_all']])} | "
+        lines.append(f"| {PRETRAINED} | 0 | - | {cell([p['dice_lesion']])} | {cell([p['dice_lesion_ungated']])} | "
+                     f"{cell([p['dice_all']])} | "
                      f"{cell([p['presence_auc']])} | {cell([p['hd95_lesion']], '.1f')} | 0 |")
     for group, title in (("runs", None), ("ablations", "Ablations (ADA-SAM, tags all)")):
         if title:
@@ -218,8 +219,9 @@ def table(results: dict) -> str:
 
 
 def _row(label: str, fraction: str, rows: list[dict]) -> str:
-    col = {k: [r.get(k) for r in rows] for k in KEYS}
-    return (f"| {label} | {fraction} | {len(rows)} | {cell(col['dice_lesion'])} | {cell(col['dice_all'])} | "
+    col = {k: [r.get(k) for r in rows] for k in [*KEYS, "dice_lesion_ungated"]}
+    return (f"| {label} | {fraction} | {len(rows)} | {cell(col['dice_lesion'])} | {cell(col['dice_lesion_ungated'])} | "
+            f"{cell(col['dice_all'])} | "
             f"{cell(col['presence_auc'])} | {cell(col['hd95_lesion'], '.1f')} | {cell(col['train_seconds'], '.0f')} |")
 
 
