@@ -2,7 +2,8 @@
 
 Measures (medians; peak memory of each step as the process's resident-set high-water mark while it ran):
 - float32 matmul GFLOP/s (a 2048 x 2048 product): the roofline the encoder is compared against,
-- encoder seconds per image (default and channels-last layouts) and its fraction of that roofline at 75 GFLOP
+- encoder seconds per image (default, channels-last, and channels-last through torch.compile, with the compile
+  time) and its fraction of that roofline at 75 GFLOP
   per 256 px LiteMedSAM image (goal >= 70%, i.e. <= 0.6 s per image on 2 cores),
 - automatic prediction (adapter + CAM + decoder + cascade) and click-refine milliseconds on a cached embedding,
 - one training step, and per image through the decoder (masked + unlabeled images of a step),
@@ -89,6 +90,8 @@ def matmul(repeats: int) -> dict:
 
 
 def encoder(backbone, repeats: int, matmul_gflops: float) -> dict:
+    from model.cache import compiled_encoder
+
     image = torch.rand(1, 3, backbone.image_size, backbone.image_size)
     out = {"backbone": backbone.name, "image_size": backbone.image_size}
     with torch.inference_mode():
@@ -96,7 +99,11 @@ def encoder(backbone, repeats: int, matmul_gflops: float) -> dict:
         backbone.image_encoder.to(memory_format=torch.channels_last)
         cl_image = image.contiguous(memory_format=torch.channels_last)
         out["s_per_image_channels_last"] = median_seconds(lambda: backbone.encode(cl_image), repeats)
-    best = min(out["s_per_image_default"], out["s_per_image_channels_last"])
+        started = time.perf_counter()
+        compiled = compiled_encoder(backbone)  # what the cache uses from COMPILE_FROM misses on
+        out["compile_s"] = time.perf_counter() - started
+        out["s_per_image_compiled"] = median_seconds(lambda: backbone.encode(cl_image, compiled), repeats)
+    best = min(out["s_per_image_default"], out["s_per_image_channels_last"], out["s_per_image_compiled"])
     out["s_per_image"] = best
     if backbone.name == "litemedsam":  # the 75 GFLOP count is LiteMedSAM's; other backbones get no roofline figure
         out["gflops"] = ENCODER_GFLOP / best

@@ -52,10 +52,11 @@ class Backbone(nn.Module):
         size = self.prompt_encoder.image_embedding_size
         return (self.prompt_encoder.embed_dim, size[0], size[1])
 
-    def encode(self, images: torch.Tensor) -> torch.Tensor:
-        """B x 3 x S x S images in [0, 1] -> B x 256 x s x s embeddings."""
+    def encode(self, images: torch.Tensor, encoder: nn.Module | None = None) -> torch.Tensor:
+        """B x 3 x S x S images in [0, 1] -> B x 256 x s x s embeddings (`encoder`: a compiled twin of
+        `image_encoder`, see model.cache)."""
         x = (images * self.pixel_scale - self.pixel_mean) / self.pixel_std
-        return self.image_encoder(x)
+        return (encoder or self.image_encoder)(x)
 
 
 def parse_backbone_spec(spec: str) -> tuple[str, str | None]:

@@ -163,3 +163,15 @@ def test_failed_write_leaves_no_temporary_file(tmp_path, backbone, monkeypatch):
         cache.store("ab" + "0" * 62, torch.zeros(backbone.embedding_shape), preprocess_image(np.zeros((4, 4)), 8)[1])
     _no_tmp_files(tmp_path)
     assert not _entries(tmp_path)
+
+
+def test_many_misses_go_through_the_compiled_encoder_with_the_same_result(tmp_path, image):
+    backbone = shared_backbone("micro_random")
+    images = [image, np.fliplr(image).copy()]
+    eager = EmbeddingCache(tmp_path / "eager", backbone, compile_from=None).get_many(images, progress=False)
+    compiled = EmbeddingCache(tmp_path / "compiled", backbone, compile_from=2)
+    results = compiled.get_many(images, progress=False)
+    assert cache_module._COMPILED[backbone] is not backbone.image_encoder and compiled.encoded == 2  # compiled
+    for (a, _), (b, _) in zip(eager, results):
+        torch.testing.assert_close(a, b, atol=2e-3, rtol=0)  # float16 storage either way
+    assert "_compiled" not in "".join(backbone.state_dict())  # nothing compiled leaks into the weights
