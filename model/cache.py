@@ -23,8 +23,8 @@ from model.backbones import Backbone
 from model.preprocess import PREPROCESS_VERSION, Geometry, preprocess_image, read_image
 
 DEFAULT_CACHE_DIR = Path(os.environ.get("ADASAM_CACHE", Path.home() / ".cache" / "adasam" / "embeddings"))
-COMPILE_FROM = 100  # misses in one call from which compiling the encoder pays off: torch.compile costs ~80 s once
-# per process on 2 cores and makes LiteMedSAM's encoder ~1.5x faster (benchmarks/speed.py); None: never compile
+COMPILE_FROM = 100  # misses in one call from which compiling the encoder pays off on the CPU: torch.compile costs
+# ~80 s once per process on 2 cores and makes LiteMedSAM's encoder ~1.5x faster (benchmarks/speed.py); None: never
 
 
 def content_hash(image: np.ndarray) -> str:
@@ -92,7 +92,8 @@ class EmbeddingCache:
                 waiting[key] = [index]
             else:
                 results[index] = (hit[0].float(), hit[1])
-        compiled = self.compile_from is not None and len(misses) >= self.compile_from
+        compiled = (self.compile_from is not None and len(misses) >= self.compile_from
+                    and self.backbone.pixel_mean.device.type == "cpu")  # a GPU encodes BUSI in 30 s: no need
         bar = tqdm(total=len(misses), desc=description, unit="img", disable=not progress or not misses)
         for start in range(0, len(misses), self.batch_size):
             chunk = misses[start:start + self.batch_size]
