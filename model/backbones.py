@@ -56,7 +56,7 @@ class Backbone(nn.Module):
         """B x 3 x S x S images in [0, 1] -> B x 256 x s x s embeddings (`encoder`: a compiled twin of
         `image_encoder`, see model.cache)."""
         x = (images * self.pixel_scale - self.pixel_mean) / self.pixel_std
-        return (encoder or self.image_encoder)(x)
+        return (self.image_encoder if encoder is None else encoder)(x)
 
 
 def parse_backbone_spec(spec: str) -> tuple[str, str | None]:
