@@ -165,8 +165,8 @@ def test_failed_write_leaves_no_temporary_file(tmp_path, backbone, monkeypatch):
     assert not _entries(tmp_path)
 
 
-def test_many_misses_go_through_the_compiled_encoder_with_the_same_result(tmp_path, image):
-    backbone = shared_backbone("micro_random")
+def test_many_misses_go_through_the_compiled_encoder_with_the_same_result(tmp_path, image, backbone):
+    """tiny_random has LiteMedSAM's TinyViT encoder, so this is the module the cache really compiles."""
     images = [image, np.fliplr(image).copy()]
     eager = EmbeddingCache(tmp_path / "eager", backbone, compile_from=None).get_many(images, progress=False)
     compiled = EmbeddingCache(tmp_path / "compiled", backbone, compile_from=2)
