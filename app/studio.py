@@ -375,7 +375,9 @@ class Studio:
                                f"checked by reading them back: {Path(archive).name}")
 
     def close(self) -> None:
-        self._ahead.shutdown(wait=False, cancel_futures=True)
+        """Cancel queued prefetches and wait for a running one (at most one proposal, ~0.1 s): it reads the store,
+        whose connections the caller may close next, and closing a SQLite connection in use crashes the process."""
+        self._ahead.shutdown(wait=True, cancel_futures=True)
 
 
 def _registered(view: View) -> str | None:
