@@ -92,7 +92,7 @@ def backbone_view(base: Backbone) -> Backbone:
     view = Backbone(base.name, base.identity, base.image_encoder, base.prompt_encoder,
                     copy.deepcopy(base.mask_decoder), base.image_size, base.pixel_scale,
                     tuple(base.pixel_mean.flatten().tolist()), tuple(base.pixel_std.flatten().tolist()))
-    return view.to(base.pixel_mean.device)  # its pixel buffers are new: put them beside the shared weights
+    return view.to(base.device)  # its pixel buffers are new: put them beside the shared weights
 
 
 class ModelSlot:

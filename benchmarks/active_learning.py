@@ -162,7 +162,7 @@ def simulate(args, folder: DataFolder, source: Path, strategy: str, seed: int, o
     bt.embed_new()
     test_items = load_items([s for s in folder.split("test") if s.mask_path], bt.cache)
     curve: list[dict] = []
-    partial = path.with_name(path.stem + ".partial.json")  # the curve so far, for a run cut short
+    partial = partial_path(path)  # the curve so far, for a run cut short
 
     def add_point() -> None:
         curve.append({"labels": bt.labels(), "fraction": bt.labels() / n_pool, **score_latest(bt, test_items)})
@@ -200,14 +200,23 @@ def simulate(args, folder: DataFolder, source: Path, strategy: str, seed: int, o
     return result
 
 
+def partial_path(path: Path) -> Path:
+    return path.with_name(path.stem + ".partial.json")
+
+
+def curves_of(results: dict, strategy: str) -> list[dict]:
+    """Where a strategy's curves go in the results ("full" is the full-label reference)."""
+    return results["reference"] if strategy == "full" else results["strategies"][strategy]
+
+
 def report_only(results: dict, out: Path) -> None:
     """Tables and plot from the curves already on disk; a curve cut short (`.partial.json`) counts as far as it
     got and is listed under `partial`."""
     for strategy in ["full", *results["strategies"]]:
-        runs = results["reference"] if strategy == "full" else results["strategies"][strategy]
+        runs = curves_of(results, strategy)
         for seed in results["config"]["seeds"]:
             done = out / "runs" / f"{strategy}_seed{seed}.json"
-            cut = done.with_name(done.stem + ".partial.json")
+            cut = partial_path(done)
             if done.exists():
                 runs.append(json.loads(done.read_text()))
             elif cut.exists():
@@ -379,7 +388,7 @@ def main() -> int:
                 results["failures"].append({"run": f"{strategy} seed {seed}", "error": repr(exc)})
                 print(f"FAILED {strategy} seed {seed}: {exc!r}", flush=True)
                 continue
-            runs = results["reference"] if strategy == "full" else results["strategies"][strategy]
+            runs = curves_of(results, strategy)
             runs.append(curve)
             runs.sort(key=lambda r: r["seed"])
             write_outputs(results, out)

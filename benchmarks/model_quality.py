@@ -82,7 +82,8 @@ def main() -> int:
             result = evaluate(args.data, str(run_dir), run_dir, cache)
             result["train_seconds"] = summary["train_seconds"]
             if method == "adasam" and seed == args.seeds[0]:
-                result["oracle_dice_lesion"] = evaluate(args.data, str(run_dir), run_dir, cache, "oracle")["dice_lesion"]
+                oracle = evaluate(args.data, str(run_dir), run_dir, cache, "oracle")
+                result["oracle_dice_lesion"] = oracle["dice_lesion"]
             results["runs"].setdefault(label, []).append(result)
             results["table"] = table(results["runs"])
             (out / "results.json").write_text(json.dumps(results, indent=2, default=float))

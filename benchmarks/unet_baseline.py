@@ -100,14 +100,15 @@ def train_unet(data: str, fraction: float, seed: int, out: Path, config: UNetCon
     test = load_split([s for s in folder.split("test") if s.mask_path], config.size)
     from monai.losses import DiceCELoss
 
-    net = build_unet(config).to(default_device())
+    device = default_device()
+    net = build_unet(config).to(device)
     loss_fn = DiceCELoss(sigmoid=True)
     optimizer = torch.optim.Adam(net.parameters(), lr=config.lr)
     best = {"score": -math.inf, "step": 0, "state": None}
     for step in range(1, config.steps + 1):
         net.train()
         index = torch.as_tensor(rng.choice(len(train.ids), size=min(config.batch, len(train.ids)), replace=False))
-        x, y = train.images[index].to(default_device()), train.targets[index].to(default_device())
+        x, y = train.images[index].to(device), train.targets[index].to(device)
         flip = torch.as_tensor(rng.random(len(index)) < 0.5, device=x.device)
         x = torch.where(flip[:, None, None, None], x.flip(-1), x)
         y = torch.where(flip[:, None, None, None], y.flip(-1), y)
@@ -120,7 +121,8 @@ def train_unet(data: str, fraction: float, seed: int, out: Path, config: UNetCon
             value = summary.get("dice_lesion", float(step)) if summary.get("n_lesion") else summary.get(
                 "dice_all", float(step))
             if value > best["score"]:
-                best = {"score": value, "step": step, "state": {k: v.detach().clone() for k, v in net.state_dict().items()}}
+                state = {k: v.detach().clone() for k, v in net.state_dict().items()}
+                best = {"score": value, "step": step, "state": state}
     net.load_state_dict(best["state"])
     result = score(net, test, with_hd95=True)
     result.update({"split": "test", "method": "unet", "masks": fraction, "seed": seed, "n_masked": len(train.ids),

@@ -37,6 +37,11 @@ class AdaSamConfig:
     encoder_lora: int = 0  # LoRA rank on the encoder's attention (0 = frozen encoder, cached embeddings)
     has_negatives: bool = True  # False: the data had no target-absent image; presence is then assumed
 
+    @property
+    def cam_prompted(self) -> bool:
+        """Whether the CAM box prompts the decoder (else the whole image does: supervised, mean teacher, ablation)."""
+        return self.method == "adasam" and self.prompt == "cam"
+
     @classmethod
     def from_dict(cls, values: dict) -> "AdaSamConfig":
         known = {f.name for f in fields(cls)}
@@ -70,7 +75,7 @@ class AdaSam(nn.Module):
 
     @property
     def device(self) -> torch.device:
-        return self.backbone.pixel_mean.device
+        return self.backbone.device
 
     def features(self, embeddings: torch.Tensor) -> torch.Tensor:
         """Cached embeddings (on any device) -> adapted features on the model's device."""
@@ -89,7 +94,7 @@ class AdaSam(nn.Module):
         """The automatic prompt for each image: its CAM box (adasam) or the whole image (supervised)."""
         boxes, fallbacks = [], []
         for cam, hw in zip(cams, valid_hw):
-            if self.config.method == "supervised" or self.config.prompt == "whole":
+            if not self.config.cam_prompted:
                 box, fallback = whole_box(hw), False
             else:
                 box, fallback = cam_to_box(cam.cpu().numpy(), self.config.cam_threshold, self.cam_scale, hw,
@@ -101,7 +106,7 @@ class AdaSam(nn.Module):
     def auto_points(self, cams: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
         """`cam_points` positive clicks per image at the CAM's peaks (the automatic prompt's optional extra)."""
         count = self.config.cam_points
-        if not count or self.config.method == "supervised" or self.config.prompt == "whole":
+        if not count or not self.config.cam_prompted:
             return None
         coords = np.zeros((len(cams), count, 2), np.float32)
         labels = np.full((len(cams), count), -1.0, np.float32)  # -1: padding, for images with fewer peaks
@@ -141,7 +146,7 @@ def whole_box(valid_hw: tuple[int, int]) -> np.ndarray:
 def build_adasam(config: AdaSamConfig, backbone: Backbone | None = None) -> AdaSam:
     """A fresh ADA-SAM around the named backbone (or one already built, to share it)."""
     backbone = backbone if backbone is not None else build_backbone(config.backbone)
-    return AdaSam(config, backbone).to(backbone.pixel_mean.device)
+    return AdaSam(config, backbone).to(backbone.device)
 
 
 def save_checkpoint(model: AdaSam, path: str | Path, extra: dict | None = None) -> None:

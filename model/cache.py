@@ -93,7 +93,7 @@ class EmbeddingCache:
             else:
                 results[index] = (hit[0].float(), hit[1])
         compiled = (self.compile_from is not None and len(misses) >= self.compile_from
-                    and self.backbone.pixel_mean.device.type == "cpu")  # a GPU encodes BUSI in 30 s: no need
+                    and self.backbone.device.type == "cpu")  # a GPU encodes BUSI in 30 s: no need
         bar = tqdm(total=len(misses), desc=description, unit="img", disable=not progress or not misses)
         for start in range(0, len(misses), self.batch_size):
             chunk = misses[start:start + self.batch_size]
@@ -114,7 +114,7 @@ def encode_batch(backbone: Backbone, images: torch.Tensor, compiled: bool = Fals
     """Encode preprocessed images; channels-last memory layout is ~30% faster for TinyViT's convolutions on CPU,
     and `compiled` runs the encoder through torch.compile (worth it for many images; see COMPILE_FROM)."""
     backbone.image_encoder.to(memory_format=torch.channels_last)
-    images = images.to(backbone.pixel_mean.device).contiguous(memory_format=torch.channels_last)
+    images = images.to(backbone.device).contiguous(memory_format=torch.channels_last)
     return backbone.encode(images, compiled_encoder(backbone) if compiled else None).contiguous().cpu()
 
 
@@ -127,7 +127,7 @@ def compiled_encoder(backbone: Backbone) -> torch.nn.Module:
         try:
             with torch.inference_mode():
                 cached(torch.zeros(1, 3, backbone.image_size, backbone.image_size,
-                                   device=backbone.pixel_mean.device).contiguous(memory_format=torch.channels_last))
+                                   device=backbone.device).contiguous(memory_format=torch.channels_last))
         except Exception as exc:  # inductor raises many types
             warnings.warn(f"torch.compile failed ({type(exc).__name__}); encoding without it")
             cached = backbone.image_encoder

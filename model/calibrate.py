@@ -14,17 +14,20 @@ from model.evaluate import Item, evaluate
 CAM_THRESHOLDS = (0.2, 0.3, 0.4, 0.5)
 
 
-def calibrate(model: AdaSam, val: list[Item], cam_thresholds: tuple[float, ...] = CAM_THRESHOLDS) -> dict:
+def calibrate(model: AdaSam, val: list[Item], measured: dict[float, float] | None = None) -> dict:
     """Set `model.config.cam_threshold` to the candidate with the best val lesion Dice; returns the choice and the
-    score of every candidate ({} when there is nothing to choose: no lesion in val, or no CAM prompt)."""
+    score of every candidate ({} when there is nothing to choose: no lesion in val, or no CAM prompt).
+
+    `measured`: threshold -> val lesion Dice (before gating) already known for this model, not evaluated again."""
     config = model.config
     val = [i for i in val if i.mask is not None and i.mask.any()]
-    if not val or not cam_thresholds or config.method != "adasam" or config.prompt != "cam":
+    if not val or not config.cam_prompted:
         return {}
-    scores = {}
-    for threshold in cam_thresholds:
-        config.cam_threshold = float(threshold)
-        scores[float(threshold)] = evaluate(model, val, with_hd95=False)[0]["dice_lesion_ungated"]
+    scores = {threshold: (measured or {}).get(threshold) for threshold in CAM_THRESHOLDS}
+    for threshold, score in scores.items():
+        if score is None:
+            config.cam_threshold = threshold
+            scores[threshold] = evaluate(model, val, with_hd95=False)[0]["dice_lesion_ungated"]
     best = max(scores, key=lambda t: (scores[t], -abs(t - CAM_THRESHOLDS[2])))  # ties: nearest the method's 0.4
     config.cam_threshold = best
     return {"cam_threshold": {"chosen": best, "val_dice_lesion": scores}}

@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from model.adasam import AdaSam, AdaSamConfig, build_adasam, load_checkpoint, save_checkpoint, whole_box
-from model.calibrate import CAM_THRESHOLDS, calibrate
+from model.calibrate import calibrate
 from model.evaluate import Item, evaluate
 from model.inference import valid_grid
 from model.losses import cam_loss, consistency_loss, segmentation_loss
@@ -142,14 +142,14 @@ class Trainer:
         seg_batch = batch[:cfg.batch_masked]
         features = model.features(torch.stack([i.embedding for i in batch]))
         hw = [i.geometry.resized for i in seg_batch]
-        if self.supervised or model.config.prompt == "whole":
+        if not model.config.cam_prompted:
             boxes = torch.as_tensor(np.stack([whole_box(h) for h in hw]))
         if not self.supervised:
             grid = features.shape[-1]
             cams, _ = model.cam(features, valid_grid([i.geometry for i in batch], grid), create_graph=True)
             cam_target = F.adaptive_avg_pool2d(self._target(batch, self.size), grid)[:, 0]
             losses["cam"] = cfg.cam_loss_weight * cam_loss(cams, cam_target)
-            if model.config.prompt == "cam" and not warmup:
+            if model.config.cam_prompted and not warmup:
                 cam_boxes, _ = model.auto_boxes(cams[:len(seg_batch)].detach(), hw)
                 use_cam = self.rng.random(len(seg_batch)) < cfg.cam_prompt_prob
                 boxes = torch.as_tensor(np.stack([cam_boxes[k].numpy() if use_cam[k] else self._jittered_box(item)
@@ -281,9 +281,12 @@ class Trainer:
             return
         payload = torch.load(path, map_location="cpu", weights_only=False)
         self.model.load_state_dict(payload["state"], strict=False)
-        report = calibrate(self.model.eval(), self.data.val, CAM_THRESHOLDS)
+        # the checkpoint's val summary was taken at the current threshold: no need to evaluate that one again
+        measured = {self.model.config.cam_threshold: payload.get("val", {}).get("dice_lesion_ungated")}
+        report = calibrate(self.model.eval(), self.data.val, measured)
         if report:
-            save_checkpoint(self.model, path, {k: v for k, v in payload.items() if k not in ("format", "config", "state")})
+            extra = {k: v for k, v in payload.items() if k not in ("format", "config", "state")}
+            save_checkpoint(self.model, path, extra)
             self.best["calibration"] = report
             self.log(json.dumps({"calibration": report}))
 

@@ -180,7 +180,7 @@ def test_bad_input_is_reported_and_skipped_never_half_imported(store, tmp_path):
     src = tmp_path / "src"
     cases = make_dataset(src, n=4, splits=["pool", "pool", "val", "test"])
     images = src / "images"
-    good = write_image(images / "good.png", grey8(seed=9))
+    write_image(images / "good.png", grey8(seed=9))
     (images / "empty.png").write_bytes(b"")
     (images / "text.png").write_text("this is not an image\n")
     full = (images / "case_000.png").read_bytes()
