@@ -2,10 +2,13 @@
 
 The file's content decides how it is read, and must agree with its extension: a '.png' that holds text or a JPEG
 is refused as wrongly named instead of being guessed at. Every failure is a DecodeError with a one-line reason.
+An image, frame or slice over `max_pixels` is refused from the file's header, before its pixels are decoded.
 """
 from __future__ import annotations
 
 import string
+import threading
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,6 +18,8 @@ from PIL import Image, ImageSequence, UnidentifiedImageError
 RASTER = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".tif": "TIFF", ".tiff": "TIFF", ".bmp": "BMP"}
 KINDS = {**RASTER, ".dcm": "DICOM", ".dicom": "DICOM", ".nii": "NIfTI", ".nii.gz": "NIfTI"}
 PIL_FORMATS = {"PNG": {"PNG"}, "JPEG": {"JPEG", "MPO"}, "TIFF": {"TIFF"}, "BMP": {"BMP", "DIB"}}
+# Per 2-D image, frame or slice: a 12000 x 12000 (144 MP) image took 36 s and 5 GB to serve.
+MAX_IMAGE_PIXELS = 50_000_000
 
 
 class DecodeError(Exception):
@@ -65,16 +70,23 @@ def kind_of(path: Path) -> str:
     return kind
 
 
-def decode(path: Path, axis: int = -1) -> Decoded:
-    """Decode any supported file; `axis` is the NIfTI axis to slice along."""
+def decode(path: Path, axis: int = -1, max_pixels: int | None = MAX_IMAGE_PIXELS) -> Decoded:
+    """Decode any supported file; `axis` is the NIfTI axis to slice along; `max_pixels` (None: none) per 2-D image."""
     if path.stat().st_size == 0:
         raise DecodeError("empty file")
     kind = kind_of(path)
     if kind == "DICOM":
-        return _decode_dicom(path)
+        return _decode_dicom(path, max_pixels)
     if kind == "NIfTI":
-        return _decode_nifti(path, axis)
-    return _decode_raster(path, kind)
+        return _decode_nifti(path, axis, max_pixels)
+    return _decode_raster(path, kind, max_pixels)
+
+
+def check_size(width: int, height: int, max_pixels: int | None, per: str = "") -> None:
+    """Refuse a 2-D image over the limit, from the sizes its header gives, so that its pixels are never decoded."""
+    if max_pixels is not None and width * height > max_pixels:
+        raise DecodeError(f"{width}x{height} pixels{per} ({width * height / 1e6:.1f} megapixels) is over the import "
+                          f"limit of {max_pixels / 1e6:g} megapixels; raise it with --max-megapixels")
 
 
 def binary_frames(decoded: Decoded) -> list[np.ndarray]:
@@ -111,15 +123,32 @@ def compact_integers(values: np.ndarray, source: np.dtype) -> np.ndarray:
 # -- raster images ---------------------------------------------------------------------------------------------
 
 
-def _decode_raster(path: Path, kind: str) -> Decoded:
-    try:
-        image = Image.open(path)
-    except UnidentifiedImageError:
-        raise DecodeError(f"not a {kind} image: {_describe(path)}") from None
-    with image:
-        if image.format not in PIL_FORMATS[kind]:
-            raise DecodeError(f"named {suffix(path)} but the content is {image.format}")
-        frames = [_page_pixels(path, page, index) for index, page in enumerate(ImageSequence.Iterator(image))]
+_PILLOW_LIMIT = threading.Lock()
+
+
+@contextmanager
+def _our_size_limit():
+    """Lift Pillow's own decompression-bomb check (a warning, then an error at twice its limit), which would answer
+    before ours without saying how to raise it; `check_size` stands in for it. Restored on leaving."""
+    with _PILLOW_LIMIT:
+        saved, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
+        try:
+            yield
+        finally:
+            Image.MAX_IMAGE_PIXELS = saved
+
+
+def _decode_raster(path: Path, kind: str, max_pixels: int | None) -> Decoded:
+    with _our_size_limit():
+        try:
+            image = Image.open(path)  # reads the header only
+        except UnidentifiedImageError:
+            raise DecodeError(f"not a {kind} image: {_describe(path)}") from None
+        with image:
+            if image.format not in PIL_FORMATS[kind]:
+                raise DecodeError(f"named {suffix(path)} but the content is {image.format}")
+            frames = [_page_pixels(path, page, index, max_pixels)
+                      for index, page in enumerate(ImageSequence.Iterator(image))]
     deep = [f for f in frames if f.dtype != np.uint8]
     window = percentile_window(np.stack(deep)) if deep and len({f.shape for f in deep}) == 1 else None
     if deep and window is None:
@@ -127,7 +156,8 @@ def _decode_raster(path: Path, kind: str) -> Decoded:
     return Decoded(frames=frames, modality=kind, position_kind="frame" if len(frames) > 1 else None, window=window)
 
 
-def _page_pixels(path: Path, page: Image.Image, index: int) -> np.ndarray:
+def _page_pixels(path: Path, page: Image.Image, index: int, max_pixels: int | None) -> np.ndarray:
+    check_size(*page.size, max_pixels, " per page" if index else "")
     page.load()  # decodes now, so a truncated file fails here
     if _is_16bit_colour(path, page):
         return _read_16bit_colour(path, page.format or "", index)
@@ -186,7 +216,7 @@ def _describe(path: Path) -> str:
 # -- DICOM -----------------------------------------------------------------------------------------------------
 
 
-def _decode_dicom(path: Path) -> Decoded:
+def _decode_dicom(path: Path, max_pixels: int | None) -> Decoded:
     import pydicom
     from pydicom.pixels import apply_modality_lut
 
@@ -196,13 +226,15 @@ def _decode_dicom(path: Path) -> Decoded:
         raise DecodeError(f"not a readable DICOM file ({first_line(exc)})") from None
     if "PixelData" not in ds:
         raise DecodeError("DICOM file has no pixel data")
+    frame_count = int(ds.get("NumberOfFrames", 1) or 1)
+    if ds.get("Rows") and ds.get("Columns"):  # checked before pixel_array decodes (without them, it fails below)
+        check_size(int(ds.Columns), int(ds.Rows), max_pixels, " per frame" if frame_count > 1 else "")
     try:
         raw = ds.pixel_array
     except Exception as exc:
         syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
         syntax_name = getattr(syntax, "name", "unknown transfer syntax")
         raise DecodeError(f"cannot decode DICOM pixel data ({syntax_name}): {first_line(exc)}") from None
-    frame_count = int(ds.get("NumberOfFrames", 1) or 1)
     colour = int(ds.get("SamplesPerPixel", 1)) > 1
     if frame_count == 1:
         raw = raw[None]
@@ -237,12 +269,15 @@ def _dicom_window(ds: object) -> tuple[float, float] | None:
 # -- NIfTI -----------------------------------------------------------------------------------------------------
 
 
-def _decode_nifti(path: Path, axis: int) -> Decoded:
+def _decode_nifti(path: Path, axis: int, max_pixels: int | None) -> Decoded:
     import nibabel as nib
 
     try:
-        image = nib.load(path)
+        image = nib.load(path)  # the header: the voxels are read after the size check
+        _check_slice_size(image.shape, axis, max_pixels)
         data = np.asanyarray(image.dataobj)
+    except DecodeError:
+        raise
     except Exception as exc:  # nibabel, gzip and zlib each raise their own errors for a broken file
         raise DecodeError(f"not a readable NIfTI file ({first_line(exc)})") from None
     if data.ndim == 2:
@@ -260,6 +295,13 @@ def _decode_nifti(path: Path, axis: int) -> Decoded:
     frames = [np.ascontiguousarray(np.take(values, k, axis=axis).T) for k in range(values.shape[axis])]
     volume = VolumeInfo(axis=axis, shape=tuple(int(n) for n in values.shape), affine=image.affine.tolist())
     return Decoded(frames=frames, modality="NIfTI", position_kind="slice", window=window, volume=volume)
+
+
+def _check_slice_size(shape: tuple[int, ...], axis: int, max_pixels: int | None) -> None:
+    """One slice's size from the header's shape, as `_decode_nifti` will slice it (other ranks are refused there)."""
+    if len(shape) in (2, 3) or (len(shape) == 4 and shape[3] == 1):
+        width, height = (int(n) for k, n in enumerate((*shape, 1)[:3]) if k != axis % 3)  # slices are transposed
+        check_size(width, height, max_pixels, " per slice")
 
 
 def first_line(exc: BaseException) -> str:

@@ -3,7 +3,8 @@
 Layout understood (the project's dataset layout): `<root>/images/<id>.<ext>`, `<root>/masks/<id>.<ext>` and
 `<root>/manifest.csv` (columns id, split, has_lesion; others ignored). Any other folder of images works too.
 Each file is decoded, its pixel files are stored completely, and only then are its rows added in one transaction,
-so an interrupted import leaves whole images or none and can simply be run again. Bad files are skipped and listed.
+so an interrupted import leaves whole images or none and can simply be run again. Bad files are skipped and listed,
+and so are images over the size limit (checked from the header, before decoding) and hidden files named like images.
 """
 from __future__ import annotations
 
@@ -17,11 +18,12 @@ from typing import Iterable
 import numpy as np
 from tqdm import tqdm
 
-from annotation.decode import DecodeError, Decoded, binary_frames, decode, first_line, stem
+from annotation.decode import KINDS, MAX_IMAGE_PIXELS, DecodeError, Decoded, binary_frames, decode, first_line, stem
 from annotation.records import SPLITS, ImageRecord
 from annotation.store import Store
 
 MANIFEST = "manifest.csv"
+HIDDEN = "hidden file (name starts with '.'): not imported; rename it to import it"
 
 
 @dataclass
@@ -38,8 +40,11 @@ class ImportSummary:
 
 
 def import_sources(store: Store, sources: Iterable[str | os.PathLike[str]], *, with_masks: bool = True,
-                   axis: int = -1, progress: bool = True, annotator: str = "import") -> ImportSummary:
-    """Import every image under `sources` (folders or files); never raises for bad input, reports it instead."""
+                   axis: int = -1, progress: bool = True, annotator: str = "import",
+                   max_pixels: int | None = MAX_IMAGE_PIXELS) -> ImportSummary:
+    """Import every image under `sources` (folders or files); never raises for bad input, reports it instead.
+
+    An image, frame or slice (or its mask) over `max_pixels` (None: no limit) is skipped without being decoded."""
     summary = ImportSummary()
     store.collect_garbage()  # pixel files orphaned by an earlier interrupted run
     files: list[Path] = []
@@ -49,14 +54,14 @@ def import_sources(store: Store, sources: Iterable[str | os.PathLike[str]], *, w
     layout = _Layout()
     for path in tqdm(files, desc="import", unit="file", disable=not progress):
         try:
-            _import_file(store, path, layout, with_masks, axis, annotator, summary)
+            _import_file(store, path, layout, with_masks, axis, max_pixels, annotator, summary)
         except Exception as exc:  # one bad file must never stop the import
             summary.skip(path, str(exc) if isinstance(exc, DecodeError) else f"{type(exc).__name__}: {first_line(exc)}")
     for mask in layout.escaped:
         summary.skip(mask, f"path escapes the masks folder (links to {mask.resolve()})")
     if with_masks:
         for mask in layout.unused_masks(walked):
-            summary.skip(mask, "mask has no image with the same name")
+            summary.skip(mask, HIDDEN if mask.name.startswith(".") else "mask has no image with the same name")
     return summary
 
 
@@ -81,6 +86,8 @@ def _collect(source: Path, summary: ImportSummary, walked: set[Path]) -> list[Pa
         for name in sorted(filenames):
             path = here / name
             if name.startswith(".") or name == MANIFEST:
+                if _hidden_image(name):
+                    summary.skip(path, HIDDEN)
                 continue
             if not _inside(path, root):
                 summary.skip(path, f"path escapes the source folder (links to {path.resolve()})")
@@ -93,15 +100,21 @@ def _inside(path: Path, root: Path) -> bool:
     return path.resolve().is_relative_to(root)
 
 
-def _import_file(store: Store, path: Path, layout: "_Layout", with_masks: bool, axis: int, annotator: str,
-                 summary: ImportSummary) -> None:
+def _hidden_image(name: str) -> bool:
+    """A dot-file named like an image ('..png', '.scan.dcm') is listed as skipped: silence would hide a lost image.
+    Other dot-files (.DS_Store) and dot-folders (.git) are ignored without a word."""
+    return name.startswith(".") and name.lower().endswith(tuple(KINDS))
+
+
+def _import_file(store: Store, path: Path, layout: "_Layout", with_masks: bool, axis: int, max_pixels: int | None,
+                 annotator: str, summary: ImportSummary) -> None:
     mask_path = layout.mask_for(path) if with_masks else None  # first: a skipped image's mask is not an orphan
     split, has_lesion = layout.manifest_values(path)
-    decoded = decode(path, axis)
+    decoded = decode(path, axis, max_pixels)
     masks = None
     if mask_path is not None:
         try:
-            masks = _matching_masks(mask_path, decoded, axis)
+            masks = _matching_masks(mask_path, decoded, axis, max_pixels)
         except Exception as exc:
             summary.skip(mask_path, f"{first_line(exc)}; image imported without its mask")
 
@@ -160,9 +173,9 @@ def _source_key(path: str, decoded: Decoded, index: int) -> str:
     return path
 
 
-def _matching_masks(mask_path: Path, decoded: Decoded, axis: int) -> list[np.ndarray]:
+def _matching_masks(mask_path: Path, decoded: Decoded, axis: int, max_pixels: int | None) -> list[np.ndarray]:
     """The mask file's frames, checked against the image's: same count, same size."""
-    masks = binary_frames(decode(mask_path, axis))
+    masks = binary_frames(decode(mask_path, axis, max_pixels))
     if len(masks) != len(decoded.frames):
         raise DecodeError(f"mask has {len(masks)} frames/slices but its image has {len(decoded.frames)}")
     for mask, image in zip(masks, decoded.frames):
@@ -219,7 +232,8 @@ class _Layout:
             if mask_dir.is_dir():
                 real = mask_dir.resolve()
                 for path in sorted(mask_dir.iterdir()):
-                    if path.name.startswith(".") or not (path.is_file() or path.is_symlink()):
+                    ignored = path.name.startswith(".") and not _hidden_image(path.name)  # hidden images get listed
+                    if ignored or not (path.is_file() or path.is_symlink()):
                         continue
                     if _inside(path, real):
                         index.setdefault(stem(path), path)

@@ -14,12 +14,16 @@ def register(sub) -> None:
     p = sub.add_parser("import", help="import images (PNG, JPEG, TIFF, BMP, DICOM, NIfTI), masks and a manifest",
                        description="Import folders or files into WORKSPACE (created if missing). Masks are matched by "
                                    "stem in a masks/ folder beside images/; manifest.csv sets split and has_lesion. "
-                                   "Bad files are listed and skipped; running it again adds nothing twice. "
+                                   "Bad files, and images over --max-megapixels, are listed and skipped; running it "
+                                   "again adds nothing twice. "
                                    "Exit status 1 when files were found but none could be imported.")
     p.add_argument("workspace", help="workspace folder (e.g. data/workspace)")
     p.add_argument("sources", nargs="+", metavar="SOURCE", help="folders or files to import")
     p.add_argument("--no-masks", action="store_true", help="ignore masks/ folders (import images only)")
     p.add_argument("--axis", type=int, default=-1, help="NIfTI axis to slice along (default: last)")
+    p.add_argument("--max-megapixels", type=_positive, metavar="N",
+                   help="refuse images (and each frame or slice) larger than N megapixels, read from the file header "
+                        "before decoding (default: 50)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_handle(_import))
 
@@ -61,13 +65,22 @@ def _handle(command: Callable[[argparse.Namespace], int]) -> Callable[[argparse.
     return run
 
 
+def _positive(text: str) -> float:
+    value = float(text)
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a number above 0, not {text}")
+    return value
+
+
 def _import(args: argparse.Namespace) -> int:
+    from annotation.decode import MAX_IMAGE_PIXELS
     from annotation.importers import import_sources
     from annotation.store import Store
 
+    max_pixels = MAX_IMAGE_PIXELS if args.max_megapixels is None else int(args.max_megapixels * 1_000_000)
     with Store(args.workspace) as store:
         summary = import_sources(store, args.sources, with_masks=not args.no_masks, axis=args.axis,
-                                 progress=not args.quiet)
+                                 progress=not args.quiet, max_pixels=max_pixels)
     for path, reason in summary.skipped:
         print(f"skipped {path}: {reason}")
     print(f"imported {summary.added} new images ({summary.duplicates} already there), "

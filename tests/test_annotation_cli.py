@@ -5,10 +5,11 @@ import argparse
 import sqlite3
 
 import pytest
+from PIL import Image
 
 from app import workspace_commands
 from app.cli import CommandError
-from annotation_fixtures import make_dataset
+from annotation_fixtures import grey8, make_dataset, write_image
 
 
 def run(*argv) -> int:
@@ -53,3 +54,17 @@ def test_import_of_nothing_but_bad_files_exits_1(tmp_path):
     (tmp_path / "src").mkdir()
     (tmp_path / "src" / "a.png").write_bytes(b"")
     assert run("import", tmp_path / "ws", tmp_path / "src", "--quiet") == 1
+
+
+def test_import_max_megapixels_sets_the_size_limit(tmp_path, capsys):
+    write_image(tmp_path / "src" / "small.png", grey8())
+    Image.new("L", (1000, 1000)).save(tmp_path / "src" / "big.png")
+    assert run("import", tmp_path / "ws", tmp_path / "src", "--quiet", "--max-megapixels", "0.5") == 0
+    out = capsys.readouterr().out
+    assert "big.png: 1000x1000 pixels (1.0 megapixels) is over the import limit of 0.5 megapixels; " \
+           "raise it with --max-megapixels" in out
+    assert "imported 1 new images (0 already there), 0 masks; 1 skipped" in out
+    assert run("import", tmp_path / "ws", tmp_path / "src", "--quiet", "--max-megapixels", "1") == 0
+    assert "imported 1 new images (1 already there), 0 masks; 0 skipped" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        run("import", tmp_path / "ws", tmp_path / "src", "--max-megapixels", "0")

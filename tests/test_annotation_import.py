@@ -3,9 +3,11 @@ from __future__ import annotations
 
 import gzip
 import os
+import warnings
 
 import numpy as np
 import pytest
+from PIL import Image, ImageFile
 
 from annotation import Store, import_sources
 from annotation_fixtures import (
@@ -252,3 +254,76 @@ def test_importing_single_files_does_not_report_the_other_masks(store, tmp_path)
     make_dataset(tmp_path / "set", n=3)
     summary = import_sources(store, [tmp_path / "set" / "images" / "case_001.png"], progress=False)
     assert (summary.added, summary.masks_added, summary.skipped) == (1, 1, [])
+
+
+def test_an_image_over_the_size_limit_is_refused_from_its_header(store, tmp_path, monkeypatch):
+    write_image(tmp_path / "src" / "normal.png", grey8())
+    Image.new("1", (9000, 9000)).save(tmp_path / "src" / "huge.png")
+    assert (tmp_path / "src" / "huge.png").stat().st_size < 100_000  # 81 megapixels in a few KB
+    decoded_sizes = []
+    real_load = ImageFile.ImageFile.load
+    monkeypatch.setattr(ImageFile.ImageFile, "load", lambda self: decoded_sizes.append(self.size) or real_load(self))
+    summary = import_sources(store, [tmp_path / "src"], progress=False)
+    assert summary.added == 1 and only_image(store).name == "normal"
+    [(path, reason)] = summary.skipped
+    assert path.endswith("huge.png")
+    assert reason == ("9000x9000 pixels (81.0 megapixels) is over the import limit of 50 megapixels; "
+                      "raise it with --max-megapixels")
+    assert (16, 12) in decoded_sizes and (9000, 9000) not in decoded_sizes  # the huge one was never decoded
+
+
+def test_the_size_limit_is_configurable_and_pillows_own_check_does_not_preempt_it(store, tmp_path, monkeypatch):
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # Pillow would warn above 100 pixels and refuse above 200
+    make_dataset(tmp_path / "set", n=1, size=(20, 16))
+    write_image(tmp_path / "set" / "masks" / "case_000.png", np.zeros((40, 40), dtype=np.uint8))  # 1600 pixels
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        low = import_sources(store, [tmp_path / "set"], max_pixels=319, progress=False)
+        assert low.added == 0 and "16x20 pixels (0.0 megapixels) is over the import limit" in low.skipped[0][1]
+        mask_too_big = import_sources(store, [tmp_path / "set"], max_pixels=1000, progress=False)
+        default = import_sources(store, [tmp_path / "set"], progress=False)
+    assert (mask_too_big.added, mask_too_big.masks_added) == (1, 0)
+    [(path, reason)] = mask_too_big.skipped
+    assert path.endswith(os.path.join("masks", "case_000.png"))
+    assert reason.startswith("40x40 pixels") and reason.endswith("image imported without its mask")
+    assert default.duplicates == 1 and default.skipped[0][1].startswith("mask size 40x40 differs from image size 16x20")
+    assert Image.MAX_IMAGE_PIXELS == 100  # Pillow's limit is put back
+
+
+def test_the_size_limit_applies_per_slice_and_frame_and_is_read_from_the_header(store, tmp_path):
+    write_nifti(tmp_path / "vol.nii.gz", np.arange(6 * 5 * 4, dtype=np.int16).reshape(6, 5, 4))
+    assert import_sources(store, [tmp_path / "vol.nii.gz"], max_pixels=30, progress=False).added == 4  # 6x5 slices
+    refused = import_sources(store, [tmp_path / "vol.nii.gz"], max_pixels=29, progress=False)
+    assert "6x5 pixels per slice (0.0 megapixels)" in refused.skipped[0][1]
+    assert import_sources(store, [tmp_path / "vol.nii.gz"], axis=0, max_pixels=29, progress=False).added == 6  # 5x4
+
+    write_dicom(tmp_path / "cine.dcm", np.zeros((3, 6, 7), dtype=np.uint16))
+    refused = import_sources(store, [tmp_path / "cine.dcm"], max_pixels=41, progress=False)
+    assert "7x6 pixels per frame" in refused.skipped[0][1]
+    assert import_sources(store, [tmp_path / "cine.dcm"], max_pixels=42, progress=False).skipped == []
+
+    import pydicom
+
+    ds = pydicom.dcmread(write_dicom(tmp_path / "claims_huge.dcm", grey16()))
+    ds.Rows = ds.Columns = 10000  # the header alone decides: its 12x16 pixels are never decoded
+    ds.save_as(tmp_path / "claims_huge.dcm")
+    refused = import_sources(store, [tmp_path / "claims_huge.dcm"], progress=False)
+    assert refused.skipped[0][1].startswith("10000x10000 pixels (100.0 megapixels) is over the import limit")
+
+
+def test_hidden_files_named_like_images_are_listed_never_silently_dropped(store, tmp_path):
+    src = tmp_path / "set"
+    make_dataset(src, n=2)
+    write_image(src / "images" / "..png", grey8(seed=6), format="PNG")  # Pillow sees no extension in "..png"
+    write_image(src / "images" / ".hidden.png", grey8(seed=7))
+    (src / ".scan.nii.gz").write_bytes(b"x")
+    write_image(src / "masks" / ".case_000.png", np.zeros((20, 16), dtype=np.uint8))
+    (src / ".DS_Store").write_bytes(b"\0\0\0\1Bud1")
+    (src / "masks" / ".DS_Store").write_bytes(b"\0\0\0\1Bud1")
+    write_image(src / ".git" / "logo.png", grey8(seed=8))  # hidden folders stay silently skipped
+    summary = import_sources(store, [src], progress=False)
+    assert (summary.added, summary.masks_added) == (2, 2)
+    listed = {os.path.relpath(path, src): reason for path, reason in summary.skipped}
+    assert listed == {name: "hidden file (name starts with '.'): not imported; rename it to import it"
+                      for name in ("images/..png", "images/.hidden.png", ".scan.nii.gz", "masks/.case_000.png")}
+    assert import_sources(store, [src / "images" / ".hidden.png"], progress=False).added == 1  # named: imported
