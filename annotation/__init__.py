@@ -6,7 +6,7 @@ from pathlib import Path
 
 from annotation.export import ExportSummary, export_workspace
 from annotation.importers import ImportSummary, import_sources
-from annotation.queue import next_task, release_lease, renew_lease, skip
+from annotation.queue import next_task, release_all_leases, release_lease, renew_lease, skip
 from annotation.records import (
     ImageInfo,
     ImageRecord,
@@ -17,12 +17,12 @@ from annotation.records import (
     Task,
     WorkspaceCounts,
 )
-from annotation.store import Store, WorkspaceError
+from annotation.store import SaveRefused, Store, WorkspaceError
 
 DEFAULT_WORKSPACE = Path(__file__).resolve().parents[1] / "data" / "workspace"
 
 __all__ = [
     "DEFAULT_WORKSPACE", "ExportSummary", "ImageInfo", "ImageRecord", "ImportSummary", "MaskInfo", "ModelInfo",
-    "Prediction", "RoundInfo", "Store", "Task", "WorkspaceCounts", "WorkspaceError", "export_workspace",
-    "import_sources", "next_task", "release_lease", "renew_lease", "skip",
+    "Prediction", "RoundInfo", "SaveRefused", "Store", "Task", "WorkspaceCounts", "WorkspaceError", "export_workspace",
+    "import_sources", "next_task", "release_all_leases", "release_lease", "renew_lease", "skip",
 ]

@@ -87,6 +87,15 @@ def release_lease(store: Store, annotator: str, image_id: int) -> None:
         conn.execute("DELETE FROM leases WHERE image_id = ? AND annotator = ?", (image_id, annotator))
 
 
+def release_all_leases(store: Store, who: str = "server") -> int:
+    """Free every lease (the server starts: whoever held images before a crash is gone); returns how many."""
+    with store.transaction() as conn:
+        released = conn.execute("DELETE FROM leases").rowcount
+        if released:
+            store._log(conn, who, "release_all_leases", {"released": released})
+    return released
+
+
 def skip(store: Store, annotator: str, image_id: int) -> None:
     """Release the image and send it to the back of this annotator's queue (others still get it in order)."""
     with store.transaction() as conn:

@@ -58,6 +58,7 @@ class MaskInfo:
     file: str | None
     created_at: str
     undone_at: str | None
+    conflict_with: int | None = None  # the version saved meanwhile by someone else, which this save did not see
 
 
 @dataclass(frozen=True)

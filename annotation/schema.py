@@ -155,7 +155,12 @@ def _statements(script: str) -> list[str]:
     return [s for s in statements if s]
 
 
-MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_v1_initial]
+def _v2_conflicts(conn: sqlite3.Connection) -> None:
+    """A save made over a version its annotator never saw records that version: both kept, the conflict visible."""
+    conn.execute("ALTER TABLE masks ADD COLUMN conflict_with INTEGER")
+
+
+MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_v1_initial, _v2_conflicts]
 LATEST_VERSION = len(MIGRATIONS)
 
 

@@ -44,6 +44,10 @@ class WorkspaceError(Exception):
     """A problem the user can fix (missing workspace, bad argument, nothing to export): shown as one line."""
 
 
+class SaveRefused(WorkspaceError):
+    """A save that would overwrite someone else's work unseen (they hold the image, or saved it meanwhile)."""
+
+
 def utc_now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
 
@@ -280,8 +284,12 @@ class Store:
     # -- masks -------------------------------------------------------------------------------------------------
 
     def save_mask(self, image_id: int, mask: np.ndarray, annotator: str, origin: str = "human",
-                  model_version: str | None = None) -> MaskInfo:
-        """Save a new mask version (parent = the current one), label the image and release its lease."""
+                  model_version: str | None = None, shown_version: int | None = None) -> MaskInfo:
+        """Save a new mask version (parent = the current one), label the image and release its lease.
+
+        `shown_version` (the image's live mask version when the annotator was shown it, 0 for none) makes the save
+        answer to what they saw: see `_claim`. None (imports, scripts) skips that check.
+        """
         if origin not in ORIGINS or origin == "no_finding":
             raise WorkspaceError(f"origin must be human, accepted_prediction or imported, not {origin!r}")
         info = self.image(image_id)
@@ -291,13 +299,25 @@ class Store:
                                  f"{info.width}x{info.height}")
         relpath = self.files.put_mask(mask > 0)
         with self.transaction() as conn:
-            return self._add_mask(conn, image_id, relpath, origin, annotator, model_version)
+            return self._add_mask(conn, image_id, relpath, origin, annotator, model_version, shown_version)
 
-    def mark_no_finding(self, image_id: int, annotator: str) -> MaskInfo:
+    def mark_no_finding(self, image_id: int, annotator: str, shown_version: int | None = None) -> MaskInfo:
         """Record that the image was looked at and shows nothing to segment (exported as an empty mask)."""
         self.image(image_id)
         with self.transaction() as conn:
-            return self._add_mask(conn, image_id, None, "no_finding", annotator, None)
+            return self._add_mask(conn, image_id, None, "no_finding", annotator, None, shown_version)
+
+    def live_version(self, image_id: int) -> int:
+        """The version number of the image's latest live mask, 0 when it has none: what an annotator is shown."""
+        row = self.conn.execute(
+            "SELECT MAX(version) FROM masks WHERE image_id = ? AND undone_at IS NULL", (image_id,)).fetchone()
+        return row[0] or 0
+
+    def conflicts(self) -> list[MaskInfo]:
+        """Live masks saved over a version their annotator never saw, newest first (shown on the dashboard)."""
+        rows = self.conn.execute(
+            "SELECT * FROM masks WHERE conflict_with IS NOT NULL AND undone_at IS NULL ORDER BY id DESC")
+        return [from_row(MaskInfo, row) for row in rows]
 
     def accept_prediction(self, image_id: int, annotator: str, model_version: str | None = None) -> MaskInfo:
         """Take a model's predicted mask as is (origin accepted_prediction; the model version is kept)."""
@@ -371,21 +391,46 @@ class Store:
         return [(_image_info(row), MaskInfo(**{c: row[f"mask_{c}"] for c in _MASK_COLUMNS})) for row in rows]
 
     def _add_mask(self, conn: sqlite3.Connection, image_id: int, relpath: str | None, origin: str, annotator: str,
-                  model_version: str | None) -> MaskInfo:
+                  model_version: str | None, shown_version: int | None = None) -> MaskInfo:
         last = conn.execute("SELECT COALESCE(MAX(version), 0) FROM masks WHERE image_id = ?", (image_id,)).fetchone()[0]
         parent = conn.execute(
             "SELECT MAX(version) FROM masks WHERE image_id = ? AND undone_at IS NULL", (image_id,)
         ).fetchone()[0]
+        conflict = None if shown_version is None else self._claim(conn, image_id, annotator, origin, shown_version)
         row = conn.execute(
-            "INSERT INTO masks (image_id, version, parent_version, origin, annotator, model_version, file, created_at)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?) RETURNING *",
-            (image_id, last + 1, parent, origin, annotator, model_version, relpath, utc_now()),
+            "INSERT INTO masks (image_id, version, parent_version, origin, annotator, model_version, file, created_at,"
+            " conflict_with) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING *",
+            (image_id, last + 1, parent, origin, annotator, model_version, relpath, utc_now(), conflict),
         ).fetchone()
         self._refresh_state(conn, image_id)
         conn.execute("DELETE FROM leases WHERE image_id = ?", (image_id,))
         details = {"version": last + 1, "origin": origin, "model": model_version}
+        if conflict is not None:
+            details["conflict_with"] = conflict
         self._log(conn, annotator, "save_mask", details, image_id)
         return from_row(MaskInfo, row)
+
+    @staticmethod
+    def _claim(conn: sqlite3.Connection, image_id: int, annotator: str, origin: str, shown_version: int) -> int | None:
+        """May `annotator`, shown version `shown_version` of the image, save it now? Returns the version this save
+        conflicts with (None: none), or raises SaveRefused and nothing changes.
+
+        Only the lease holder, or anyone while the image is free, may save. If someone saved the image after it was
+        shown, an unchanged proposal is refused (it would replace work unseen); a human decision (a drawn mask, no
+        finding) is kept as a new version that names the one it did not see, so both stay and the conflict shows.
+        """
+        lease = conn.execute("SELECT annotator, expires_at FROM leases WHERE image_id = ?", (image_id,)).fetchone()
+        if lease is not None and lease["annotator"] != annotator and lease["expires_at"] > time.time():
+            raise SaveRefused(f"image {image_id} is being labeled by {lease['annotator']} now: nothing was saved")
+        current = conn.execute(
+            "SELECT version, annotator FROM masks WHERE image_id = ? AND undone_at IS NULL"
+            " ORDER BY version DESC LIMIT 1", (image_id,)).fetchone()
+        if current is None or current["version"] == shown_version:
+            return None
+        if origin == "accepted_prediction":
+            raise SaveRefused(f"image {image_id} was saved by {current['annotator']} (version {current['version']})"
+                              f" after it was shown to you: your unchanged proposal was not saved")
+        return int(current["version"])
 
     @staticmethod
     def _refresh_state(conn: sqlite3.Connection, image_id: int) -> str:
@@ -633,4 +678,4 @@ def _rescale(pixels: np.ndarray, low: float, high: float) -> np.ndarray:
     return (np.clip((pixels.astype(np.float32) - low) / span, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
 
 
-__all__ = ["DEFAULT_LEASE_SECONDS", "Store", "WorkspaceError", "utc_now"]
+__all__ = ["DEFAULT_LEASE_SECONDS", "SaveRefused", "Store", "WorkspaceError", "utc_now"]

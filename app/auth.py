@@ -1,19 +1,34 @@
 """Logins for `adasam serve --auth FILE`: one `name:pbkdf2_sha256$iterations$salt$hash` line per user.
 
 Only hashes are stored, so the file can be shared with whoever runs the server; `adasam passwd FILE NAME` adds or
-replaces a user. Standard library only (PBKDF2-HMAC-SHA256).
+replaces a user. Standard library only (PBKDF2-HMAC-SHA256). A login is checked in a worker thread (PBKDF2 takes
+a good part of a second, and Gradio would otherwise run it on the event loop every user's request waits on), and
+repeated failures for one name make that name wait (see `Throttle`; app/guard.py does the same per client address).
 """
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
+import math
 import os
+import re
 import secrets
+import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from app.errors import CommandError
 
 ITERATIONS = 200_000
+NAME_FAILURES = 5  # failed logins for one name within NAME_WINDOW_S before that name must wait
+NAME_WINDOW_S = 15 * 60.0
+NAME_COOLDOWN_S = 30.0  # the first wait; it doubles with each further failure ...
+NAME_MAX_COOLDOWN_S = 300.0  # ... up to this
+CHECKS_AT_ONCE = 2  # password checks running together (each keeps a core busy)
+MAX_NAME_CHARS = 64
+NAME_PATTERN = re.compile(r"[\w.@-]+( [\w.@-]+)*")  # letters, digits, _ . @ - and single inner spaces
+_NO_USER = f"pbkdf2_sha256${ITERATIONS}$-$-"  # checked for unknown names, so they take as long as known ones
 
 
 def hash_password(password: str, salt: str | None = None, iterations: int = ITERATIONS) -> str:
@@ -52,10 +67,16 @@ def read_users(path: str | os.PathLike[str]) -> dict[str, str]:
     return users
 
 
+def check_name(name: str) -> None:
+    """Refuse a name the users file cannot hold as one `name:hash` line (a newline or ':' would corrupt it)."""
+    if len(name) > MAX_NAME_CHARS or not NAME_PATTERN.fullmatch(name):
+        raise CommandError(f"user name {name!r} is not allowed: use 1-{MAX_NAME_CHARS} letters, digits, '.', '_', "
+                           f"'@', '-' and single spaces between words")
+
+
 def write_user(path: str | os.PathLike[str], name: str, password: str) -> None:
     """Add or replace one user's line, keeping the others."""
-    if not name or ":" in name or name != name.strip():
-        raise CommandError(f"user name {name!r} must be non-empty, without ':' or surrounding spaces")
+    check_name(name)
     path = Path(path)
     lines = path.read_text().splitlines() if path.exists() else []
     lines = [line for line in lines if line.partition(":")[0].strip() != name]
@@ -66,10 +87,70 @@ def write_user(path: str | os.PathLike[str], name: str, password: str) -> None:
     os.replace(tmp, path)
 
 
-def checker(users: dict[str, str]):
-    """The callable Gradio's login asks: (name, password) -> allowed."""
-    def check(name: str, password: str) -> bool:
-        encoded = users.get(name)
-        return encoded is not None and verify_password(password, encoded)
+class Throttle:
+    """Failures per key (a user name, a client address) within `window_s`: from the `limit`-th on, the key waits
+    `cooldown_s` after its latest failure, doubling with each further failure up to `max_cooldown_s`, so guessing
+    passwords gets slow while a person who mistyped a few times is not locked out for long."""
+
+    MAX_KEYS = 10_000  # past this, keys without a recent failure are dropped
+
+    def __init__(self, limit: int, window_s: float, cooldown_s: float, max_cooldown_s: float,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.limit, self.window_s, self.cooldown_s, self.max_cooldown_s = limit, window_s, cooldown_s, max_cooldown_s
+        self.clock = clock
+        self._failures: dict[str, list[float]] = {}
+
+    def _recent(self, key: str, now: float) -> list[float]:
+        return [t for t in self._failures.get(key, ()) if now - t < self.window_s]
+
+    def wait(self, key: str) -> float:
+        """Seconds `key` must still wait before its next attempt is even looked at (0: go ahead)."""
+        now = self.clock()
+        recent = self._recent(key, now)
+        if len(recent) < self.limit:
+            return 0.0
+        cooldown = min(self.max_cooldown_s, self.cooldown_s * 2 ** min(len(recent) - self.limit, 32))
+        return max(0.0, recent[-1] + cooldown - now)
+
+    def fail(self, key: str) -> None:
+        now = self.clock()
+        self._failures[key] = self._recent(key, now) + [now]
+        if len(self._failures) > self.MAX_KEYS:
+            self._failures = {k: v for k, v in self._failures.items() if v and now - v[-1] < self.window_s}
+
+    def forgive(self, key: str) -> None:
+        """Take back one failure (one counted before the outcome was known, which turned out a success)."""
+        failures = self._failures.get(key)
+        if failures:
+            failures.pop()
+
+    def reset(self, key: str) -> None:
+        self._failures.pop(key, None)
+
+
+def name_throttle(clock: Callable[[], float] = time.monotonic) -> Throttle:
+    return Throttle(NAME_FAILURES, NAME_WINDOW_S, NAME_COOLDOWN_S, NAME_MAX_COOLDOWN_S, clock)
+
+
+def checker(users: dict[str, str], throttle: Throttle | None = None) -> Callable[[str, str], Awaitable[bool]]:
+    """The coroutine Gradio's login awaits: (name, password) -> allowed. PBKDF2 runs in a worker thread; a name
+    with too many recent failures is refused with 429 before its password is looked at."""
+    throttle = throttle or name_throttle()
+    slots = asyncio.Semaphore(CHECKS_AT_ONCE)
+
+    async def check(name: str, password: str) -> bool:
+        wait = throttle.wait(name)
+        if wait > 0:
+            from fastapi import HTTPException
+
+            seconds = math.ceil(wait)
+            raise HTTPException(status_code=429, headers={"Retry-After": str(seconds)},
+                                detail=f"Too many failed logins for {name!r}: try again in {seconds} s.")
+        throttle.fail(name)  # counted before the check, so guesses sent in parallel see each other
+        async with slots:
+            allowed = await asyncio.to_thread(verify_password, password, users.get(name, _NO_USER))
+        if allowed and name in users:
+            throttle.reset(name)
+        return allowed and name in users
 
     return check

@@ -4,14 +4,21 @@ from __future__ import annotations
 
 import argparse
 import getpass
+import ipaddress
 import os
 import signal
 import subprocess
 import sys
 import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 from app.errors import CommandError
+
+TRAINER_FIRST_DELAY_S = 5.0  # wait before restarting a trainer that exited on its own; doubles per restart ...
+TRAINER_MAX_DELAY_S = 300.0  # ... up to this
+TRAINER_STABLE_S = 600.0  # a trainer that ran this long before exiting starts the backoff afresh
 
 
 def register(sub) -> None:
@@ -26,6 +33,10 @@ def register(sub) -> None:
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=7860)
     p.add_argument("--auth", metavar="FILE", help="require a login; FILE holds name:hash lines (adasam passwd)")
+    p.add_argument("--no-auth", action="store_true",
+                   help="serve a non-loopback --host without logins (anyone who reaches the port can annotate)")
+    p.add_argument("--max-request-mb", type=float, default=16.0, metavar="N",
+                   help="refuse request bodies over N MB (default 16)")
     p.add_argument("--annotator", default=os.environ.get("USER") or "annotator",
                    help="name saved with every mask when there is no --auth (default: $USER)")
     p.add_argument("--backbone", default="litemedsam",
@@ -36,6 +47,8 @@ def register(sub) -> None:
                    help="training steps per round (default 120; LiteMedSAM on 2 CPU cores: 3-5 s a step)")
     p.add_argument("--demo", action="store_true", help="fill an empty workspace with demo images (the default "
                                                       "workspace always is)")
+    p.add_argument("--max-points", type=int, default=None, metavar="N",
+                   help="clicks one refine may send (default 64: each costs decoder time under the model lock)")
     p.add_argument("--no-trainer", action="store_true", help="do not start the background trainer")
     p.set_defaults(func=cmd_serve)
 
@@ -61,25 +74,57 @@ def _cache_dir(value: str | None) -> Path:
     return Path(value) if value else DEFAULT_CACHE_DIR
 
 
-def cmd_serve(args: argparse.Namespace) -> int:
-    import gradio as gr
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
-    from annotation import DEFAULT_WORKSPACE, Store, WorkspaceError
+
+def check_exposure(args: argparse.Namespace) -> str | None:
+    """A server others can reach needs --auth, or --no-auth to say that is meant; returns a warning to print."""
+    if args.auth and args.no_auth:
+        raise CommandError("--auth and --no-auth contradict each other: choose one")
+    if args.max_request_mb <= 0:
+        raise CommandError("--max-request-mb must be positive")
+    if args.auth or is_loopback(args.host):
+        return None
+    if not args.no_auth:
+        raise CommandError(f"--host {args.host} lets other machines reach the app: add --auth FILE (users from "
+                           f"`adasam passwd FILE NAME`), or --no-auth to let anyone who reaches the port annotate")
+    return (f"warning: serving on {args.host} without --auth: anyone who can reach this port can annotate, "
+            f"as {args.annotator!r}")
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    warning = check_exposure(args)
+    if args.max_points is not None and args.max_points < 1:
+        raise CommandError("--max-points must be at least 1")
+    if warning:
+        print(warning, flush=True)
+
+    import gradio as gr
+    from starlette.middleware import Middleware
+
+    from annotation import DEFAULT_WORKSPACE, Store, WorkspaceError, release_all_leases
     from app.auth import checker, read_users
+    from app.guard import Guard
     from app.seed import seed_workspace
-    from app.studio import ModelSlot, Studio
+    from app.studio import MAX_POINTS, ModelSlot, Studio
     from app.ui import build_ui
     from model.backbones import BackboneError
 
     users = read_users(args.auth) if args.auth else None
-    if users is None and args.host not in ("127.0.0.1", "localhost", "::1"):
-        print(f"warning: serving on {args.host} without --auth: anyone who can reach this port can annotate, "
-              f"as {args.annotator!r}", flush=True)
     workspace = Path(args.workspace)
     try:
         store = Store(workspace)
     except WorkspaceError as exc:
         raise CommandError(str(exc)) from None
+    released = release_all_leases(store)
+    if released:
+        print(f"released {released} image lease(s) left by an earlier server", flush=True)
     if not store.counts().images:
         if args.demo or workspace.resolve() == DEFAULT_WORKSPACE.resolve():
             print(f"{workspace} is empty: importing the demo images (first run only) ...", flush=True)
@@ -90,8 +135,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         slot = ModelSlot(store, args.backbone, _cache_dir(args.cache))
     except BackboneError as exc:
         raise CommandError(str(exc)) from None
-    studio = Studio(store, slot, args.round_every)
-    trainer = None if args.no_trainer else _start_trainer(args, workspace)
+    studio = Studio(store, slot, args.round_every, max_points=args.max_points or MAX_POINTS)
+    trainer = None if args.no_trainer else TrainerSupervisor(_trainer_command(args, workspace), workspace)
+    if trainer is not None:
+        trainer.start()
     theme = gr.themes.Default(font=["ui-sans-serif", "system-ui", "sans-serif"],  # no web fonts: offline
                               font_mono=["ui-monospace", "monospace"])
     demo = build_ui(studio, args.annotator)
@@ -102,21 +149,23 @@ def cmd_serve(args: argparse.Namespace) -> int:
         demo.queue(default_concurrency_limit=4)
         try:
             demo.launch(server_name=args.host, server_port=args.port, auth=checker(users) if users else None,
-                        auth_message="ADA-SAM Studio: log in with your annotator name.", prevent_thread_lock=True,
-                        show_error=True, theme=theme, css=_page_css(), share=False, enable_monitoring=False)
+                        auth_message="ADA-SAM Studio: log in with your annotator name (after 5 wrong "
+                                     "passwords a name must wait before trying again).", prevent_thread_lock=True,
+                        show_error=True, theme=theme, css=_page_css(), share=False, enable_monitoring=False,
+                        app_kwargs={"middleware": [Middleware(Guard,
+                                                              max_body_bytes=int(args.max_request_mb * 2**20))]})
         except OSError as exc:
             raise CommandError(f"cannot listen on {args.host}:{args.port} ({exc}); is another server running? "
                                f"Choose another --port") from None
         print(f"ADA-SAM Studio: http://{args.host}:{args.port} (workspace {workspace}; Ctrl+C stops it and its "
               f"trainer)", flush=True)
         while not stop.wait(0.5):
-            if trainer is not None and trainer.poll() is not None:
-                print(f"trainer exited with status {trainer.returncode}; the app keeps serving the last model",
-                      flush=True)
-                trainer = None
+            if trainer is not None:
+                trainer.poll()
     finally:
         demo.close()
-        _stop_trainer(trainer)
+        if trainer is not None:
+            trainer.stop()
         studio.close()
         store.close()
     return 0
@@ -128,13 +177,59 @@ def _page_css() -> str:
     return PAGE_CSS
 
 
-def _start_trainer(args: argparse.Namespace, workspace: Path) -> subprocess.Popen:
-    command = [sys.executable, "-m", "app.cli", "trainer", str(workspace), "--backbone", args.backbone,
-               "--cache", str(_cache_dir(args.cache)), "--round-every", str(args.round_every),
-               "--train-steps", str(args.train_steps), "--parent-pid", str(os.getpid())]
-    root = Path(__file__).resolve().parents[1]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")]))}
-    return subprocess.Popen(command, env=env)
+def _trainer_command(args: argparse.Namespace, workspace: Path) -> list[str]:
+    return [sys.executable, "-m", "app.cli", "trainer", str(workspace), "--backbone", args.backbone,
+            "--cache", str(_cache_dir(args.cache)), "--round-every", str(args.round_every),
+            "--train-steps", str(args.train_steps), "--parent-pid", str(os.getpid())]
+
+
+class TrainerSupervisor:
+    """Runs the trainer process and starts it again when it exits on its own (a crash, the OOM killer): after
+    `first_delay_s`, doubling per restart up to `max_delay_s`, afresh once a run lasted `stable_s`. While it waits
+    the trainer status file says so, which the dashboard shows. Call poll() every so often; stop() ends it."""
+
+    def __init__(self, command: list[str], workspace: Path, first_delay_s: float = TRAINER_FIRST_DELAY_S,
+                 max_delay_s: float = TRAINER_MAX_DELAY_S, stable_s: float = TRAINER_STABLE_S,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.command, self.workspace = command, workspace
+        self.first_delay_s, self.max_delay_s, self.stable_s, self.clock = first_delay_s, max_delay_s, stable_s, clock
+        self.process: subprocess.Popen | None = None
+        self.restarts = 0
+        self.delay_s = first_delay_s  # the wait before the next restart
+        self.started_at = 0.0
+        self.restart_at: float | None = None
+
+    def start(self) -> None:
+        root = Path(__file__).resolve().parents[1]
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")]))}
+        self.process = subprocess.Popen(self.command, env=env)
+        self.started_at = self.clock()
+        self.restart_at = None
+
+    def poll(self) -> None:
+        from app.status import write_status
+
+        now = self.clock()
+        if self.process is not None:
+            code = self.process.poll()
+            if code is None:
+                return
+            self.process = None
+            if now - self.started_at >= self.stable_s:
+                self.delay_s = self.first_delay_s
+            self.restarts += 1
+            self.restart_at = now + self.delay_s
+            message = f"trainer exited with status {code}; restart {self.restarts} in {self.delay_s:g} s"
+            print(message, flush=True)
+            write_status(self.workspace, state="restarting", message=message, restarts=self.restarts)
+            self.delay_s = min(self.max_delay_s, self.delay_s * 2)
+        elif self.restart_at is not None and now >= self.restart_at:
+            self.start()
+
+    def stop(self, timeout: float = 60.0) -> None:
+        self.restart_at = None
+        _stop_trainer(self.process, timeout)
+        self.process = None
 
 
 def _stop_trainer(trainer: subprocess.Popen | None, timeout: float = 60.0) -> None:

@@ -8,25 +8,30 @@ background while the annotator works, so accept -> next image costs a save and a
 from __future__ import annotations
 
 import base64
+import binascii
+import collections
 import concurrent.futures
+import contextlib
 import copy
 import io
 import math
+import secrets
 import shutil
 import tempfile
 import threading
 import time
+import warnings
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import torch
 from matplotlib import colormaps
 from PIL import Image
 
-from annotation import Store, export_workspace, next_task, renew_lease, skip
+from annotation import MaskInfo, SaveRefused, Store, export_workspace, next_task, renew_lease, skip
 from annotation.queue import peek_next
 from app.status import RETRAIN_REQUESTED, TAG, VALIDATION_IDS, VALIDATION_SOURCE, WORKSPACE_NOTE, read_status
 from model.adasam import AdaSam, AdaSamConfig, build_adasam, load_checkpoint
@@ -40,6 +45,37 @@ CAM_SIDE = 256  # the CAM is smooth: sent at most this size, the browser scales 
 
 
 RENEW_EVERY_S = 30.0  # clicks renew the 10-minute lease at most this often
+MAX_POINTS = 64  # clicks per refine (adasam serve --max-points): each one costs decoder time under the model lock
+HANDOUTS_PER_ANNOTATOR = 8  # showings an annotator can still answer (a reload or prefetch race needs a few)
+HANDOUTS_MAX = 4096  # showings remembered in all (masks bit-packed: ~30 KB each at 500 x 500)
+EXPORT_KEEP_S = 600.0  # a downloaded export zip is deleted after this long (Gradio serves its own copy)
+
+
+class RequestError(ValueError):
+    """A request the server refuses as given (wrong type, too large, out of bounds): nothing changed."""
+
+
+class StaleView(RequestError):
+    """The request answers a showing the server no longer has: the page should fetch the current one."""
+
+
+@dataclass(frozen=True)
+class Handout:
+    """One showing of a proposal to one annotator: what a save answering it stores, and what it must not overwrite.
+
+    `shown_version` is the image's live mask version at that moment (0: unlabeled); the mask is kept bit-packed."""
+
+    token: str
+    annotator: str
+    image_id: int
+    model_version: str
+    shown_version: int
+    box: tuple[float, ...]
+    shape: tuple[int, int]
+    packed: np.ndarray
+
+    def mask(self) -> np.ndarray:
+        return np.unpackbits(self.packed, count=self.shape[0] * self.shape[1]).reshape(self.shape).astype(bool)
 
 
 @dataclass
@@ -59,14 +95,59 @@ def png_data_url(pixels: np.ndarray) -> str:
 
 
 def decode_mask(data_url: str, shape: tuple[int, int]) -> np.ndarray:
-    """A mask PNG sent by the browser (any non-zero, non-transparent pixel is target) -> bool H x W."""
-    raw = base64.b64decode(data_url.split(",", 1)[-1])
-    with Image.open(io.BytesIO(raw)) as im:
-        im = im.convert("RGBA")
+    """A mask PNG data URL sent by the browser (any non-zero, non-transparent pixel is target) -> bool H x W.
+
+    The size is read from the PNG header and checked before any pixel is decoded: a few KB can claim 13000 x 13000."""
+    prefix = "data:image/png;base64,"
+    if not isinstance(data_url, str) or not data_url.startswith(prefix):
+        raise RequestError("the mask must be a PNG data URL (data:image/png;base64,...)")
+    try:
+        raw = base64.b64decode(data_url[len(prefix):], validate=True)
+        with warnings.catch_warnings():  # the size check below says it plainly
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            im = Image.open(io.BytesIO(raw), formats=["PNG"])
+    except Image.DecompressionBombError:
+        raise RequestError(f"the mask claims over {Image.MAX_IMAGE_PIXELS * 2} pixels; the image is "
+                           f"{shape[1]}x{shape[0]}") from None
+    except (binascii.Error, OSError) as exc:
+        raise RequestError(f"the mask is not a readable PNG ({exc})") from None
+    with im:
         if im.size != (shape[1], shape[0]):
-            raise ValueError(f"mask is {im.size[0]}x{im.size[1]}, image is {shape[1]}x{shape[0]}")
-        array = np.asarray(im)
+            raise RequestError(f"mask is {im.size[0]}x{im.size[1]}, image is {shape[1]}x{shape[0]}")
+        try:
+            array = np.asarray(im.convert("RGBA"))
+        except OSError as exc:
+            raise RequestError(f"the mask is not a readable PNG ({exc})") from None
     return (array[..., :3].max(axis=2) > 127) & (array[..., 3] > 127)
+
+
+def _points(value: Any, width: int, height: int) -> list[tuple[float, float]]:
+    """Clicks as a list of [x, y] numbers inside the image, or RequestError."""
+    if not isinstance(value, list):
+        raise RequestError(f"clicks must be a list of [x, y] pairs, not {type(value).__name__}")
+    points = []
+    for point in value:
+        if not (isinstance(point, list) and len(point) == 2 and all(_is_number(v) for v in point)):
+            raise RequestError(f"a click must be [x, y] with two numbers, not {str(point)[:40]}")
+        x, y = float(point[0]), float(point[1])
+        if not (0 <= x <= width and 0 <= y <= height):
+            raise RequestError(f"click ({x:g}, {y:g}) is outside the {width}x{height} image")
+        points.append((x, y))
+    return points
+
+
+def _box(value: Any, width: int, height: int) -> tuple[float, float, float, float]:
+    """A prompt box [x0, y0, x1, y1] clipped to the image, or RequestError."""
+    if not (isinstance(value, (list, tuple)) and len(value) == 4 and all(_is_number(v) for v in value)):
+        raise RequestError(f"a box must be [x0, y0, x1, y1] with four numbers, not {str(value)[:60]}")
+    x0, y0, x1, y1 = (float(v) for v in value)
+    x0, x1 = sorted((min(max(x0, 0.0), width), min(max(x1, 0.0), width)))
+    y0, y1 = sorted((min(max(y0, 0.0), height), min(max(y1, 0.0), height)))
+    return x0, y0, x1, y1
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def cam_picture(cam: np.ndarray) -> np.ndarray:
@@ -153,10 +234,15 @@ class ModelSlot:
 class Studio:
     """Annotator actions on one workspace; thread-safe (Store is, model calls are serialised)."""
 
-    def __init__(self, store: Store, slot: ModelSlot, round_every: int = 10) -> None:
+    def __init__(self, store: Store, slot: ModelSlot, round_every: int = 10, max_points: int = MAX_POINTS) -> None:
         self.store = store
         self.slot = slot
         self.round_every = round_every
+        self.max_points = max_points
+        self._handouts: dict[str, Handout] = {}  # token -> showing, oldest first
+        self._by_annotator: dict[str, collections.deque[str]] = {}
+        self._handouts_lock = threading.Lock()
+        self._exports: Path | None = None  # one folder for this server's export zips, removed at close
         self._views: OrderedDict[tuple[int, str], View] = OrderedDict()
         self._views_lock = threading.Lock()
         self._ahead = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="prefetch")
@@ -213,42 +299,52 @@ class Studio:
     # -- actions -----------------------------------------------------------------------------------------------
 
     def task(self, annotator: str, message: str = "") -> dict[str, Any]:
-        """The annotator's current (or next) image with the model's proposal, counts and notes."""
+        """The annotator's current (or next) image with the model's proposal, counts and notes. `view` in the answer
+        names this showing: every later action on the image must echo it."""
         task = next_task(self.store, annotator)
-        payload: dict[str, Any] = {"image_id": None}
+        payload: dict[str, Any] = {"image_id": None, "view": None}
         if task is not None:
-            payload = dict(self.view(task.image.id).payload)
+            view = self.view(task.image.id)
+            payload = dict(view.payload)
+            payload["view"] = self._hand_out(annotator, view).token
             payload["skipped_before"] = task.skipped_before
             self._prefetch(annotator)
         payload.update(self._header(annotator), message=message)
         return payload
 
-    def accept(self, annotator: str, image_id: int, mask_png: str | None = None) -> dict[str, Any]:
-        """Save the mask as shown (mask_png None: the proposal unchanged) and move on."""
-        view = self._shown(image_id)
-        info = self.store.image(image_id)
-        mask = view.mask if mask_png is None else decode_mask(mask_png, (info.height, info.width))
-        unchanged = bool(np.array_equal(mask, view.mask))
-        origin = "accepted_prediction" if unchanged else "human"
-        saved = self.store.save_mask(image_id, mask, annotator, origin=origin, model_version=_registered(view))
-        self._review(annotator, image_id, view, mask, saved.version)
+    def accept(self, annotator: str, view: str, mask_png: str | None = None) -> dict[str, Any]:
+        """Save the mask as drawn, or (mask_png None) exactly the proposal this annotator was shown, and move on."""
+        with self._answering(annotator, view) as handout:
+            info = self.store.image(handout.image_id)
+            shown = handout.mask()
+            mask = shown if mask_png is None else decode_mask(mask_png, (info.height, info.width))
+            unchanged = bool(np.array_equal(mask, shown))
+            origin = "accepted_prediction" if unchanged else "human"
+            saved = self.store.save_mask(info.id, mask, annotator, origin=origin, model_version=_registered(handout),
+                                         shown_version=handout.shown_version)
+        self._review(annotator, handout, mask, saved.version)
         what = "accepted as proposed" if unchanged else "saved your corrected mask"
-        return self.task(annotator, f"{info.name}: {what}")
+        return self.task(annotator, f"{info.name}: {what}{self._conflict_note(saved)}")
 
-    def no_finding(self, annotator: str, image_id: int) -> dict[str, Any]:
-        view = self._shown(image_id)
-        saved = self.store.mark_no_finding(image_id, annotator)
-        self._review(annotator, image_id, view, np.zeros_like(view.mask), saved.version)
-        return self.task(annotator, f"{self.store.image(image_id).name}: marked no finding")
+    def no_finding(self, annotator: str, view: str) -> dict[str, Any]:
+        with self._answering(annotator, view) as handout:
+            saved = self.store.mark_no_finding(handout.image_id, annotator, shown_version=handout.shown_version)
+        self._review(annotator, handout, np.zeros(handout.shape, bool), saved.version)
+        name = self.store.image(handout.image_id).name
+        return self.task(annotator, f"{name}: marked no finding{self._conflict_note(saved)}")
 
-    def tag_only(self, annotator: str, image_id: int, present: bool = True) -> dict[str, Any]:
+    def tag_only(self, annotator: str, view: str, present: bool = True) -> dict[str, Any]:
         """An image-level label without a mask; the image goes to the back of this annotator's queue."""
+        if not isinstance(present, bool):
+            raise RequestError(f"present must be true or false, not {present!r}")
+        image_id = self._handout(annotator, view).image_id
         self.store.set_tag(image_id, TAG, present, annotator)
         skip(self.store, annotator, image_id)
         word = "present" if present else "absent"
         return self.task(annotator, f"{self.store.image(image_id).name}: tagged '{TAG} {word}' (no mask)")
 
-    def skip(self, annotator: str, image_id: int) -> dict[str, Any]:
+    def skip(self, annotator: str, view: str) -> dict[str, Any]:
+        image_id = self._handout(annotator, view).image_id
         skip(self.store, annotator, image_id)
         return self.task(annotator, f"{self.store.image(image_id).name}: skipped (back of your queue)")
 
@@ -259,45 +355,103 @@ class Studio:
             return self.task(annotator, "nothing of yours to undo")
         return self.task(annotator, f"{self.store.image(undone.image_id).name}: undid your {undone.origin} save")
 
-    def refine(self, image_id: int, positive: list[list[float]], negative: list[list[float]],
-               box: list[float] | None = None, annotator: str | None = None) -> dict[str, Any]:
+    def refine(self, annotator: str, view: str, positive: list, negative: list,
+               box: list | None = None) -> dict[str, Any]:
         """Re-run the decoder on the cached embedding with clicks and a box (LiteMedSAM needs the box with clicks:
-        the one given, else the proposal's box, else the whole image). Someone still editing keeps their lease."""
+        the one given, else the shown mask's box, else the proposal's, else the whole image). Input is checked
+        before anything happens; someone still editing keeps their lease."""
         started = time.perf_counter()
-        if annotator and time.monotonic() - self._renewed.get((annotator, image_id), -math.inf) > RENEW_EVERY_S:
-            renew_lease(self.store, annotator, image_id)  # a durable commit: not on every click
-            self._renewed[(annotator, image_id)] = time.monotonic()
+        handout = self._handout(annotator, view)
+        height, width = handout.shape
+        positive, negative = _points(positive, width, height), _points(negative, width, height)
+        if len(positive) + len(negative) > self.max_points:
+            raise RequestError(f"{len(positive) + len(negative)} clicks in one refine; at most {self.max_points} "
+                               f"(adasam serve --max-points)")
         if box is None:
-            view = self._shown(image_id)
-            shown_box = mask_box(view.mask)
-            box = view.payload["box"] if shown_box is None else [*shown_box[:2], *(shown_box[2:] + 1)]
-        if not box:
-            info = self.store.image(image_id)
-            box = [0, 0, info.width, info.height]
-        embedding, geometry = self.slot.embedding(image_id)
+            shown_box = mask_box(handout.mask())
+            box = list(handout.box) if shown_box is None else [float(v) for v in (*shown_box[:2], *(shown_box[2:] + 1))]
+        box = _box(box or [0, 0, width, height], width, height)
+        key = (annotator, handout.image_id)
+        if time.monotonic() - self._renewed.get(key, -math.inf) > RENEW_EVERY_S:
+            if not renew_lease(self.store, annotator, handout.image_id):  # a durable commit: not on every click
+                raise SaveRefused(f"image {handout.image_id} is being labeled by someone else now")
+            self._renewed[key] = time.monotonic()
+        embedding, geometry = self.slot.embedding(handout.image_id)
         with self.slot.lock:
-            mask = self.slot.predictor.refine(embedding, geometry, positive=[tuple(p) for p in positive],
-                                              negative=[tuple(p) for p in negative], box=tuple(box))
-        return {"image_id": image_id, "mask": png_data_url((mask * 255).astype(np.uint8)),
+            mask = self.slot.predictor.refine(embedding, geometry, positive=positive, negative=negative, box=box)
+        return {"image_id": handout.image_id, "mask": png_data_url((mask * 255).astype(np.uint8)),
                 "pixels": int(mask.sum()), "ms": round(1000 * (time.perf_counter() - started), 1)}
 
     def retrain_now(self, annotator: str) -> str:
         self.store.set_setting(RETRAIN_REQUESTED, time.time(), who=annotator)
         return "Asked the trainer for a round now; the dashboard shows its progress."
 
-    def _shown(self, image_id: int) -> View:
-        """The proposal the annotator was looking at (the newest cached view of this image)."""
-        with self._views_lock:
-            for (shown_id, _), view in reversed(self._views.items()):
-                if shown_id == image_id:
-                    return view
-        return self.view(image_id)
+    # -- what each annotator was shown ---------------------------------------------------------------------------
 
-    def _review(self, annotator: str, image_id: int, view: View, saved: np.ndarray, version: int) -> None:
+    def _hand_out(self, annotator: str, view: View) -> Handout:
+        """Remember this showing of `view` to `annotator` under a new token (their oldest beyond a few expire)."""
+        handout = Handout(secrets.token_urlsafe(12), annotator, view.image_id, view.model_version,
+                          self.store.live_version(view.image_id), tuple(view.payload["box"]),
+                          view.mask.shape, np.packbits(view.mask))
+        with self._handouts_lock:
+            self._handouts[handout.token] = handout
+            mine = self._by_annotator.setdefault(annotator, collections.deque())
+            mine.append(handout.token)
+            while len(mine) > HANDOUTS_PER_ANNOTATOR:
+                self._handouts.pop(mine.popleft(), None)
+            while len(self._handouts) > HANDOUTS_MAX:  # many short-lived anonymous browsers
+                oldest = self._handouts.pop(next(iter(self._handouts)))
+                self._forget(oldest)
+        return handout
+
+    def _handout(self, annotator: str, token: str) -> Handout:
+        """The showing a request answers to; only its own annotator may act on it."""
+        if not isinstance(token, str) or not token:
+            raise RequestError("the request names no view (the proposal it answers to): reload the page")
+        with self._handouts_lock:
+            handout = self._handouts.get(token)
+        if handout is None or handout.annotator != annotator:
+            raise StaleView("this proposal is no longer on record (already saved, too old, or the server restarted):"
+                            " nothing was saved; the current one is shown again")
+        return handout
+
+    @contextlib.contextmanager
+    def _answering(self, annotator: str, token: str) -> Iterator[Handout]:
+        """A showing answers one save: it is taken before saving, so a replayed or doubled request finds nothing;
+        put back if the save fails or is refused (the annotator may correct the mask and try again)."""
+        handout = self._handout(annotator, token)
+        with self._handouts_lock:
+            if self._handouts.pop(token, None) is None:
+                raise StaleView("this proposal was just saved by another request: nothing more was saved")
+            self._forget(handout)
+        try:
+            yield handout
+        except BaseException:
+            with self._handouts_lock:
+                self._handouts[token] = handout
+                self._by_annotator.setdefault(annotator, collections.deque()).append(token)
+            raise
+
+    def _forget(self, handout: Handout) -> None:
+        """Drop a showing from its annotator's list (the caller holds the lock and has popped it already)."""
+        mine = self._by_annotator[handout.annotator]
+        mine.remove(handout.token)
+        if not mine:
+            del self._by_annotator[handout.annotator]
+
+    def _conflict_note(self, saved: MaskInfo) -> str:
+        if saved.conflict_with is None:
+            return ""
+        other = next(m for m in self.store.mask_history(saved.image_id) if m.version == saved.conflict_with)
+        return (f". {other.annotator} saved this image meanwhile (version {other.version}): both versions are kept"
+                f" and the conflict is listed on the dashboard")
+
+    def _review(self, annotator: str, handout: Handout, saved: np.ndarray, version: int) -> None:
         """Remember how far the saved mask is from the proposal shown: the dashboard's effort-saved figure."""
+        shown = handout.mask()
         self.store.log_event(annotator, "review", {
-            "dice_shown_saved": round(dice(view.mask, saved), 4), "model": view.model_version,
-            "mask_version": version, "changed_pixels": int((view.mask != saved).sum())}, image_id)
+            "dice_shown_saved": round(dice(shown, saved), 4), "model": handout.model_version,
+            "mask_version": version, "changed_pixels": int((shown != saved).sum())}, handout.image_id)
 
     # -- figures -----------------------------------------------------------------------------------------------
 
@@ -361,12 +515,24 @@ class Studio:
             "validation": {"images": None if val_ids is None else len(val_ids),
                            "source": store.get_setting(VALIDATION_SOURCE, "not chosen yet")},
             "model": {"serving": self.slot.version, "note": self.slot.note()},
+            "conflicts": [{"image_id": m.image_id, "name": store.image(m.image_id).name, "version": m.version,
+                           "annotator": m.annotator, "over_version": m.conflict_with} for m in store.conflicts()],
             "workspace_note": store.get_setting(WORKSPACE_NOTE, ""),
         }
 
     def export(self, fmt: str, include_predictions: bool = False) -> tuple[Path, str]:
-        """`adasam export` into a temporary folder, zipped for download -> (zip, one-line summary)."""
-        tmp = Path(tempfile.mkdtemp(prefix="adasam-export-"))
+        """`adasam export` zipped for download -> (zip, one-line summary). Zips live in one folder of this server's,
+        older ones are deleted at each export (the web server has copied them by then) and the folder at close."""
+        if fmt not in ("png", "coco", "nifti"):
+            raise RequestError(f"export format must be png, coco or nifti, not {fmt!r}")
+        if not isinstance(include_predictions, bool):
+            raise RequestError(f"include_predictions must be true or false, not {include_predictions!r}")
+        if self._exports is None:
+            self._exports = Path(tempfile.mkdtemp(prefix="adasam-export-"))
+        for old in self._exports.iterdir():
+            if time.time() - old.stat().st_mtime > EXPORT_KEEP_S:
+                shutil.rmtree(old, ignore_errors=True)
+        tmp = Path(tempfile.mkdtemp(dir=self._exports))
         name = f"{self.store.root.resolve().name}-{fmt}-{time.strftime('%Y%m%d-%H%M%S')}"
         summary = export_workspace(self.store, tmp / name, fmt, include_predictions=include_predictions)
         archive = shutil.make_archive(str(tmp / name), "zip", root_dir=tmp, base_dir=name)
@@ -378,11 +544,13 @@ class Studio:
         """Cancel queued prefetches and wait for a running one (at most one proposal, ~0.1 s): it reads the store,
         whose connections the caller may close next, and closing a SQLite connection in use crashes the process."""
         self._ahead.shutdown(wait=True, cancel_futures=True)
+        if self._exports is not None:
+            shutil.rmtree(self._exports, ignore_errors=True)
 
 
-def _registered(view: View) -> str | None:
+def _registered(handout: Handout) -> str | None:
     """The model version to store with a mask: only published versions exist in the workspace's model table."""
-    return None if view.model_version == PRETRAINED else view.model_version
+    return None if handout.model_version == PRETRAINED else handout.model_version
 
 
 def _trainer_line(status: dict[str, Any]) -> str:

@@ -6,6 +6,7 @@ which keeps accept -> next image short. The same actions are also published as n
 """
 # No `from __future__ import annotations`: Gradio reads the gr.Request annotations at runtime.
 import functools
+import hashlib
 import html
 import json
 import traceback
@@ -14,7 +15,9 @@ from typing import Any, Optional
 
 import gradio as gr
 
-from app.studio import Studio
+from annotation import WorkspaceError
+from app.guard import BROWSER_COOKIE
+from app.studio import RequestError, StaleView, Studio
 
 STATIC = Path(__file__).parent / "static"
 PAGE_CSS = """
@@ -24,31 +27,76 @@ PAGE_CSS = """
 
 
 def annotator_of(request: Any, default: str) -> str:
-    """The logged-in user (Gradio's login cookie), or `default` when the server runs without --auth."""
+    """The logged-in user (Gradio's login cookie); without --auth, an anonymous identity of this browser (its
+    `adasam-browser` cookie, else the client's Gradio session) named after `default`, so two people never share
+    one queue position or lease."""
     name = getattr(request, "username", None)
     if name:
         return name
     raw = getattr(request, "request", None) or request  # gr.Request wraps the fastapi.Request
     app = getattr(raw, "app", None)
-    if app is None or getattr(app, "auth", None) is None:
+    if app is not None and getattr(app, "auth", None) is not None:
+        cookie_id = app.cookie_id
+        token = raw.cookies.get(f"access-token-{cookie_id}") or raw.cookies.get(f"access-token-unsecure-{cookie_id}")
+        user = app.tokens.get(token)
+        if not user:
+            raise PermissionError("not logged in")
+        return user
+    cookies = getattr(raw, "cookies", None) or {}
+    browser = cookies.get(BROWSER_COOKIE) or getattr(request, "session_hash", None)
+    if not browser:
         return default
-    cookie_id = app.cookie_id
-    token = raw.cookies.get(f"access-token-{cookie_id}") or raw.cookies.get(f"access-token-unsecure-{cookie_id}")
-    user = app.tokens.get(token)
-    if not user:
-        raise PermissionError("not logged in")
-    return user
+    return f"{default}-{hashlib.sha256(browser.encode()).hexdigest()[:6]}"
+
+
+def as_bool(value: Any, what: str) -> bool:
+    if not isinstance(value, bool):
+        raise RequestError(f"{what} must be true or false, not {value!r}"[:120])
+    return value
+
+
+def as_text(value: Any, what: str, optional: bool = False) -> str | None:
+    if value is None and optional:
+        return None
+    if not isinstance(value, str):
+        raise RequestError(f"{what} must be a string, not {type(value).__name__}")
+    return value
+
+
+def as_json(value: Any, what: str) -> Any:
+    """An API argument sent as JSON text (clicks, box)."""
+    try:
+        return json.loads(as_text(value, what))
+    except ValueError:
+        raise RequestError(f"{what} is not valid JSON") from None
 
 
 def reported(fn):
-    """A canvas server function that answers {"error": ...} instead of failing, so the page can say what happened."""
+    """A canvas server function that answers {"error": ...} instead of failing, so the page can say what happened
+    (`stale`: the page should fetch its current task again)."""
     @functools.wraps(fn)
     def run(data: dict, request: gr.Request) -> dict:
         try:
-            return fn(data or {}, request)
+            if not isinstance(data, dict):
+                raise RequestError("the request must be a JSON object")
+            return fn(data, request)
+        except (RequestError, WorkspaceError, PermissionError) as exc:  # refused as asked: nothing changed
+            return {"error": str(exc), "stale": isinstance(exc, StaleView)}
         except Exception as exc:  # noqa: BLE001 - shown to the annotator, logged in full here
             traceback.print_exc()
             return {"error": f"{type(exc).__name__}: {exc}"}
+
+    return run
+
+
+def refused(fn):
+    """An API endpoint whose refusals reach gradio_client as the message itself (gr.Error), not 'Error'."""
+    @functools.wraps(fn)
+    def run(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except (RequestError, WorkspaceError, PermissionError) as exc:
+            raise gr.Error(str(exc), print_exception=False) from None
 
     return run
 
@@ -60,29 +108,33 @@ def build_ui(studio: Studio, default_annotator: str = "annotator") -> gr.Blocks:
     def task(data: dict, request: gr.Request) -> dict:
         return studio.task(who(request))
 
+    # Each action names the showing it answers (`view`, from the task it was shown in).
     def accept(data: dict, request: gr.Request) -> dict:
-        return studio.accept(who(request), int(data["image_id"]), data.get("mask"))
+        return studio.accept(who(request), as_text(data.get("view"), "view"),
+                             as_text(data.get("mask"), "mask", True))
 
     def no_finding(data: dict, request: gr.Request) -> dict:
-        return studio.no_finding(who(request), int(data["image_id"]))
+        return studio.no_finding(who(request), as_text(data.get("view"), "view"))
 
     def tag(data: dict, request: gr.Request) -> dict:
-        return studio.tag_only(who(request), int(data["image_id"]), bool(data.get("present", True)))
+        return studio.tag_only(who(request), as_text(data.get("view"), "view"),
+                               as_bool(data.get("present", True), "present"))
 
     def skip(data: dict, request: gr.Request) -> dict:
-        return studio.skip(who(request), int(data["image_id"]))
+        return studio.skip(who(request), as_text(data.get("view"), "view"))
 
     def undo(data: dict, request: gr.Request) -> dict:
         return studio.undo(who(request))
 
     def refine(data: dict, request: gr.Request) -> dict:
-        return studio.refine(int(data["image_id"]), data.get("positive") or [], data.get("negative") or [],
-                             data.get("box"), who(request))
+        return studio.refine(who(request), as_text(data.get("view"), "view"), data.get("positive", []),
+                             data.get("negative", []), data.get("box"))
 
-    with gr.Blocks(title="ADA-SAM Studio", fill_width=True) as demo:
+    # delete_cache: Gradio's copies of export zips (and uploads) older than an hour go, checked every 10 minutes
+    with gr.Blocks(title="ADA-SAM Studio", fill_width=True, delete_cache=(600, 3600)) as demo:
         gr.Markdown("## ADA-SAM Studio")
-        text = studio.store.get_setting("workspace_note", "")  # written once, by the first-run seeding
-        gr.Markdown(f"**About these images:** {text}" if text else "", elem_id="workspace-note")
+        note = studio.store.get_setting("workspace_note", "")  # written once, by the first-run seeding
+        gr.Markdown(f"**About these images:** {note}" if note else "", elem_id="workspace-note")
         with gr.Tabs():
             with gr.Tab("Annotate", id="annotate"):
                 gr.HTML(value="", html_template=(STATIC / "annotator.html").read_text(),
@@ -108,7 +160,7 @@ def build_ui(studio: Studio, default_annotator: str = "annotator") -> gr.Blocks:
                 include = gr.Checkbox(value=True, label="Include masks accepted unchanged from the model",
                                       elem_id="export-include")
                 go = gr.Button("Export", variant="primary", elem_id="export-button")
-                result = gr.File(label="Download", elem_id="export-file")
+                result = gr.File(label="Download", elem_id="export-file", interactive=False)
                 export_msg = gr.Markdown(elem_id="export-message")
 
         def dashboard_view() -> tuple:
@@ -118,6 +170,7 @@ def build_ui(studio: Studio, default_annotator: str = "annotator") -> gr.Blocks:
                     annotators_table(data["annotators"]))
 
         def do_export(fmt_value: str, include_value: bool) -> tuple:
+            """The Export button, and `/export` for gradio_client (which downloads the zip)."""
             try:
                 path, message = studio.export(fmt_value, include_value)
             except Exception as exc:  # noqa: BLE001 - e.g. nothing labeled yet: say so, do not crash the tab
@@ -133,42 +186,40 @@ def build_ui(studio: Studio, default_annotator: str = "annotator") -> gr.Blocks:
         dash_tab.select(dashboard_view, outputs=outputs, api_visibility="private")
         gr.Timer(5.0).tick(dashboard_view, outputs=outputs, api_visibility="private", show_progress="hidden")
         retrain.click(do_retrain, outputs=retrain_msg, api_name="retrain_now")
-        go.click(do_export, inputs=[fmt, include], outputs=[result, export_msg], api_visibility="private")
+        go.click(do_export, inputs=[fmt, include], outputs=[result, export_msg], api_name="export")
 
         # -- the same actions as named API endpoints (gradio_client) ---------------------------------------------
         def api_task(request: gr.Request) -> dict:
             return studio.task(who(request))
 
-        def api_accept(image_id: int, mask_png: Optional[str] = None, request: gr.Request = None) -> dict:
-            return studio.accept(who(request), int(image_id), mask_png or None)
+        def api_accept(view: str, mask_png: Optional[str] = None, request: gr.Request = None) -> dict:
+            return studio.accept(who(request), as_text(view, "view"), as_text(mask_png, "mask_png", True) or None)
 
-        def api_no_finding(image_id: int, request: gr.Request = None) -> dict:
-            return studio.no_finding(who(request), int(image_id))
+        def api_no_finding(view: str, request: gr.Request = None) -> dict:
+            return studio.no_finding(who(request), as_text(view, "view"))
 
-        def api_tag(image_id: int, present: bool = True, request: gr.Request = None) -> dict:
-            return studio.tag_only(who(request), int(image_id), present)
+        def api_tag(view: str, present: bool = True, request: gr.Request = None) -> dict:
+            return studio.tag_only(who(request), as_text(view, "view"), as_bool(present, "present"))
 
-        def api_skip(image_id: int, request: gr.Request = None) -> dict:
-            return studio.skip(who(request), int(image_id))
+        def api_skip(view: str, request: gr.Request = None) -> dict:
+            return studio.skip(who(request), as_text(view, "view"))
 
         def api_undo(request: gr.Request) -> dict:
             return studio.undo(who(request))
 
-        def api_refine(image_id: int, positive: str = "[]", negative: str = "[]", box: str = "null",
+        def api_refine(view: str, positive: str = "[]", negative: str = "[]", box: str = "null",
                        request: gr.Request = None) -> dict:
-            return studio.refine(int(image_id), json.loads(positive), json.loads(negative), json.loads(box),
-                                 who(request))
+            return studio.refine(who(request), as_text(view, "view"), as_json(positive, "positive"),
+                                 as_json(negative, "negative"), as_json(box, "box"))
 
-        def api_dashboard() -> dict:
+        def api_dashboard(request: gr.Request) -> dict:
+            who(request)  # refuses a request without a login when the server has --auth
             return studio.dashboard()
-
-        def api_export(fmt_value: str = "png", include_predictions: bool = True) -> str:
-            return str(studio.export(fmt_value, include_predictions)[0])
 
         for fn, name in [(api_task, "task"), (api_accept, "accept"), (api_no_finding, "no_finding"),
                          (api_tag, "tag"), (api_skip, "skip"), (api_undo, "undo"), (api_refine, "refine"),
-                         (api_dashboard, "dashboard"), (api_export, "export")]:
-            gr.api(fn, api_name=name)
+                         (api_dashboard, "dashboard")]:
+            gr.api(refused(fn), api_name=name)
     return demo
 
 
@@ -227,10 +278,21 @@ def figures_html(data: dict) -> str:
         ("Queue", f"{queue['left']} left · {queue['scored_by_model']} ranked by the model · {queue['leased']} "
                   f"being worked on · order: {queue['ordered_by']}"),
         ("Validation set", f"{val['source']} (fixed once chosen)"),
+        ("Conflicts", conflicts_line(data["conflicts"])),
     ]
     body = "".join(f"<tr><th style='text-align:left;padding-right:12px;vertical-align:top'>{html.escape(k)}</th>"
                    f"<td>{html.escape(str(v))}</td></tr>" for k, v in rows)
     return f"<table>{body}</table>"
+
+
+def conflicts_line(conflicts: list[dict]) -> str:
+    """Saves made over a version their annotator never saw: both versions are kept, a person should look."""
+    if not conflicts:
+        return "none"
+    listed = ", ".join(f"{c['name']} v{c['version']} by {c['annotator']} over v{c['over_version']}"
+                       for c in conflicts[:10])
+    more = f" and {len(conflicts) - 10} more" if len(conflicts) > 10 else ""
+    return f"{len(conflicts)} saves over a version their annotator never saw (both kept): {listed}{more}"
 
 
 def rounds_table(rounds: list[dict]) -> Any:

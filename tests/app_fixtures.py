@@ -44,9 +44,9 @@ class Server:
     """`adasam serve` in a subprocess; stop() sends SIGTERM like Ctrl+C would, and waits."""
 
     def __init__(self, workspace: Path, log: Path, *extra: str, backbone: str = "micro_random",
-                 cache: str | None = None) -> None:
+                 cache: str | None = None, port: int | None = None) -> None:
         self.workspace = workspace
-        self.port = free_port()
+        self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = log
         env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "PYTHONPATH": str(ROOT)}

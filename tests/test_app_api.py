@@ -3,6 +3,9 @@ from __future__ import annotations
 
 import base64
 import io
+import json
+import zipfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -40,7 +43,7 @@ def square(info, fraction: float = 0.25) -> np.ndarray:
 
 def test_task_has_pictures_and_counts(client):
     task = client.predict(api_name="/task")
-    assert task["image_id"] is not None and task["annotator"] == "tester"
+    assert task["image_id"] is not None and task["annotator"].startswith("tester-")  # this client's own identity
     assert decode(task["image"]).shape[:2] == (task["height"], task["width"])
     assert decode(task["mask"]).shape == (task["height"], task["width"])
     assert task["cam"] is None and task["model"] == "pretrained"  # untrained backbone: no CAM, said so
@@ -52,11 +55,11 @@ def test_accept_drawn_mask_then_undo(client, server):
     task = client.predict(api_name="/task")
     with Store(server.workspace, create=False) as store:
         mask = square(store.image(task["image_id"]))
-    after = client.predict(task["image_id"], mask_png(mask), api_name="/accept")
+    after = client.predict(task["view"], mask_png(mask), api_name="/accept")
     assert after["image_id"] != task["image_id"] and "corrected" in after["message"]
     with Store(server.workspace, create=False) as store:
         saved = store.latest_mask(task["image_id"])
-        assert (saved.annotator, saved.origin) == ("tester", "human")
+        assert (saved.annotator, saved.origin) == (task["annotator"], "human")
         assert np.array_equal(store.load_mask(task["image_id"]), mask)
     back = client.predict(api_name="/undo")
     assert back["image_id"] == task["image_id"]
@@ -66,7 +69,7 @@ def test_accept_drawn_mask_then_undo(client, server):
 
 def test_accept_unchanged_records_the_prediction(client, server):
     task = client.predict(api_name="/task")
-    client.predict(task["image_id"], None, api_name="/accept")
+    client.predict(task["view"], None, api_name="/accept")
     with Store(server.workspace, create=False) as store:
         saved = store.latest_mask(task["image_id"])
         assert saved.origin == "accepted_prediction" and saved.model_version is None  # pretrained: unregistered
@@ -78,16 +81,22 @@ def test_accept_unchanged_records_the_prediction(client, server):
 def test_refine_with_clicks_and_box(client):
     task = client.predict(api_name="/task")
     w, h = task["width"], task["height"]
-    result = client.predict(task["image_id"], f"[[{w // 3}, {h // 3}]]", f"[[{w - 5}, {h - 5}]]",
-                            f"[0, 0, {w}, {h}]", api_name="/refine")
-    assert decode(result["mask"]).shape == (h, w) and result["ms"] < 5000
+    centre = client.predict(task["view"], f"[[{w // 2}, {h // 2}]]", "[]", f"[0, 0, {w}, {h}]", api_name="/refine")
+    negative = client.predict(task["view"], f"[[{w // 2}, {h // 2}]]", f"[[{w // 2}, {h // 2}]]",
+                              f"[0, 0, {w}, {h}]", api_name="/refine")
+    assert decode(centre["mask"]).shape == (h, w) and centre["image_id"] == task["image_id"]
+    assert (decode(negative["mask"]) != decode(centre["mask"])).any()  # the negative click reached the decoder
+    with pytest.raises(gradio_client.exceptions.AppError, match="at most 64"):
+        client.predict(task["view"], json.dumps([[1, 1]] * 5000), "[]", "null", api_name="/refine")
 
 
 def test_tag_only_and_skip_move_on(client, server):
     task = client.predict(api_name="/task")
-    tagged = client.predict(task["image_id"], True, api_name="/tag")
+    with pytest.raises(gradio_client.exceptions.AppError, match="true or false"):
+        client.predict(task["view"], "false", api_name="/tag")  # not stored as present
+    tagged = client.predict(task["view"], True, api_name="/tag")
     assert tagged["image_id"] != task["image_id"]
-    skipped = client.predict(tagged["image_id"], api_name="/skip")
+    skipped = client.predict(tagged["view"], api_name="/skip")
     assert skipped["image_id"] not in (task["image_id"], tagged["image_id"])
     with Store(server.workspace, create=False) as store:
         assert store.tags(task["image_id"])[0]["present"] is True
@@ -97,17 +106,27 @@ def test_tag_only_and_skip_move_on(client, server):
 def test_dashboard_and_export(client, server, tmp_path):
     data = client.predict(api_name="/dashboard")
     assert data["labels"]["images"] == 14 and data["validation"]["images"] is None
-    assert any(row["annotator"] == "tester" for row in data["annotators"])
+    assert any(row["annotator"].startswith("tester-") for row in data["annotators"])
     assert data["effort"]["reviews"] >= 1
     message = client.predict(api_name="/retrain_now")
     assert "trainer" in message
     with Store(server.workspace, create=False) as store:
         assert store.get_setting("retrain_requested")
-    path = client.predict("png", True, api_name="/export")
-    import zipfile
-
+    path, message = client.predict("coco", True, api_name="/export")  # downloaded by the client
+    assert Path(path).is_file() and "Exported" in message
     with zipfile.ZipFile(path) as archive:
-        assert any(name.endswith("manifest.csv") for name in archive.namelist())
+        coco = json.loads(archive.read(next(n for n in archive.namelist() if n.endswith("annotations.json"))))
+    assert coco["annotations"] and all(a["image_id"] in {i["id"] for i in coco["images"]} for a in coco["annotations"])
+
+
+def test_each_client_without_auth_is_its_own_annotator(server, client):
+    other = gradio_client.Client(server.url, verbose=False)
+    mine, theirs = client.predict(api_name="/task"), other.predict(api_name="/task")
+    assert mine["annotator"] != theirs["annotator"] and mine["image_id"] != theirs["image_id"]
+    with pytest.raises(gradio_client.exceptions.AppError, match="no longer on record"):
+        other.predict(mine["view"], None, api_name="/accept")  # a showing answers only its own annotator
+    with Store(server.workspace, create=False) as store:
+        assert store.latest_mask(mine["image_id"]) is None
 
 
 def test_auth_names_the_annotator(tmp_path):
@@ -121,7 +140,7 @@ def test_auth_names_the_annotator(tmp_path):
         alice = gradio_client.Client(srv.url, verbose=False, auth=("alice", "s3cret"))
         task = alice.predict(api_name="/task")
         assert task["annotator"] == "alice"
-        alice.predict(task["image_id"], api_name="/no_finding")
+        alice.predict(task["view"], api_name="/no_finding")
         with Store(srv.workspace, create=False) as store:
             assert store.latest_mask(task["image_id"]).annotator == "alice"
         from playwright.sync_api import sync_playwright

@@ -127,7 +127,7 @@ def test_server_swaps_in_a_new_model_between_requests(workspace):
     assert first["model"] == "pretrained" and first["cam"] is None
     label(bt.store, 3)
     bt.train_round()
-    after = studio.skip("ann", first["image_id"])
+    after = studio.skip("ann", first["view"])
     assert after["model"] == "r0001" and after["cam"].startswith("data:image/png")
     assert after["probability"] is not None and "Model r0001" in after["model_note"]
     studio.close()
@@ -195,11 +195,11 @@ def test_empty_queue_and_tag_only(tmp_path):
     with Store(workspace) as store:
         studio = Studio(store, ModelSlot(store, "micro_random", tmp_path / "cache"))
         first = studio.task("ann")
-        second = studio.tag_only("ann", first["image_id"])  # tagged, no mask: back of the queue
+        second = studio.tag_only("ann", first["view"])  # tagged, no mask: back of the queue
         assert second["image_id"] != first["image_id"] and store.tags(first["image_id"])[0]["tag"] == "finding"
-        third = studio.no_finding("ann", second["image_id"])
+        third = studio.no_finding("ann", second["view"])
         assert third["image_id"] == first["image_id"] and third["skipped_before"]  # only the tagged one is left
-        done = studio.no_finding("ann", first["image_id"])
+        done = studio.no_finding("ann", third["view"])
         assert done["image_id"] is None and done["left"] == 0 and done["done"] == 2
         studio.close()
 

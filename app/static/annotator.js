@@ -165,17 +165,25 @@ async function show(t) {
 async function call(name, args) {
   if (S.busy) return null;
   S.busy = true;
+  let stale = null;
   try {
     const result = await server[name](args);
     if (!result) throw new Error('no answer from the server (see its log)');
-    if (result.error) throw new Error(result.error);
+    if (result.error) { stale = result.stale ? result.error : null; throw new Error(result.error); }
     return result;
   } catch (err) {
     say(`${name} failed: ${err && err.message ? err.message : err}`, true);
     return null;
   } finally {
     S.busy = false;
+    if (stale) reload(stale);
   }
+}
+
+async function reload(why) {
+  // The server no longer knows the proposal on screen (saved, too old, or it restarted): show the current one.
+  const t = await call('task', {});
+  if (t) { await show(t); say(`${why}`, true); }
 }
 
 function encodeMask() {
@@ -195,7 +203,7 @@ async function act(name) {
   const t = S.task;
   if (name === 'reset') { resetToProposal(); return; }
   if (name !== 'undo' && (!t || t.image_id === null)) return;
-  const args = { image_id: t ? t.image_id : null };
+  const args = { view: t ? t.view : null };  // the showing this action answers
   if (name === 'accept') args.mask = S.edited ? encodeMask() : null;
   const next = await call(name, args);
   if (next) await show(next);
@@ -223,7 +231,7 @@ function undoEdit() {
 async function refine() {
   const t = S.task;
   const started = performance.now();
-  const r = await call('refine', { image_id: t.image_id, positive: S.pos, negative: S.neg, box: S.box });
+  const r = await call('refine', { view: t.view, positive: S.pos, negative: S.neg, box: S.box });
   if (!r || !S.task || S.task.image_id !== r.image_id) return;
   S.mask = await maskFrom(r.mask, S.W, S.H);
   S.edited = true; rebuildLayer(); draw(); showFacts();

@@ -1,0 +1,109 @@
+"""One pure ASGI middleware in front of the Gradio app (`Guard`): it refuses request bodies over a size limit before
+they are read into memory, makes a client address that keeps failing logins wait (429), and gives every browser an
+anonymous id cookie (`BROWSER_COOKIE`) so that, without --auth, each browser can be told apart."""
+from __future__ import annotations
+
+import math
+import secrets
+import time
+from collections.abc import Callable
+
+from starlette.datastructures import Headers
+from starlette.requests import cookie_parser
+from starlette.responses import JSONResponse
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from app.auth import Throttle
+
+BROWSER_COOKIE = "adasam-browser"
+BROWSER_COOKIE_MAX_AGE = 400 * 24 * 3600  # browsers cap a cookie's life at 400 days anyway
+MAX_BODY_BYTES = 16 * 1024 * 1024  # default of `adasam serve --max-request-mb`
+ADDRESS_FAILURES = 20  # failed logins from one client address within ADDRESS_WINDOW_S before it must wait
+ADDRESS_WINDOW_S = 15 * 60.0
+ADDRESS_COOLDOWN_S = 60.0  # the first wait; it doubles with each further failure ...
+ADDRESS_MAX_COOLDOWN_S = 300.0  # ... up to this
+
+
+def address_throttle(clock: Callable[[], float] = time.monotonic) -> Throttle:
+    return Throttle(ADDRESS_FAILURES, ADDRESS_WINDOW_S, ADDRESS_COOLDOWN_S, ADDRESS_MAX_COOLDOWN_S, clock)
+
+
+class _TooLarge(Exception):
+    """Raised into the app from `receive` once the body passed the limit; the 413 has been sent by then."""
+
+
+def _is_login(scope: Scope) -> bool:
+    return scope["method"] == "POST" and scope["path"].rstrip("/").endswith("/login")
+
+
+class Guard:
+    """Pure ASGI (streams: nothing is buffered). Add it with `Middleware(Guard, max_body_bytes=...)`."""
+
+    def __init__(self, app: ASGIApp, max_body_bytes: int = MAX_BODY_BYTES, logins: Throttle | None = None) -> None:
+        self.app = app
+        self.max_body_bytes = max_body_bytes
+        self.logins = logins or address_throttle()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = Headers(scope=scope)
+        length = headers.get("content-length")
+        if length is not None and (not length.strip().isdigit() or int(length) > self.max_body_bytes):
+            await self._too_large(scope, receive, send)
+            return
+        address = scope["client"][0] if scope.get("client") else "unknown"
+        login = _is_login(scope)
+        if login:
+            wait = self.logins.wait(address)
+            if wait > 0:
+                seconds = math.ceil(wait)
+                await JSONResponse({"detail": f"Too many failed logins from this address: try again in {seconds} s."},
+                                   status_code=429, headers={"Retry-After": str(seconds)})(scope, receive, send)
+                return
+            self.logins.fail(address)  # counted before the answer, so guesses sent in parallel see each other
+        # Set on the answer only, not slipped into this request: a client that drops cookies (an API script) then
+        # keeps falling back to its Gradio session instead of looking like a new browser on every request.
+        cookie = None if BROWSER_COOKIE in cookie_parser(headers.get("cookie", "")) else secrets.token_urlsafe(12)
+        received = 0
+        started = refused = False
+
+        async def guarded_receive() -> Message:
+            nonlocal received, refused
+            if refused:
+                return {"type": "http.disconnect"}
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_body_bytes:
+                    if not started:
+                        refused = True
+                        await self._too_large(scope, receive, send)
+                    raise _TooLarge
+            return message
+
+        async def guarded_send(message: Message) -> None:
+            nonlocal started
+            if refused:  # the 413 went out already: whatever the app answers after it is dropped
+                return
+            if message["type"] == "http.response.start":
+                started = True
+                if login and message["status"] < 400:
+                    self.logins.forgive(address)
+                if cookie is not None:
+                    value = (f"{BROWSER_COOKIE}={cookie}; Max-Age={BROWSER_COOKIE_MAX_AGE}; Path=/; HttpOnly; "
+                             f"SameSite=Lax")
+                    message = {**message, "headers": [*message.get("headers", ()), (b"set-cookie", value.encode())]}
+            await send(message)
+
+        try:
+            await self.app(scope, guarded_receive, guarded_send)
+        except Exception:
+            if not refused:
+                raise
+
+    async def _too_large(self, scope: Scope, receive: Receive, send: Send) -> None:
+        limit = f"{self.max_body_bytes / 2**20:g} MB"
+        await JSONResponse({"detail": f"Request too large: the limit is {limit} (adasam serve --max-request-mb)."},
+                           status_code=413, headers={"Connection": "close"})(scope, receive, send)

@@ -1,0 +1,191 @@
+"""What an annotator saves is what they saw (issue 9): every save answers one showing, only its annotator may use it,
+a save never overwrites someone else's work unseen, and bad or oversized input is refused before anything changes.
+In-process Studio over micro_random phantoms: milliseconds per model call."""
+from __future__ import annotations
+
+import base64
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from annotation import SaveRefused, Store
+from app import studio as studio_module
+from app.studio import ModelSlot, RequestError, StaleView, Studio, decode_mask
+from app.trainer import BackgroundTrainer
+from app_fixtures import make_workspace, mask_png
+
+
+@pytest.fixture
+def setup(tmp_path):
+    workspace = make_workspace(tmp_path, n=12, n_val=3)
+    store = Store(workspace)
+    studio = Studio(store, ModelSlot(store, "micro_random", tmp_path / "cache"))
+    yield workspace, store, studio
+    studio.close()
+    store.close()
+
+
+def shown_mask(task: dict) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(base64.b64decode(task["mask"].split(",", 1)[1])))) > 127
+
+
+def square(store: Store, image_id: int) -> np.ndarray:
+    info = store.image(image_id)
+    mask = np.zeros((info.height, info.width), bool)
+    mask[5:30, 10:40] = True
+    return mask
+
+
+def expire_leases(store: Store) -> None:
+    with store.transaction() as conn:
+        conn.execute("UPDATE leases SET expires_at = 0")
+
+
+def test_accept_unchanged_saves_the_mask_shown_after_a_new_model_and_an_emptied_cache(setup, tmp_path):
+    workspace, store, studio = setup
+    task = studio.task("ann")
+    trainer = BackgroundTrainer(workspace, "micro_random", tmp_path / "cache", round_every=3, steps=4)
+    for image_id in [i.id for i in store.images(split="pool", state="unlabeled") if i.id != task["image_id"]][:3]:
+        store.save_mask(image_id, square(store, image_id), "other")
+    trainer.train_round()
+    trainer.store.close()
+    studio._views.clear()  # what 20 annotators' prefetching did to the 32-entry cache
+    assert not np.array_equal(studio.view(task["image_id"]).mask, shown_mask(task))  # the new model differs
+    after = studio.accept("ann", task["view"])
+    assert "accepted as proposed" in after["message"]
+    saved = store.latest_mask(task["image_id"])
+    assert saved.origin == "accepted_prediction" and saved.model_version is None  # the untrained backbone's view
+    assert np.array_equal(store.load_mask(task["image_id"]), shown_mask(task))
+
+
+def test_a_view_answers_only_its_annotator_and_only_once(setup):
+    _, store, studio = setup
+    task = studio.task("ann")
+    with pytest.raises(StaleView):
+        studio.accept("intruder", task["view"])  # another annotator cannot use it
+    with pytest.raises(StaleView):
+        studio.no_finding("ann", "never-handed-out")
+    assert store.latest_mask(task["image_id"]) is None
+    studio.accept("ann", task["view"], mask_png(square(store, task["image_id"])))
+    with pytest.raises(StaleView):  # a replayed save finds nothing
+        studio.accept("ann", task["view"])
+    assert [m.version for m in store.mask_history(task["image_id"])] == [1]
+
+
+def test_a_save_while_someone_else_holds_the_image_is_refused(setup):
+    _, store, studio = setup
+    first = studio.task("ann")
+    expire_leases(store)
+    second = studio.task("bob")  # the expired lease is handed on
+    assert second["image_id"] == first["image_id"]
+    with pytest.raises(SaveRefused, match="being labeled by bob"):
+        studio.accept("ann", first["view"], mask_png(square(store, first["image_id"])))
+    assert store.latest_mask(first["image_id"]) is None
+    studio.accept("ann", studio.task("ann")["view"])  # the refused showing was not spent by a refusal
+    with pytest.raises(SaveRefused):
+        studio.no_finding("ann", first["view"])
+
+
+def test_a_later_conflicting_save_keeps_both_masks_and_shows_the_conflict(setup):
+    _, store, studio = setup
+    first = studio.task("ann")
+    expire_leases(store)
+    second = studio.task("bob")
+    bob_mask = square(store, second["image_id"])
+    studio.accept("bob", second["view"], mask_png(bob_mask))
+    with pytest.raises(SaveRefused, match="saved by bob"):  # an unchanged proposal never replaces work unseen
+        studio.accept("ann", first["view"])
+    assert store.latest_mask(first["image_id"]).annotator == "bob"
+    ann_mask = np.zeros_like(bob_mask)
+    ann_mask[40:60, 40:70] = True  # a human decision is kept as a new version that names the one it did not see
+    result = studio.accept("ann", first["view"], mask_png(ann_mask))
+    assert "bob saved this image meanwhile (version 1)" in result["message"]
+    history = store.mask_history(first["image_id"])
+    assert [(m.annotator, m.origin, m.conflict_with) for m in history] == [("bob", "human", None),
+                                                                           ("ann", "human", 1)]
+    assert np.array_equal(store.read_mask(store.image(first["image_id"]), history[0]), bob_mask)
+    assert np.array_equal(store.load_mask(first["image_id"]), ann_mask)
+    assert studio.dashboard()["conflicts"] == [{"image_id": first["image_id"], "version": 2, "annotator": "ann",
+                                                "name": store.image(first["image_id"]).name, "over_version": 1}]
+
+
+def test_refine_checks_its_input_before_it_leases(setup):
+    _, store, studio = setup
+    task = studio.task("ann")
+    w, h = task["width"], task["height"]
+    with pytest.raises(RequestError, match="at most 64"):
+        studio.refine("ann", task["view"], [[1, 1]] * 5000, [])
+    for bad in ([[w + 50, 1]], [[1]], [["1", 2]], [[float("nan"), 1]], "[[1, 1]]"):
+        with pytest.raises(RequestError):
+            studio.refine("ann", task["view"], bad, [])
+    with pytest.raises(RequestError, match="box"):
+        studio.refine("ann", task["view"], [[1, 1]], [], [0, 0, w])
+    expire_leases(store)
+    other = studio.task("bob")
+    assert other["image_id"] == task["image_id"]
+    with pytest.raises(StaleView):  # bob's showing is bob's
+        studio.refine("ann", other["view"], [[1, 1]], [])
+    with pytest.raises(SaveRefused):  # ann's old showing cannot take bob's lease
+        studio.refine("ann", task["view"], [[1, 1]], [])
+    lease = store.conn.execute("SELECT annotator FROM leases WHERE image_id = ?", (task["image_id"],)).fetchone()
+    assert lease["annotator"] == "bob"
+    done = studio.refine("bob", other["view"], [[w // 2, h // 2]], [[1, 1]], [0, 0, w, h])
+    assert done["image_id"] == task["image_id"] and shown_mask(done).shape == (h, w)
+
+
+def test_refine_click_limit_is_configurable(setup):
+    _, store, studio = setup
+    studio.max_points = 3
+    task = studio.task("ann")
+    studio.refine("ann", task["view"], [[1, 1], [2, 2]], [[3, 3]])
+    with pytest.raises(RequestError, match="at most 3"):
+        studio.refine("ann", task["view"], [[1, 1], [2, 2]], [[3, 3], [4, 4]])
+
+
+def test_tag_takes_a_real_boolean(setup):
+    _, store, studio = setup
+    task = studio.task("ann")
+    with pytest.raises(RequestError, match="true or false"):
+        studio.tag_only("ann", task["view"], "false")
+    assert store.tags(task["image_id"]) == []
+    studio.tag_only("ann", task["view"], False)
+    assert store.tags(task["image_id"])[0]["present"] is False
+
+
+def test_mask_size_is_checked_from_the_header_before_decoding(monkeypatch, tmp_path):
+    buffer = io.BytesIO()
+    Image.new("1", (13000, 13000)).save(buffer, format="PNG")  # a few KB that decode to 0.7 GB of RGBA
+    url = "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+    assert len(url) < 100_000
+
+    def no_decoding(*args, **kwargs):
+        raise AssertionError("pixels decoded before the size was checked")
+
+    monkeypatch.setattr(Image.Image, "convert", no_decoding)
+    with pytest.raises(RequestError, match="13000x13000"):
+        decode_mask(url, (64, 80))
+    buffer = io.BytesIO()
+    Image.new("1", (20000, 20000)).save(buffer, format="PNG")  # past Pillow's own bomb limit
+    with pytest.raises(RequestError, match="claims over"):
+        decode_mask("data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode(), (64, 80))
+    for bad in ("not a data url", "data:image/png;base64,!!!", "data:image/png;base64," + base64.b64encode(
+            b"GIF89a....").decode(), None):
+        with pytest.raises(RequestError):
+            decode_mask(bad, (64, 80))
+
+
+def test_export_zips_are_cleaned_up(setup, monkeypatch):
+    _, store, studio = setup
+    task = studio.task("ann")
+    studio.accept("ann", task["view"], mask_png(square(store, task["image_id"])))
+    first, _ = studio.export("png")
+    assert first.is_file()
+    monkeypatch.setattr(studio_module, "EXPORT_KEEP_S", -1.0)
+    second, _ = studio.export("coco")
+    assert second.is_file() and not first.exists() and second.parent.parent == first.parent.parent
+    with pytest.raises(RequestError):
+        studio.export("zip")
+    studio.close()
+    assert not second.parent.parent.exists()
