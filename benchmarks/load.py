@@ -14,6 +14,7 @@ the workspace is checked against what the clients saw:
 - PRAGMA integrity_check.
 
     python benchmarks/load.py --annotators 20 --minutes 10 --json benchmarks/results/load.json
+    python benchmarks/load.py --annotators 20 --minutes 3 --kill-every 60 --json benchmarks/results/load_kill.json
     python benchmarks/load.py --quick          # 3 annotators, 20 s, phantoms: a CI smoke run
 """
 from __future__ import annotations
@@ -218,17 +219,13 @@ def summary(values: list[float]) -> dict:
             "p95_ms": round(ordered[min(len(ordered) - 1, int(0.95 * len(ordered)))], 1)}
 
 
-def prepare(folder: Path, quick: bool, n_phantoms: int) -> Path:
-    from annotation import Store
-    from app.seed import seed_workspace
+def prepare(folder: Path, quick: bool, images: int) -> Path:
+    """Generated phantoms (224 x 288, like the demo's): enough that 20 annotators do not empty the queue."""
     from app_fixtures import make_workspace
 
     if quick:
         return make_workspace(folder, n=40, n_val=4)
-    workspace = folder / "workspace"
-    with Store(workspace) as store:
-        print(seed_workspace(store, phantoms=n_phantoms, progress=False), flush=True)
-    return workspace
+    return make_workspace(folder, n=images + 20, n_val=20, size=(224, 288))
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -238,7 +235,7 @@ def run(args: argparse.Namespace) -> dict:
     seconds = 20 if args.quick else 60 * args.minutes
     with tempfile.TemporaryDirectory(prefix="adasam-load-") as tmp:
         folder = Path(tmp)
-        workspace = prepare(folder, args.quick, args.phantoms)
+        workspace = prepare(folder, args.quick, args.images)
         extra = ["--round-every", str(args.round_every), "--train-steps", str(args.train_steps)]
         server = Server(workspace, folder / "serve.log", *extra, backbone=args.backbone, cache=str(folder / "cache"))
         tally, holds = Tally(), Holds()
@@ -268,6 +265,7 @@ def run(args: argparse.Namespace) -> dict:
         result = {
             "annotators": annotators, "seconds": seconds, "backbone": args.backbone, "think_s": args.think,
             "kills": kills, "server_exit": status, "server_tracebacks": tracebacks,
+            "images": args.images if not args.quick else 36, "round_every": args.round_every,
             "requests": sum(len(v) for v in tally.latencies.values()) + sum(tally.errors.values()),
             "errors": dict(tally.errors), "refused_saves": tally.refused, "overlapping_holds": tally.overlaps,
             "identities": len(tally.names),
@@ -290,11 +288,11 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--annotators", type=int, default=20)
     parser.add_argument("--minutes", type=float, default=10.0)
-    parser.add_argument("--think", type=float, default=1.0, help="mean seconds an annotator looks before acting")
     parser.add_argument("--backbone", default="micro_random", help="micro_random (default: the server's own cost) "
                                                                   "or litemedsam")
-    parser.add_argument("--phantoms", type=int, default=400, help="generated images when BUSI is not beside us")
-    parser.add_argument("--round-every", type=int, default=20)
+    parser.add_argument("--images", type=int, default=4000, help="generated pool images")
+    parser.add_argument("--think", type=float, default=3.0, help="mean seconds an annotator looks before acting")
+    parser.add_argument("--round-every", type=int, default=200)
     parser.add_argument("--train-steps", type=int, default=20)
     parser.add_argument("--kill-every", type=float, default=0.0, help="SIGKILL and restart the server every S s")
     parser.add_argument("--json", default=None)

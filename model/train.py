@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from model.adasam import AdaSam, AdaSamConfig, build_adasam, load_checkpoint, save_checkpoint, whole_box
-from model.calibrate import calibrate
+from model.calibrate import calibrate, calibrate_presence
 from model.evaluate import Item, evaluate
 from model.inference import valid_grid
 from model.losses import cam_loss, consistency_loss, segmentation_loss
@@ -221,10 +221,14 @@ class Trainer:
         return summary
 
     def val_score(self, summary: dict) -> float:
-        """Checkpoint selection: mean lesion Dice on val with automatic prompts (what the tool outputs)."""
+        """Checkpoint selection: mean lesion Dice on val with automatic prompts, before presence gating.
+
+        Gated Dice can be 0 at every evaluation (a classifier that keeps every probability under the gate until it
+        is calibrated after training), which would keep the first checkpoint; prompts and decoder are judged here,
+        the gate is set afterwards (model.calibrate). Equal scores keep the later checkpoint."""
         if not summary:
             return float(self.step)  # no validation images: the latest model wins
-        value = summary["dice_lesion"] if summary["n_lesion"] else summary["dice_all"]
+        value = summary["dice_lesion_ungated"] if summary["n_lesion"] else summary["dice_all"]
         return -1.0 if math.isnan(value) else value
 
     def save_resume_state(self) -> None:
@@ -265,7 +269,7 @@ class Trainer:
                           "elapsed_s": time.time() - started}
                 self.history.append(record)
                 self.log(json.dumps(record, default=float))
-                if score > self.best["score"]:
+                if score >= self.best["score"]:
                     self.best = {"score": score, "step": self.step, "val": record["val"]}
                     save_checkpoint(self.model, self.out / "model.pt", {"val": summary, "step": self.step})
                 self.save_resume_state()
@@ -273,9 +277,9 @@ class Trainer:
         return self.best
 
     def calibrate_best(self) -> None:
-        """Load the val-picked weights (model.pt) into the model, choose its CAM threshold on val and store it in
-        model.pt; the choice is recorded in `self.best["calibration"]`. Idempotent, so resuming a finished run
-        redoes it."""
+        """Load the val-picked weights (model.pt) into the model, choose its CAM and presence thresholds on val and
+        store them in model.pt; the choice is recorded in `self.best["calibration"]`. Idempotent, so resuming a
+        finished run redoes it."""
         path = self.out / "model.pt"
         if not (self.config.calibrate and self.data.val and path.exists()):
             return
@@ -284,6 +288,7 @@ class Trainer:
         # the checkpoint's val summary was taken at the current threshold: no need to evaluate that one again
         measured = {self.model.config.cam_threshold: payload.get("val", {}).get("dice_lesion_ungated")}
         report = calibrate(self.model.eval(), self.data.val, measured)
+        report.update(calibrate_presence(self.model, self.data.val))
         if report:
             extra = {k: v for k, v in payload.items() if k not in ("format", "config", "state")}
             save_checkpoint(self.model, path, extra)

@@ -14,15 +14,16 @@ except ImportError:  # the benchmarks import the data-set writers without pytest
     pytest = None
 
 
-def blob_image(rng: np.random.Generator, size: tuple[int, int] = (96, 112), present: bool = True
-               ) -> tuple[np.ndarray, np.ndarray]:
-    """(uint8 image, bool mask): an ellipse brighter than a speckled background (ultrasound-like)."""
+def blob_image(rng: np.random.Generator, size: tuple[int, int] = (96, 112), present: bool = True,
+               radius: tuple[float, float] = (0.1, 0.2)) -> tuple[np.ndarray, np.ndarray]:
+    """(uint8 image, bool mask): an ellipse brighter than a speckled background (ultrasound-like); its radii are a
+    `radius` range of fractions of the image's sides."""
     h, w = size
     image = rng.normal(70, 20, size).clip(0, 255)
     mask = np.zeros(size, dtype=bool)
     if present:
         cy, cx = rng.uniform(0.3, 0.7) * h, rng.uniform(0.3, 0.7) * w
-        ry, rx = rng.uniform(0.1, 0.2) * h, rng.uniform(0.1, 0.2) * w
+        ry, rx = rng.uniform(*radius) * h, rng.uniform(*radius) * w
         yy, xx = np.mgrid[:h, :w]
         mask = ((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 <= 1
         image[mask] = rng.normal(200, 15, mask.sum()).clip(0, 255)
@@ -102,7 +103,7 @@ def micro_backbone(seed: int = 0, dim: int = 32):
 
 
 def blob_items(backbone, n: int, negatives: int = 0, seed: int = 0, size: tuple[int, int] = (48, 56),
-               with_masks: bool = True, prefix: str = "b") -> list:
+               with_masks: bool = True, prefix: str = "b", radius: tuple[float, float] = (0.1, 0.2)) -> list:
     """model.evaluate.Item list of blob images encoded by `backbone` (first `negatives` without a blob)."""
     import torch
 
@@ -111,7 +112,7 @@ def blob_items(backbone, n: int, negatives: int = 0, seed: int = 0, size: tuple[
     from model.preprocess import preprocess_image
 
     rng = np.random.default_rng(seed)
-    pairs = [blob_image(rng, size, present=k >= negatives) for k in range(n)]
+    pairs = [blob_image(rng, size, present=k >= negatives, radius=radius) for k in range(n)]
     prepared = [preprocess_image(image, backbone.image_size) for image, _ in pairs]
     embeddings = encode_batch(backbone, torch.stack([t for t, _ in prepared])).float()
     return [Item(f"{prefix}{k}", embeddings[k].clone(), geometry, mask if with_masks else None, bool(mask.any()))

@@ -48,6 +48,7 @@ def test_task_has_pictures_and_counts(client):
     assert decode(task["mask"]).shape == (task["height"], task["width"])
     assert task["cam"] is None and task["model"] == "pretrained"  # untrained backbone: no CAM, said so
     assert "Untrained backbone" in task["model_note"]
+    assert not decode(task["mask"]).any() and task["box"] is None  # no whole-image mask to erase first
     assert task["done"] + task["left"] == 12
 
 

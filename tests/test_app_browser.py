@@ -80,7 +80,23 @@ def test_page_shows_image_with_overlay(page, server):
     assert me(page).startswith("tester-")  # without --auth each browser is its own annotator
     assert "Untrained backbone" in page.inner_text(".ann-model")  # said plainly before the first round
     assert "Test phantoms." in page.inner_text("#workspace-note")
-    colours = page.evaluate("""() => {
+    assert colours(page)["green"] == 0  # before the first round: no whole-image mask to erase first ...
+    assert "active" in page.get_attribute("button[data-tool=box]", "class")  # ... the box tool is ready instead
+    box = canvas_box(page)
+    page.mouse.move(box["x"] + box["width"] * 0.25, box["y"] + box["height"] * 0.25)
+    page.mouse.down()
+    page.mouse.move(box["x"] + box["width"] * 0.75, box["y"] + box["height"] * 0.75, steps=4)
+    page.mouse.up()
+    page.wait_for_function("Number(document.querySelector('[data-drawn]').dataset.refined || 0) >= 1")
+    shown = colours(page)
+    assert shown["green"] > 100, shown  # the mask SAM drew in the box, outlined
+    assert shown["grey"] > 100, shown  # the image itself, uncovered somewhere
+    assert shown["width"] >= 400, shown  # small images are shown large
+
+
+def colours(page) -> dict:
+    """Green (mask outline) and grey (image) canvas pixels."""
+    return page.evaluate("""() => {
         const c = document.querySelector('canvas.ann-canvas');
         const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
         let green = 0, grey = 0;
@@ -90,9 +106,6 @@ def test_page_shows_image_with_overlay(page, server):
         }
         return {green, grey, width: c.getBoundingClientRect().width};
     }""")
-    assert colours["green"] > 100, colours  # the mask outline
-    assert colours["grey"] > 100, colours  # the image itself, uncovered somewhere
-    assert colours["width"] >= 400, colours  # small images are shown large
 
 
 def test_paint_and_accept_saves_the_mask_with_the_user(page, server):

@@ -104,3 +104,14 @@ def test_ui_latency_quick(tmp_path):
     run_quick("ui_latency.py", "--json", str(out))
     data = load(out)
     assert data["accept_to_next_ms"]["median"] > 0 and data["click_to_mask_ms"]["median"] > 0
+
+
+def test_load_quick_with_a_kill(tmp_path):
+    """3 annotators for 20 s with one SIGKILL of the server: the run's own checks (every acknowledged save is a row
+    with the mask sent or shown, no image held by two annotators, integrity_check) decide its exit status."""
+    run_quick("load.py", "--kill-every", "8", "--json", str(tmp_path / "load.json"))
+    data = load(tmp_path / "load.json")
+    assert data["kills"] >= 1 and data["identities"] == 3 and data["acknowledged_saves"] > 0
+    assert data["acknowledged_missing"] == 0 and data["acknowledged_with_other_mask"] == 0
+    assert data["integrity_check"] == "ok" and data["overlapping_holds"] == 0
+    assert set(data["actions"]) >= {"task", "accept"}

@@ -1,11 +1,12 @@
 """The CAM threshold is picked on val after training and stored in the checkpoint; a fixed one is kept."""
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
 from model.adasam import AdaSamConfig, build_adasam, load_checkpoint
-from model.calibrate import CAM_THRESHOLDS, calibrate
+from model.calibrate import CAM_THRESHOLDS, PRESENCE_DEFAULT, calibrate, calibrate_presence, presence_probabilities
 from model.evaluate import evaluate
 from model.train import TrainConfig, Trainer, TrainingData
 from model_fixtures import blob_items, micro_backbone, one_torch_thread  # noqa: F401 (autouse)
@@ -31,7 +32,7 @@ def test_the_cam_threshold_with_the_best_val_dice_is_chosen(val):
     for threshold, score in scores.items():  # each recorded score is what evaluate gives at that threshold
         model.config.cam_threshold = threshold
         assert evaluate(model, val, with_hd95=False)[0]["dice_lesion_ungated"] == pytest.approx(score)
-    assert model.config.presence_threshold == 0.5  # not calibrated (it over-fitted BUSI's small val set)
+    assert model.config.presence_threshold == 0.5  # calibrate() sets the CAM threshold only
 
 
 def test_nothing_to_calibrate_without_cam_prompts_or_lesions(val):
@@ -58,3 +59,50 @@ def test_training_stores_the_calibrated_threshold(val, tmp_path):
 def test_a_fixed_threshold_is_kept(val, tmp_path):
     best, saved = _train(tmp_path, val, calibrate=False)
     assert "calibration" not in best and saved.config.cam_threshold == 0.45
+
+
+def test_the_presence_threshold_is_lowered_only_when_it_separates_better(val):
+    model = _model()
+    probability = presence_probabilities(model, val)
+    present = np.array([bool(i.mask.any()) for i in val])
+
+    def balanced(t: float) -> float:
+        return ((probability[present] >= t).mean() + (probability[~present] < t).mean()) / 2
+
+    report = calibrate_presence(model, val)["presence_threshold"]
+    chosen = report["chosen"]
+    assert model.config.presence_threshold == chosen <= PRESENCE_DEFAULT  # never stricter than 0.5
+    assert report["val_balanced_accuracy"] == pytest.approx(balanced(chosen), abs=1e-4)
+    assert report["at_default"] == pytest.approx(balanced(PRESENCE_DEFAULT), abs=1e-4)
+    grid = np.linspace(0, PRESENCE_DEFAULT, 501)  # no threshold up to 0.5 separates val better
+    assert max(balanced(t) for t in grid) <= report["val_balanced_accuracy"] + 1e-9
+    if chosen < PRESENCE_DEFAULT:  # lowered only for a real gain
+        assert report["val_balanced_accuracy"] > report["at_default"]
+
+
+def test_no_presence_threshold_to_choose_without_both_kinds_or_a_classifier(val):
+    positives = [i for i in val if i.mask.any()]
+    for model, items in ((_model(), positives), (_model(method="supervised"), val), (_model(has_negatives=False), val)):
+        assert calibrate_presence(model, items) == {} and model.config.presence_threshold == 0.5
+
+
+def test_mostly_target_free_data_with_small_targets_still_gets_its_targets_found(tmp_path):
+    """Two thirds of the images target-free, small targets, a short budget: the classifier keeps every probability
+    under 0.5, so a fixed 0.5 gate (or a checkpoint picked by gated Dice) called every image empty."""
+    backbone = micro_backbone()
+    pool = blob_items(backbone, 30, negatives=20, seed=7, radius=(0.1, 0.15))
+    val = blob_items(backbone, 12, negatives=8, seed=8, radius=(0.1, 0.15), prefix="v")
+    masked = [i for i in pool if i.mask.any()][:8] + [i for i in pool if not i.mask.any()][:5]
+    data = TrainingData(masked=masked, tagged=pool, unlabeled=[i for i in pool if i not in masked], val=val)
+    torch.manual_seed(0)
+    model = build_adasam(AdaSamConfig(backbone="micro"), backbone)
+    config = TrainConfig(steps=100, batch_masked=4, batch_unlabeled=2, batch_tagged=8, eval_every=10,
+                         lr_decoder=1e-3, lr_heads=5e-4)
+    best = Trainer(model, config, data, tmp_path, log=lambda line: None).run()
+    saved = load_checkpoint(tmp_path, backbone)[0]
+    summary, rows = evaluate(saved, val, with_hd95=False)
+    gate = best["calibration"]["presence_threshold"]
+    assert gate["at_default"] == 0.5 < gate["val_balanced_accuracy"]  # 0.5 told nothing apart here
+    assert saved.config.presence_threshold == gate["chosen"] < 0.5
+    assert best["step"] > 10 and summary["presence_auc"] > 0.8  # a later checkpoint, one that learned
+    assert np.mean([r["dice"] > 0 for r in rows if r["lesion"]]) >= 0.75 and summary["dice_lesion"] > 0.3

@@ -157,6 +157,7 @@ async function show(t) {
                      box: t.box ? t.box.slice() : null, history: [], edited: false });
   $('.ann-title').textContent = `${t.name} (image ${t.image_id}, ${t.width}×${t.height})` +
     (t.skipped_before ? ' · skipped before' : '');
+  if (t.model === 'pretrained') setTool('box');  // no proposal before the first round: one drag gives the mask
   fitCanvas(); showFacts(); say(t.message);
   element.dataset.imageId = String(t.image_id);
   element.dataset.drawn = String(++S.drawn);  // tests and the latency benchmark wait on this counter
