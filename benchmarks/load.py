@@ -29,7 +29,6 @@ import random
 import secrets
 import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -249,8 +248,9 @@ def run(args: argparse.Namespace) -> dict:
         try:
             while any(t.is_alive() for t in threads):
                 time.sleep(1.0)
-                if args.kill_every and time.time() < until - 5 and time.time() - started > args.kill_every * (kills + 1):
-                    os.kill(server.process.pid, signal.SIGKILL)  # the trainer notices its parent is gone and stops
+                due = time.time() - started > args.kill_every * (kills + 1)
+                if args.kill_every and due and time.time() < until - 5:
+                    os.kill(server.process.pid, signal.SIGKILL)  # its trainer notices the parent is gone and stops
                     server.process.wait()
                     kills += 1
                     holds.forget_all()  # the restart releases every lease: old showings are stale, not holds

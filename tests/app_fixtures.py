@@ -104,3 +104,13 @@ def mask_png(mask: np.ndarray) -> str:
     from app.studio import png_data_url
 
     return png_data_url((mask * 255).astype(np.uint8))
+
+
+def auth_server(tmp_path: Path) -> Server:
+    """`adasam serve --auth` (no trainer) with users alice (s3cret) and bob (hunter22)."""
+    from app.auth import write_user
+
+    users = tmp_path / "users.txt"
+    write_user(users, "alice", "s3cret")
+    write_user(users, "bob", "hunter22")
+    return Server(make_workspace(tmp_path, n=8, n_val=2), tmp_path / "serve.log", "--no-trainer", "--auth", str(users))

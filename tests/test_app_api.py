@@ -12,8 +12,7 @@ import pytest
 from PIL import Image
 
 from annotation import Store
-from app.auth import write_user
-from app_fixtures import Server, launch_chromium, make_workspace, mask_png
+from app_fixtures import Server, auth_server, launch_chromium, make_workspace, mask_png
 
 gradio_client = pytest.importorskip("gradio_client")
 
@@ -131,10 +130,7 @@ def test_each_client_without_auth_is_its_own_annotator(server, client):
 
 
 def test_auth_names_the_annotator(tmp_path):
-    users = tmp_path / "users.txt"
-    write_user(users, "alice", "s3cret")
-    write_user(users, "bob", "hunter22")
-    srv = Server(make_workspace(tmp_path, n=8, n_val=2), tmp_path / "serve.log", "--no-trainer", "--auth", str(users))
+    srv = auth_server(tmp_path)
     try:
         with pytest.raises(Exception):
             gradio_client.Client(srv.url, verbose=False, auth=("alice", "wrong"))

@@ -15,10 +15,10 @@ import pytest
 
 import annotation
 from annotation import Store
-from app.auth import NAME_FAILURES, write_user
+from app.auth import NAME_FAILURES
 from app.guard import ADDRESS_FAILURES, BROWSER_COOKIE
 from app.status import read_status
-from app_fixtures import Server, make_workspace, wait_for
+from app_fixtures import Server, auth_server, make_workspace, wait_for
 
 gradio_client = pytest.importorskip("gradio_client")
 
@@ -87,10 +87,7 @@ def _login(srv: Server, name: str, password: str) -> tuple[int, str, str | None]
 
 
 def test_failed_logins_make_the_name_then_the_address_wait(tmp_path):
-    users = tmp_path / "users.txt"
-    write_user(users, "alice", "s3cret")
-    write_user(users, "bob", "hunter22")
-    srv = Server(make_workspace(tmp_path, n=4, n_val=2), tmp_path / "serve.log", "--no-trainer", "--auth", str(users))
+    srv = auth_server(tmp_path)
     try:
         assert _login(srv, "bob", "hunter22")[0] == 200
         for i in range(NAME_FAILURES):

@@ -115,3 +115,15 @@ def test_load_quick_with_a_kill(tmp_path):
     assert data["acknowledged_missing"] == 0 and data["acknowledged_with_other_mask"] == 0
     assert data["integrity_check"] == "ok" and data["overlapping_holds"] == 0
     assert set(data["actions"]) >= {"task", "accept"}
+
+
+def test_effort_quick(tmp_path):
+    run_quick("effort.py", "--json", str(tmp_path / "effort.json"))
+    data = load(tmp_path / "effort.json")
+    assert set(data["starts"]) == {"proposal", "box", "clicks"}
+    for start in data["starts"].values():
+        summary = start["summary"]
+        assert summary["lesion_images"] > 0 and 0 <= summary["noc90_mean"] <= 10
+        rows = [r for r in start["images"] if r["lesion"]]
+        assert all(len(r["dices"]) >= 1 and all(0 <= d <= 1 for d in r["dices"]) for r in rows)
+        assert all(r["noc90"] == 10 or max(r["dices"]) >= 0.9 for r in rows)
