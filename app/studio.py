@@ -45,6 +45,7 @@ CAM_SIDE = 256  # the CAM is smooth: sent at most this size, the browser scales 
 
 
 RENEW_EVERY_S = 30.0  # clicks renew the 10-minute lease at most this often
+CLICK_BOX_MARGIN = 0.05  # a positive click widens the default box to include it, this share of the image around it
 MAX_POINTS = 64  # clicks per refine (adasam serve --max-points): each one costs decoder time under the model lock
 HANDOUTS_PER_ANNOTATOR = 8  # showings an annotator can still answer (a reload or prefetch race needs a few)
 HANDOUTS_MAX = 4096  # showings remembered in all (masks bit-packed: ~30 KB each at 500 x 500)
@@ -372,6 +373,10 @@ class Studio:
         if box is None:
             shown_box = mask_box(handout.mask())
             box = list(handout.box) if shown_box is None else [float(v) for v in (*shown_box[:2], *(shown_box[2:] + 1))]
+            if box and positive:  # a click outside the proposal's box says the target reaches further: follow it
+                pad = CLICK_BOX_MARGIN * max(width, height)
+                box = [min([box[0]] + [x - pad for x, _ in positive]), min([box[1]] + [y - pad for _, y in positive]),
+                       max([box[2]] + [x + pad for x, _ in positive]), max([box[3]] + [y + pad for _, y in positive])]
         box = _box(box or [0, 0, width, height], width, height)
         key = (annotator, handout.image_id)
         if time.monotonic() - self._renewed.get(key, -math.inf) > RENEW_EVERY_S:

@@ -124,9 +124,9 @@ def summarise(rows: list[dict], start: str) -> dict:
     return out
 
 
-def test_split(data: Path) -> list[str]:
+def split_ids(data: Path, split: str) -> list[str]:
     with open(data / "manifest.csv", newline="") as handle:
-        return [row["id"] for row in csv.DictReader(handle) if row["split"] == "test"]
+        return [row["id"] for row in csv.DictReader(handle) if row["split"] == split]
 
 
 def workspace_of(folder: Path, data: Path, ids: list[str], model: Path | None) -> Path:
@@ -151,12 +151,12 @@ def run(args: argparse.Namespace) -> dict:
     from app.studio import ModelSlot, Studio
 
     data = Path(args.data)
-    ids = test_split(data)[: args.limit or None]
+    ids = split_ids(data, args.split)[: args.limit or None]
     truths = {name: np.asarray(Image.open(next((data / "masks").glob(f"{name}.*")))) > 0 for name in ids}
     truths = {name: mask if mask.ndim == 2 else mask.any(axis=2) for name, mask in truths.items()}
     results, timing = {}, {}
     with tempfile.TemporaryDirectory(prefix="adasam-effort-") as tmp:
-        for start in STARTS:
+        for start in args.starts:
             model = Path(args.model) if start == "proposal" else None
             workspace = workspace_of(Path(tmp) / start, data, ids, model)
             store = Store(workspace)
@@ -170,11 +170,11 @@ def run(args: argparse.Namespace) -> dict:
             timing[start] = round(time.time() - started, 1)
             results[start] = {"summary": summarise(rows, start), "images": rows}
             print(start, json.dumps(results[start]["summary"]), flush=True)
-    box_noc = results["box"]["summary"]["noc90_mean"]
-    return {"data": os.path.relpath(data, ROOT), "model": args.model, "backbone": args.backbone, "split": "test",
+    box_noc = results["box"]["summary"]["noc90_mean"] if "box" in results else None
+    return {"data": os.path.relpath(data, ROOT), "model": args.model, "backbone": args.backbone, "split": args.split,
             "images": len(ids), "seconds": timing,
             "noc90_ratio_proposal_to_box": round(results["proposal"]["summary"]["noc90_mean"] / box_noc, 3)
-            if box_noc else None,
+            if box_noc and "proposal" in results else None,
             "starts": results, "date": time.strftime("%Y-%m-%d %H:%M")}
 
 
@@ -196,7 +196,10 @@ def main() -> int:
     parser.add_argument("--model", help="a run folder of `adasam train` (its model.pt is the proposal's model)")
     parser.add_argument("--backbone", default="litemedsam")
     parser.add_argument("--cache", default=None, help="embedding cache (default ~/.cache/adasam/embeddings)")
-    parser.add_argument("--limit", type=int, default=0, help="only the first N test images")
+    parser.add_argument("--split", default="test", choices=("val", "test"),
+                        help="test for the figures; val to choose between designs (never choose on test)")
+    parser.add_argument("--limit", type=int, default=0, help="only the first N images")
+    parser.add_argument("--starts", nargs="+", choices=STARTS, default=list(STARTS))
     parser.add_argument("--json", default=None)
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args()
@@ -212,7 +215,7 @@ def main() -> int:
         args.cache = str(DEFAULT_CACHE_DIR)
     result = run(args)
     summary = {k: v for k, v in result.items() if k != "starts"}
-    summary["summaries"] = {start: result["starts"][start]["summary"] for start in STARTS}
+    summary["summaries"] = {start: result["starts"][start]["summary"] for start in args.starts}
     print(json.dumps(summary, indent=2))
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
