@@ -4,6 +4,7 @@ In-process Studio over micro_random phantoms: milliseconds per model call."""
 from __future__ import annotations
 
 import base64
+import dataclasses
 import io
 
 import numpy as np
@@ -189,3 +190,26 @@ def test_export_zips_are_cleaned_up(setup, monkeypatch):
         studio.export("zip")
     studio.close()
     assert not second.parent.parent.exists()
+
+
+def test_a_click_outside_the_prompt_box_widens_it(setup, monkeypatch):
+    _, store, studio = setup
+    task = studio.task("ann")
+    w, h = task["width"], task["height"]
+    used = []
+    real = studio.slot.predictor.refine
+    monkeypatch.setattr(studio.slot.predictor, "refine", lambda *a, **k: used.append(k["box"]) or real(*a, **k))
+    studio.refine("ann", task["view"], [], [[1, 1]], [10, 10, 30, 30])  # a box given is used as given
+    assert used[-1] == (10, 10, 30, 30)
+    studio.refine("ann", task["view"], [[w - 2, h - 2]], [])  # untrained: no proposal box, so the whole image
+    assert used[-1] == (0, 0, w, h)
+    handout = studio._handouts[task["view"]]
+    small = np.zeros(handout.shape, bool)
+    small[2:6, 2:6] = True
+    studio._handouts[task["view"]] = dataclasses.replace(handout, packed=np.packbits(small))  # as if it proposed this
+    studio.refine("ann", task["view"], [], [[3, 3]])
+    assert used[-1] == (2, 2, 6, 6)  # the shown mask's box
+    studio.refine("ann", task["view"], [[40, 30]], [])
+    x0, y0, x1, y1 = used[-1]
+    pad = studio_module.CLICK_BOX_MARGIN * max(w, h)
+    assert (x0, y0) == (2, 2) and (x1, y1) == pytest.approx((40 + pad, 30 + pad))
