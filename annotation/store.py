@@ -418,6 +418,7 @@ class Store:
         Only the lease holder, or anyone while the image is free, may save. If someone saved the image after it was
         shown, an unchanged proposal is refused (it would replace work unseen); a human decision (a drawn mask, no
         finding) is kept as a new version that names the one it did not see, so both stay and the conflict shows.
+        Their own earlier save (in another tab) is no conflict.
         """
         lease = conn.execute("SELECT annotator, expires_at FROM leases WHERE image_id = ?", (image_id,)).fetchone()
         if lease is not None and lease["annotator"] != annotator and lease["expires_at"] > time.time():
@@ -425,8 +426,8 @@ class Store:
         current = conn.execute(
             "SELECT version, annotator FROM masks WHERE image_id = ? AND undone_at IS NULL"
             " ORDER BY version DESC LIMIT 1", (image_id,)).fetchone()
-        if current is None or current["version"] == shown_version:
-            return None
+        if current is None or current["version"] == shown_version or current["annotator"] == annotator:
+            return None  # nothing saved since, or only by themselves (another tab): their latest word stands
         if origin == "accepted_prediction":
             raise SaveRefused(f"image {image_id} was saved by {current['annotator']} (version {current['version']})"
                               f" after it was shown to you: your unchanged proposal was not saved")

@@ -148,7 +148,13 @@ def _box(value: Any, width: int, height: int) -> tuple[float, float, float, floa
 
 
 def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    """A finite JSON number (10**400 is an int that no float holds: refused, not an OverflowError)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
 
 
 def cam_picture(cam: np.ndarray) -> np.ndarray:
@@ -534,12 +540,14 @@ class Studio:
             raise RequestError(f"export format must be png, coco or nifti, not {fmt!r}")
         if not isinstance(include_predictions, bool):
             raise RequestError(f"include_predictions must be true or false, not {include_predictions!r}")
-        if self._exports is None:
-            self._exports = Path(tempfile.mkdtemp(prefix="adasam-export-"))
-        for old in self._exports.iterdir():
-            if time.time() - old.stat().st_mtime > EXPORT_KEEP_S:
-                shutil.rmtree(old, ignore_errors=True)
-        tmp = Path(tempfile.mkdtemp(dir=self._exports))
+        with self._handouts_lock:  # two exports at once share one folder
+            if self._exports is None:
+                self._exports = Path(tempfile.mkdtemp(prefix="adasam-export-"))
+            for old in self._exports.iterdir():
+                with contextlib.suppress(FileNotFoundError):
+                    if time.time() - old.stat().st_mtime > EXPORT_KEEP_S:
+                        shutil.rmtree(old, ignore_errors=True)
+            tmp = Path(tempfile.mkdtemp(dir=self._exports))
         name = f"{self.store.root.resolve().name}-{fmt}-{time.strftime('%Y%m%d-%H%M%S')}"
         summary = export_workspace(self.store, tmp / name, fmt, include_predictions=include_predictions)
         archive = shutil.make_archive(str(tmp / name), "zip", root_dir=tmp, base_dir=name)

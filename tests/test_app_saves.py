@@ -213,3 +213,24 @@ def test_a_click_outside_the_prompt_box_widens_it(setup, monkeypatch):
     x0, y0, x1, y1 = used[-1]
     pad = studio_module.CLICK_BOX_MARGIN * max(w, h)
     assert (x0, y0) == (2, 2) and (x1, y1) == pytest.approx((40 + pad, 30 + pad))
+
+
+def test_a_second_tab_of_the_same_annotator_is_no_conflict(setup):
+    _, store, studio = setup
+    first_tab, second_tab = studio.task("ann"), studio.task("ann")
+    assert first_tab["image_id"] == second_tab["image_id"] and first_tab["view"] != second_tab["view"]
+    studio.accept("ann", first_tab["view"], mask_png(square(store, first_tab["image_id"])))
+    later = np.zeros_like(square(store, first_tab["image_id"]))
+    later[1:4, 1:4] = True
+    studio.accept("ann", second_tab["view"], mask_png(later))
+    assert [m.conflict_with for m in store.mask_history(first_tab["image_id"])] == [None, None]
+    assert np.array_equal(store.load_mask(first_tab["image_id"]), later) and studio.dashboard()["conflicts"] == []
+
+
+def test_numbers_no_float_holds_are_refused(setup):
+    _, _, studio = setup
+    task = studio.task("ann")
+    with pytest.raises(RequestError):
+        studio.refine("ann", task["view"], [[10 ** 400, 1]], [])
+    with pytest.raises(RequestError):
+        studio.refine("ann", task["view"], [], [], [0, 0, 10 ** 400, 5])

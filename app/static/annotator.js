@@ -182,9 +182,18 @@ async function call(name, args) {
 }
 
 async function reload(why) {
-  // The server no longer knows the proposal on screen (saved, too old, or it restarted): show the current one.
+  // The server no longer knows the proposal on screen (saved, too old, or it restarted): show the current one,
+  // keeping the annotator's edits when it is the same image, so a server restart costs no drawing.
+  const kept = S.task && S.edited ? { id: S.task.image_id, mask: S.mask, pos: S.pos, neg: S.neg, box: S.box } : null;
   const t = await call('task', {});
-  if (t) { await show(t); say(`${why}`, true); }
+  if (!t) return;
+  await show(t);
+  if (kept && t.image_id === kept.id) {
+    Object.assign(S, { mask: kept.mask, pos: kept.pos, neg: kept.neg, box: kept.box, edited: true });
+    rebuildLayer(); draw(); showFacts();
+    why += ' Your edits are kept: save again.';
+  }
+  say(why, true);
 }
 
 function encodeMask() {
