@@ -309,9 +309,8 @@ class Store:
 
     def live_version(self, image_id: int) -> int:
         """The version number of the image's latest live mask, 0 when it has none: what an annotator is shown."""
-        row = self.conn.execute(
-            "SELECT MAX(version) FROM masks WHERE image_id = ? AND undone_at IS NULL", (image_id,)).fetchone()
-        return row[0] or 0
+        latest = self.latest_mask(image_id)
+        return 0 if latest is None else latest.version
 
     def conflicts(self) -> list[MaskInfo]:
         """Live masks saved over a version their annotator never saw, newest first (shown on the dashboard)."""
@@ -393,10 +392,10 @@ class Store:
     def _add_mask(self, conn: sqlite3.Connection, image_id: int, relpath: str | None, origin: str, annotator: str,
                   model_version: str | None, shown_version: int | None = None) -> MaskInfo:
         last = conn.execute("SELECT COALESCE(MAX(version), 0) FROM masks WHERE image_id = ?", (image_id,)).fetchone()[0]
-        parent = conn.execute(
-            "SELECT MAX(version) FROM masks WHERE image_id = ? AND undone_at IS NULL", (image_id,)
-        ).fetchone()[0]
-        conflict = None if shown_version is None else self._claim(conn, image_id, annotator, origin, shown_version)
+        current = self.latest_mask(image_id)  # this thread's connection: inside the transaction
+        parent = None if current is None else current.version
+        conflict = None if shown_version is None else self._claim(conn, image_id, annotator, origin, shown_version,
+                                                                  current)
         row = conn.execute(
             "INSERT INTO masks (image_id, version, parent_version, origin, annotator, model_version, file, created_at,"
             " conflict_with) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING *",
@@ -411,7 +410,8 @@ class Store:
         return from_row(MaskInfo, row)
 
     @staticmethod
-    def _claim(conn: sqlite3.Connection, image_id: int, annotator: str, origin: str, shown_version: int) -> int | None:
+    def _claim(conn: sqlite3.Connection, image_id: int, annotator: str, origin: str, shown_version: int,
+               current: MaskInfo | None) -> int | None:
         """May `annotator`, shown version `shown_version` of the image, save it now? Returns the version this save
         conflicts with (None: none), or raises SaveRefused and nothing changes.
 
@@ -423,15 +423,12 @@ class Store:
         lease = conn.execute("SELECT annotator, expires_at FROM leases WHERE image_id = ?", (image_id,)).fetchone()
         if lease is not None and lease["annotator"] != annotator and lease["expires_at"] > time.time():
             raise SaveRefused(f"image {image_id} is being labeled by {lease['annotator']} now: nothing was saved")
-        current = conn.execute(
-            "SELECT version, annotator FROM masks WHERE image_id = ? AND undone_at IS NULL"
-            " ORDER BY version DESC LIMIT 1", (image_id,)).fetchone()
-        if current is None or current["version"] == shown_version or current["annotator"] == annotator:
+        if current is None or current.version == shown_version or current.annotator == annotator:
             return None  # nothing saved since, or only by themselves (another tab): their latest word stands
         if origin == "accepted_prediction":
-            raise SaveRefused(f"image {image_id} was saved by {current['annotator']} (version {current['version']})"
+            raise SaveRefused(f"image {image_id} was saved by {current.annotator} (version {current.version})"
                               f" after it was shown to you: your unchanged proposal was not saved")
-        return int(current["version"])
+        return current.version
 
     @staticmethod
     def _refresh_state(conn: sqlite3.Connection, image_id: int) -> str:

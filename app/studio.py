@@ -250,6 +250,7 @@ class Studio:
         self._by_annotator: dict[str, collections.deque[str]] = {}
         self._handouts_lock = threading.Lock()
         self._exports: Path | None = None  # one folder for this server's export zips, removed at close
+        self._exports_lock = threading.Lock()
         self._views: OrderedDict[tuple[int, str], View] = OrderedDict()
         self._views_lock = threading.Lock()
         self._ahead = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="prefetch")
@@ -540,7 +541,7 @@ class Studio:
             raise RequestError(f"export format must be png, coco or nifti, not {fmt!r}")
         if not isinstance(include_predictions, bool):
             raise RequestError(f"include_predictions must be true or false, not {include_predictions!r}")
-        with self._handouts_lock:  # two exports at once share one folder
+        with self._exports_lock:  # two exports at once share one folder
             if self._exports is None:
                 self._exports = Path(tempfile.mkdtemp(prefix="adasam-export-"))
             for old in self._exports.iterdir():

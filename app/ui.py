@@ -49,12 +49,6 @@ def annotator_of(request: Any, default: str) -> str:
     return f"{default}-{hashlib.sha256(browser.encode()).hexdigest()[:6]}"
 
 
-def as_bool(value: Any, what: str) -> bool:
-    if not isinstance(value, bool):
-        raise RequestError(f"{what} must be true or false, not {value!r}"[:120])
-    return value
-
-
 def as_text(value: Any, what: str, optional: bool = False) -> str | None:
     if value is None and optional:
         return None
@@ -71,6 +65,9 @@ def as_json(value: Any, what: str) -> Any:
         raise RequestError(f"{what} is not valid JSON") from None
 
 
+REFUSALS = (RequestError, WorkspaceError, PermissionError)  # a request refused as asked, with a message to show
+
+
 def reported(fn):
     """A canvas server function that answers {"error": ...} instead of failing, so the page can say what happened
     (`stale`: the page should fetch its current task again)."""
@@ -80,7 +77,7 @@ def reported(fn):
             if not isinstance(data, dict):
                 raise RequestError("the request must be a JSON object")
             return fn(data, request)
-        except (RequestError, WorkspaceError, PermissionError) as exc:  # refused as asked: nothing changed
+        except REFUSALS as exc:  # refused as asked: nothing changed
             return {"error": str(exc), "stale": isinstance(exc, StaleView)}
         except Exception as exc:  # noqa: BLE001 - shown to the annotator, logged in full here
             traceback.print_exc()
@@ -95,7 +92,7 @@ def refused(fn):
     def run(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
-        except (RequestError, WorkspaceError, PermissionError) as exc:
+        except REFUSALS as exc:
             raise gr.Error(str(exc), print_exception=False) from None
 
     return run
@@ -118,7 +115,7 @@ def build_ui(studio: Studio, default_annotator: str = "annotator") -> gr.Blocks:
 
     def tag(data: dict, request: gr.Request) -> dict:
         return studio.tag_only(who(request), as_text(data.get("view"), "view"),
-                               as_bool(data.get("present", True), "present"))
+                               data.get("present", True))  # Studio refuses anything but a boolean
 
     def skip(data: dict, request: gr.Request) -> dict:
         return studio.skip(who(request), as_text(data.get("view"), "view"))
@@ -199,7 +196,7 @@ def build_ui(studio: Studio, default_annotator: str = "annotator") -> gr.Blocks:
             return studio.no_finding(who(request), as_text(view, "view"))
 
         def api_tag(view: str, present: bool = True, request: gr.Request = None) -> dict:
-            return studio.tag_only(who(request), as_text(view, "view"), as_bool(present, "present"))
+            return studio.tag_only(who(request), as_text(view, "view"), present)
 
         def api_skip(view: str, request: gr.Request = None) -> dict:
             return studio.skip(who(request), as_text(view, "view"))

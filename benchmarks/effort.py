@@ -19,9 +19,7 @@ empty ("no finding" with no interaction).
 from __future__ import annotations
 
 import argparse
-import base64
 import csv
-import io
 import json
 import os
 import shutil
@@ -43,15 +41,6 @@ MAX_INTERACTIONS = 10
 STARTS = ("proposal", "box", "clicks")
 
 
-def decode(url: str) -> np.ndarray:
-    return np.asarray(Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1])))) > 127
-
-
-def dice(a: np.ndarray, b: np.ndarray) -> float:
-    total = int(a.sum()) + int(b.sum())
-    return 1.0 if total == 0 else 2.0 * int((a & b).sum()) / total
-
-
 def next_click(mask: np.ndarray, truth: np.ndarray) -> tuple[list[float], bool]:
     """([x, y], positive): the centre of the largest connected error region (missed -> positive, false -> negative)."""
     best = None
@@ -68,20 +57,19 @@ def next_click(mask: np.ndarray, truth: np.ndarray) -> tuple[list[float], bool]:
     return [float(x) + 0.5, float(y) + 0.5], positive
 
 
-def true_box(truth: np.ndarray) -> list[float]:
-    ys, xs = np.nonzero(truth)
-    return [float(xs.min()), float(ys.min()), float(xs.max() + 1), float(ys.max() + 1)]
-
-
 def simulate(studio, truths: dict[str, np.ndarray], start: str) -> list[dict]:
     """Work through every image the queue hands out; returns one row per image."""
+    from app.studio import decode_mask
+    from model.metrics import dice
+    from model.preprocess import mask_box
+
     rows = []
     while True:
         task = studio.task("simulated")
         if task["image_id"] is None:
             return rows
         truth = truths[task["name"]]
-        shown = decode(task["mask"])
+        shown = decode_mask(task["mask"], truth.shape)
         if not truth.any():
             if start == "proposal":
                 rows.append({"name": task["name"], "lesion": False, "empty_proposal": not shown.any()})
@@ -90,15 +78,15 @@ def simulate(studio, truths: dict[str, np.ndarray], start: str) -> list[dict]:
         positive, negative, box, used = [], [], None, 0
         mask = shown
         if start == "box":
-            box, used = true_box(truth), 1
-            mask = decode(studio.refine("simulated", task["view"], [], [], box)["mask"])
+            box, used = [float(v) for v in mask_box(truth) + np.array([0, 0, 1, 1])], 1
+            mask = decode_mask(studio.refine("simulated", task["view"], [], [], box)["mask"], truth.shape)
         elif start == "clicks":
             mask = np.zeros_like(truth)
         dices = [dice(mask, truth)]
         while dices[-1] < 0.9 and used < MAX_INTERACTIONS:
             point, is_positive = next_click(mask, truth)
             (positive if is_positive else negative).append(point)
-            mask = decode(studio.refine("simulated", task["view"], positive, negative, box)["mask"])
+            mask = decode_mask(studio.refine("simulated", task["view"], positive, negative, box)["mask"], truth.shape)
             used += 1
             dices.append(dice(mask, truth))
         first = 0 if start != "box" else 1  # interactions before dices[0]

@@ -20,8 +20,6 @@ the workspace is checked against what the clients saw:
 from __future__ import annotations
 
 import argparse
-import base64
-import io
 import json
 import os
 import platform
@@ -39,7 +37,6 @@ from pathlib import Path
 
 import httpx
 import numpy as np
-from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
@@ -67,16 +64,6 @@ class Tally:
     overlaps: int = 0
     names: set[str] = field(default_factory=set)  # annotator identities the server gave the clients
     lock: threading.Lock = field(default_factory=threading.Lock)
-
-
-def decode_png(url: str) -> np.ndarray:
-    return np.asarray(Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1]))))
-
-
-def encode_png(mask: np.ndarray) -> str:
-    buffer = io.BytesIO()
-    Image.fromarray((mask * 255).astype(np.uint8)).save(buffer, format="PNG")
-    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
 
 
 class Page:
@@ -119,6 +106,9 @@ class Holds:
 
 
 def annotator_loop(url: str, until: float, think: float, seed: int, tally: Tally, holds: Holds) -> None:
+    from app.studio import decode_mask
+    from app_fixtures import mask_png
+
     rng = random.Random(seed)
     page = Page(url)
     name = None
@@ -161,24 +151,24 @@ def annotator_loop(url: str, until: float, think: float, seed: int, tally: Tally
         time.sleep(rng.uniform(0.5, 1.5) * think)
         action = rng.choices([a for a, _ in ACTIONS], [w for _, w in ACTIONS])[0]
         holds.show(name, None)  # the action may release the image before its answer arrives
-        shown = decode_png(task["mask"]) > 127
-        view = task["view"]
         h, w = task["height"], task["width"]
+        shown = decode_mask(task["mask"], (h, w))
+        view = task["view"]
         if action == "accept":
             result, ack = timed("accept", "accept", {"view": view, "mask": None}), shown
         elif action == "draw":
             drawn = shown.copy()
             y, x = rng.randrange(h // 2), rng.randrange(w // 2)
             drawn[y:y + h // 4, x:x + w // 4] = ~drawn[y:y + h // 4, x:x + w // 4]
-            result, ack = timed("accept drawn", "accept", {"view": view, "mask": encode_png(drawn)}), drawn
+            result, ack = timed("accept drawn", "accept", {"view": view, "mask": mask_png(drawn)}), drawn
         elif action == "refine":
             points = [[rng.uniform(0, w), rng.uniform(0, h)] for _ in range(rng.randint(1, 3))]
             refined = timed("refine", "refine", {"view": view, "positive": points, "negative": [], "box": None})
             if refined is None:
                 task = None
                 continue
-            mask = decode_png(refined["mask"]) > 127
-            result, ack = timed("accept drawn", "accept", {"view": view, "mask": encode_png(mask)}), mask
+            mask = decode_mask(refined["mask"], (h, w))
+            result, ack = timed("accept drawn", "accept", {"view": view, "mask": mask_png(mask)}), mask
         elif action == "no_finding":
             result, ack = timed("no_finding", "no_finding", {"view": view}), None
         else:
@@ -228,8 +218,11 @@ def prepare(folder: Path, quick: bool, images: int) -> Path:
 
 
 def run(args: argparse.Namespace) -> dict:
+    import app.studio  # noqa: F401 - imported once here, not by every client thread at its start
     from app_fixtures import Server
 
+    if args.quick:
+        args.think = 0.5
     annotators = 3 if args.quick else args.annotators
     seconds = 20 if args.quick else 60 * args.minutes
     with tempfile.TemporaryDirectory(prefix="adasam-load-") as tmp:
