@@ -28,7 +28,8 @@ def register(sub) -> None:
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--backbone", default="litemedsam", help="NAME or NAME:CHECKPOINT (sam_vit_b:/path.pth)")
     train.add_argument("--cache", default=None, help="embedding cache folder (default ~/.cache/adasam/embeddings)")
-    train.add_argument("--steps", type=int, default=None, help="training steps (default 200)")
+    train.add_argument("--steps", type=int, default=None, help="most training steps (default 3000; training stops once "
+                       "4 validations in a row, 50 steps apart, bring no better val Dice)")
     train.add_argument("--encoder-lora", type=int, default=0, metavar="RANK",
                        help="LoRA rank on the encoder attention (needs a GPU to be practical)")
     train.add_argument("--cam-threshold", type=float, default=None,

@@ -43,8 +43,9 @@ def register(sub) -> None:
                    help="litemedsam (default), sam_vit_b:/path.pth, or micro_random for tests and demos")
     p.add_argument("--cache", default=None, help="embedding cache folder (default ~/.cache/adasam/embeddings)")
     p.add_argument("--round-every", type=int, default=10, metavar="N", help="train after N new labels (default 10)")
-    p.add_argument("--train-steps", type=int, default=120,
-                   help="training steps per round (default 120; LiteMedSAM on 2 CPU cores: 3-5 s a step)")
+    p.add_argument("--train-steps", type=int, default=60,
+                   help="training steps per round, each from the last round's model (default 60; LiteMedSAM on 2 "
+                        "CPU cores: about 1.5 s a step)")
     p.add_argument("--demo", action="store_true", help="fill an empty workspace with demo images (the default "
                                                       "workspace always is)")
     p.add_argument("--max-points", type=int, default=None, metavar="N",
@@ -57,7 +58,7 @@ def register(sub) -> None:
     t.add_argument("--backbone", default="litemedsam")
     t.add_argument("--cache", default=None)
     t.add_argument("--round-every", type=int, default=10)
-    t.add_argument("--train-steps", type=int, default=120)
+    t.add_argument("--train-steps", type=int, default=60)
     t.add_argument("--parent-pid", type=int, default=None, help=argparse.SUPPRESS)
     t.set_defaults(func=cmd_trainer)
 

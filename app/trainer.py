@@ -50,7 +50,7 @@ class Stopped(Exception):
 
 class BackgroundTrainer:
     def __init__(self, workspace: str | Path, backbone: str, cache_dir: str | Path, round_every: int = 10,
-                 steps: int = 120, parent_pid: int | None = None, poll_s: float = 1.0) -> None:
+                 steps: int = 60, parent_pid: int | None = None, poll_s: float = 1.0) -> None:
         self.root = Path(workspace)
         self.spec, self.round_every, self.steps, self.poll_s = backbone, round_every, steps, poll_s
         self.parent_pid = parent_pid

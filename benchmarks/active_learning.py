@@ -339,7 +339,7 @@ def main() -> int:
     parser.add_argument("--start", type=float, default=0.02, help="fraction labelled at random before round 1")
     parser.add_argument("--step", type=float, default=0.02, help="fraction labelled per round")
     parser.add_argument("--stop", type=float, default=0.30)
-    parser.add_argument("--steps", type=int, default=120, help="training steps per round (the app's default)")
+    parser.add_argument("--steps", type=int, default=60, help="training steps per round (the app's default)")
     parser.add_argument("--reference-rounds", type=int, default=None,
                         help="rounds of the full-label reference (default: as many as a curve has)")
     parser.add_argument("--backbone", default="litemedsam")

@@ -10,9 +10,9 @@ from torch import nn
 
 from model.atomic import save_torch
 from model.backbones import Backbone, build_backbone
-from model.cam import cam_peaks, cam_to_box, central_box, grad_cam
+from model.cam import activation_map, cam_peaks, cam_to_box, central_box
 from model.decoder import decode
-from model.heads import PresenceClassifier, SharedAdapter
+from model.heads import LocationClassifier, SharedAdapter
 from model.lora import apply_lora
 from model.preprocess import mask_box
 
@@ -57,7 +57,7 @@ class AdaSam(nn.Module):
         self.backbone = backbone
         dim = backbone.embedding_shape[0]
         self.adapter = SharedAdapter(dim, config.adapter_hidden)
-        self.classifier = PresenceClassifier(dim, dropout=config.classifier_dropout)
+        self.classifier = LocationClassifier(dim, dropout=config.classifier_dropout)
         for parameter in backbone.parameters():
             parameter.requires_grad_(False)
         for parameter in backbone.mask_decoder.parameters():
@@ -86,9 +86,9 @@ class AdaSam(nn.Module):
         """Features + one prompt per image -> (B x 1 x H x W mask logits at 4x the embedding size, IoU)."""
         return decode(self.backbone.mask_decoder, self.backbone.prompt_encoder, features, boxes=boxes, points=points)
 
-    def cam(self, features: torch.Tensor, valid: torch.Tensor | None = None,
-            create_graph: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-        return grad_cam(self.classifier, features, valid=valid, create_graph=create_graph)
+    def cam(self, features: torch.Tensor, valid: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B x h x w map in [0, 1] that prompts the decoder, B x 2 presence logits)."""
+        return activation_map(self.classifier, features, valid)
 
     def auto_boxes(self, cams: torch.Tensor, valid_hw: list[tuple[int, int]]) -> tuple[torch.Tensor, list[bool]]:
         """The automatic prompt for each image: its CAM box (adasam) or the whole image (supervised)."""
@@ -97,7 +97,7 @@ class AdaSam(nn.Module):
             if not self.config.cam_prompted:
                 box, fallback = whole_box(hw), False
             else:
-                box, fallback = cam_to_box(cam.cpu().numpy(), self.config.cam_threshold, self.cam_scale, hw,
+                box, fallback = cam_to_box(cam.detach().cpu().numpy(), self.config.cam_threshold, self.cam_scale, hw,
                                            self.config.cam_component)
             boxes.append(box)
             fallbacks.append(fallback)
@@ -111,7 +111,7 @@ class AdaSam(nn.Module):
         coords = np.zeros((len(cams), count, 2), np.float32)
         labels = np.full((len(cams), count), -1.0, np.float32)  # -1: padding, for images with fewer peaks
         for i, cam in enumerate(cams):
-            peaks = cam_peaks(cam.cpu().numpy(), count, self.cam_scale)
+            peaks = cam_peaks(cam.detach().cpu().numpy(), count, self.cam_scale)
             coords[i, :len(peaks)], labels[i, :len(peaks)] = peaks, 1.0
         return torch.from_numpy(coords), torch.from_numpy(labels)
 
@@ -132,9 +132,10 @@ class AdaSam(nn.Module):
         return logits, boxes
 
     def trainable_state(self) -> dict[str, torch.Tensor]:
-        """Only the weights that training changes (adapter, classifier, decoder, LoRA): the frozen encoder is not
-        stored, it comes from the backbone checkpoint."""
-        names = {n for n, p in self.named_parameters() if p.requires_grad}
+        """The weights training may change (adapter, classifier, decoder, LoRA): the frozen encoder is not stored,
+        it comes from the backbone checkpoint. The decoder is stored even when a run kept it frozen, so a model
+        warm-started from one with a trained decoder keeps it."""
+        names = {n for n, p in self.named_parameters() if p.requires_grad or n.startswith("backbone.mask_decoder.")}
         return {k: v.detach().cpu().clone() for k, v in self.state_dict().items() if k in names}
 
 

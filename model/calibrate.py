@@ -18,6 +18,7 @@ import torch
 
 from model.adasam import AdaSam
 from model.evaluate import Item, evaluate
+from model.inference import valid_grid
 
 CAM_THRESHOLDS = (0.2, 0.3, 0.4, 0.5)
 PRESENCE_DEFAULT = 0.5  # the highest presence threshold calibration may choose
@@ -67,6 +68,8 @@ def presence_probabilities(model: AdaSam, items: list[Item], batch_size: int = 3
     """P(target present) per image: the classifier alone (no decoder), as the predictor computes it."""
     out = []
     for start in range(0, len(items), batch_size):
-        embeddings = torch.stack([i.embedding for i in items[start:start + batch_size]]).to(model.device)
-        out.append(model.classifier(model.features(embeddings)).softmax(1)[:, 1].cpu())
+        chunk = items[start:start + batch_size]
+        embeddings = torch.stack([i.embedding for i in chunk]).to(model.device)
+        _, logits = model.cam(model.features(embeddings), valid_grid([i.geometry for i in chunk], embeddings.shape[-1]))
+        out.append(logits.softmax(1)[:, 1].cpu())
     return torch.cat(out).numpy()

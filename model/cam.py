@@ -4,33 +4,23 @@ from __future__ import annotations
 import numpy as np
 import torch
 from scipy import ndimage
-from torch import nn
+
+from model.heads import LocationClassifier
 
 
-def grad_cam(classifier: nn.Module, features: torch.Tensor, valid: torch.Tensor | None = None,
-             create_graph: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-    """Grad-CAM of the "present" logit w.r.t. the features -> (B x h x w CAM in [0, 1], B x 2 logits).
+def activation_map(classifier: LocationClassifier, features: torch.Tensor, valid: torch.Tensor | None = None
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The classifier's own map -> (B x h x w P(target at this location), 0 on padding; B x 2 image logits).
 
-    Channel weights are the spatially averaged gradients; the map is ReLU(weighted sum), min-max normalised per
-    image over the `valid` (unpadded) area (B x h x w, 1 = real image). `create_graph=True` keeps it differentiable
-    so a loss on the CAM trains the classifier and the shared adapter.
+    An absolute probability, not min-max normalised per image: a target-free image has a dark map, so a threshold
+    means the same on every image. `valid` (B x h x w, 1 = real image) keeps padding out of the map and the pooling.
     """
-    with torch.enable_grad():
-        if not features.requires_grad:
-            features = features.detach().requires_grad_(True)
-        logits = classifier(features)
-        grads = torch.autograd.grad(logits[:, 1].sum(), features, create_graph=create_graph)[0]
-    weights = grads.mean(dim=(2, 3), keepdim=True)
-    cam = torch.relu((weights * features).sum(dim=1))
-    if not create_graph:
-        cam, logits = cam.detach(), logits.detach()
+    valid = None if valid is None else valid.to(features.device)
+    location_logits = classifier.location_logits(features)
+    cam = torch.sigmoid(location_logits)
     if valid is not None:
-        cam = cam * valid.to(cam.device)
-    flat = cam.flatten(1)
-    low = flat.min(dim=1).values if valid is None else torch.zeros_like(flat[:, 0])
-    high = flat.max(dim=1).values
-    cam = (cam - low[:, None, None]) / (high - low).clamp_min(1e-8)[:, None, None]
-    return cam, logits
+        cam = cam * valid
+    return cam, classifier.pool(location_logits, valid)
 
 
 def central_box(height: float, width: float) -> np.ndarray:

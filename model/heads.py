@@ -1,6 +1,8 @@
 """The two trainable modules ADA-SAM adds on top of the (cached) SAM image embedding."""
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
@@ -28,13 +30,52 @@ class SharedAdapter(nn.Module):
         return embedding + self.block(embedding)
 
 
-class PresenceClassifier(nn.Module):
-    """Target present / absent from the shared features: global average pool -> MLP 256-256-2 (the paper's head)."""
+class ChannelNorm(nn.LayerNorm):
+    """LayerNorm over the channels of each location of a B x C x h x w map (one fused op, unlike SAM's LayerNorm2d)."""
 
-    def __init__(self, dim: int = 256, hidden: int = 256, dropout: float = 0.3) -> None:
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+
+
+class LocationClassifier(nn.Module):
+    """Target present / absent at every embedding location; the image's presence logit is their smooth maximum.
+
+    Its map is its own output, as in the original CAM (Zhou et al. 2016) rather than a Grad-CAM of a pooled MLP:
+    masks supervise every location where they exist, tags supervise the pooled logit everywhere (a target-free image
+    must be target-free at every location; one with the target at some location). Dilated convolutions give each
+    location context well beyond its 4x4 pixels. Normalisation is per location (across channels), never across the
+    image, so a target-free image is not stretched until its most target-like patch looks like a target. Returns B x 2 logits (absent, present) like a two-class head:
+    column 0 is a constant 0, so softmax(.)[:, 1] = sigmoid(present logit).
+    """
+
+    POOL_SHARPNESS = 4.0  # log-sum-exp pooling: 0 would be the mean of the locations, infinity their maximum
+
+    def __init__(self, dim: int = 256, hidden: int = 32, dropout: float = 0.3, dilations: tuple = (1, 2, 4, 8)) -> None:
         super().__init__()
-        self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.ReLU(), nn.Dropout(dropout), nn.Linear(hidden, 2))
+        self.reduce = nn.Sequential(nn.Conv2d(dim, hidden, 1), ChannelNorm(hidden), nn.GELU())
+        self.context = nn.ModuleList(
+            nn.Sequential(nn.Conv2d(hidden, hidden, 3, padding=d, dilation=d), ChannelNorm(hidden), nn.GELU())
+            for d in dilations)
+        self.dropout = nn.Dropout2d(dropout)
+        self.out = nn.Conv2d(hidden, 1, 1)
 
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
-        """B x C x h x w features -> B x 2 logits (index 1 = target present)."""
-        return self.mlp(features.mean(dim=(2, 3)))
+    def location_logits(self, features: torch.Tensor) -> torch.Tensor:
+        """B x C x h x w features -> B x h x w logits of "the target is here"."""
+        x = self.reduce(features)
+        for block in self.context:
+            x = x + block(x)
+        return self.out(self.dropout(x))[:, 0]
+
+    def pool(self, location_logits: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
+        """B x h x w location logits -> B x 2 image logits (smooth maximum over the valid, unpadded locations)."""
+        r = self.POOL_SHARPNESS
+        flat = location_logits.flatten(1) * r
+        if valid is None:
+            pooled = torch.logsumexp(flat, 1) - math.log(flat.shape[1])
+        else:
+            keep = valid.to(flat.device).flatten(1) > 0
+            pooled = torch.logsumexp(flat.masked_fill(~keep, -math.inf), 1) - keep.sum(1).clamp_min(1).log()
+        return torch.stack([torch.zeros_like(pooled), pooled / r], dim=1)
+
+    def forward(self, features: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
+        return self.pool(self.location_logits(features), valid)

@@ -53,7 +53,7 @@ class Predictor:
         grid = embeddings.shape[-1]
         with torch.no_grad():
             features = model.features(embeddings)
-        cams, logits = model.cam(features, valid_grid(geometries, grid))
+            cams, logits = model.cam(features, valid_grid(geometries, grid))
         if self.dropout_samples > 1:
             probability = mc_dropout_probability(model.classifier, features, self.dropout_samples)
         else:

@@ -21,9 +21,18 @@ def segmentation_loss(logits: torch.Tensor, target: torch.Tensor, weight: torch.
     return dice_loss(logits, target, weight) + bce
 
 
-def cam_loss(cam: torch.Tensor, mask_small: torch.Tensor) -> torch.Tensor:
-    """Masks supervising the CAM path: BCE between the [0, 1] CAM and the mask at CAM resolution (positives only)."""
-    return F.binary_cross_entropy(cam.clamp(1e-4, 1 - 1e-4), mask_small)
+def map_loss(location_logits: torch.Tensor, target: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """Masks supervising the classifier's map (B x h x w logits) against the mask's share of each location, over
+    the valid (unpadded) locations: BCE + soft Dice (a target-free mask asks for a dark map everywhere)."""
+    bce = F.binary_cross_entropy_with_logits(location_logits, target, weight=valid)
+    return bce + dice_loss(location_logits, target, valid)
+
+
+def map_consistency_loss(student_logits: torch.Tensor, teacher_map: torch.Tensor,
+                         valid: torch.Tensor) -> torch.Tensor:
+    """Student's map on a perturbed embedding vs the EMA teacher's thresholded map, weighted by its confidence."""
+    confidence = (2 * (teacher_map - 0.5).abs()).detach() * valid
+    return F.binary_cross_entropy_with_logits(student_logits, (teacher_map > 0.5).float(), weight=confidence)
 
 
 def consistency_loss(student_logits: torch.Tensor, teacher_prob: torch.Tensor) -> torch.Tensor:

@@ -87,8 +87,8 @@ def test_no_presence_threshold_to_choose_without_both_kinds_or_a_classifier(val)
 
 
 def test_mostly_target_free_data_with_small_targets_still_gets_its_targets_found(tmp_path):
-    """Two thirds of the images target-free, small targets, a short budget: the classifier keeps every probability
-    under 0.5, so a fixed 0.5 gate (or a checkpoint picked by gated Dice) called every image empty."""
+    """Two thirds of the images target-free, small targets, a short budget (the pooled-MLP classifier this project
+    had kept every probability under 0.5 here, and a fixed 0.5 gate called every image empty)."""
     backbone = micro_backbone()
     pool = blob_items(backbone, 30, negatives=20, seed=7, radius=(0.1, 0.15))
     val = blob_items(backbone, 12, negatives=8, seed=8, radius=(0.1, 0.15), prefix="v")
@@ -97,12 +97,12 @@ def test_mostly_target_free_data_with_small_targets_still_gets_its_targets_found
     torch.manual_seed(0)
     model = build_adasam(AdaSamConfig(backbone="micro"), backbone)
     config = TrainConfig(steps=100, batch_masked=4, batch_unlabeled=2, batch_tagged=8, eval_every=10,
-                         lr_decoder=1e-3, lr_heads=5e-4)
+                         lr_decoder=1e-3, lr_heads=5e-4, train_decoder=True)  # the micro decoder is random
     best = Trainer(model, config, data, tmp_path, log=lambda line: None).run()
     saved = load_checkpoint(tmp_path, backbone)[0]
     summary, rows = evaluate(saved, val, with_hd95=False)
     gate = best["calibration"]["presence_threshold"]
-    assert gate["at_default"] == 0.5 < gate["val_balanced_accuracy"]  # 0.5 told nothing apart here
-    assert saved.config.presence_threshold == gate["chosen"] < 0.5
+    assert gate["val_balanced_accuracy"] >= max(gate["at_default"], 0.9)  # never a gate that says "all absent"
+    assert saved.config.presence_threshold == gate["chosen"] <= 0.5
     assert best["step"] > 10 and summary["presence_auc"] > 0.8  # a later checkpoint, one that learned
     assert np.mean([r["dice"] > 0 for r in rows if r["lesion"]]) >= 0.75 and summary["dice_lesion"] > 0.3

@@ -1,4 +1,4 @@
-"""Grad-CAM from the presence classifier, and CAM -> box / point prompts."""
+"""The presence classifier's own map (CAM), and CAM -> box / point prompts."""
 from __future__ import annotations
 
 import numpy as np
@@ -6,65 +6,81 @@ import pytest
 import torch
 
 from model.adasam import AdaSam, AdaSamConfig, whole_box
-from model.cam import cam_peaks, cam_to_box, central_box, grad_cam
-from model.heads import PresenceClassifier, SharedAdapter
+from model.cam import activation_map, cam_peaks, cam_to_box, central_box
+from model.heads import LocationClassifier, SharedAdapter
+from model.losses import map_loss
 from model_fixtures import micro_backbone, one_torch_thread  # noqa: F401 (autouse)
 
 
 @pytest.fixture(scope="module")
 def classifier():
     torch.manual_seed(0)
-    return PresenceClassifier(256).eval()
+    return LocationClassifier(32).eval()
 
 
-def test_grad_cam_shape_and_range(classifier):
-    features = torch.randn(3, 256, 64, 64, generator=torch.Generator().manual_seed(1))
-    cam, logits = grad_cam(classifier, features)
-    assert cam.shape == (3, 64, 64) and logits.shape == (3, 2)
-    assert float(cam.min()) >= 0.0 and float(cam.max()) <= 1.0 + 1e-6
-    for c in cam:
-        assert float(c.max()) == pytest.approx(1.0) or float(c.max()) == 0.0
-    assert not cam.requires_grad and not features.requires_grad
-    assert torch.allclose(logits, classifier(features), atol=1e-5)
-
-
-def test_grad_cam_is_zero_on_padding(classifier):
-    features = torch.randn(2, 256, 64, 64, generator=torch.Generator().manual_seed(2))
-    valid = torch.zeros(2, 64, 64)
-    valid[0, :40, :] = 1
-    valid[1, :, :25] = 1
-    cam, _ = grad_cam(classifier, features, valid)
-    assert float(cam.min()) >= 0.0 and float(cam.max()) <= 1.0 + 1e-6
-    assert float(cam[0, 40:].abs().max()) == 0.0 and float(cam[1, :, 25:].abs().max()) == 0.0
-    assert float(cam[0].max()) == pytest.approx(1.0)
-
-
-def test_grad_cam_finds_what_the_classifier_looks_at():
-    """A classifier that reads channel 0 only: its CAM is bright exactly where channel 0 is."""
-    classifier = PresenceClassifier(8, hidden=4, dropout=0.0)
+def test_map_shape_range_and_pooled_presence(classifier):
+    features = torch.randn(3, 32, 16, 16, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
-        for layer in (classifier.mlp[0], classifier.mlp[3]):
-            layer.weight.zero_()
-            layer.bias.zero_()
-        classifier.mlp[0].weight[0, 0] = 1.0
-        classifier.mlp[3].weight[1, 0] = 1.0
-    features = torch.zeros(1, 8, 16, 16)
-    features[0, 0, 4:8, 10:14] = 1.0
-    features[0, 1:] = torch.rand(7, 16, 16)  # channels the classifier ignores
-    cam, _ = grad_cam(classifier, features)
-    assert float(cam[0, 4:8, 10:14].min()) == pytest.approx(1.0)
-    assert float(cam[0].sum()) == pytest.approx(16.0)
-    box, fallback = cam_to_box(cam[0].numpy(), 0.4, scale=4.0)
+        cam, logits = activation_map(classifier, features)
+    assert cam.shape == (3, 16, 16) and logits.shape == (3, 2)
+    assert float(cam.min()) >= 0.0 and float(cam.max()) <= 1.0
+    with torch.no_grad():
+        z = classifier.location_logits(features)
+    assert torch.allclose(cam, torch.sigmoid(z))  # an absolute probability, not min-max normalised
+    # the image logit is a smooth maximum: between the mean and the maximum of the location logits
+    pooled = logits[:, 1]
+    assert (pooled <= z.flatten(1).max(1).values + 1e-5).all() and (pooled >= z.flatten(1).mean(1) - 1e-5).all()
+    assert torch.equal(logits[:, 0], torch.zeros(3)) and torch.allclose(logits, classifier(features).detach())
+
+
+def test_map_and_pooling_ignore_padding(classifier):
+    features = torch.randn(2, 32, 16, 16, generator=torch.Generator().manual_seed(2))
+    valid = torch.zeros(2, 16, 16)
+    valid[0, :10, :] = 1
+    valid[1, :, :6] = 1
+    cam, logits = activation_map(classifier, features, valid)
+    assert float(cam[0, 10:].abs().max()) == 0.0 and float(cam[1, :, 6:].abs().max()) == 0.0
+    # a padded location, however bright, does not make the image present
+    z = torch.full((2, 16, 16), -5.0)
+    z[0, 12:] = 50.0
+    z[1, :, 8:] = 50.0
+    assert torch.allclose(classifier.pool(z, valid)[:, 1], torch.tensor([-5.0, -5.0]))
+    assert (classifier.pool(z)[:, 1] > 10).all()
+
+
+def test_map_is_bright_where_the_pooled_logit_is_taught_the_target_lies():
+    """Masks teach the map location by location; its box is then the target's box."""
+    torch.manual_seed(0)
+    head = LocationClassifier(8, hidden=8, dropout=0.0, dilations=(1,))
+    features = torch.zeros(4, 8, 16, 16)
+    target = torch.zeros(4, 16, 16)
+    for k, (y, x) in enumerate([(2, 3), (8, 9), (4, 10), (10, 2)]):
+        features[k, 0, y:y + 4, x:x + 4] = 1.0
+        target[k, y:y + 4, x:x + 4] = 1.0
+    features[:, 1:] = torch.rand(4, 7, 16, 16)  # channels that say nothing
+    optimizer = torch.optim.Adam(head.parameters(), lr=0.05)
+    for _ in range(150):
+        optimizer.zero_grad()
+        map_loss(head.location_logits(features), target, torch.ones_like(target)).backward()
+        optimizer.step()
+    test = torch.zeros(1, 8, 16, 16)
+    test[0, 0, 4:8, 10:14] = 1.0
+    test[0, 1:] = torch.rand(7, 16, 16)
+    cam, logits = activation_map(head.eval(), test)
+    box, fallback = cam_to_box(cam[0].detach().numpy(), 0.5, scale=4.0)
     assert not fallback and box.tolist() == [40, 16, 56, 32]
+    empty = torch.zeros(1, 8, 16, 16)
+    empty[0, 1:] = torch.rand(7, 16, 16)
+    assert float(activation_map(head, empty)[1].softmax(1)[0, 1]) < 0.5 < float(logits.softmax(1)[0, 1])
 
 
-def test_grad_cam_create_graph_trains_through_the_cam():
-    adapter, classifier = SharedAdapter(32), PresenceClassifier(32)
+def test_the_map_trains_the_adapter_under_it():
+    adapter, classifier = SharedAdapter(32), LocationClassifier(32)
     embeddings = torch.randn(2, 32, 16, 16)
-    cam, logits = grad_cam(classifier, adapter(embeddings), create_graph=True)
+    cam, logits = activation_map(classifier, adapter(embeddings))
     assert cam.requires_grad and logits.requires_grad
     cam[:, :4, :4].mean().backward()
-    assert classifier.mlp[0].weight.grad.abs().sum() > 0
+    assert classifier.out.weight.grad.abs().sum() > 0
     assert adapter.block[-1].weight.grad.abs().sum() > 0  # the gradient-feedback path reaches the adapter
 
 

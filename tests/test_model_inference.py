@@ -192,10 +192,10 @@ def test_segmentation_and_combined_uncertainty():
 
 
 def test_mc_dropout_probability_restores_the_mode():
-    from model.heads import PresenceClassifier
+    from model.heads import LocationClassifier
 
     torch.manual_seed(0)
-    classifier = PresenceClassifier(16, dropout=0.5).eval()
+    classifier = LocationClassifier(16, dropout=0.5).eval()
     features = torch.randn(3, 16, 4, 4)
     probability = mc_dropout_probability(classifier, features, samples=16)
     assert probability.shape == (3,) and ((probability >= 0) & (probability <= 1)).all()
