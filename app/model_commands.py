@@ -112,7 +112,7 @@ def _train(args: argparse.Namespace) -> int:
     from model.atomic import write_json
     from model.backbones import build_backbone
     from model.dataset import load_data_folder
-    from model.train import DECODER_ONLY, TrainConfig, Trainer, TrainingData, build_training_model, detect_negatives
+    from model.train import TrainConfig, Trainer, TrainingData, build_training_model, detect_negatives
 
     if not 0 < args.masks <= 1:
         raise CommandError(f"--masks must be in (0, 1], got {args.masks}")
@@ -145,17 +145,15 @@ def _train(args: argparse.Namespace) -> int:
             tagged.append(item)
     data = TrainingData(masked=masked, tagged=tagged, unlabeled=unlabeled, val=val_items)
     cam_threshold = AdaSamConfig.cam_threshold if args.cam_threshold is None else args.cam_threshold
-    config = AdaSamConfig(backbone=args.backbone, method=args.method, cam_threshold=cam_threshold,
-                          cascade=0 if args.method in DECODER_ONLY else 1)
+    config = AdaSamConfig(backbone=args.backbone, method=args.method, cam_threshold=cam_threshold)
     if args.method == "meanteacher":  # no classifier: whole-image prompts, presence assumed (like supervised)
         config = replace(config, prompt="whole", has_negatives=False)
     if args.method == "adasam" and not detect_negatives(data):
         config = replace(config, has_negatives=False)
-        print("note: no image is tagged target-absent, so the presence classifier has nothing to contrast. Falling "
-              "back to: every image treated as containing the target, the CAM learned from the masks alone (CAM "
-              "loss), prompts from that CAM refined by the cascade.")
+        print("note: no image is tagged target-absent: every image is taken to contain the target, and the "
+              "classifier's map learns where it lies from the masks alone")
     if args.prompt == "whole":
-        config = replace(config, prompt="whole", cascade=0)
+        config = replace(config, prompt="whole")
     train_config = TrainConfig(seed=args.seed, use_unlabeled=not args.no_unlabeled,
                                calibrate=args.cam_threshold is None,
                                freeze_adapter=args.freeze_adapter, **({"steps": args.steps} if args.steps else {}))

@@ -226,7 +226,7 @@ class BackgroundTrainer:
         store = self.store
         data, sizes = self.training_data(round_id, set(validation_ids(store)))
         self.check()
-        config = AdaSamConfig(backbone=self.spec, method="adasam", cascade=1, has_negatives=detect_negatives(data))
+        config = AdaSamConfig(backbone=self.spec, method="adasam", has_negatives=detect_negatives(data))
         previous = store.latest_model()
         model = build_training_model(config, round_id, backbone_view(self.base),
                                      init=previous.checkpoint_path if previous else None)

@@ -32,7 +32,8 @@ class AdaSamConfig:
     cam_threshold: float = 0.4
     cam_component: str = "peak"  # "peak": the CAM region holding the maximum; "all": every pixel above threshold
     cam_points: int = 0  # extra positive point prompts at the CAM's strongest peaks (0 = box only; see benchmarks)
-    cascade: int = 1  # re-prompt this many times with the box of the previous mask
+    cascade: int = 0  # re-prompt this many times with the box of the previous mask (with the map's box it cost
+    # 0.035 val lesion Dice on BUSI at 10% masks: 0.728 -> 0.692)
     presence_threshold: float = 0.5  # below it the automatic mask is empty ("no finding")
     encoder_lora: int = 0  # LoRA rank on the encoder's attention (0 = frozen encoder, cached embeddings)
     has_negatives: bool = True  # False: the data had no target-absent image; presence is then assumed

@@ -44,8 +44,9 @@ class LocationClassifier(nn.Module):
     masks supervise every location where they exist, tags supervise the pooled logit everywhere (a target-free image
     must be target-free at every location; one with the target at some location). Dilated convolutions give each
     location context well beyond its 4x4 pixels. Normalisation is per location (across channels), never across the
-    image, so a target-free image is not stretched until its most target-like patch looks like a target. Returns B x 2 logits (absent, present) like a two-class head:
-    column 0 is a constant 0, so softmax(.)[:, 1] = sigmoid(present logit).
+    image, so a target-free image is not stretched until its most target-like patch looks like a target.
+    Returns B x 2 logits (absent, present) like a two-class head: column 0 is a constant 0, so softmax(.)[:, 1] =
+    sigmoid(present logit).
     """
 
     POOL_SHARPNESS = 4.0  # log-sum-exp pooling: 0 would be the mean of the locations, infinity their maximum
