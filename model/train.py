@@ -82,6 +82,7 @@ class Trainer:
     def __init__(self, model: AdaSam, config: TrainConfig, data: TrainingData, out: Path,
                  log: Callable[[str], None] = print) -> None:
         self.model, self.config, self.data, self.out, self.log = model, config, data, Path(out), log
+        torch.set_flush_denormal(True)  # denormal floats late in a BUSI run: 1.3x slower CPU steps
         self.rng = np.random.default_rng(config.seed)
         self.size = model.image_size
         self.supervised = model.config.method in DECODER_ONLY  # decoder only, whole-image boxes
@@ -110,6 +111,7 @@ class Trainer:
             model.classifier.requires_grad_(False)
         self.optimizer = torch.optim.AdamW(groups, weight_decay=config.weight_decay)
         self.teacher = copy.deepcopy(model).eval() if self._semi_supervised else None
+        self.kept = model
         self.step = 0
         self.best = {"score": -math.inf, "step": 0}
         self.history: list[dict] = []
@@ -241,9 +243,17 @@ class Trainer:
 
     # -- evaluation, checkpoints, resume ----------------------------------------------------------------------
     def validate(self) -> dict:
+        """Val summary of the better of the student and its EMA teacher (an average over about 100 steps, steadier
+        late in a long run: on BUSI at 10% masks, step 500, val lesion Dice 0.711 against the student's 0.684; but
+        behind the student early in a short one). `self.kept` is the one a checkpoint now would store."""
+        self.kept = self.model
         if not self.data.val:
             return {}
         summary, _ = evaluate(self.model.eval(), self.data.val, with_hd95=False)
+        if self.teacher is not None:
+            teacher_summary, _ = evaluate(self.teacher.eval(), self.data.val, with_hd95=False)
+            if self.val_score(teacher_summary) > self.val_score(summary):
+                self.kept, summary = self.teacher, {**teacher_summary, "ema": True}
         return summary
 
     def val_score(self, summary: dict) -> float:
@@ -302,7 +312,7 @@ class Trainer:
                 self.log(json.dumps(record, default=float))
                 if score >= self.best["score"]:
                     self.best = {"score": score, "step": self.step, "val": record["val"]}
-                    save_checkpoint(self.model, self.out / "model.pt", {"val": summary, "step": self.step})
+                    save_checkpoint(self.kept, self.out / "model.pt", {"val": summary, "step": self.step})
                 self.save_resume_state()
         self.calibrate_best()
         return self.best

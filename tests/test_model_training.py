@@ -241,7 +241,7 @@ def test_training_stops_when_val_stops_improving_and_keeps_the_best(pool, tmp_pa
     the best evaluation's weights, not the last."""
     scores = iter([0.1, 0.5, 0.4, 0.5, 0.3, 0.2, 0.45, 0.9])
     trainer = _trainer(tmp_path, _data(pool, with_val=True), steps=100, eval_every=2, patience=3)
-    monkeypatch.setattr(trainer, "val_score", lambda summary: next(scores))
+    monkeypatch.setattr(trainer, "validate", lambda: {"n_lesion": 1, "dice_lesion_ungated": next(scores)})
     saved = {}
     original_save = save_checkpoint
 
