@@ -76,7 +76,7 @@ def test_speed_quick(tmp_path):
     assert set(data) >= {"config", "matmul", "encoder", "decoder", "train_step", "retrain_round", "summary"}
     assert data["matmul"]["gflops"] > 0 and data["encoder"]["s_per_image"] > 0
     assert data["decoder"]["predict_ms"] > 0 and data["decoder"]["refine_ms"] > 0
-    assert data["train_step"]["s_per_image"] > 0
+    assert data["train_step"]["step_s"] > 0 and data["train_step"]["batch"]["masked_through_decoder"] > 0
     rr = data["retrain_round"]
     assert rr["round_s"] > 0 and rr["rescore_images"] > 0 and rr["rescore_images_per_s"] > 0
     for section in ("matmul", "encoder", "decoder", "train_step", "retrain_round"):
