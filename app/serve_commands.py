@@ -16,6 +16,8 @@ from pathlib import Path
 
 from app.errors import CommandError
 
+ROUND_STEPS = 60  # per background round (serve and trainer share it)
+
 TRAINER_FIRST_DELAY_S = 5.0  # wait before restarting a trainer that exited on its own; doubles per restart ...
 TRAINER_MAX_DELAY_S = 300.0  # ... up to this
 TRAINER_STABLE_S = 600.0  # a trainer that ran this long before exiting starts the backoff afresh
@@ -43,9 +45,9 @@ def register(sub) -> None:
                    help="litemedsam (default), sam_vit_b:/path.pth, or micro_random for tests and demos")
     p.add_argument("--cache", default=None, help="embedding cache folder (default ~/.cache/adasam/embeddings)")
     p.add_argument("--round-every", type=int, default=10, metavar="N", help="train after N new labels (default 10)")
-    p.add_argument("--train-steps", type=int, default=60,
-                   help="training steps per round, each from the last round's model (default 60; LiteMedSAM on 2 "
-                        "CPU cores: about 1.5 s a step)")
+    p.add_argument("--train-steps", type=int, default=ROUND_STEPS,
+                   help=f"training steps per round, each from the last round's model (default {ROUND_STEPS}; "
+                        "LiteMedSAM on 2 CPU cores: about 1.5 s a step)")
     p.add_argument("--demo", action="store_true", help="fill an empty workspace with demo images (the default "
                                                       "workspace always is)")
     p.add_argument("--max-points", type=int, default=None, metavar="N",
@@ -58,7 +60,7 @@ def register(sub) -> None:
     t.add_argument("--backbone", default="litemedsam")
     t.add_argument("--cache", default=None)
     t.add_argument("--round-every", type=int, default=10)
-    t.add_argument("--train-steps", type=int, default=60)
+    t.add_argument("--train-steps", type=int, default=ROUND_STEPS)
     t.add_argument("--parent-pid", type=int, default=None, help=argparse.SUPPRESS)
     t.set_defaults(func=cmd_trainer)
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import subprocess
 import sys
 import tempfile
@@ -63,7 +64,7 @@ def main() -> int:
     out.mkdir(parents=True, exist_ok=True)
     cache = args.cache or str(Path.home() / ".cache" / "adasam" / "embeddings")
     pretrained = f"pretrained:{backbone}"
-    results: dict = {"data": args.data, "seeds": args.seeds, "runs": {}}
+    results: dict = {"data": os.path.relpath(args.data, ROOT), "seeds": args.seeds, "runs": {}}  # no machine paths
     results["runs"]["pretrained whole-image box"] = [evaluate(args.data, pretrained, out / "pretrained", cache)]
     results["runs"]["pretrained ground-truth box (oracle)"] = [
         evaluate(args.data, pretrained, out / "pretrained", cache, "oracle")]

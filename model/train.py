@@ -178,7 +178,10 @@ class Trainer:
         batch = self._pick(self.data.masked, cfg.batch_cam)
         mirror = self.rng.random(len(batch)) < 0.5  # the map is a convolution: a mirrored image is a new example
         grid = batch[0].embedding.shape[-1]
-        flip = lambda x: torch.stack([t.flip(-1) if m else t for t, m in zip(x, mirror)])  # noqa: E731
+
+        def flip(x: torch.Tensor) -> torch.Tensor:
+            return torch.stack([t.flip(-1) if m else t for t, m in zip(x, mirror)])
+
         valid = flip(valid_grid([i.geometry for i in batch], grid)).to(model.device)
         target = flip(F.adaptive_avg_pool2d(self._target(batch, self.size), grid)[:, 0])
         location_logits = model.classifier.location_logits(model.features(flip(self._embeddings(batch))))
@@ -192,7 +195,7 @@ class Trainer:
         if self._semi_supervised:
             losses["consistency"] = self._ramp() * cfg.consistency_weight * self._map_consistency()
         seg_batch = self._pick(self.positives, cfg.batch_masked)
-        if seg_batch and (self.decoder_trained or not cfg.freeze_adapter):
+        if self.decoder_trained or not cfg.freeze_adapter:  # else nothing the segmentation loss could train
             features = model.features(self._embeddings(seg_batch))
             hw = [i.geometry.resized for i in seg_batch]
             boxes = torch.as_tensor(np.stack([self._jittered_box(i) for i in seg_batch]))
