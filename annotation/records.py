@@ -90,6 +90,7 @@ class ModelInfo:
     checkpoint_path: str
     metrics: dict[str, Any]
     round_id: int | None
+    published: bool = True  # False: trained, but validation showed it worse than the model then serving
 
 
 @dataclass(frozen=True)
@@ -102,6 +103,7 @@ class RoundInfo:
     status: str
     error: str | None
     model_version: str | None
+    note: str | None = None  # e.g. why its model was not published
 
 
 @dataclass(frozen=True)

@@ -160,7 +160,14 @@ def _v2_conflicts(conn: sqlite3.Connection) -> None:
     conn.execute("ALTER TABLE masks ADD COLUMN conflict_with INTEGER")
 
 
-MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_v1_initial, _v2_conflicts]
+def _v3_publish_gate(conn: sqlite3.Connection) -> None:
+    """A round's model is served only if validation does not show it worse than the serving one: whether it was
+    published is kept with the model, and the reason with the round."""
+    conn.execute("ALTER TABLE models ADD COLUMN published INTEGER NOT NULL DEFAULT 1")
+    conn.execute("ALTER TABLE training_rounds ADD COLUMN note TEXT")
+
+
+MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_v1_initial, _v2_conflicts, _v3_publish_gate]
 LATEST_VERSION = len(MIGRATIONS)
 
 

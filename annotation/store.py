@@ -463,35 +463,40 @@ class Store:
 
     def register_model(self, version: str, checkpoint_path: str | os.PathLike[str],
                        metrics: dict[str, Any] | None = None, round_id: int | None = None,
-                       who: str = "trainer") -> ModelInfo:
+                       who: str = "trainer", published: bool = True) -> ModelInfo:
+        """Record a trained model. Only a published one is ever served (`latest_model`) or orders the queue; an
+        unpublished one is kept for the record (and its checkpoint for inspection)."""
         with self.transaction() as conn:
             conn.execute(
-                "INSERT INTO models (version, created_at, checkpoint_path, metrics, round_id) VALUES (?, ?, ?, ?, ?)",
-                (version, utc_now(), str(checkpoint_path), json.dumps(metrics or {}), round_id),
+                "INSERT INTO models (version, created_at, checkpoint_path, metrics, round_id, published)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                (version, utc_now(), str(checkpoint_path), json.dumps(metrics or {}), round_id, int(published)),
             )
-            self._log(conn, who, "register_model", {"version": version, "metrics": metrics or {}})
+            self._log(conn, who, "register_model", {"version": version, "metrics": metrics or {},
+                                                    "published": published})
         return self.model(version)
 
     def model(self, version: str) -> ModelInfo:
         row = self.conn.execute("SELECT * FROM models WHERE version = ?", (version,)).fetchone()
         if row is None:
             raise WorkspaceError(f"no model {version!r}")
-        return from_row(ModelInfo, row, metrics=json.loads(row["metrics"]))
+        return _model_info(row)
 
     def models(self) -> list[ModelInfo]:
-        """Oldest first."""
+        """Oldest first, published or not."""
         rows = self.conn.execute("SELECT * FROM models ORDER BY rowid")
-        return [from_row(ModelInfo, row, metrics=json.loads(row["metrics"])) for row in rows]
+        return [_model_info(row) for row in rows]
 
     def latest_model(self) -> ModelInfo | None:
-        row = self.conn.execute("SELECT version FROM models ORDER BY rowid DESC LIMIT 1").fetchone()
+        """The serving model: the newest published one."""
+        row = self.conn.execute("SELECT version FROM models WHERE published ORDER BY rowid DESC LIMIT 1").fetchone()
         return None if row is None else self.model(row[0])
 
     def current_model_version(self) -> str | None:
-        """The newest model that has predictions: the one whose uncertainties order the queue."""
+        """The newest published model that has predictions: the one whose uncertainties order the queue."""
         row = self.conn.execute(
             "SELECT m.version FROM models m"
-            " WHERE EXISTS (SELECT 1 FROM predictions p WHERE p.model_version = m.version)"
+            " WHERE m.published AND EXISTS (SELECT 1 FROM predictions p WHERE p.model_version = m.version)"
             " ORDER BY m.rowid DESC LIMIT 1"
         ).fetchone()
         return None if row is None else row[0]
@@ -561,19 +566,21 @@ class Store:
         return int(round_id)
 
     def finish_round(self, round_id: int, status: str = "done", val_dice: float | None = None,
-                     error: str | None = None, model_version: str | None = None, who: str = "trainer") -> RoundInfo:
+                     error: str | None = None, model_version: str | None = None, who: str = "trainer",
+                     note: str | None = None) -> RoundInfo:
+        """`note`: what a person should know about a finished round (e.g. why its model was not published)."""
         if status not in ("done", "failed", "cancelled"):
             raise WorkspaceError(f"a round finishes as done, failed or cancelled, not {status!r}")
         with self.transaction() as conn:
             updated = conn.execute(
-                "UPDATE training_rounds SET ended_at = ?, status = ?, val_dice = ?, error = ?, model_version = ?"
-                " WHERE id = ?",
-                (utc_now(), status, val_dice, error, model_version, round_id),
+                "UPDATE training_rounds SET ended_at = ?, status = ?, val_dice = ?, error = ?, model_version = ?,"
+                " note = ? WHERE id = ?",
+                (utc_now(), status, val_dice, error, model_version, note, round_id),
             ).rowcount
             if not updated:
                 raise WorkspaceError(f"no training round {round_id}")
             self._log(conn, who, "finish_round", {"round": round_id, "status": status, "val_dice": val_dice,
-                                                  "error": error})
+                                                  "error": error, "note": note})
         return self.rounds(round_id)[0]
 
     def rounds(self, round_id: int | None = None) -> list[RoundInfo]:
@@ -663,6 +670,10 @@ ON CONFLICT(sha256) DO NOTHING RETURNING id
 
 
 _MASK_COLUMNS = [f.name for f in dataclasses.fields(MaskInfo)]
+
+
+def _model_info(row: sqlite3.Row) -> ModelInfo:
+    return from_row(ModelInfo, row, metrics=json.loads(row["metrics"]), published=bool(row["published"]))
 
 
 def _image_info(row: sqlite3.Row) -> ImageInfo:

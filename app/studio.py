@@ -483,11 +483,14 @@ class Studio:
         counts = store.counts()
         rounds = []
         for r in store.rounds():
-            metrics = store.model(r.model_version).metrics if r.model_version else {}
+            model = store.model(r.model_version) if r.model_version else None
+            metrics = model.metrics if model else {}
             rounds.append({"round": r.id, "status": r.status, "masks": metrics.get("n_masks"),
                            "labels": r.labels_used, "val_dice": _num(r.val_dice),
                            "presence_auc": _num(metrics.get("presence_auc")), "model": r.model_version or "",
-                           "started": r.started_at[:19].replace("T", " "), "error": r.error or ""})
+                           "published": bool(model and model.published),
+                           "started": r.started_at[:19].replace("T", " "), "error": r.error or "",
+                           "note": r.note or ""})
         annotators = [dict(row) for row in store.conn.execute(
             """WITH latest AS (SELECT *, ROW_NUMBER() OVER (PARTITION BY image_id ORDER BY version DESC) AS rank
                                FROM masks WHERE undone_at IS NULL)

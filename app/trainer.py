@@ -5,7 +5,9 @@ Its loop: embed images that have no cached embedding yet; finish re-scoring the 
 training round once `round_every` new labels have come in or someone pressed "Retrain now". A round trains ADA-SAM
 semi-supervised, warm-started from the last model, on every mask, tag and (a sample of the) unlabeled images,
 evaluates on the fixed validation set, and publishes a new version atomically (checkpoint renamed into
-WORKSPACE/models/, then registered in the store). The server notices the new version between requests; the trainer
+WORKSPACE/models/, then registered in the store) unless its validation Dice is more than PUBLISH_TOLERANCE below the
+serving model's on the same images: then it is registered unpublished, the old model keeps serving and the round's
+note (on the dashboard) says why. The server notices the new version between requests; the trainer
 re-scores the pool's uncertainty in chunks so the queue follows it. A failed round is recorded with its error and
 the last good model keeps serving. SIGTERM (or the server disappearing) stops it between steps: the round is marked
 cancelled, its progress stays in WORKSPACE/models/training/ and the next start resumes it.
@@ -36,10 +38,13 @@ from app.validation import validation_ids
 from model.adasam import AdaSamConfig, load_checkpoint
 from model.backbones import build_backbone
 from model.cache import EmbeddingCache, content_hash
-from model.evaluate import Item
+from model.evaluate import Item, evaluate
 from model.inference import Predictor
 from model.train import Trainer, TrainConfig, TrainingData, build_training_model, detect_negatives
 
+PUBLISH_TOLERANCE = 0.02  # a round is published unless its val Dice is more than this below the serving model's on
+# the same images: two checkpoints of one BUSI run 50 steps apart differ by about 0.03 on 78 val images, so a
+# smaller margin would hold back rounds for noise, a larger one let a real drop through
 UNLABELED_SAMPLE = 128  # unlabeled images per round (embeddings are held in memory: ~4 MB each for LiteMedSAM)
 SCORE_CHUNK = 16  # small enough that a stop request is answered within seconds
 
@@ -206,7 +211,7 @@ class BackgroundTrainer:
         round_id = store.start_round(labels)
         self.status(state="training", round=round_id, step=0, total=self.steps, eta_s=None, message="", force=True)
         try:
-            version, val_dice = self._train(round_id)
+            version, val_dice, published, note = self._train(round_id)
         except Stopped:
             store.finish_round(round_id, "cancelled", error="server stopped during training; resumes on restart")
             raise
@@ -217,12 +222,16 @@ class BackgroundTrainer:
             store.set_setting(LABELS_AT_LAST_ROUND, labels)  # wait for new labels (or Retrain now) before retrying
             self.status(state="idle", message=f"round {round_id} failed: {error[:200]}", force=True)
             return
-        store.finish_round(round_id, "done", val_dice=val_dice, model_version=version)
+        store.finish_round(round_id, "done", val_dice=val_dice, model_version=version, note=note)
         store.set_setting(LABELS_AT_LAST_ROUND, labels)
+        if not published:
+            self.status(message=f"round {round_id}: {note}", force=True)
+            return
         self.status(message=f"round {round_id} published {version}", force=True)
         self.rescore(version)
 
-    def _train(self, round_id: int) -> tuple[str, float | None]:
+    def _train(self, round_id: int) -> tuple[str, float | None, bool, str | None]:
+        """Train a round and register its model -> (version, val Dice, published, note)."""
         store = self.store
         data, sizes = self.training_data(round_id, set(validation_ids(store)))
         self.check()
@@ -242,12 +251,15 @@ class BackgroundTrainer:
         best = trainer.run(progress=progress)
         metrics: dict[str, Any] = {**sizes, "steps": self.steps, "round": round_id, "best_step": best.get("step"),
                                    "train_seconds": round(time.monotonic() - started, 1)}
-        val_dice = None
-        if data.val:  # the trainer scored model.pt on the validation set when it kept it
-            summary = best.get("val") or {}
+        val_dice, published, note = None, True, None
+        if data.val:
+            summary = self.val_summary(self.work / "model.pt", data.val)
             metrics.update({k: _clean(summary.get(k)) for k in ("dice_lesion", "dice_all", "presence_auc",
                                                                  "n_lesion")})
-            val_dice = metrics["dice_lesion"] if summary.get("n_lesion") else metrics["dice_all"]
+            val_dice = round_score(summary)
+            if previous is not None and val_dice is not None:
+                self.check()
+                published, note = self.publish_verdict(previous.version, previous.checkpoint_path, val_dice, data.val)
         version = f"r{round_id:04d}"
         path = self.models / f"{version}.pt"
         tmp = self.models / f".{version}.pt.tmp"
@@ -255,9 +267,29 @@ class BackgroundTrainer:
         with open(tmp, "rb") as handle:
             os.fsync(handle.fileno())
         os.replace(tmp, path)  # the file is complete before the store points at it
-        store.register_model(version, path, metrics, round_id)
+        store.register_model(version, path, metrics, round_id, published=published)
         shutil.rmtree(self.work, ignore_errors=True)
-        return version, val_dice
+        return version, val_dice, published, note
+
+    def val_summary(self, checkpoint: str | Path, items: list[Item]) -> dict:
+        """A model's figures on the validation images, as it would serve them (its own calibrated thresholds)."""
+        model, _ = load_checkpoint(checkpoint, backbone_view(self.base))
+        summary, _ = evaluate(model.eval(), items, with_hd95=False)
+        return summary
+
+    def publish_verdict(self, serving: str, serving_checkpoint: str | Path, new_score: float,
+                        val: list[Item]) -> tuple[bool, str]:
+        """Whether a round's model may replace the serving one, and why: not if its val Dice is more than
+        PUBLISH_TOLERANCE below the serving model's, measured now on the same images (the validation set may have
+        grown since the serving model was scored)."""
+        old_score = round_score(self.val_summary(serving_checkpoint, val))
+        if old_score is None:
+            return True, f"{serving} has no validation score to compare with"
+        compared = (f"validation Dice {new_score:.3f} against {old_score:.3f} for {serving} on the same "
+                    f"{len(val)} images")
+        if new_score >= old_score - PUBLISH_TOLERANCE:
+            return True, compared
+        return False, f"not published, {serving} keeps serving: {compared} (tolerance {PUBLISH_TOLERANCE})"
 
     def _resume(self, trainer: Trainer, config: AdaSamConfig, train_config: TrainConfig) -> None:
         """Continue an interrupted round's steps when it trained the same kind of model; else start clean."""
@@ -300,6 +332,12 @@ class BackgroundTrainer:
                 StoredPrediction(int(item.id), p.uncertainty.combined, p.probability, tuple(map(float, p.box)))
                 for item, p in zip(chunk, predictions)])
         self.status(state="idle", message=f"{version} scored {len(ids)} pool images", force=True)
+
+
+def round_score(summary: dict) -> float | None:
+    """The figure a round is judged and plotted by: lesion Dice on val as served (presence-gated), or Dice over every
+    val image when none has the target."""
+    return _clean(summary["dice_lesion"] if summary.get("n_lesion") else summary["dice_all"])
 
 
 def _eta(started: float, done: int, total: int) -> float | None:

@@ -222,13 +222,16 @@ def build_ui(studio: Studio, default_annotator: str = "annotator") -> gr.Blocks:
 
 def dice_curve_svg(rounds: list[dict], width: int = 560, height: int = 300) -> str:
     """Validation Dice against the number of masks trained on, one point per finished round (inline SVG)."""
-    points = [(r["masks"], r["val_dice"], r["round"]) for r in rounds if r["val_dice"] is not None]
+    points = [(r["masks"], r["val_dice"], r["round"]) for r in rounds
+              if r["val_dice"] is not None and r["masks"] is not None and r["published"]]
+    held_back = [(r["masks"], r["val_dice"], r["round"]) for r in rounds
+                 if r["val_dice"] is not None and r["masks"] is not None and not r["published"]]
     title = "<div style='font-weight:600;margin-bottom:4px'>Validation Dice vs. masks used</div>"
-    if not points:
+    if not (points or held_back):
         return title + ("<div id='dice-empty' style='padding:40px;border:1px dashed #999;border-radius:6px'>"
                         "No finished round with a validation score yet.</div>")
     left, right, top, bottom = 48, 16, 12, 36
-    x_max = max(max(p[0] for p in points), 1) * 1.05
+    x_max = max(max(p[0] for p in points + held_back), 1) * 1.05
     sx = lambda x: left + (width - left - right) * x / x_max  # noqa: E731
     sy = lambda y: top + (height - top - bottom) * (1 - y)  # noqa: E731
     parts = [f"<svg xmlns='http://www.w3.org/2000/svg' width='{width}' height='{height}' class='dice-curve'>"]
@@ -246,6 +249,10 @@ def dice_curve_svg(rounds: list[dict], width: int = 560, height: int = 300) -> s
     for x, y, rnd in points:
         parts.append(f"<circle class='point' cx='{sx(x):.1f}' cy='{sy(y):.1f}' r='4.5' fill='#1e88e5'>"
                      f"<title>round {rnd}: {x} masks, Dice {y:.3f}</title></circle>")
+    for x, y, rnd in held_back:  # hollow: trained, scored worse than the model serving then, not published
+        parts.append(f"<circle class='held-back' cx='{sx(x):.1f}' cy='{sy(y):.1f}' r='4.5' fill='none' "
+                     f"stroke='#e53935' stroke-width='1.5'><title>round {rnd}: {x} masks, Dice {y:.3f}, not "
+                     f"published</title></circle>")
     parts.append("</svg>")
     return title + "".join(parts)
 
@@ -264,7 +271,8 @@ def figures_html(data: dict) -> str:
         ("Serving", data["model"]["note"]),
         ("Training", data["training"]["line"] + f" (a round every {data['training']['round_every']} new labels)"),
         ("Last round", "none yet" if last is None else
-         f"#{last['round']} {last['status']}" + (f": {last['error']}" if last["error"] else "")),
+         f"#{last['round']} {last['status']}" + (f": {last['error']}" if last["error"] else "")
+         + (f"; {last['note']}" if last["note"] else "")),
         ("Presence AUC (val)", "—" if auc is None else f"{auc:.3f}"),
         ("Labels (pool)", f"{labels['masks']} masks · {labels['no_finding']} no finding · {labels['tagged']} "
                           f"tagged · {labels['unlabeled']} unlabeled, of {labels['pool']} pool images"
@@ -293,7 +301,8 @@ def conflicts_line(conflicts: list[dict]) -> str:
 
 
 def rounds_table(rounds: list[dict]) -> Any:
-    header = ["round", "status", "masks", "labels", "val_dice", "presence_auc", "model", "started", "error"]
+    header = ["round", "status", "masks", "labels", "val_dice", "presence_auc", "model", "published", "started",
+              "error", "note"]
     return gr.Dataframe(value=[[r[k] for k in header] for r in reversed(rounds)] or None, headers=header)
 
 

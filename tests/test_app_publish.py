@@ -1,0 +1,101 @@
+"""A round cannot make the served model worse without saying so: it is published only if its val Dice is not more
+than PUBLISH_TOLERANCE below the serving model's on the same images; otherwise the old model keeps serving, the
+queue keeps its ranking and the dashboard says why."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from annotation import Store
+from annotation import schema
+from app import trainer as trainer_module
+from app.studio import ModelSlot, Studio
+from app.trainer import PUBLISH_TOLERANCE, BackgroundTrainer
+from app.ui import dice_curve_svg, figures_html, rounds_table
+from app_fixtures import make_workspace
+from test_app_trainer import label
+
+
+@pytest.fixture
+def trainer(tmp_path):
+    workspace = make_workspace(tmp_path, n=16, n_val=3)
+    bt = BackgroundTrainer(workspace, "micro_random", tmp_path / "cache", round_every=3, steps=4)
+    label(bt.store, 3)
+    bt.train_round()  # r0001: nothing serves yet, so it is published whatever its score
+    assert bt.store.latest_model().version == "r0001" and bt.store.rounds()[-1].note is None
+    yield bt
+    bt.store.close()
+
+
+def score_by_checkpoint(monkeypatch, serving: float, new: float) -> list[str]:
+    """Replace the val evaluation with fixed Dice figures: `serving` for a published checkpoint (models/rNNNN.pt),
+    `new` for the round's own (models/training/model.pt). Returns the checkpoints scored, in order."""
+    scored = []
+
+    def val_summary(self, checkpoint, items):
+        name = Path(checkpoint).name
+        scored.append(name)
+        dice = new if name == "model.pt" else serving
+        return {"n_lesion": len(items), "dice_lesion": dice, "dice_all": dice, "presence_auc": 0.5}
+
+    monkeypatch.setattr(trainer_module.BackgroundTrainer, "val_summary", val_summary)
+    return scored
+
+
+def test_a_round_worse_on_validation_keeps_the_old_model_serving(trainer, monkeypatch):
+    store = trainer.store
+    scored = score_by_checkpoint(monkeypatch, serving=0.80, new=0.80 - PUBLISH_TOLERANCE - 0.01)
+    slot = ModelSlot(store, "micro_random", trainer.root.parent / "cache")
+    queue_before = store.get_setting("queue_model")
+    label(store, 3)
+    trainer.train_round()
+    assert scored == ["model.pt", "r0001.pt"]  # both judged now, on the same validation images
+    rnd = store.rounds()[-1]
+    assert rnd.status == "done" and rnd.model_version == "r0002" and rnd.val_dice == pytest.approx(0.77)
+    assert "not published" in rnd.note and "r0001 keeps serving" in rnd.note and "0.770 against 0.800" in rnd.note
+    held = store.model("r0002")
+    assert not held.published and Path(held.checkpoint_path).is_file()  # kept for the record, not served
+    assert store.latest_model().version == "r0001" and [m.version for m in store.models()] == ["r0001", "r0002"]
+    assert not slot.refresh() and slot.version == "r0001"
+    assert store.current_model_version() == "r0001" and store.get_setting("queue_model") == queue_before
+    assert all(store.prediction(i.id, "r0002") is None for i in store.images(split="pool"))  # no re-scoring
+    assert "not published" in trainer._status["message"]
+
+    studio = Studio(store, slot)
+    dashboard = studio.dashboard()
+    assert [r["published"] for r in dashboard["rounds"]] == [True, False]
+    assert "r0001 keeps serving" in figures_html(dashboard)
+    svg = dice_curve_svg(dashboard["rounds"])
+    assert svg.count("class='point'") == 1 and svg.count("class='held-back'") == 1 and "not published" in svg
+    table = rounds_table(dashboard["rounds"]).value
+    assert "not published" in str(table["data"])
+
+
+def test_a_round_within_the_tolerance_is_published_and_rescored(trainer, monkeypatch):
+    store = trainer.store
+    score_by_checkpoint(monkeypatch, serving=0.80, new=0.80 - PUBLISH_TOLERANCE + 0.005)
+    label(store, 3)
+    trainer.train_round()
+    rnd = store.rounds()[-1]
+    assert rnd.model_version == "r0002" and store.model("r0002").published
+    assert rnd.note.startswith("validation Dice 0.785 against 0.800 for r0001 on the same 3 images")
+    assert store.latest_model().version == "r0002" and store.current_model_version() == "r0002"
+    assert store.get_setting("queue_model") == "r0002"
+    assert all(store.prediction(i.id, "r0002") is not None for i in store.images(split="pool", state="unlabeled"))
+
+
+def test_an_old_workspace_gains_the_publish_columns_with_its_models_published(tmp_path, monkeypatch):
+    monkeypatch.setattr(schema, "MIGRATIONS", schema.MIGRATIONS[:2])
+    monkeypatch.setattr(schema, "LATEST_VERSION", 2)
+    with Store(tmp_path / "ws") as store:
+        round_id = store.start_round(3)
+        store.conn.execute("INSERT INTO models (version, created_at, checkpoint_path, metrics, round_id) "
+                           "VALUES ('r0001', 'then', 'models/r0001.pt', '{}', ?)", (round_id,))
+        store.conn.commit()
+    monkeypatch.undo()
+    with Store(tmp_path / "ws") as store:
+        assert store.model("r0001").published and store.latest_model().version == "r0001"
+        store.register_model("r0002", "models/r0002.pt", published=False)
+        assert store.latest_model().version == "r0001"
+        assert store.finish_round(round_id, note="why").note == "why"
