@@ -101,10 +101,18 @@ def check_exposure(args: argparse.Namespace) -> str | None:
             f"as {args.annotator!r}")
 
 
+def check_rounds(args: argparse.Namespace) -> None:
+    """Below 1, --round-every would train without end and --train-steps would train nothing."""
+    for flag, value in (("--round-every", args.round_every), ("--train-steps", args.train_steps)):
+        if value < 1:
+            raise CommandError(f"{flag} must be at least 1")
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     warning = check_exposure(args)
     if args.max_points is not None and args.max_points < 1:
         raise CommandError("--max-points must be at least 1")
+    check_rounds(args)
     if warning:
         print(warning, flush=True)
 
@@ -248,19 +256,23 @@ def _stop_trainer(trainer: subprocess.Popen | None, timeout: float = 60.0) -> No
 
 
 def cmd_trainer(args: argparse.Namespace) -> int:
-    from annotation import WorkspaceError
+    from annotation import Store, WorkspaceError
     from app.trainer import run_trainer
+    from model.backbones import BackboneError
 
+    check_rounds(args)
     try:
+        Store(args.workspace, create=False).close()  # a wrong path is refused before anything is written there
         return run_trainer(args.workspace, args.backbone, _cache_dir(args.cache), args.round_every,
                            args.train_steps, args.parent_pid)
-    except WorkspaceError as exc:
+    except (WorkspaceError, BackboneError) as exc:
         raise CommandError(str(exc)) from None
 
 
 def cmd_passwd(args: argparse.Namespace) -> int:
-    from app.auth import write_user
+    from app.auth import check_name, write_user
 
+    check_name(args.name)  # before the password is asked for
     if args.password_stdin:
         password = sys.stdin.readline().rstrip("\n")
     else:
@@ -269,6 +281,9 @@ def cmd_passwd(args: argparse.Namespace) -> int:
             raise CommandError("the passwords differ")
     if len(password) < 4:
         raise CommandError("use a password of at least 4 characters")
-    write_user(args.file, args.name, password)
+    try:
+        write_user(args.file, args.name, password)
+    except OSError as exc:  # a missing folder, a directory, no permission
+        raise CommandError(f"cannot write {args.file}: {exc.strerror}") from None
     print(f"saved {args.name} in {args.file}")
     return 0

@@ -175,3 +175,39 @@ def test_busi_round_trip_masks_out_equal_masks_in(tmp_path):
         assert manifest[name]["split"] == original[name]["split"]
         assert manifest[name]["has_lesion"] == original[name]["has_lesion"]
         assert os.path.basename(manifest[name]["original_path"]) == f"{name}.png"
+
+
+def test_nifti_export_keeps_every_volume_apart_across_axes_and_same_stems(store, tmp_path):
+    """Two scans both named scan.nii.gz (other folders), each sliced along two axes: four mask volumes, none written
+    over another, each with its source's shape, affine and only its own slices' masks."""
+    paths = []
+    for k, folder in enumerate(["a", "b"]):
+        data = np.random.default_rng(k).integers(0, 500, (5, 6, 4)).astype(np.int16)
+        paths.append(write_nifti(tmp_path / folder / "scan.nii.gz", data, np.diag([0.5 + k, 0.8, 3.0, 1.0])))
+        for axis in (0, 2):
+            import_sources(store, [tmp_path / folder], axis=axis, progress=False)
+    volumes = {v: store.volume(v) for v in {i.volume_id for i in store.images()}}
+    assert sorted((v["path"], v["axis"]) for v in volumes.values()) == sorted(
+        (str(path.absolute()), axis) for path in paths for axis in (0, 2))
+    expected = {v: np.zeros(volume["shape"], np.uint8) for v, volume in volumes.items()}
+    for k, image in enumerate(sorted(store.images(), key=lambda i: (i.volume_id, i.slice_index))):
+        if image.slice_index % 2:  # every other slice of every volume, each with its own mask
+            mask = np.zeros((image.height, image.width), dtype=bool)
+            mask[k % image.height, : 1 + k % image.width] = True
+            store.save_mask(image.id, mask, "alice")
+            index = [slice(None)] * 3
+            index[volumes[image.volume_id]["axis"]] = image.slice_index
+            expected[image.volume_id][tuple(index)] = mask.T
+
+    export_workspace(store, tmp_path / "out", "nifti")
+    volume_of = {image.id: image.volume_id for image in store.images()}
+    files = {}
+    for row in read_manifest(tmp_path / "out").values():
+        files.setdefault(volume_of[int(row["image_id"])], set()).add(row["mask_file"])
+    assert sorted(files) == sorted(volumes) and all(len(names) == 1 for names in files.values())
+    assert len({name for names in files.values() for name in names}) == 4  # one file per volume and axis
+    assert len(list((tmp_path / "out" / "volumes").iterdir())) == 4
+    for volume_id, volume in volumes.items():
+        saved = nib.load(tmp_path / "out" / files[volume_id].pop())
+        assert saved.shape == tuple(volume["shape"]) and np.allclose(saved.affine, volume["affine"])
+        assert np.array_equal(np.asanyarray(saved.dataobj), expected[volume_id])
