@@ -9,10 +9,17 @@ import torch
 
 
 def default_device() -> torch.device:
+    """A mistyped or unavailable ADASAM_DEVICE is refused here, in one line, not deep inside the first model call."""
     name = os.environ.get("ADASAM_DEVICE")
-    if name:
-        return torch.device(name)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if not name:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise RuntimeError(f"ADASAM_DEVICE={name!r} is not a device name (e.g. cpu, cuda, cuda:1)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"ADASAM_DEVICE={name!r}, but PyTorch sees no CUDA GPU on this machine")
+    return device
 
 
 def module_device(module: torch.nn.Module) -> torch.device:

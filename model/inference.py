@@ -51,11 +51,12 @@ class Predictor:
     def predict_batch(self, embeddings: torch.Tensor, geometries: list[Geometry]) -> list[Prediction]:
         model, config = self.model, self.model.config
         grid = embeddings.shape[-1]
+        valid = valid_grid(geometries, grid)
         with torch.no_grad():
             features = model.features(embeddings)
-            cams, logits = model.cam(features, valid_grid(geometries, grid))
+            cams, logits = model.cam(features, valid)
         if self.dropout_samples > 1:
-            probability = mc_dropout_probability(model.classifier, features, self.dropout_samples)
+            probability = mc_dropout_probability(model.classifier, features, self.dropout_samples, valid)
         else:
             probability = logits.softmax(1)[:, 1]
         if config.method == "supervised" or not config.has_negatives:

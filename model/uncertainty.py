@@ -44,11 +44,13 @@ def combined_uncertainty(probability: torch.Tensor, classifier: torch.Tensor,
     return (classifier + probability * segmentation) / 2
 
 
-def mc_dropout_probability(classifier: torch.nn.Module, features: torch.Tensor, samples: int) -> torch.Tensor:
-    """Mean presence probability over `samples` passes with the classifier's dropout active."""
+def mc_dropout_probability(classifier: torch.nn.Module, features: torch.Tensor, samples: int,
+                           valid: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean presence probability over `samples` passes with the classifier's dropout active; `valid` (B x h x w)
+    keeps padding out of the pooling, as in the deterministic pass."""
     was_training = classifier.training
     classifier.train()
     with torch.no_grad():
-        probs = torch.stack([classifier(features).softmax(1)[:, 1] for _ in range(samples)])
+        probs = torch.stack([classifier(features, valid).softmax(1)[:, 1] for _ in range(samples)])
     classifier.train(was_training)
     return probs.mean(0)

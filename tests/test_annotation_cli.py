@@ -42,10 +42,11 @@ def test_import_status_export_backup(tmp_path, capsys):
     copy.close()
 
 
-def test_user_errors_are_one_line_command_errors(tmp_path):
+def test_user_errors_are_one_line_command_errors(tmp_path, capsys):
     with pytest.raises(CommandError, match="no workspace"):
         run("status", tmp_path / "missing")
-    run("import", tmp_path / "ws", tmp_path / "nothing-here", "--quiet")
+    assert run("import", tmp_path / "ws", tmp_path / "nothing-here", "--quiet") == 1  # nothing imported: a failure
+    assert f"skipped {tmp_path / 'nothing-here'}: no such file or directory" in capsys.readouterr().out
     with pytest.raises(CommandError, match="nothing to export"):
         run("export", tmp_path / "ws", "--format", "png", "--out", tmp_path / "out")
 
@@ -66,5 +67,7 @@ def test_import_max_megapixels_sets_the_size_limit(tmp_path, capsys):
     assert "imported 1 new images (0 already there), 0 masks; 1 skipped" in out
     assert run("import", tmp_path / "ws", tmp_path / "src", "--quiet", "--max-megapixels", "1") == 0
     assert "imported 1 new images (1 already there), 0 masks; 0 skipped" in capsys.readouterr().out
-    with pytest.raises(SystemExit):
+    with pytest.raises(SystemExit) as exited:
         run("import", tmp_path / "ws", tmp_path / "src", "--max-megapixels", "0")
+    assert exited.value.code == 2  # argparse's usage error
+    assert "--max-megapixels: must be a number above 0, not 0" in capsys.readouterr().err

@@ -2,9 +2,15 @@
 clicks), a background training round showing up on the dashboard, and an export download."""
 from __future__ import annotations
 
+import base64
+import io
+import json
+import re
 import zipfile
 
+import numpy as np
 import pytest
+from PIL import Image
 
 from annotation import Store
 from app_fixtures import Server, launch_chromium, make_workspace, mask_png, wait_for
@@ -153,17 +159,43 @@ def test_no_finding_skip_and_undo_by_keyboard(page, server):
         assert store.image(first).state == "unlabeled"
 
 
-def test_point_click_redraws_the_mask(page):
-    before = mask_pixels(page)
-    page.keyboard.press("p")
+def _is_refine(response) -> bool:
+    return response.url.endswith("/component_server/") and '"fn_name":"refine"' in (response.request.post_data or "")
+
+
+def _click(page, fx: float, fy: float) -> tuple[dict, dict]:
+    """Click the canvas at a fraction of its size -> (what the page sent to refine, what the server answered)."""
     box = canvas_box(page)
-    page.mouse.click(box["x"] + box["width"] * 0.3, box["y"] + box["height"] * 0.4)
+    with page.expect_response(_is_refine) as answer:
+        page.mouse.click(box["x"] + box["width"] * fx, box["y"] + box["height"] * fy)
+    return json.loads(answer.value.request.post_data)["data"], answer.value.json()
+
+
+def _near(points: list, expected: list) -> bool:
+    """Click lists equal to within the rounding of canvas to image pixels."""
+    return len(points) == len(expected) and all(abs(a - b) <= 1 for p, e in zip(points, expected) for a, b in zip(p, e))
+
+
+def test_point_click_redraws_the_mask(page):
+    """Each click reaches the decoder as what it is (positive or negative, at the clicked image pixel), and the page
+    shows the server's answer. The micro backbone's decoder is random, so the direction of a negative click's
+    change cannot be asked of it; that the mask changes, and how exactly, is checked in test_app_api."""
+    before = mask_pixels(page)
+    w, h = (int(v) for v in re.search(r"(\d+)×(\d+)\)", page.inner_text(".ann-title")).groups())
+    page.keyboard.press("p")
+    sent, positive = _click(page, 0.3, 0.4)
     page.wait_for_function("Number(document.querySelector('[data-drawn]').dataset.refined || 0) >= 1")
     assert "SAM redrew the mask" in page.inner_text(".ann-message")
+    assert _near(sent["positive"], [[0.3 * w, 0.4 * h]]) and sent["negative"] == []
+    assert mask_pixels(page) == positive["pixels"]
     page.keyboard.press("n")
-    page.mouse.click(box["x"] + box["width"] * 0.8, box["y"] + box["height"] * 0.7)
+    sent, negative = _click(page, 0.8, 0.7)
     page.wait_for_function("Number(document.querySelector('[data-drawn]').dataset.refined || 0) >= 2")
-    assert mask_pixels(page) != before or "(edited)" in page.inner_text(".ann-facts")
+    assert _near(sent["positive"], [[0.3 * w, 0.4 * h]]) and _near(sent["negative"], [[0.8 * w, 0.7 * h]])
+    assert mask_pixels(page) == negative["pixels"]  # the page shows the answer to both clicks ...
+    changed = int((pixels_of(negative["mask"]) != pixels_of(positive["mask"])).sum())
+    assert changed > 0  # ... and the negative click changed it
+    box = canvas_box(page)
     page.keyboard.press("x")  # drag a box: SAM redraws inside it
     page.mouse.move(box["x"] + box["width"] * 0.2, box["y"] + box["height"] * 0.2)
     page.mouse.down()
@@ -177,8 +209,14 @@ def test_point_click_redraws_the_mask(page):
 
 def test_round_runs_and_dashboard_shows_it(page, server):
     with Store(server.workspace, create=False) as store:  # make sure a round is due: three labels, one a lesion
-        for _ in range(3):
-            task = _api_accept(store, server)
+        accepted = [_api_accept(store, server) for _ in range(3)]
+    with Store(server.workspace, create=False) as store:  # saved as drawn, by whoever drew them
+        for task, mask, following in accepted:
+            saved = store.latest_mask(task["image_id"])
+            assert (saved.annotator, saved.origin) == (task["annotator"], "human")
+            assert np.array_equal(store.load_mask(task["image_id"]), mask)
+            assert following["annotator"] == task["annotator"] and following["image_id"] != task["image_id"]
+    task = accepted[-1][0]
     with Store(server.workspace, create=False) as store:
         done = wait_for(lambda: [r for r in store.rounds() if r.status == "done"], timeout=120,
                         what="a finished training round")
@@ -194,24 +232,34 @@ def test_round_runs_and_dashboard_shows_it(page, server):
     page.click("button[role=tab]:has-text('Annotate')")
     act(page, press="s")  # the next request swaps the new model in
     assert page.inner_text(".ann-model").startswith("Model r0")
-    assert task is not None
 
 
-def _api_accept(store: Store, server: Server):
-    """Label the annotator's current image with a square lesion through the HTTP API."""
+def _api_accept(store: Store, server: Server) -> tuple[dict, np.ndarray, dict]:
+    """Label a new annotator's current image with a square lesion through the HTTP API -> (the task labeled, its
+    mask, the task handed out next)."""
     from gradio_client import Client
 
     client = Client(server.url, verbose=False)
     task = client.predict(api_name="/task")
     info = store.image(task["image_id"])
-    import numpy as np
-
     mask = np.zeros((info.height, info.width), bool)
     mask[info.height // 4: info.height // 2, info.width // 4: info.width // 2] = True
-    return client.predict(task["view"], mask_png(mask), api_name="/accept")
+    return task, mask, client.predict(task["view"], mask_png(mask), api_name="/accept")
 
 
-def test_export_downloads_a_valid_zip(page, tmp_path):
+def pixels_of(data_url: str) -> np.ndarray:
+    """A mask the server sent (PNG data URL) as booleans."""
+    return np.asarray(Image.open(io.BytesIO(base64.b64decode(data_url.split(",", 1)[1])))) > 127
+
+
+@pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")  # pycocotools under NumPy 2
+def test_export_downloads_a_valid_zip(page, server, tmp_path):
+    """The COCO file in the zip holds every labeled image and each mask as saved; one labeled here is checked
+    pixel for pixel (the export includes masks accepted unchanged, the tab's default)."""
+    from pycocotools import mask as mask_utils
+
+    with Store(server.workspace, create=False) as store:
+        task, mask, _ = _api_accept(store, server)
     page.click("button[role=tab]:has-text('Export')")
     page.click("#export-format label:has-text('coco')")
     page.click("#export-button")
@@ -224,4 +272,19 @@ def test_export_downloads_a_valid_zip(page, tmp_path):
     with zipfile.ZipFile(path) as archive:
         names = archive.namelist()
         assert any(n.endswith("manifest.csv") for n in names) and any(n.endswith("provenance.json") for n in names)
-        assert any(n.endswith(".json") and "annotations" in n for n in names) or len(names) >= 3
+        (coco_name,) = [n for n in names if n.endswith("/annotations.json")]
+        coco = json.loads(archive.read(coco_name))
+    with Store(server.workspace, create=False) as store:
+        labeled = store.labeled(origins=("human", "imported", "no_finding", "accepted_prediction"))
+        saved = {image.id: store.read_mask(image, info) for image, info in labeled}
+        assert {(i["id"], i["width"], i["height"]) for i in coco["images"]} == \
+            {(image.id, image.width, image.height) for image, _ in labeled}
+    assert coco["categories"] == [{"id": 1, "name": "lesion", "supercategory": "lesion"}]
+    decoded = {}
+    for a in coco["annotations"]:
+        assert a["image_id"] not in decoded and a["category_id"] == 1
+        rle = {"size": a["segmentation"]["size"], "counts": a["segmentation"]["counts"].encode()}
+        decoded[a["image_id"]] = mask_utils.decode(rle).astype(bool)
+    assert set(decoded) == {i for i, m in saved.items() if m.any()}  # no finding: no annotation
+    assert all(np.array_equal(decoded[i], saved[i]) for i in decoded)
+    assert np.array_equal(decoded[task["image_id"]], mask)

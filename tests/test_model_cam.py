@@ -38,8 +38,15 @@ def test_map_and_pooling_ignore_padding(classifier):
     valid = torch.zeros(2, 16, 16)
     valid[0, :10, :] = 1
     valid[1, :, :6] = 1
-    cam, logits = activation_map(classifier, features, valid)
+    with torch.no_grad():
+        cam, logits = activation_map(classifier, features, valid)
     assert float(cam[0, 10:].abs().max()) == 0.0 and float(cam[1, :, 6:].abs().max()) == 0.0
+    # ... while over the real image it is the map itself (positive everywhere), not zeros
+    with torch.no_grad():
+        full = torch.sigmoid(classifier.location_logits(features))
+    assert torch.allclose(cam[0, :10], full[0, :10]) and torch.allclose(cam[1, :, :6], full[1, :, :6])
+    assert float(cam[0, :10].min()) > 0 and float(cam[1, :, :6].min()) > 0
+    assert torch.allclose(logits, classifier.pool(classifier.location_logits(features), valid))
     # a padded location, however bright, does not make the image present
     z = torch.full((2, 16, 16), -5.0)
     z[0, 12:] = 50.0

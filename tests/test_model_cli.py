@@ -9,10 +9,12 @@ import os
 import shutil
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from app.cli import main
@@ -60,9 +62,35 @@ def test_train_writes_a_run(run):
     assert summary["embeddings_computed"] == 8  # pool + val; the test split is never touched
     assert summary["train_config"]["steps"] == 4 and summary["model_config"]["backbone"] == "tiny_random"
     assert summary["model_config"]["has_negatives"] is True
-    assert summary["best"]["step"] == 4
+    assert summary["best"]["step"] == 4  # evaluated at the last step, though off the 50-step schedule
     assert "generated (seed 0)" in run["stdout"] and "wrote" in run["stdout"]
     assert "error" not in run["stderr"].lower() and "Traceback" not in run["stderr"]
+
+
+def test_train_keeps_the_val_best_checkpoint(data, cache, tmp_path, monkeypatch):
+    """With an evaluation every step and val scores scripted so the best is step 2 of 4, the run's model.pt, its
+    summary and its report all name step 2, and model.pt holds other weights than the last step's. (A given
+    --cam-threshold skips the calibration, which is not under test here.)"""
+    from model.train import TrainConfig, Trainer
+
+    @dataclass
+    class EveryStep(TrainConfig):
+        eval_every: int = 1
+
+    scores = {1: 0.2, 2: 0.9, 3: 0.1, 4: 0.3}
+    monkeypatch.setattr("model.train.TrainConfig", EveryStep)
+    monkeypatch.setattr(Trainer, "val_score", lambda self, summary: scores[self.step])
+    folder = tmp_path / "run"
+    code, out, err = run_cli("train", "--data", data, "--out", folder, "--backbone", "tiny_random", "--steps", 4,
+                             "--cache", cache, "--masks", 0.5, "--seed", 0, "--cam-threshold", 0.4)
+    assert code == 0, err
+    summary = json.loads((folder / "summary.json").read_text())
+    assert summary["train_config"]["eval_every"] == 1
+    assert summary["best"]["step"] == 2 and summary["best"]["score"] == 0.9
+    assert "best val step 2 (score 0.900)" in out
+    best, last = (torch.load(folder / name, weights_only=False) for name in ("model.pt", "last.pt"))
+    assert best["step"] == 2 and last["step"] == 4 and [r["step"] for r in last["history"]] == [1, 2, 3, 4]
+    assert any(not torch.equal(v, last["state"][k]) for k, v in best["state"].items())
 
 
 def test_generated_split_is_written_to_the_run(run):

@@ -2,19 +2,49 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from model.adasam import AdaSamConfig, build_adasam
+from model.backbones import build_backbone
 from model.device import default_device, module_device
 from model.inference import Predictor
 from model_fixtures import blob_items, micro_backbone, one_torch_thread  # noqa: F401 (autouse)
 
 
-def test_environment_overrides_the_device(monkeypatch):
-    monkeypatch.setenv("ADASAM_DEVICE", "cpu")
+@pytest.mark.parametrize("gpu", [True, False])
+def test_environment_overrides_the_device(monkeypatch, gpu):
+    """Whether PyTorch sees a GPU is faked, so both branches run on any machine."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: gpu)
+    monkeypatch.delenv("ADASAM_DEVICE", raising=False)
+    assert default_device() == torch.device("cuda" if gpu else "cpu")
+    monkeypatch.setenv("ADASAM_DEVICE", "")  # set but empty: as if unset
+    assert default_device() == torch.device("cuda" if gpu else "cpu")
+    monkeypatch.setenv("ADASAM_DEVICE", "cpu")  # beats a GPU that is there
     assert default_device() == torch.device("cpu")
-    monkeypatch.delenv("ADASAM_DEVICE")
-    assert default_device().type == ("cuda" if torch.cuda.is_available() else "cpu")
+    monkeypatch.setenv("ADASAM_DEVICE", "cuda:1")  # taken at its word, never silently replaced by the CPU
+    if gpu:
+        assert default_device() == torch.device("cuda", 1)
+    else:  # asked for a GPU that is not there: refused at once, not at the first model call
+        with pytest.raises(RuntimeError, match="sees no CUDA GPU"):
+            default_device()
+
+
+def test_unknown_device_name_is_refused(monkeypatch):
+    monkeypatch.setenv("ADASAM_DEVICE", "gpu")
+    with pytest.raises(RuntimeError, match="gpu"):
+        default_device()
+
+
+def test_backbone_and_model_go_where_the_environment_says(monkeypatch):
+    """`meta` is a device every machine has (shapes, no data): a backbone built with ADASAM_DEVICE=meta must live
+    there, and so must the model around it, whatever the CPU default would have been."""
+    monkeypatch.setenv("ADASAM_DEVICE", "meta")
+    backbone = build_backbone("micro_random")
+    model = build_adasam(AdaSamConfig(backbone="micro_random"), backbone)
+    assert backbone.device.type == model.device.type == module_device(model).type == "meta"
+    assert all(p.device.type == "meta" for p in model.parameters())
+    assert module_device(torch.nn.ReLU()) == torch.device("cpu")  # no weights: the CPU
 
 
 def test_model_lives_on_its_backbones_device_and_hands_back_numpy():

@@ -89,13 +89,39 @@ def test_supervised_and_whole_prompt_use_the_whole_image(items):
         assert not p.box_is_fallback
 
 
+def test_default_presence_threshold_gates_at_one_half(items):
+    """Shifting the classifier's output bias moves the presence logit by exactly that much (a smooth maximum of
+    shifted location logits), so P(present) can be put just either side of the default threshold of 0.5."""
+    item = items[1]
+    unshifted = Predictor(_model()).predict(item.embedding, item.geometry).probability
+    logit = math.log(unshifted / (1 - unshifted))
+    for shift, gated in ((0.05, True), (-0.05, False)):
+        shifted = _model()
+        with torch.no_grad():
+            shifted.classifier.out.bias += shift - logit
+        p = Predictor(shifted).predict(item.embedding, item.geometry)
+        assert p.probability == pytest.approx(1 / (1 + math.exp(-shift)), abs=1e-4)
+        assert p.raw_mask.any()
+        assert np.array_equal(p.mask, p.raw_mask if gated else np.zeros_like(p.raw_mask)), shift
+
+
 def test_dropout_samples(items):
+    """With samples > 1 the probability is a Monte-Carlo mean with the classifier's dropout on: not the one
+    deterministic pass, yet the same as it for a classifier without dropout (so dropout alone makes the difference)."""
     item = items[1]
     model = _model()
+    plain = Predictor(model).predict(item.embedding, item.geometry)
     torch.manual_seed(0)
     p = Predictor(model, dropout_samples=8).predict(item.embedding, item.geometry)
     assert _in_unit_interval(p.probability) and _in_unit_interval(p.uncertainty.combined)
     assert not model.training and not model.classifier.training
+    assert abs(p.probability - plain.probability) > 1e-3
+    assert p.uncertainty.classifier == pytest.approx(float(binary_entropy(torch.tensor(p.probability))), abs=1e-5)
+    assert np.array_equal(p.raw_mask, plain.raw_mask)  # dropout touches the presence probability only
+    no_dropout = _model(classifier_dropout=0.0)
+    sampled = Predictor(no_dropout, dropout_samples=8).predict(item.embedding, item.geometry).probability
+    assert sampled == pytest.approx(Predictor(no_dropout).predict(item.embedding, item.geometry).probability, abs=1e-6)
+    assert sampled == pytest.approx(plain.probability, abs=1e-6)  # same weights as `model`
 
 
 def test_refine_needs_a_prompt(items):
