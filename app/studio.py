@@ -34,7 +34,7 @@ from PIL import Image
 from annotation import MaskInfo, SaveRefused, Store, export_workspace, next_task, renew_lease, skip
 from annotation.queue import peek_next
 from app.status import RETRAIN_REQUESTED, TAG, VALIDATION_IDS, VALIDATION_SOURCE, WORKSPACE_NOTE, read_status
-from model.adasam import AdaSam, AdaSamConfig, build_adasam, load_checkpoint
+from model.adasam import AdaSam, AdaSamConfig, build_adasam, checkpoint_problem, load_checkpoint
 from model.backbones import Backbone, build_backbone
 from model.cache import EmbeddingCache
 from model.inference import Predictor
@@ -199,6 +199,7 @@ class ModelSlot:
         self.predictor = Predictor(self.model)
         self.metrics: dict[str, Any] = {}
         self._embeddings: OrderedDict[int, tuple[torch.Tensor, Geometry]] = OrderedDict()
+        self.unusable: str | None = None  # why the newest published model cannot be served, if it cannot
         self.refresh()
 
     @property
@@ -210,6 +211,9 @@ class ModelSlot:
         the check is one indexed query (well under a millisecond)."""
         info = self.store.latest_model()
         if info is None or info.version == self.version:
+            return False
+        self.unusable = checkpoint_problem(info.checkpoint_path)
+        if self.unusable:  # e.g. trained by an earlier version: keep serving what we have until the next round
             return False
         model, _ = load_checkpoint(info.checkpoint_path, backbone_view(self.base))
         with self.lock:
@@ -231,8 +235,9 @@ class ModelSlot:
 
     def note(self) -> str:
         if not self.trained:
+            skipped = f" (the workspace's model cannot be used: {self.unusable})" if self.unusable else ""
             return ("Untrained backbone: no proposal and no CAM yet. Drag a box around the target (X) and SAM draws "
-                    "it, or press F for no finding; the first training round brings proposals.")
+                    f"it, or press F for no finding; the next training round brings proposals{skipped}.")
         dice_text = self.metrics.get("dice_lesion")
         score = "" if dice_text is None or _nan(dice_text) else f", val Dice {dice_text:.3f}"
         return f"Model {self.version} (trained on {self.metrics.get('n_masks', '?')} masks{score})"

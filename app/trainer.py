@@ -35,7 +35,7 @@ from annotation import Store
 from app.status import LABELS_AT_LAST_ROUND, RETRAIN_REQUESTED, TAG, write_status
 from app.studio import backbone_view
 from app.validation import validation_ids
-from model.adasam import AdaSamConfig, load_checkpoint
+from model.adasam import AdaSamConfig, checkpoint_problem, load_checkpoint
 from model.backbones import build_backbone
 from model.cache import EmbeddingCache, content_hash
 from model.evaluate import Item, evaluate
@@ -82,7 +82,7 @@ class BackgroundTrainer:
             try:
                 self.embed_new()
                 latest = self.store.latest_model()
-                if latest is not None:
+                if latest is not None and not checkpoint_problem(latest.checkpoint_path):
                     self.rescore(latest.version)
                 if self.due():
                     self.train_round()
@@ -237,6 +237,8 @@ class BackgroundTrainer:
         self.check()
         config = AdaSamConfig(backbone=self.spec, method="adasam", has_negatives=detect_negatives(data))
         previous = store.latest_model()
+        if previous is not None and checkpoint_problem(previous.checkpoint_path):
+            previous = None  # made by an earlier version: start afresh, and nothing usable to be compared with
         model = build_training_model(config, round_id, backbone_view(self.base),
                                      init=previous.checkpoint_path if previous else None)
         train_config = TrainConfig(steps=self.steps, eval_every=max(1, self.steps // 2), seed=round_id)

@@ -16,7 +16,7 @@ from model.heads import LocationClassifier, SharedAdapter
 from model.lora import apply_lora
 from model.preprocess import mask_box
 
-CHECKPOINT_FORMAT = 1
+CHECKPOINT_FORMAT = 2  # 2: the classifier reads position channels and a pooling pyramid (format 1 models: retrain)
 
 
 @dataclass
@@ -174,11 +174,36 @@ def load_checkpoint(path: str | Path, backbone: Backbone | None = None) -> tuple
         config = AdaSamConfig.from_dict(payload["config"])
     except Exception as exc:
         raise CheckpointError(f"{path}: not an ADA-SAM checkpoint ({type(exc).__name__})") from None
+    if payload.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{path}: made by another version of ADA-SAM Studio (checkpoint format "
+                              f"{payload.get('format')}, this one reads {CHECKPOINT_FORMAT}); train it again")
     model = build_adasam(config, backbone)
     result = model.load_state_dict(payload["state"], strict=False)  # copies onto the model's device
     if result.unexpected_keys:
         raise CheckpointError(f"{path}: weights do not fit this model, e.g. {result.unexpected_keys[0]!r}")
     return model.eval(), payload
+
+
+def checkpoint_problem(path: str | Path) -> str | None:
+    """None if this version can load the checkpoint, else the one-line reason (e.g. a model trained by an earlier
+    version of the tool, which a workspace may still list as serving). Cached per file and modification time."""
+    path = Path(path)
+    try:
+        key = (str(path.resolve()), path.stat().st_mtime_ns)
+    except OSError as exc:
+        return f"{path}: {exc.strerror}"
+    if key not in _PROBLEMS:
+        try:
+            payload = torch.load(path, map_location="cpu", weights_only=False)
+            found = payload.get("format") if isinstance(payload, dict) else None
+            _PROBLEMS[key] = None if found == CHECKPOINT_FORMAT else (
+                f"{path.name}: checkpoint format {found}, this version reads {CHECKPOINT_FORMAT}")
+        except Exception as exc:  # noqa: BLE001 - any unreadable file is a reason, said in one line
+            _PROBLEMS[key] = f"{path.name}: not an ADA-SAM checkpoint ({type(exc).__name__})"
+    return _PROBLEMS[key]
+
+
+_PROBLEMS: dict[tuple[str, int], str | None] = {}
 
 
 __all__ = ["AdaSam", "AdaSamConfig", "build_adasam", "save_checkpoint", "load_checkpoint", "central_box"]

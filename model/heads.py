@@ -4,6 +4,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -43,28 +44,42 @@ class LocationClassifier(nn.Module):
     Its map is its own output, as in the original CAM (Zhou et al. 2016) rather than a Grad-CAM of a pooled MLP:
     masks supervise every location where they exist, tags supervise the pooled logit everywhere (a target-free image
     must be target-free at every location; one with the target at some location). Dilated convolutions give each
-    location context well beyond its 4x4 pixels. Normalisation is per location (across channels), never across the
-    image, so a target-free image is not stretched until its most target-like patch looks like a target.
+    location context well beyond its 4x4 pixels; pyramid pooling (PSPNet, Zhao et al. 2017) adds the whole image's
+    summary at 1x1, 2x2 and 4x4, and two position channels (height, distance from the vertical midline: mirror
+    symmetric, as training mirrors images) say where the location is. Together they tell the target from a
+    look-alike elsewhere in the image: on BUSI val at 10% masks they cut whole misses (lesion Dice < 0.3) from 13-18%
+    to 7-10% (benchmarks/README.md). Normalisation is per location (across channels), never across the image, so a
+    target-free image is not stretched until its most target-like patch looks like a target.
     Returns B x 2 logits (absent, present) like a two-class head: column 0 is a constant 0, so softmax(.)[:, 1] =
     sigmoid(present logit).
     """
 
     POOL_SHARPNESS = 4.0  # log-sum-exp pooling: 0 would be the mean of the locations, infinity their maximum
+    PYRAMID = (1, 2, 4)  # grid sizes the image is summarised at for every location
 
     def __init__(self, dim: int = 256, hidden: int = 32, dropout: float = 0.3, dilations: tuple = (1, 2, 4, 8)) -> None:
         super().__init__()
-        self.reduce = nn.Sequential(nn.Conv2d(dim, hidden, 1), ChannelNorm(hidden), nn.GELU())
+        self.reduce = nn.Sequential(nn.Conv2d(dim + 2, hidden, 1), ChannelNorm(hidden), nn.GELU())
         self.context = nn.ModuleList(
             nn.Sequential(nn.Conv2d(hidden, hidden, 3, padding=d, dilation=d), ChannelNorm(hidden), nn.GELU())
             for d in dilations)
+        self.pyramid = nn.ModuleList(
+            nn.Sequential(nn.Conv2d(hidden, hidden, 1), ChannelNorm(hidden), nn.GELU(), nn.Conv2d(hidden, hidden, 1))
+            for _ in self.PYRAMID)
+        for block in self.pyramid:  # starts silent: the image summary joins in as far as the labels call for it
+            nn.init.zeros_(block[-1].weight)
+            nn.init.zeros_(block[-1].bias)
         self.dropout = nn.Dropout2d(dropout)
         self.out = nn.Conv2d(hidden, 1, 1)
 
     def location_logits(self, features: torch.Tensor) -> torch.Tensor:
         """B x C x h x w features -> B x h x w logits of "the target is here"."""
-        x = self.reduce(features)
+        x = self.reduce(torch.cat([features, position_channels(features)], 1))
         for block in self.context:
             x = x + block(x)
+        for size, block in zip(self.PYRAMID, self.pyramid):
+            summary = block(F.adaptive_avg_pool2d(x, size))
+            x = x + F.interpolate(summary, size=x.shape[-2:], mode="bilinear", align_corners=False)
         return self.out(self.dropout(x))[:, 0]
 
     def pool(self, location_logits: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
@@ -80,3 +95,11 @@ class LocationClassifier(nn.Module):
 
     def forward(self, features: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
         return self.pool(self.location_logits(features), valid)
+
+
+def position_channels(features: torch.Tensor) -> torch.Tensor:
+    """B x 2 x h x w: height from -1 (top) to 1, and distance from the vertical midline, 0 to 1."""
+    b, _, h, w = features.shape
+    ys = torch.linspace(-1, 1, h, device=features.device, dtype=features.dtype).view(1, 1, h, 1).expand(b, 1, h, w)
+    xs = torch.linspace(-1, 1, w, device=features.device, dtype=features.dtype).abs().view(1, 1, 1, w)
+    return torch.cat([ys, xs.expand(b, 1, h, w)], 1)

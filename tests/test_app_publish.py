@@ -99,3 +99,21 @@ def test_an_old_workspace_gains_the_publish_columns_with_its_models_published(tm
         store.register_model("r0002", "models/r0002.pt", published=False)
         assert store.latest_model().version == "r0001"
         assert store.finish_round(round_id, note="why").note == "why"
+
+
+def test_a_model_from_an_earlier_version_is_replaced_not_served(trainer):
+    """A workspace whose serving model this version cannot read (an older checkpoint format): the page says so and
+    shows no proposal, and the next round trains afresh and is published without a comparison."""
+    import torch
+
+    store = trainer.store
+    path = store.latest_model().checkpoint_path
+    payload = torch.load(path, weights_only=False)
+    torch.save({**payload, "format": 1}, path)
+    slot = ModelSlot(store, "micro_random", trainer.root.parent / "cache")
+    assert slot.version == "pretrained" and "checkpoint format 1" in slot.note()
+    label(store, 3)
+    trainer.train_round()
+    rnd = store.rounds()[-1]
+    assert rnd.status == "done" and store.model("r0002").published and rnd.note is None
+    assert slot.refresh() and slot.version == "r0002" and slot.unusable is None

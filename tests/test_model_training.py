@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from model.adasam import AdaSamConfig, CheckpointError, load_checkpoint, save_checkpoint
+from model.adasam import AdaSamConfig, CheckpointError, checkpoint_problem, load_checkpoint, save_checkpoint
 from model.inference import Predictor
 from model.losses import consistency_loss, dice_loss, map_loss, segmentation_loss
 from model.metrics import box_iou, presence_auc
@@ -16,7 +16,7 @@ from model.preprocess import mask_box
 from model.train import TrainConfig, Trainer, TrainingData, build_training_model, detect_negatives
 from model_fixtures import blob_items, micro_backbone, one_torch_thread  # noqa: F401 (autouse)
 
-STEPS = 40
+STEPS = 80  # the map head with position channels and a pooling pyramid learns the toy map by ~70 steps (40 before them)
 
 
 @pytest.fixture(scope="module")
@@ -172,6 +172,15 @@ def test_load_checkpoint_errors(tmp_path):
     with pytest.raises(CheckpointError, match="not an ADA-SAM checkpoint") as err:
         load_checkpoint(tmp_path / "model.pt")
     assert "\n" not in str(err.value)
+    assert "not an ADA-SAM checkpoint" in checkpoint_problem(tmp_path / "model.pt")
+    model = build_training_model(AdaSamConfig(backbone="micro"), 0, micro_backbone())
+    save_checkpoint(model, tmp_path / "model.pt")
+    assert checkpoint_problem(tmp_path / "model.pt") is None
+    payload = torch.load(tmp_path / "model.pt", weights_only=False)
+    torch.save({**payload, "format": 1}, tmp_path / "old.pt")  # an earlier version's model: other weights
+    with pytest.raises(CheckpointError, match=r"checkpoint format 1, this one reads 2\); train it again"):
+        load_checkpoint(tmp_path / "old.pt")
+    assert checkpoint_problem(tmp_path / "old.pt") == "old.pt: checkpoint format 1, this version reads 2"
 
 
 def test_resume_gives_the_same_weights(pool, tmp_path):
