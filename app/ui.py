@@ -266,7 +266,8 @@ def figures_html(data: dict) -> str:
     """The key numbers as a small table."""
     labels, effort, queue, val = data["labels"], data["effort"], data["queue"], data["validation"]
     last = data["training"]["latest_round"]
-    auc = next((r["presence_auc"] for r in reversed(data["rounds"]) if r["presence_auc"] is not None), None)
+    auc = next((r["presence_auc"] for r in reversed(data["rounds"])  # the serving model's, not a held-back round's
+                if r["presence_auc"] is not None and r["published"]), None)
     rows = [
         ("Serving", data["model"]["note"]),
         ("Training", data["training"]["line"] + f" (a round every {data['training']['round_every']} new labels)"),

@@ -36,8 +36,8 @@ def score_by_checkpoint(monkeypatch, serving: float, new: float) -> list[str]:
     def val_summary(self, checkpoint, items):
         name = Path(checkpoint).name
         scored.append(name)
-        dice = new if name == "model.pt" else serving
-        return {"n_lesion": len(items), "dice_lesion": dice, "dice_all": dice, "presence_auc": 0.5}
+        dice, auc = (new, 0.6) if name == "model.pt" else (serving, 0.5)
+        return {"n_lesion": len(items), "dice_lesion": dice, "dice_all": dice, "presence_auc": auc}
 
     monkeypatch.setattr(trainer_module.BackgroundTrainer, "val_summary", val_summary)
     return scored
@@ -65,7 +65,10 @@ def test_a_round_worse_on_validation_keeps_the_old_model_serving(trainer, monkey
     studio = Studio(store, slot)
     dashboard = studio.dashboard()
     assert [r["published"] for r in dashboard["rounds"]] == [True, False]
-    assert "r0001 keeps serving" in figures_html(dashboard)
+    figures = figures_html(dashboard)
+    serving_auc = store.model("r0001").metrics["presence_auc"]
+    assert serving_auc != 0.6 and store.model("r0002").metrics["presence_auc"] == 0.6
+    assert "r0001 keeps serving" in figures and f"{serving_auc:.3f}" in figures  # the serving model's AUC
     svg = dice_curve_svg(dashboard["rounds"])
     assert svg.count("class='point'") == 1 and svg.count("class='held-back'") == 1 and "not published" in svg
     table = rounds_table(dashboard["rounds"]).value
