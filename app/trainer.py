@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from annotation import Prediction as StoredPrediction
-from annotation import Store
+from annotation import ModelInfo, Store
 from app.status import LABELS_AT_LAST_ROUND, RETRAIN_REQUESTED, TAG, write_status
 from app.studio import backbone_view
 from app.validation import validation_ids
@@ -261,7 +261,7 @@ class BackgroundTrainer:
             val_dice = round_score(summary)
             if previous is not None and val_dice is not None:
                 self.check()
-                published, note = self.publish_verdict(previous.version, previous.checkpoint_path, val_dice, data.val)
+                published, note = self.publish_verdict(previous, val_dice, data.val)
         version = f"r{round_id:04d}"
         path = self.models / f"{version}.pt"
         tmp = self.models / f".{version}.pt.tmp"
@@ -279,19 +279,18 @@ class BackgroundTrainer:
         summary, _ = evaluate(model.eval(), items, with_hd95=False)
         return summary
 
-    def publish_verdict(self, serving: str, serving_checkpoint: str | Path, new_score: float,
-                        val: list[Item]) -> tuple[bool, str]:
+    def publish_verdict(self, serving: ModelInfo, new_score: float, val: list[Item]) -> tuple[bool, str]:
         """Whether a round's model may replace the serving one, and why: not if its val Dice is more than
         PUBLISH_TOLERANCE below the serving model's, measured now on the same images (the validation set may have
         grown since the serving model was scored)."""
-        old_score = round_score(self.val_summary(serving_checkpoint, val))
+        old_score = round_score(self.val_summary(serving.checkpoint_path, val))
+        name = serving.version
         if old_score is None:
-            return True, f"{serving} has no validation score to compare with"
-        compared = (f"validation Dice {new_score:.3f} against {old_score:.3f} for {serving} on the same "
-                    f"{len(val)} images")
+            return True, f"{name} has no validation score to compare with"
+        compared = f"validation Dice {new_score:.3f} against {old_score:.3f} for {name} on the same {len(val)} images"
         if new_score >= old_score - PUBLISH_TOLERANCE:
             return True, compared
-        return False, f"not published, {serving} keeps serving: {compared} (tolerance {PUBLISH_TOLERANCE})"
+        return False, f"not published, {name} keeps serving: {compared} (tolerance {PUBLISH_TOLERANCE})"
 
     def _resume(self, trainer: Trainer, config: AdaSamConfig, train_config: TrainConfig) -> None:
         """Continue an interrupted round's steps when it trained the same kind of model; else start clean."""

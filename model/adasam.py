@@ -162,8 +162,8 @@ class CheckpointError(ValueError):
     """A model checkpoint that cannot be used (one-line message)."""
 
 
-def load_checkpoint(path: str | Path, backbone: Backbone | None = None) -> tuple[AdaSam, dict]:
-    """(model, the whole payload) from a checkpoint file or a run folder holding `model.pt`."""
+def read_checkpoint(path: str | Path) -> tuple[Path, dict, AdaSamConfig]:
+    """(file, payload, config) of a checkpoint file or a run folder holding `model.pt`, whatever its format."""
     path = Path(path)
     if path.is_dir():
         path = path / "model.pt"
@@ -171,9 +171,14 @@ def load_checkpoint(path: str | Path, backbone: Backbone | None = None) -> tuple
         raise CheckpointError(f"{path}: no such model checkpoint (train one with `adasam train`)")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=False)
-        config = AdaSamConfig.from_dict(payload["config"])
+        return path, payload, AdaSamConfig.from_dict(payload["config"])
     except Exception as exc:
         raise CheckpointError(f"{path}: not an ADA-SAM checkpoint ({type(exc).__name__})") from None
+
+
+def load_checkpoint(path: str | Path, backbone: Backbone | None = None) -> tuple[AdaSam, dict]:
+    """(model, the whole payload) from a checkpoint file or a run folder holding `model.pt`."""
+    path, payload, config = read_checkpoint(path)
     if payload.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{path}: made by another version of ADA-SAM Studio (checkpoint format "
                               f"{payload.get('format')}, this one reads {CHECKPOINT_FORMAT}); train it again")
@@ -194,12 +199,11 @@ def checkpoint_problem(path: str | Path) -> str | None:
         return f"{path}: {exc.strerror}"
     if key not in _PROBLEMS:
         try:
-            payload = torch.load(path, map_location="cpu", weights_only=False)
-            found = payload.get("format") if isinstance(payload, dict) else None
+            found = read_checkpoint(path)[1].get("format")
             _PROBLEMS[key] = None if found == CHECKPOINT_FORMAT else (
                 f"{path.name}: checkpoint format {found}, this version reads {CHECKPOINT_FORMAT}")
-        except Exception as exc:  # noqa: BLE001 - any unreadable file is a reason, said in one line
-            _PROBLEMS[key] = f"{path.name}: not an ADA-SAM checkpoint ({type(exc).__name__})"
+        except CheckpointError as exc:
+            _PROBLEMS[key] = str(exc)
     return _PROBLEMS[key]
 
 

@@ -85,6 +85,20 @@ class Server:
         return self.process.returncode
 
 
+def label(store: Store, count: int, annotator: str = "ann") -> list[int]:
+    """Give `count` pool images a lesion mask (every third one 'no finding')."""
+    ids = [info.id for info in store.images(split="pool", state="unlabeled")][:count]
+    for k, image_id in enumerate(ids):
+        info = store.image(image_id)
+        if k % 3 == 2:
+            store.mark_no_finding(image_id, annotator)
+        else:
+            mask = np.zeros((info.height, info.width), bool)
+            mask[10:40, 20:60] = True
+            store.save_mask(image_id, mask, annotator)
+    return ids
+
+
 def launch_chromium(playwright):
     return playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
 

@@ -13,8 +13,7 @@ from app import trainer as trainer_module
 from app.studio import ModelSlot, Studio
 from app.trainer import PUBLISH_TOLERANCE, BackgroundTrainer
 from app.ui import dice_curve_svg, figures_html, rounds_table
-from app_fixtures import make_workspace
-from test_app_trainer import label
+from app_fixtures import label, make_workspace
 
 
 @pytest.fixture

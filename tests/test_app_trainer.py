@@ -13,21 +13,7 @@ from app.status import LABELS_AT_LAST_ROUND, VALIDATION_IDS, read_status
 from app.studio import ModelSlot, Studio
 from app.trainer import BackgroundTrainer
 from app.validation import VAL_MIN_LABELS, validation_ids
-from app_fixtures import make_workspace
-
-
-def label(store: Store, count: int, annotator: str = "ann") -> list[int]:
-    """Give `count` pool images a lesion mask (every third one 'no finding')."""
-    ids = [info.id for info in store.images(split="pool", state="unlabeled")][:count]
-    for k, image_id in enumerate(ids):
-        info = store.image(image_id)
-        if k % 3 == 2:
-            store.mark_no_finding(image_id, annotator)
-        else:
-            mask = np.zeros((info.height, info.width), bool)
-            mask[10:40, 20:60] = True
-            store.save_mask(image_id, mask, annotator)
-    return ids
+from app_fixtures import label, make_workspace
 
 
 @pytest.fixture
