@@ -13,7 +13,7 @@ import sqlite3
 import time
 
 from annotation.records import Task
-from annotation.store import DEFAULT_LEASE_SECONDS, Store, _image_info, utc_now
+from annotation.store import DEFAULT_LEASE_SECONDS, QUEUE_MODEL, Store, _image_info, utc_now
 
 _UNLEASED = "NOT EXISTS (SELECT 1 FROM leases l WHERE l.image_id = i.id)"
 
@@ -55,7 +55,7 @@ def next_task(store: Store, annotator: str, lease_seconds: float = DEFAULT_LEASE
         info = _image_info(conn.execute("SELECT * FROM images WHERE id = ?", (image_id,)).fetchone())
         prediction = conn.execute(
             "SELECT probability, uncertainty FROM predictions WHERE image_id = ? AND model_version = ?",
-            (image_id, store.get_setting("queue_model")),
+            (image_id, store.get_setting(QUEUE_MODEL)),
         ).fetchone()
     return Task(
         image=info,

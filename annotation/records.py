@@ -77,10 +77,12 @@ class Prediction:
     """One model output for one image, as the trainer records it."""
 
     image_id: int
-    uncertainty: float
+    uncertainty: float  # the model's combined uncertainty (model.uncertainty)
     probability: float | None = None
     box: tuple[float, float, float, float] | None = None
     mask: np.ndarray | None = None
+    classifier_uncertainty: float | None = None  # its two parts, which active-learning strategies rank by
+    segmentation_uncertainty: float | None = None
 
 
 @dataclass(frozen=True)

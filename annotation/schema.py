@@ -167,7 +167,14 @@ def _v3_publish_gate(conn: sqlite3.Connection) -> None:
     conn.execute("ALTER TABLE training_rounds ADD COLUMN note TEXT")
 
 
-MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_v1_initial, _v2_conflicts, _v3_publish_gate]
+def _v4_uncertainty_parts(conn: sqlite3.Connection) -> None:
+    """Active-learning strategies rank by either part of a prediction's uncertainty, not only the combined one."""
+    conn.execute("ALTER TABLE predictions ADD COLUMN classifier_uncertainty REAL")
+    conn.execute("ALTER TABLE predictions ADD COLUMN segmentation_uncertainty REAL")
+
+
+MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_v1_initial, _v2_conflicts, _v3_publish_gate,
+                                                          _v4_uncertainty_parts]
 LATEST_VERSION = len(MIGRATIONS)
 
 

@@ -38,6 +38,7 @@ from annotation.records import (
 
 DB_NAME = "workspace.db"
 DEFAULT_LEASE_SECONDS = 600.0
+QUEUE_MODEL = "queue_model"  # setting: the model version whose predictions order the queue
 
 
 class WorkspaceError(Exception):
@@ -511,6 +512,8 @@ class Store:
                 "image_id": int(p.image_id),
                 "probability": None if p.probability is None else float(p.probability),
                 "uncertainty": float(p.uncertainty),
+                "classifier_uncertainty": _optional_float(p.classifier_uncertainty),
+                "segmentation_uncertainty": _optional_float(p.segmentation_uncertainty),
                 "box": None if p.box is None else json.dumps([float(v) for v in p.box]),
                 "mask_file": None if p.mask is None else self.files.put_mask(p.mask),
                 "created_at": now,
@@ -530,7 +533,7 @@ class Store:
         """
         if self.current_model_version() != model_version:
             return  # predictions of an older model: kept, but they do not order the queue
-        if self.get_setting("queue_model") != model_version:
+        if self.get_setting(QUEUE_MODEL) != model_version:
             conn.execute("UPDATE images SET priority = NULL WHERE priority IS NOT NULL")
             conn.execute(
                 "UPDATE images SET priority = p.uncertainty FROM predictions p"
@@ -538,13 +541,34 @@ class Store:
                 (model_version,),
             )
             conn.execute(
-                "INSERT INTO settings (key, value) VALUES ('queue_model', ?)"
+                "INSERT INTO settings (key, value) VALUES (?, ?)"
                 " ON CONFLICT(key) DO UPDATE SET value = excluded.value",
-                (json.dumps(model_version),),
+                (QUEUE_MODEL, json.dumps(model_version)),
             )
         else:
             conn.executemany("UPDATE images SET priority = ? WHERE id = ?",
                              [(row["uncertainty"], row["image_id"]) for row in rows])
+
+    def pool_predictions(self, model_version: str) -> list[Prediction]:
+        """A model's predictions for every unlabeled pool image it has scored (what a strategy ranks), by image id."""
+        rows = self.conn.execute(
+            "SELECT p.* FROM predictions p JOIN images i ON i.id = p.image_id"
+            " WHERE p.model_version = ? AND i.split = 'pool' AND i.state = 'unlabeled' ORDER BY p.image_id",
+            (model_version,))
+        return [Prediction(row["image_id"], row["uncertainty"], row["probability"],
+                           None if row["box"] is None else tuple(json.loads(row["box"])), None,
+                           row["classifier_uncertainty"], row["segmentation_uncertainty"]) for row in rows]
+
+    def set_priorities(self, model_version: str, priorities: dict[int, float], who: str = "trainer") -> bool:
+        """Order the queue by `priorities` (image id -> priority, higher asked first; images left out keep theirs),
+        as a strategy ranked the pool for `model_version`. False, and nothing changes, if that model does not
+        order the queue (a newer one took over meanwhile)."""
+        with self.transaction() as conn:
+            if self.get_setting(QUEUE_MODEL) != model_version:
+                return False
+            conn.executemany("UPDATE images SET priority = ? WHERE id = ? AND split = 'pool' AND state = 'unlabeled'",
+                             [(float(p), int(i)) for i, p in priorities.items()])
+        return True
 
     def prediction(self, image_id: int, model_version: str | None = None) -> dict[str, Any] | None:
         """A model's prediction for one image (default: the current model's), with the box decoded."""
@@ -688,3 +712,7 @@ def _rescale(pixels: np.ndarray, low: float, high: float) -> np.ndarray:
 
 
 __all__ = ["DEFAULT_LEASE_SECONDS", "SaveRefused", "Store", "WorkspaceError", "utc_now"]
+
+
+def _optional_float(value: float | None) -> float | None:
+    return None if value is None else float(value)

@@ -25,6 +25,7 @@ TRAINER_STABLE_S = 600.0  # a trainer that ran this long before exiting starts t
 
 def register(sub) -> None:
     from annotation import DEFAULT_WORKSPACE
+    from model.strategies import DEFAULT_STRATEGY, STRATEGIES
 
     p = sub.add_parser("serve", help="start the annotation web app (and its background trainer)",
                        description="Serve WORKSPACE in the browser: Annotate, Dashboard and Export tabs. A trainer "
@@ -48,6 +49,10 @@ def register(sub) -> None:
     p.add_argument("--train-steps", type=int, default=ROUND_STEPS,
                    help=f"training steps per round, each from the last round's model (default {ROUND_STEPS}; "
                         "LiteMedSAM on 2 CPU cores: about 1.5 s a step)")
+    p.add_argument("--strategy", choices=list(STRATEGIES), default=None,
+                   help=f"active-learning strategy ordering the queue, kept with the workspace (default: the "
+                        f"workspace's, at first {DEFAULT_STRATEGY}): " + "; ".join(
+                            f"{s.name}: {s.summary}" for s in STRATEGIES.values()))
     p.add_argument("--demo", action="store_true", help="fill an empty workspace with demo images (the default "
                                                       "workspace always is)")
     p.add_argument("--max-points", type=int, default=None, metavar="N",
@@ -123,6 +128,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from app.auth import checker, read_users
     from app.guard import Guard
     from app.seed import seed_workspace
+    from app.status import QUEUE_STRATEGY
     from app.studio import MAX_POINTS, ModelSlot, Studio
     from app.ui import build_ui
     from model.backbones import BackboneError
@@ -133,6 +139,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         store = Store(workspace)
     except WorkspaceError as exc:
         raise CommandError(str(exc)) from None
+    if args.strategy and store.get_setting(QUEUE_STRATEGY) != args.strategy:
+        store.set_setting(QUEUE_STRATEGY, args.strategy, who=args.annotator)  # the trainer re-ranks the queue
     released = release_all_leases(store)
     if released:
         print(f"released {released} image lease(s) left by an earlier server", flush=True)

@@ -14,6 +14,7 @@ LABELS_AT_LAST_ROUND = "labels_at_last_round"  # setting: the label count the la
 VALIDATION_IDS = "validation_image_ids"  # setting: the fixed validation set, chosen once
 VALIDATION_SOURCE = "validation_source"  # setting: how it was chosen (shown on the dashboard)
 WORKSPACE_NOTE = "workspace_note"  # setting: what the images are (written by the first-run seeding)
+QUEUE_STRATEGY = "queue_strategy"  # setting: the active-learning strategy ordering the queue (model.strategies)
 TAG = "finding"  # the image-level tag: the target (lesion, organ...) is present in the image
 
 

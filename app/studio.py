@@ -33,11 +33,14 @@ from PIL import Image
 
 from annotation import MaskInfo, SaveRefused, Store, export_workspace, next_task, renew_lease, skip
 from annotation.queue import peek_next
-from app.status import RETRAIN_REQUESTED, TAG, VALIDATION_IDS, VALIDATION_SOURCE, WORKSPACE_NOTE, read_status
+from annotation.store import QUEUE_MODEL
+from app.status import (QUEUE_STRATEGY, RETRAIN_REQUESTED, TAG, VALIDATION_IDS, VALIDATION_SOURCE, WORKSPACE_NOTE,
+                        read_status)
 from model.adasam import AdaSam, AdaSamConfig, build_adasam, checkpoint_problem, load_checkpoint
 from model.backbones import Backbone, build_backbone
 from model.cache import EmbeddingCache
 from model.inference import Predictor
+from model.strategies import DEFAULT_STRATEGY, get_strategy
 from model.preprocess import Geometry, mask_box
 
 PRETRAINED = "pretrained"
@@ -482,6 +485,16 @@ class Studio:
                 "left": pool.get("unlabeled", 0), "model": self.slot.version, "model_note": self.slot.note(),
                 "workspace_note": self.store.get_setting(WORKSPACE_NOTE, ""), "trainer": _trainer_line(status)}
 
+    def strategy_line(self) -> str:
+        """The workspace's active-learning strategy, as the dashboard names it."""
+        strategy = get_strategy(self.store.get_setting(QUEUE_STRATEGY) or DEFAULT_STRATEGY)
+        return f"{strategy.name} ({strategy.summary})"
+
+    def order_line(self) -> str:
+        """What orders the queue right now."""
+        model = self.store.get_setting(QUEUE_MODEL)
+        return f"{self.strategy_line()}, model {model}" if model else "seeded random order (no model yet)"
+
     def dashboard(self) -> dict[str, Any]:
         """Everything the dashboard tab shows, as plain data."""
         store = self.store
@@ -533,7 +546,8 @@ class Studio:
             "training": {"status": status, "line": _trainer_line(status), "round_every": self.round_every,
                          "latest_round": rounds[-1] if rounds else None},
             "queue": {"left": pool_unlabeled, "scored_by_model": scored, "leased": counts.leased,
-                      "ordered_by": store.get_setting("queue_model") or "seeded random order (no model yet)"},
+                      "strategy": self.strategy_line(), "model": store.get_setting(QUEUE_MODEL),
+                      "ordered_by": self.order_line()},
             "validation": {"images": None if val_ids is None else len(val_ids),
                            "source": store.get_setting(VALIDATION_SOURCE, "not chosen yet")},
             "model": {"serving": self.slot.version, "note": self.slot.note()},

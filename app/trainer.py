@@ -32,7 +32,8 @@ import torch
 
 from annotation import Prediction as StoredPrediction
 from annotation import ModelInfo, Store
-from app.status import LABELS_AT_LAST_ROUND, RETRAIN_REQUESTED, TAG, write_status
+from annotation.store import QUEUE_MODEL
+from app.status import LABELS_AT_LAST_ROUND, QUEUE_STRATEGY, RETRAIN_REQUESTED, TAG, write_status
 from app.studio import backbone_view
 from app.validation import validation_ids
 from model.adasam import AdaSamConfig, checkpoint_problem, load_checkpoint
@@ -40,7 +41,10 @@ from model.backbones import build_backbone
 from model.cache import EmbeddingCache, content_hash
 from model.evaluate import Item, evaluate
 from model.inference import Predictor
+from model.strategies import DEFAULT_STRATEGY, Candidate, get_strategy
+from model.strategies.vectors import image_vector
 from model.train import Trainer, TrainConfig, TrainingData, build_training_model, detect_negatives
+from model.uncertainty import Uncertainty
 
 PUBLISH_TOLERANCE = 0.02  # a round is published unless its val Dice is more than this below the serving model's on
 # the same images: two checkpoints of one BUSI run 50 steps apart differ by about 0.03 on 78 val images, so a
@@ -66,6 +70,8 @@ class BackgroundTrainer:
         self.models = self.root / "models"
         self.work = self.models / "training"
         self._embedded: set[int] = set()
+        self._vectors: dict[int, np.ndarray] = {}  # image vectors for diversity strategies, computed once per image
+        self._ranked_for: tuple | None = None  # (model, strategy, labels) the queue was last ranked for
         self._seen_upto = 0
         self._status: dict[str, Any] = {"state": "idle"}
         self._last_write = 0.0
@@ -312,27 +318,66 @@ class BackgroundTrainer:
     # -- re-scoring the pool -----------------------------------------------------------------------------------
 
     def rescore(self, version: str) -> None:
-        """Record `version`'s uncertainty for every unlabeled pool image it has not scored, in chunks."""
+        """Score every unlabeled pool image `version` has not scored yet (in chunks, each recorded as it is done, so
+        a stopped trainer resumes where it was), then let the workspace's strategy order the queue."""
         store = self.store
         ids = [row[0] for row in store.conn.execute(
             "SELECT id FROM images WHERE split = 'pool' AND state = 'unlabeled' AND id NOT IN"
             " (SELECT image_id FROM predictions WHERE model_version = ?) ORDER BY id", (version,))]
-        if not ids:
+        if ids:
+            model, _ = load_checkpoint(store.model(version).checkpoint_path, backbone_view(self.base))
+            predictor = Predictor(model)
+            started = time.monotonic()
+            for start in range(0, len(ids), SCORE_CHUNK):
+                self.check()
+                self.status(state="scoring", model=version, done=start, total=len(ids),
+                            eta_s=_eta(started, start, len(ids)))
+                chunk = self.items(ids[start:start + SCORE_CHUNK])
+                predictions = predictor.predict_batch(torch.stack([i.embedding for i in chunk]),
+                                                      [i.geometry for i in chunk])
+                store.record_predictions(version, [
+                    StoredPrediction(int(item.id), p.uncertainty.combined, p.probability, tuple(map(float, p.box)),
+                                     classifier_uncertainty=p.uncertainty.classifier,
+                                     segmentation_uncertainty=p.uncertainty.segmentation)
+                    for item, p in zip(chunk, predictions)])
+            self.status(state="idle", message=f"{version} scored {len(ids)} pool images", force=True)
+        self.rank_queue(version)
+
+    def rank_queue(self, version: str) -> None:
+        """Order the queue by the workspace's strategy (QUEUE_STRATEGY, default combined) over `version`'s
+        predictions; redone whenever the model, the strategy or the number of labels changed since the last time."""
+        store = self.store
+        name = store.get_setting(QUEUE_STRATEGY) or DEFAULT_STRATEGY
+        ranking = (version, name, self.labels())
+        if self._ranked_for == ranking or store.get_setting(QUEUE_MODEL) != version:
             return
-        model, _ = load_checkpoint(store.model(version).checkpoint_path, backbone_view(self.base))
-        predictor = Predictor(model)
-        started = time.monotonic()
-        for start in range(0, len(ids), SCORE_CHUNK):
+        strategy = get_strategy(name)
+        predictions = store.pool_predictions(version)
+        candidates = [Candidate(p.image_id, p.probability, Uncertainty(
+            _known(p.classifier_uncertainty), _known(p.segmentation_uncertainty), p.uncertainty))
+            for p in predictions]
+        vectors = labeled = None
+        if strategy.uses_vectors:
+            vectors = self.vectors([c.image_id for c in candidates])
+            labeled = self.vectors([row[0] for row in store.conn.execute(
+                "SELECT id FROM images WHERE split = 'pool' AND state != 'unlabeled' ORDER BY id")])
+        priorities = strategy.rank(candidates, vectors, labeled)
+        if store.set_priorities(version, {c.image_id: float(p) for c, p in zip(candidates, priorities)}):
+            self._ranked_for = ranking
+
+    def vectors(self, ids: list[int]) -> np.ndarray:
+        """Image vectors (model.strategies.vectors) of `ids`, N x C, from the embedding cache."""
+        missing = [i for i in ids if i not in self._vectors]
+        for start in range(0, len(missing), SCORE_CHUNK):
             self.check()
-            self.status(state="scoring", model=version, done=start, total=len(ids),
-                        eta_s=_eta(started, start, len(ids)))
-            chunk = self.items(ids[start:start + SCORE_CHUNK])
-            predictions = predictor.predict_batch(torch.stack([i.embedding for i in chunk]),
-                                                  [i.geometry for i in chunk])
-            store.record_predictions(version, [
-                StoredPrediction(int(item.id), p.uncertainty.combined, p.probability, tuple(map(float, p.box)))
-                for item, p in zip(chunk, predictions)])
-        self.status(state="idle", message=f"{version} scored {len(ids)} pool images", force=True)
+            for item in self.items(missing[start:start + SCORE_CHUNK]):
+                self._vectors[int(item.id)] = image_vector(item.embedding, item.geometry)
+        return np.stack([self._vectors[i] for i in ids]) if ids else np.zeros((0, self.base.embedding_shape[0]))
+
+
+def _known(value: float | None) -> float:
+    """A part of the uncertainty a prediction recorded before the parts were stored: rank it as certain."""
+    return 0.0 if value is None else value
 
 
 def round_score(summary: dict) -> float | None:

@@ -7,9 +7,8 @@ it (warm-started, on every mask and a sample of unlabeled images, val picking th
 and re-scores the pool, whose uncertainties order the queue. Nothing here re-implements training or ranking.
 
 Start: the queue's seeded random order labels 2% of the pool; then each round adds 2% more, up to 30%. Strategies
-differ only in the number the trainer stores as each image's uncertainty: classifier entropy, segmentation entropy,
-their combination (the app's default), or a constant (random: the queue falls back to its seeded shuffle). The
-trainer stores `Uncertainty.combined`; `ranked_by` swaps the chosen field into that slot while a run lasts.
+(model.strategies, chosen by name) differ only in how the trainer orders the queue after scoring the pool: the
+benchmark sets the workspace's strategy, as `adasam serve --strategy NAME` does.
 After every round the published model is scored on the test split with automatic prompts.
 
 The full-label reference: the same trainer, the whole pool labelled, for as many rounds as a curve has (the same
@@ -23,9 +22,7 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
-import contextlib
 import csv
-import dataclasses
 import json
 import math
 import multiprocessing
@@ -35,7 +32,6 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from unittest import mock
 
 import numpy as np
 
@@ -44,38 +40,16 @@ sys.path.insert(0, str(ROOT))
 
 from annotation import Store, import_sources, next_task, skip  # noqa: E402
 from app import trainer as trainer_module  # noqa: E402
+from app.status import QUEUE_STRATEGY  # noqa: E402
 from app.model_commands import SPLIT_SEED, load_items  # noqa: E402
 from app.studio import backbone_view  # noqa: E402
 from model.adasam import load_checkpoint  # noqa: E402
 from model.dataset import DataFolder, load_data_folder  # noqa: E402
 from model.evaluate import evaluate  # noqa: E402
-from model.inference import Predictor  # noqa: E402
 from model.preprocess import read_mask  # noqa: E402
+from model.strategies import DEFAULT_STRATEGY, STRATEGIES  # noqa: E402
 
-STRATEGIES = {"classifier": "classifier", "segmentation": "segmentation", "combined": "combined", "random": None}
 ORACLE = "oracle"
-
-
-class RankingPredictor(Predictor):
-    """A Predictor whose `uncertainty.combined` (the number the trainer records) is the chosen field, or 0 for
-    random (every image ties, so the queue's seeded shuffle decides)."""
-
-    field: str | None = "combined"
-
-    def predict_batch(self, embeddings, geometries):
-        out = super().predict_batch(embeddings, geometries)
-        for p in out:
-            value = 0.0 if self.field is None else getattr(p.uncertainty, self.field)
-            p.uncertainty = dataclasses.replace(p.uncertainty, combined=value)
-        return out
-
-
-@contextlib.contextmanager
-def ranked_by(field: str | None):
-    """While active, the app's trainer records `field` as each pool image's uncertainty."""
-    predictor = type(f"RankedBy{field}", (RankingPredictor,), {"field": field})
-    with mock.patch.object(trainer_module, "Predictor", predictor):
-        yield
 
 
 def stage_source(folder: DataFolder, root: Path) -> Path:
@@ -105,10 +79,11 @@ def stage_source(folder: DataFolder, root: Path) -> Path:
     return source
 
 
-def new_workspace(source: Path, path: Path, seed: int) -> Store:
+def new_workspace(source: Path, path: Path, seed: int, strategy: str) -> Store:
     shutil.rmtree(path, ignore_errors=True)
     with Store(path) as store:
         store.set_setting("queue_seed", seed)  # the seeded random order: the start set and the random strategy
+        store.set_setting(QUEUE_STRATEGY, strategy)
     store = Store(path)  # re-opened: the queue seed is read when a store opens
     summary = import_sources(store, [source], with_masks=True, progress=False)
     if summary.skipped:
@@ -157,7 +132,7 @@ def simulate(args, folder: DataFolder, source: Path, strategy: str, seed: int, o
     step = max(1, round(args.step * n_pool))
     start, stop = max(1, round(args.start * n_pool)), round(args.stop * n_pool)
     workspace = out / "workspaces" / f"{strategy}_seed{seed}"
-    store = new_workspace(source, workspace, seed)
+    store = new_workspace(source, workspace, seed, DEFAULT_STRATEGY if strategy == "full" else strategy)
     bt = trainer_module.BackgroundTrainer(workspace, args.backbone, args.cache, round_every=step, steps=args.steps)
     bt.embed_new()
     test_items = load_items([s for s in folder.split("test") if s.mask_path], bt.cache)
@@ -170,25 +145,23 @@ def simulate(args, folder: DataFolder, source: Path, strategy: str, seed: int, o
         partial.write_text(json.dumps({"strategy": strategy, "seed": seed, "n_pool": n_pool, "step": step,
                                        "curve": curve, "partial": True}, default=float))
 
-    field = STRATEGIES.get(strategy, "combined")
-    with ranked_by(field):
-        if strategy == "full":
-            annotate(store, truth, n_pool)
-            for _ in range(args.reference_rounds):
+    if strategy == "full":
+        annotate(store, truth, n_pool)
+        for _ in range(args.reference_rounds):
+            bt.train_round()
+            add_point()
+    else:
+        labelled = annotate(store, truth, start)
+        while True:
+            if bt.due():  # the app's rule: enough new labels and at least one mask showing the target
                 bt.train_round()
                 add_point()
-        else:
-            labelled = annotate(store, truth, start)
-            while True:
-                if bt.due():  # the app's rule: enough new labels and at least one mask showing the target
-                    bt.train_round()
-                    add_point()
-                if labelled >= stop:
-                    break
-                added = annotate(store, truth, min(step, stop - labelled))
-                if added == 0:
-                    break
-                labelled += added
+            if labelled >= stop:
+                break
+            added = annotate(store, truth, min(step, stop - labelled))
+            if added == 0:
+                break
+            labelled += added
     result = {"strategy": strategy, "seed": seed, "n_pool": n_pool, "step": step, "curve": curve,
               "seconds": time.time() - started}
     store.close()

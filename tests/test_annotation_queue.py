@@ -164,3 +164,21 @@ def test_saving_a_mask_from_the_queue_labels_the_image(store):
     store.save_mask(task.image.id, np.ones((4, 5), dtype=bool), "alice")
     assert store.counts().leased == 0
     assert next_task(store, "alice").image.id != task.image.id
+
+
+def test_a_strategy_reorders_the_current_models_queue(store):
+    ids = seed_images(store, 4)
+    store.register_model("v1", "v1.pt")
+    store.record_predictions("v1", [Prediction(i, u, classifier_uncertainty=c, segmentation_uncertainty=s)
+                                    for i, u, c, s in zip(ids, [0.9, 0.1, 0.2, 0.3], [0.1, 0.8, 0.2, 0.3],
+                                                          [0.5, 0.5, 0.5, None])])
+    store.mark_no_finding(ids[2], "lead")
+    parts = {p.image_id: (p.classifier_uncertainty, p.segmentation_uncertainty) for p in store.pool_predictions("v1")}
+    assert parts == {ids[0]: (0.1, 0.5), ids[1]: (0.8, 0.5), ids[3]: (0.3, None)}  # unlabeled pool images only
+    assert next_task(store, "a").image.id == ids[0]  # the combined uncertainty orders at first
+    release_lease(store, "a", ids[0])
+    assert store.set_priorities("v1", {ids[0]: 0.1, ids[1]: 0.8, ids[3]: 0.3})
+    assert next_task(store, "a").image.id == ids[1]
+    assert not store.set_priorities("v0", {ids[3]: 9.0})  # not the model ordering the queue: nothing changes
+    release_lease(store, "a", ids[1])
+    assert next_task(store, "a").image.id == ids[1]

@@ -17,7 +17,7 @@ import annotation
 from annotation import Store
 from app.auth import NAME_FAILURES
 from app.guard import ADDRESS_FAILURES, BROWSER_COOKIE
-from app.status import read_status
+from app.status import QUEUE_STRATEGY, read_status
 from app_fixtures import Server, auth_server, make_workspace, wait_for
 
 gradio_client = pytest.importorskip("gradio_client")
@@ -30,7 +30,7 @@ def leased(tmp_path_factory):
     workspace = make_workspace(root, n=8, n_val=2)
     with Store(workspace) as store:
         task = annotation.next_task(store, "alice")
-    srv = Server(workspace, root / "serve.log", "--no-trainer", "--max-request-mb", "1")
+    srv = Server(workspace, root / "serve.log", "--no-trainer", "--max-request-mb", "1", "--strategy", "coreset")
     yield srv, task.image.id
     assert srv.stop() == 0
 
@@ -43,6 +43,12 @@ def test_leases_of_a_crashed_server_are_released_at_start(leased):
         assert bob.image.id == image_id  # first in the queue again, not held for a gone alice
         annotation.release_lease(store, "bob", image_id)
     assert "released 1 image lease" in srv.log.read_text()
+
+
+def test_the_strategy_given_at_start_stays_with_the_workspace(leased):
+    srv, _ = leased
+    with Store(srv.workspace, create=False) as store:
+        assert store.get_setting(QUEUE_STRATEGY) == "coreset"  # the trainer ranks by it, the dashboard names it
 
 
 def _raw_request(srv: Server, head: str) -> str:

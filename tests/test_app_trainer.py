@@ -201,3 +201,62 @@ def test_peek_next_is_the_image_the_queue_hands_out_next(tmp_path):
         assert next_task(store, "ann").image.id == current  # peeking leases nothing
         store.mark_no_finding(current, "ann")
         assert next_task(store, "ann").image.id == upcoming
+
+
+def test_the_workspace_strategy_orders_the_queue_and_follows_new_labels(workspace):
+    from annotation import next_task, release_lease
+    from app.status import QUEUE_STRATEGY
+    from model.strategies import get_strategy
+
+    bt = make_trainer(workspace)
+    store = bt.store
+    label(store, 3)
+    bt.embed_new()
+    bt.train_round()
+    version = store.latest_model().version
+    bt.rescore(version)
+
+    def first_in_queue() -> int:
+        image_id = next_task(store, "ann").image.id
+        release_lease(store, "ann", image_id)
+        return image_id
+
+    scored = store.pool_predictions(version)
+    assert first_in_queue() == max(scored, key=lambda p: p.uncertainty).image_id  # default: combined
+    store.set_setting(QUEUE_STRATEGY, "classifier")
+    bt.rescore(version)  # nothing new to score, but the strategy changed: the queue is ranked again
+    assert first_in_queue() == max(scored, key=lambda p: p.classifier_uncertainty).image_id
+
+    store.set_setting(QUEUE_STRATEGY, "coreset")
+    bt.rescore(version)
+    labeled = [i.id for i in store.images(split="pool") if i.state != "unlabeled"]
+
+    def coreset_priorities() -> dict[int, float]:
+        pool = store.pool_predictions(version)
+        ranked = get_strategy("coreset").rank(pool, bt.vectors([p.image_id for p in pool]), bt.vectors(labeled))
+        return {p.image_id: float(v) for p, v in zip(pool, ranked)}
+
+    def queue_priorities() -> dict[int, float]:
+        return dict(store.conn.execute("SELECT id, priority FROM images WHERE split = 'pool' AND state = 'unlabeled'"))
+
+    expected = coreset_priorities()
+    assert queue_priorities() == pytest.approx(expected)
+    assert first_in_queue() == max(expected, key=expected.get)
+    store.mark_no_finding(first_in_queue(), "ann")  # a new label moves every coreset priority: ranked again
+    labeled = [i.id for i in store.images(split="pool") if i.state != "unlabeled"]
+    bt.rescore(version)
+    after = queue_priorities()
+    assert after == pytest.approx(coreset_priorities())
+    assert after != pytest.approx({i: expected[i] for i in after})  # not the ranking from before the label
+
+
+def test_the_dashboard_names_the_strategy_ordering_the_queue(tmp_path):
+    from app.status import QUEUE_STRATEGY
+
+    with Store(make_workspace(tmp_path, n=4, n_val=1)) as store:
+        studio = Studio(store, ModelSlot(store, "micro_random", tmp_path / "cache"))
+        queue = studio.dashboard()["queue"]
+        assert queue["strategy"].startswith("combined (") and queue["ordered_by"].startswith("seeded random order")
+        store.set_setting(QUEUE_STRATEGY, "coreset")
+        assert studio.dashboard()["queue"]["strategy"].startswith("coreset (k-center")
+        studio.close()

@@ -1,0 +1,24 @@
+"""Active-learning strategies, one small module each, chosen by name (as MONAI Label's): each turns the current
+model's view of the unlabeled pool into one priority per image, and the queue asks for the highest first."""
+from __future__ import annotations
+
+from model.strategies import classifier, combined, coreset, random_order, segmentation
+from model.strategies.base import Candidate, Strategy
+
+STRATEGIES: dict[str, Strategy] = {s.name: s for s in (
+    combined.STRATEGY, classifier.STRATEGY, segmentation.STRATEGY, coreset.STRATEGY, random_order.STRATEGY)}
+DEFAULT_STRATEGY = "combined"
+
+
+class UnknownStrategy(ValueError):
+    """A strategy name that is not in STRATEGIES (one-line message listing the choices)."""
+
+
+def get_strategy(name: str) -> Strategy:
+    try:
+        return STRATEGIES[name]
+    except KeyError:
+        raise UnknownStrategy(f"unknown strategy {name!r}; choose one of {', '.join(STRATEGIES)}") from None
+
+
+__all__ = ["Candidate", "Strategy", "STRATEGIES", "DEFAULT_STRATEGY", "UnknownStrategy", "get_strategy"]

@@ -1,0 +1,72 @@
+"""Active-learning strategies: each ranks the pool by its own signal; coreset spreads picks; names are checked."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from model.preprocess import Geometry
+from model.strategies import DEFAULT_STRATEGY, STRATEGIES, Candidate, UnknownStrategy, get_strategy
+from model.strategies.vectors import image_vector
+from model.uncertainty import Uncertainty
+
+
+def candidates(classifier, segmentation, combined):
+    return [Candidate(i, 0.5, Uncertainty(c, s, m)) for i, (c, s, m) in enumerate(zip(classifier, segmentation,
+                                                                                      combined))]
+
+
+def order(priorities) -> list[int]:
+    return [int(i) for i in np.argsort(-np.asarray(priorities), kind="stable")]
+
+
+def test_uncertainty_strategies_rank_by_their_own_signal():
+    pool = candidates([0.1, 0.9, 0.5], [0.8, 0.2, 0.5], [0.3, 0.4, 0.9])
+    assert order(get_strategy("classifier").rank(pool, None, None)) == [1, 2, 0]
+    assert order(get_strategy("segmentation").rank(pool, None, None)) == [0, 2, 1]
+    assert order(get_strategy("combined").rank(pool, None, None)) == [2, 1, 0]
+    assert np.all(get_strategy("random").rank(pool, None, None) == 0)  # ties: the queue's seeded order decides
+
+
+def two_clusters(n: int = 6) -> np.ndarray:
+    """n unit vectors near (1, 0) then n near (0, 1)."""
+    rng = np.random.default_rng(0)
+    points = np.concatenate([[1, 0] + 0.05 * rng.normal(size=(n, 2)), [0, 1] + 0.05 * rng.normal(size=(n, 2))])
+    return points / np.linalg.norm(points, axis=1, keepdims=True)
+
+
+def test_coreset_asks_first_where_nothing_is_labeled_yet():
+    vectors = two_clusters()
+    pool = candidates([0] * 12, [0] * 12, [0] * 12)
+    assert order(get_strategy("coreset").rank(pool, vectors, np.array([[1.0, 0.0]])))[0] >= 6  # the unlabeled cluster
+    unlabeled_start = order(get_strategy("coreset").rank(pool, vectors, None))
+    assert {unlabeled_start[0] // 6, unlabeled_start[1] // 6} == {0, 1}  # one of each cluster in the first two
+
+
+def test_coreset_asks_for_a_duplicate_last():
+    base = two_clusters()
+    vectors = np.concatenate([base[5:6], base])  # image 0 repeats image 6
+    pool = candidates([0] * 13, [0] * 13, [0] * 13)
+    assert order(get_strategy("coreset").rank(pool, vectors, None))[-1] in (0, 6)
+
+
+def test_coreset_needs_one_vector_per_candidate():
+    with pytest.raises(ValueError, match="one image vector per candidate"):
+        get_strategy("coreset").rank(candidates([0], [0], [0]), None, None)
+    assert get_strategy("coreset").rank([], np.zeros((0, 2)), None).shape == (0,)
+
+
+def test_image_vectors_ignore_padding_and_have_unit_length():
+    embedding = torch.zeros(4, 8, 8)
+    embedding[0, :4, :] = 2.0  # the real image: the top half (a wide image padded below)
+    embedding[1, 4:, :] = 5.0  # padding only
+    vector = image_vector(embedding, Geometry(height=50, width=100, size=64))
+    assert np.allclose(vector, [1, 0, 0, 0])
+
+
+def test_strategies_are_chosen_by_name():
+    assert DEFAULT_STRATEGY in STRATEGIES
+    assert {"random", "classifier", "segmentation", "combined", "coreset"} <= set(STRATEGIES)
+    assert all(name == strategy.name for name, strategy in STRATEGIES.items())
+    with pytest.raises(UnknownStrategy, match="choose one of combined"):
+        get_strategy("entropyy")
