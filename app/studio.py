@@ -34,12 +34,13 @@ from PIL import Image
 from annotation import MaskInfo, SaveRefused, Store, export_workspace, next_task, renew_lease, skip
 from annotation.queue import peek_next
 from annotation.store import QUEUE_MODEL
-from app.status import (QUEUE_STRATEGY, RETRAIN_REQUESTED, TAG, VALIDATION_IDS, VALIDATION_SOURCE, WORKSPACE_NOTE,
-                        read_status)
+from app.status import (DEFAULT_TARGET_DICE, QUEUE_STRATEGY, RETRAIN_REQUESTED, TAG, TARGET_DICE, VALIDATION_IDS,
+                        VALIDATION_SOURCE, WORKSPACE_NOTE, read_status)
 from model.adasam import AdaSam, AdaSamConfig, build_adasam, checkpoint_problem, load_checkpoint
 from model.backbones import Backbone, build_backbone
 from model.cache import EmbeddingCache
 from model.inference import Predictor
+from model.learning_curve import MIN_POINTS, project
 from model.strategies import DEFAULT_STRATEGY, get_strategy
 from model.preprocess import Geometry, mask_box
 
@@ -408,6 +409,30 @@ class Studio:
         self.store.set_setting(RETRAIN_REQUESTED, time.time(), who=annotator)
         return "Asked the trainer for a round now; the dashboard shows its progress."
 
+    def set_target_dice(self, value: float | None, annotator: str) -> float:
+        """The val Dice the project lead aims for (the dashboard projects the masks needed to reach it)."""
+        if value is None or not (0 < float(value) < 1):
+            raise ValueError("the target Dice must be between 0 and 1")
+        self.store.set_setting(TARGET_DICE, float(value), who=annotator)
+        return float(value)
+
+    def projection(self, rounds: list[dict]) -> dict[str, Any]:
+        """Masks needed to reach the target val Dice, from a learning curve fitted to the published rounds."""
+        target = float(self.store.get_setting(TARGET_DICE, DEFAULT_TARGET_DICE))
+        points = [(r["masks"], r["val_dice"]) for r in rounds
+                  if r["published"] and r["masks"] and r["val_dice"] is not None]
+        found = project([m for m, _ in points], [d for _, d in points], target)
+        if found is None:
+            return {"target": target, "estimate": None,
+                    "why": f"needs {MIN_POINTS} published rounds with different mask counts ({len(points)} so far)"}
+        fit = found.fit
+        finite = lambda v: _num(v) if math.isfinite(v) else None  # noqa: E731 - infinite: not reached (JSON-safe)
+        return {"target": target, "estimate": finite(found.masks), "low": finite(found.low),
+                "high": finite(found.high), "rounds": found.points, "masks_now": max(m for m, _ in points),
+                "fit": {"plateau": fit.plateau, "scale": fit.scale, "exponent": fit.exponent},
+                "why": None if math.isfinite(found.masks) else
+                f"the fitted curve levels off at {fit.plateau:.3f}, below the target"}
+
     # -- what each annotator was shown ---------------------------------------------------------------------------
 
     def _hand_out(self, annotator: str, view: View) -> Handout:
@@ -545,6 +570,7 @@ class Studio:
                        "unchanged": sum(1 for d in reviews if d is not None and d >= 0.999)},
             "training": {"status": status, "line": _trainer_line(status), "round_every": self.round_every,
                          "latest_round": rounds[-1] if rounds else None},
+            "projection": self.projection(rounds),
             "queue": {"left": pool_unlabeled, "scored_by_model": scored, "leased": counts.leased,
                       "strategy": self.strategy_line(), "model": store.get_setting(QUEUE_MODEL),
                       "ordered_by": self.order_line()},

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 import gradio as gr
+import numpy as np
 
 from annotation import WorkspaceError
 from app.guard import BROWSER_COOKIE
@@ -143,6 +144,8 @@ def build_ui(studio: Studio, default_annotator: str = "annotator") -> gr.Blocks:
                     refresh = gr.Button("Refresh", scale=0, elem_id="dash-refresh")
                     retrain = gr.Button("Retrain now", scale=0, variant="primary", elem_id="retrain")
                     retrain_msg = gr.Markdown()
+                    target = gr.Number(value=lambda: studio.projection([])["target"], label="Target val Dice",
+                                       minimum=0.01, maximum=0.99, step=0.01, scale=0, elem_id="target-dice")
                 with gr.Row():
                     curve = gr.HTML(elem_id="dice-curve")
                     figures = gr.HTML(elem_id="dash-figures", elem_classes="dash-figures")
@@ -163,7 +166,7 @@ def build_ui(studio: Studio, default_annotator: str = "annotator") -> gr.Blocks:
         def dashboard_view() -> tuple:
             data = studio.dashboard()
             done = [r for r in data["rounds"] if r["status"] == "done"]
-            return (dice_curve_svg(done), figures_html(data), rounds_table(data["rounds"]),
+            return (dice_curve_svg(done, data["projection"]), figures_html(data), rounds_table(data["rounds"]),
                     annotators_table(data["annotators"]))
 
         def do_export(fmt_value: str, include_value: bool) -> tuple:
@@ -177,12 +180,20 @@ def build_ui(studio: Studio, default_annotator: str = "annotator") -> gr.Blocks:
         def do_retrain(request: gr.Request) -> str:
             return studio.retrain_now(who(request))
 
+        def set_target(value: float | None, request: gr.Request) -> str:
+            try:
+                return f"Target val Dice set to {studio.set_target_dice(value, who(request)):.2f}."
+            except ValueError as exc:
+                return f"**{html.escape(str(exc))}**"
+
         outputs = [curve, figures, rounds, people]
         demo.load(dashboard_view, outputs=outputs, api_visibility="private")
         refresh.click(dashboard_view, outputs=outputs, api_visibility="private")
         dash_tab.select(dashboard_view, outputs=outputs, api_visibility="private")
         gr.Timer(5.0).tick(dashboard_view, outputs=outputs, api_visibility="private", show_progress="hidden")
         retrain.click(do_retrain, outputs=retrain_msg, api_name="retrain_now")
+        target.submit(set_target, inputs=target, outputs=retrain_msg, api_visibility="private").then(
+            dashboard_view, outputs=outputs, api_visibility="private")
         go.click(do_export, inputs=[fmt, include], outputs=[result, export_msg], api_name="export")
 
         # -- the same actions as named API endpoints (gradio_client) ---------------------------------------------
@@ -220,8 +231,9 @@ def build_ui(studio: Studio, default_annotator: str = "annotator") -> gr.Blocks:
     return demo
 
 
-def dice_curve_svg(rounds: list[dict], width: int = 560, height: int = 300) -> str:
-    """Validation Dice against the number of masks trained on, one point per finished round (inline SVG)."""
+def dice_curve_svg(rounds: list[dict], projection: dict | None = None, width: int = 560, height: int = 300) -> str:
+    """Validation Dice against the number of masks trained on, one point per finished round (inline SVG), with the
+    fitted learning curve (dashed) and the target Dice (dotted) when the dashboard has a projection."""
     points = [(r["masks"], r["val_dice"], r["round"]) for r in rounds
               if r["val_dice"] is not None and r["masks"] is not None and r["published"]]
     held_back = [(r["masks"], r["val_dice"], r["round"]) for r in rounds
@@ -231,7 +243,10 @@ def dice_curve_svg(rounds: list[dict], width: int = 560, height: int = 300) -> s
         return title + ("<div id='dice-empty' style='padding:40px;border:1px dashed #999;border-radius:6px'>"
                         "No finished round with a validation score yet.</div>")
     left, right, top, bottom = 48, 16, 12, 36
-    x_max = max(max(p[0] for p in points + held_back), 1) * 1.05
+    fit = (projection or {}).get("fit")
+    masks_now = max(max(p[0] for p in points + held_back), 1)
+    estimate = (projection or {}).get("estimate")
+    x_max = max(masks_now, min(estimate, 3 * masks_now) if fit and estimate else 0) * 1.05
     sx = lambda x: left + (width - left - right) * x / x_max  # noqa: E731
     sy = lambda y: top + (height - top - bottom) * (1 - y)  # noqa: E731
     parts = [f"<svg xmlns='http://www.w3.org/2000/svg' width='{width}' height='{height}' class='dice-curve'>"]
@@ -244,6 +259,16 @@ def dice_curve_svg(rounds: list[dict], width: int = 560, height: int = 300) -> s
                      f"fill='currentColor'>{tick}</text>")
     parts.append(f"<text x='{(left + width) / 2}' y='{height - 4}' text-anchor='middle' font-size='12' "
                  f"fill='currentColor'>masks used for training</text>")
+    if fit:
+        target = projection["target"]
+        parts.append(f"<line class='target' x1='{left}' x2='{width - right}' y1='{sy(target):.1f}' "
+                     f"y2='{sy(target):.1f}' stroke='#43a047' stroke-dasharray='2,3'><title>target Dice {target:.2f}"
+                     f"</title></line>")
+        xs = np.linspace(min(p[0] for p in points), x_max, 60)
+        ys = np.clip(fit["plateau"] - fit["scale"] * xs ** -fit["exponent"], 0, 1)
+        fitted = " ".join(f"{'M' if i == 0 else 'L'}{sx(x):.1f},{sy(y):.1f}" for i, (x, y) in enumerate(zip(xs, ys)))
+        parts.append(f"<path class='fitted' d='{fitted}' fill='none' stroke='#888' stroke-width='1.5' "
+                     f"stroke-dasharray='5,4'><title>fitted learning curve (an estimate)</title></path>")
     path = " ".join(f"{'M' if i == 0 else 'L'}{sx(x):.1f},{sy(y):.1f}" for i, (x, y, _) in enumerate(points))
     parts.append(f"<path d='{path}' fill='none' stroke='#1e88e5' stroke-width='2'/>")
     for x, y, rnd in points:
@@ -281,6 +306,7 @@ def figures_html(data: dict) -> str:
         ("Effort saved", "no saves yet" if not effort["reviews"] else
          f"mean Dice {effort['mean_dice']:.3f} between the mask shown and the mask saved over {effort['reviews']} "
          f"saves; {effort['unchanged']} accepted unchanged"),
+        ("How many more?", projection_line(data["projection"])),
         ("Queue", f"{queue['left']} left · {queue['scored_by_model']} ranked by the model · {queue['leased']} "
                   f"being worked on · order: {queue['ordered_by']}"),
         ("Validation set", f"{val['source']} (fixed once chosen)"),
@@ -289,6 +315,17 @@ def figures_html(data: dict) -> str:
     body = "".join(f"<tr><th style='text-align:left;padding-right:12px;vertical-align:top'>{html.escape(k)}</th>"
                    f"<td>{html.escape(str(v))}</td></tr>" for k, v in rows)
     return f"<table>{body}</table>"
+
+
+def projection_line(projection: dict) -> str:
+    """The masks the fitted learning curve says the target needs, said as the estimate it is."""
+    head = f"Target val Dice {projection['target']:.2f}: "
+    if projection["estimate"] is None:
+        return head + projection["why"]
+    high = "beyond reach" if projection["high"] is None else f"{projection['high']:.0f}"
+    return (head + f"about {projection['estimate']:.0f} masks (80% range {projection['low']:.0f} to {high}; "
+            f"{projection['masks_now']} now), an estimate from a learning curve fitted to {projection['rounds']} "
+            f"rounds that levels off at {projection['fit']['plateau']:.3f}")
 
 
 def conflicts_line(conflicts: list[dict]) -> str:

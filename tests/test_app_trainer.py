@@ -260,3 +260,35 @@ def test_the_dashboard_names_the_strategy_ordering_the_queue(tmp_path):
         store.set_setting(QUEUE_STRATEGY, "coreset")
         assert studio.dashboard()["queue"]["strategy"].startswith("coreset (k-center")
         studio.close()
+
+
+def test_the_dashboard_projects_the_masks_needed_for_the_target_dice(tmp_path):
+    from app.status import DEFAULT_TARGET_DICE
+    from app.ui import dice_curve_svg, projection_line
+
+    def rounds(masks: list[int], dice: list[float]) -> list[dict]:
+        return [{"round": k + 1, "status": "done", "masks": m, "val_dice": d, "published": True}
+                for k, (m, d) in enumerate(zip(masks, dice))]
+
+    masks = [10, 20, 30, 40]
+    rising = rounds(masks, [0.85 - 0.9 * m ** -0.6 for m in masks])  # reaches 0.8 at about 124 masks
+    with Store(make_workspace(tmp_path, n=4, n_val=1)) as store:
+        studio = Studio(store, ModelSlot(store, "micro_random", tmp_path / "cache"))
+        early = studio.projection(rising[:3])
+        assert early["estimate"] is None and "needs 4 published rounds" in early["why"]
+        assert early["target"] == DEFAULT_TARGET_DICE
+        found = studio.projection(rising)
+        assert found["estimate"] == pytest.approx(124, rel=0.01) and found["low"] <= found["estimate"] <= found["high"]
+        assert "about 124 masks" in projection_line(found) and "an estimate" in projection_line(found)
+        svg = dice_curve_svg(rising, found)
+        assert "class='fitted'" in svg and "class='target'" in svg
+        assert "class='fitted'" not in dice_curve_svg(rising, early)
+
+        studio.set_target_dice(0.9, "lead")
+        beyond = studio.projection(rising)
+        assert beyond["estimate"] is None and "levels off at 0.850" in projection_line(beyond)
+        for bad in (None, 0, 1.2):
+            with pytest.raises(ValueError, match="between 0 and 1"):
+                studio.set_target_dice(bad, "lead")
+        assert studio.dashboard()["projection"]["target"] == 0.9
+        studio.close()
