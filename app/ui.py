@@ -244,6 +244,9 @@ def dice_curve_svg(rounds: list[dict], projection: dict | None = None, width: in
                         "No finished round with a validation score yet.</div>")
     left, right, top, bottom = 48, 16, 12, 36
     fit = (projection or {}).get("fit")
+    if fit:
+        title = title.replace("</div>", "<span style='font-weight:400;font-size:12px'> · dashed: fitted curve (an "
+                                         "estimate) · dotted: target Dice</span></div>", 1)
     masks_now = max(max(p[0] for p in points + held_back), 1)
     estimate = (projection or {}).get("estimate")
     x_max = max(masks_now, min(estimate, 3 * masks_now) if fit and estimate else 0) * 1.05

@@ -47,9 +47,11 @@ from model.adasam import load_checkpoint  # noqa: E402
 from model.dataset import DataFolder, load_data_folder  # noqa: E402
 from model.evaluate import evaluate  # noqa: E402
 from model.preprocess import read_mask  # noqa: E402
+from model.learning_curve import fit_learning_curve  # noqa: E402
 from model.strategies import DEFAULT_STRATEGY, STRATEGIES  # noqa: E402
 
 ORACLE = "oracle"
+FIT_UPTO = 0.10  # the dashboard's projection is checked as made at 10% labelled against what 20% and 30% measured
 
 
 def stage_source(folder: DataFolder, root: Path) -> Path:
@@ -116,7 +118,8 @@ def score_latest(bt: trainer_module.BackgroundTrainer, test_items: list) -> dict
         raise RuntimeError(f"training round failed: {rnd.error if rnd else 'none ran'}")
     model, _ = load_checkpoint(bt.store.latest_model().checkpoint_path, backbone_view(bt.base))
     summary, _ = evaluate(model, test_items, with_hd95=False)
-    return {"round": rnd.id, "val_dice": rnd.val_dice, "dice_lesion": summary["dice_lesion"],
+    return {"round": rnd.id, "val_dice": rnd.val_dice, "masks": bt.store.latest_model().metrics.get("n_masks"),
+            "dice_lesion": summary["dice_lesion"],
             "dice_all": summary["dice_all"], "presence_auc": summary["presence_auc"]}
 
 
@@ -236,6 +239,29 @@ def summarise(results: dict) -> dict:
     return summary
 
 
+def projection_check(results: dict, fit_upto: float) -> dict:
+    """How far off the dashboard's learning curve was: fitted to a curve's val Dice up to `fit_upto` of the pool
+    labelled (the dashboard's own fit, model.learning_curve), what it predicted at each later round against what
+    that round then measured. Per strategy: every (fraction, predicted - measured) pair over seeds, and the mean
+    absolute error."""
+    check: dict = {}
+    for strategy, runs in results["strategies"].items():
+        errors = []
+        for run in runs:
+            points = [p for p in run["curve"] if p.get("val_dice") is not None]
+            x = [p.get("masks") or p["labels"] for p in points]  # masks, as the dashboard fits (older runs: labels)
+            early = [k for k, p in enumerate(points) if p["fraction"] <= fit_upto + 1e-9]
+            fit = fit_learning_curve([x[k] for k in early], [points[k]["val_dice"] for k in early])
+            if fit is None:
+                continue
+            errors += [{"seed": run["seed"], "fraction": p["fraction"],
+                        "error": float(fit.dice_at(x[k])) - p["val_dice"]}
+                       for k, p in enumerate(points) if k not in early]
+        check[strategy] = {"pairs": errors, "mean_abs_error":
+                           float(np.mean([abs(e["error"]) for e in errors])) if errors else None}
+    return {"fit_upto": fit_upto, "strategies": check}
+
+
 def fmt(value, spec: str = ".3f") -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "n/a"
@@ -256,6 +282,16 @@ def table(results: dict) -> str:
         lines.append(f"| {strategy} | {fmt(v['auc_mean'])} ± {fmt(v['auc_sd'])} | {per_seed or 'n/a'} | "
                      f"{fmt(v['labels_to_95_mean'], '.1f')} | {fmt(v['labels_vs_random'], '.2f')} | "
                      f"{fmt(v['final_dice_mean'])} |")
+    check = results.get("projection_check")
+    if check:
+        lines += ["", f"Dashboard projection check: a learning curve fitted to val Dice up to "
+                      f"{check['fit_upto']:.0%} labelled, against the val Dice later rounds measured:", "",
+                  "| strategy | later rounds | mean abs error | mean error (predicted - measured) |",
+                  "|---|---|---|---|"]
+        for strategy, v in check["strategies"].items():
+            pairs = v["pairs"]
+            bias = float(np.mean([p["error"] for p in pairs])) if pairs else None
+            lines.append(f"| {strategy} | {len(pairs)} | {fmt(v['mean_abs_error'])} | {fmt(bias, '+.3f')} |")
     return "\n".join(lines)
 
 
@@ -296,6 +332,7 @@ def plot(results: dict, path: Path) -> None:
 
 def write_outputs(results: dict, out: Path, figure: bool = False) -> None:
     results["summary"] = summarise(results)
+    results["projection_check"] = projection_check(results, results["config"].get("fit_upto", FIT_UPTO))
     results["table"] = table(results)
     (out / "active_learning.json").write_text(json.dumps(results, indent=2, default=float))
     (out / "active_learning.md").write_text(results["table"] + "\n")
@@ -312,6 +349,8 @@ def main() -> int:
     parser.add_argument("--start", type=float, default=0.02, help="fraction labelled at random before round 1")
     parser.add_argument("--step", type=float, default=0.02, help="fraction labelled per round")
     parser.add_argument("--stop", type=float, default=0.30)
+    parser.add_argument("--fit-upto", type=float, default=FIT_UPTO,
+                        help="check the dashboard's learning-curve projection as made at this fraction labelled")
     parser.add_argument("--steps", type=int, default=60, help="training steps per round (the app's default)")
     parser.add_argument("--reference-rounds", type=int, default=None,
                         help="rounds of the full-label reference (default: as many as a curve has)")

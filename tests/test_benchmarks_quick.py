@@ -65,6 +65,9 @@ def test_active_learning_quick(tmp_path):
     for strategy in data["strategies"]:
         summary = data["summary"][strategy]
         assert is_number(summary["auc_mean"]) and "labels_to_95_per_seed" in summary
+    check = data["projection_check"]  # fitted up to 10% of the pool: the quick run has no round that early
+    assert check["fit_upto"] == 0.1 and set(check["strategies"]) == set(data["strategies"])
+    assert "Dashboard projection check" in data["table"]
     assert not (tmp_path / "workspaces" / "random_seed0").exists()  # removed unless --keep-workspaces
     assert (tmp_path / "active_learning.png").is_file()
 
