@@ -267,6 +267,35 @@ class Store:
         where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
         return [_image_info(row) for row in self.conn.execute(f"SELECT * FROM images{where} ORDER BY id", params)]
 
+    def image_ids(self, split: str | None = None, state: str | None = None, labeled: bool | None = None) -> list[int]:
+        """Ids of the images of one split and/or state (`labeled`: masked or no finding, or neither), in id order."""
+        clauses, params = [], []
+        for column, value in (("split", split), ("state", state)):
+            if value is not None:
+                clauses.append(f"{column} = ?")
+                params.append(value)
+        if labeled is not None:
+            clauses.append("state != 'unlabeled'" if labeled else "state = 'unlabeled'")
+        where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
+        return [row[0] for row in self.conn.execute(f"SELECT id FROM images{where} ORDER BY id", params)]
+
+    def image_ids_after(self, image_id: int) -> list[int]:
+        """Images added after `image_id` (ids only grow), pool images first: what the trainer has not embedded."""
+        return [row[0] for row in self.conn.execute(
+            "SELECT id FROM images WHERE id > ? ORDER BY split = 'pool' DESC, id", (image_id,))]
+
+    def label_count(self, split: str = "pool") -> int:
+        """Images of `split` with a label of any kind: a mask, a no-finding mark or an image-level tag."""
+        return self.conn.execute(
+            "SELECT COUNT(*) FROM images i WHERE i.split = ? AND (i.state != 'unlabeled'"
+            " OR EXISTS (SELECT 1 FROM tags t WHERE t.image_id = i.id))", (split,)).fetchone()[0]
+
+    def latest_tags(self, tag: str, split: str = "pool") -> dict[int, bool]:
+        """image id -> present, the latest `tag` of every image of `split` that has one (whoever gave it)."""
+        return {image_id: bool(present) for image_id, present in self.conn.execute(
+            "SELECT t.image_id, t.present FROM tags t JOIN images i ON i.id = t.image_id"
+            " WHERE t.tag = ? AND i.split = ? ORDER BY t.created_at, t.rowid", (tag, split))}
+
     def load_image(self, image_id: int) -> np.ndarray:
         """The stored pixels at their original bit depth (rescaled values for DICOM/NIfTI)."""
         return self.files.read(self.image(image_id).file)
@@ -548,6 +577,12 @@ class Store:
         else:
             conn.executemany("UPDATE images SET priority = ? WHERE id = ?",
                              [(row["uncertainty"], row["image_id"]) for row in rows])
+
+    def unscored_ids(self, model_version: str) -> list[int]:
+        """Unlabeled pool images `model_version` has no prediction for yet, in id order."""
+        return [row[0] for row in self.conn.execute(
+            "SELECT id FROM images WHERE split = 'pool' AND state = 'unlabeled' AND id NOT IN"
+            " (SELECT image_id FROM predictions WHERE model_version = ?) ORDER BY id", (model_version,))]
 
     def pool_predictions(self, model_version: str) -> list[Prediction]:
         """A model's predictions for every unlabeled pool image it has scored (what a strategy ranks), by image id."""

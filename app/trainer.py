@@ -127,13 +127,12 @@ class BackgroundTrainer:
 
     def embed_new(self) -> None:
         """Encode every image the cache lacks (new imports included), pool images first."""
-        rows = self.store.conn.execute("SELECT id FROM images WHERE id > ? ORDER BY split = 'pool' DESC, id",
-                                       (self._seen_upto,)).fetchall()
-        if not rows:
+        new_ids = self.store.image_ids_after(self._seen_upto)
+        if not new_ids:
             return
-        total = self.store.conn.execute("SELECT COUNT(*) FROM images").fetchone()[0]
+        total = self.store.counts().images
         missing = []
-        for (image_id,) in rows:
+        for image_id in new_ids:
             if self.cache.path_for(content_hash(self.pixels(image_id))).exists():
                 self._embedded.add(image_id)
             else:
@@ -149,7 +148,7 @@ class BackgroundTrainer:
                 self._embedded.add(image_id)
             except Exception as exc:  # noqa: BLE001 - one unreadable image must not stop the others
                 self.store.log_event("trainer", "embed_failed", {"error": f"{type(exc).__name__}: {exc}"}, image_id)
-        self._seen_upto = max(image_id for (image_id,) in rows)
+        self._seen_upto = max(new_ids)
         self.status(embedded={"done": len(self._embedded), "total": total})
 
     def items(self, ids: list[int], masks: dict[int, np.ndarray] | None = None,
@@ -162,9 +161,7 @@ class BackgroundTrainer:
 
     def labels(self) -> int:
         """Labeled pool images: a mask, a no-finding mark or an image-level tag."""
-        return self.store.conn.execute(
-            "SELECT COUNT(*) FROM images i WHERE i.split = 'pool' AND (i.state != 'unlabeled'"
-            " OR EXISTS (SELECT 1 FROM tags t WHERE t.image_id = i.id))").fetchone()[0]
+        return self.store.label_count("pool")
 
     def due(self) -> bool:
         requested = self.store.get_setting(RETRAIN_REQUESTED)
@@ -174,9 +171,7 @@ class BackgroundTrainer:
         if not (requested or new >= self.round_every):
             self.status(message=f"next round after {self.round_every - new} more labels (or Retrain now)")
             return False
-        has_target = self.store.conn.execute(
-            "SELECT 1 FROM images WHERE split = 'pool' AND state = 'masked' LIMIT 1").fetchone()
-        if not has_target:
+        if not self.store.image_ids(split="pool", state="masked"):
             self.status(message="waiting for a first mask that shows the target before training")
             return False
         return True
@@ -188,13 +183,9 @@ class BackgroundTrainer:
         for info, mask in store.labeled(split="pool"):
             if info.id not in val_ids:
                 masks[info.id] = store.read_mask(info, mask)
-        tags = {image_id: bool(present) for image_id, present in store.conn.execute(
-            "SELECT t.image_id, t.present FROM tags t JOIN images i ON i.id = t.image_id"
-            " WHERE t.tag = ? AND i.split = 'pool' ORDER BY t.created_at", (TAG,))}
-        tags = {i: p for i, p in tags.items() if i not in val_ids}
+        tags = {i: p for i, p in store.latest_tags(TAG, "pool").items() if i not in val_ids}
         tags.update({i: bool(m.any()) for i, m in masks.items()})
-        unlabeled = [row[0] for row in store.conn.execute(
-            "SELECT id FROM images WHERE split = 'pool' AND state = 'unlabeled' ORDER BY id")]
+        unlabeled = store.image_ids(split="pool", state="unlabeled")
         rng = np.random.default_rng(round_id)
         sample = sorted(rng.choice(unlabeled, size=min(UNLABELED_SAMPLE, len(unlabeled)), replace=False).tolist()
                         ) if unlabeled else []
@@ -321,9 +312,7 @@ class BackgroundTrainer:
         """Score every unlabeled pool image `version` has not scored yet (in chunks, each recorded as it is done, so
         a stopped trainer resumes where it was), then let the workspace's strategy order the queue."""
         store = self.store
-        ids = [row[0] for row in store.conn.execute(
-            "SELECT id FROM images WHERE split = 'pool' AND state = 'unlabeled' AND id NOT IN"
-            " (SELECT image_id FROM predictions WHERE model_version = ?) ORDER BY id", (version,))]
+        ids = store.unscored_ids(version)
         if ids:
             model, _ = load_checkpoint(store.model(version).checkpoint_path, backbone_view(self.base))
             predictor = Predictor(model)
@@ -359,8 +348,7 @@ class BackgroundTrainer:
         vectors = labeled = None
         if strategy.uses_vectors:
             vectors = self.vectors([c.image_id for c in candidates])
-            labeled = self.vectors([row[0] for row in store.conn.execute(
-                "SELECT id FROM images WHERE split = 'pool' AND state != 'unlabeled' ORDER BY id")])
+            labeled = self.vectors(store.image_ids(split="pool", labeled=True))
         priorities = strategy.rank(candidates, vectors, labeled)
         if store.set_priorities(version, {c.image_id: float(p) for c, p in zip(candidates, priorities)}):
             self._ranked_for = ranking

@@ -222,3 +222,23 @@ def test_threads_share_a_store(store):
     for thread in threads:
         thread.join()
     assert not errors and store.counts().no_finding == 20
+
+
+def test_the_reads_the_trainer_needs(store):
+    ids = seed_images(store, 8, split_every=4)  # ids[0] and ids[4] are val
+    pool = [i for k, i in enumerate(ids) if k % 4]
+    assert store.image_ids(split="pool") == pool and store.image_ids(split="val") == [ids[0], ids[4]]
+    assert store.image_ids_after(ids[2]) == [i for i in pool if i > ids[2]] + [ids[4]]  # pool first
+    store.mark_no_finding(ids[1], "ann")
+    store.save_mask(ids[2], np.ones((4, 5), bool), "ann")
+    store.set_tag(ids[3], "finding", True, "ann")
+    store.set_tag(ids[3], "finding", False, "bob")  # a later tag of the same image wins
+    store.set_tag(ids[0], "finding", True, "ann")  # val: not a pool label
+    assert store.image_ids(split="pool", labeled=True) == [ids[1], ids[2]]
+    assert store.image_ids(split="pool", state="masked") == [ids[2]]
+    assert store.image_ids(split="pool", labeled=False) == [ids[3], ids[5], ids[6], ids[7]]
+    assert store.label_count("pool") == 3 and store.label_count("val") == 1
+    assert store.latest_tags("finding") == {ids[3]: False} and store.latest_tags("finding", "val") == {ids[0]: True}
+    store.register_model("v1", "v1.pt")
+    store.record_predictions("v1", [Prediction(ids[5], 0.5), Prediction(ids[1], 0.5)])
+    assert store.unscored_ids("v1") == [ids[3], ids[6], ids[7]]  # unlabeled pool images only
