@@ -296,6 +296,44 @@ class Store:
             "SELECT t.image_id, t.present FROM tags t JOIN images i ON i.id = t.image_id"
             " WHERE t.tag = ? AND i.split = ? ORDER BY t.created_at, t.rowid", (tag, split))}
 
+    def split_states(self, split: str = "pool") -> dict[str, int]:
+        """state -> number of images of `split` (states with no image left out)."""
+        return dict(self.conn.execute("SELECT state, COUNT(*) FROM images WHERE split = ? GROUP BY state",
+                                      (split,)).fetchall())
+
+    def tagged_count(self, split: str = "pool") -> int:
+        """Images of `split` with at least one image-level tag."""
+        return self.conn.execute("SELECT COUNT(DISTINCT t.image_id) FROM tags t JOIN images i ON i.id = t.image_id"
+                                 " WHERE i.split = ?", (split,)).fetchone()[0]
+
+    def ranked_count(self) -> int:
+        """Unlabeled pool images the current model has ranked (a queue priority; the rest follow in seeded order)."""
+        return self.conn.execute("SELECT COUNT(*) FROM images WHERE split = 'pool' AND state = 'unlabeled'"
+                                 " AND priority IS NOT NULL").fetchone()[0]
+
+    def annotator_counts(self) -> list[dict[str, Any]]:
+        """Per annotator, over every image's latest live mask (imports excluded): drawn, accepted, no finding,
+        total, and tags given; the busiest first, then those who only tagged."""
+        rows = [dict(row) for row in self.conn.execute(
+            """WITH latest AS (SELECT *, ROW_NUMBER() OVER (PARTITION BY image_id ORDER BY version DESC) AS rank
+                               FROM masks WHERE undone_at IS NULL)
+               SELECT annotator, SUM(origin = 'human') AS drawn, SUM(origin = 'accepted_prediction') AS accepted,
+                      SUM(origin = 'no_finding') AS no_finding, COUNT(*) AS total
+               FROM latest WHERE rank = 1 AND origin != 'imported' GROUP BY annotator ORDER BY total DESC""")]
+        tag_counts = dict(self.conn.execute("SELECT annotator, COUNT(*) FROM tags GROUP BY annotator").fetchall())
+        for row in rows:
+            row["tags"] = tag_counts.pop(row["annotator"], 0)
+        return rows + [{"annotator": name, "drawn": 0, "accepted": 0, "no_finding": 0, "total": 0, "tags": n}
+                       for name, n in tag_counts.items()]
+
+    def review_dice(self) -> list[float | None]:
+        """Dice between the mask an annotator was shown and the one they saved, for every save still live (the
+        'review' events the app logs)."""
+        return [row[0] for row in self.conn.execute(
+            """SELECT json_extract(e.details, '$.dice_shown_saved') FROM events e JOIN masks m
+               ON m.image_id = e.image_id AND m.version = json_extract(e.details, '$.mask_version')
+               WHERE e.what = 'review' AND m.undone_at IS NULL""")]
+
     def load_image(self, image_id: int) -> np.ndarray:
         """The stored pixels at their original bit depth (rescaled values for DICOM/NIfTI)."""
         return self.files.read(self.image(image_id).file)

@@ -503,8 +503,7 @@ class Studio:
     # -- figures -----------------------------------------------------------------------------------------------
 
     def _header(self, annotator: str) -> dict[str, Any]:
-        pool = dict(self.store.conn.execute(
-            "SELECT state, COUNT(*) FROM images WHERE split = 'pool' GROUP BY state").fetchall())
+        pool = self.store.split_states("pool")
         status = read_status(self.store.root)
         return {"annotator": annotator, "done": pool.get("masked", 0) + pool.get("no_finding", 0),
                 "left": pool.get("unlabeled", 0), "model": self.slot.version, "model_note": self.slot.note(),
@@ -534,31 +533,13 @@ class Studio:
                            "published": bool(model and model.published),
                            "started": r.started_at[:19].replace("T", " "), "error": r.error or "",
                            "note": r.note or ""})
-        annotators = [dict(row) for row in store.conn.execute(
-            """WITH latest AS (SELECT *, ROW_NUMBER() OVER (PARTITION BY image_id ORDER BY version DESC) AS rank
-                               FROM masks WHERE undone_at IS NULL)
-               SELECT annotator, SUM(origin = 'human') AS drawn, SUM(origin = 'accepted_prediction') AS accepted,
-                      SUM(origin = 'no_finding') AS no_finding, COUNT(*) AS total
-               FROM latest WHERE rank = 1 AND origin != 'imported' GROUP BY annotator ORDER BY total DESC""")]
-        tag_counts = dict(store.conn.execute("SELECT annotator, COUNT(*) FROM tags GROUP BY annotator").fetchall())
-        for row in annotators:
-            row["tags"] = tag_counts.pop(row["annotator"], 0)
-        annotators += [{"annotator": name, "drawn": 0, "accepted": 0, "no_finding": 0, "total": 0, "tags": n}
-                       for name, n in tag_counts.items()]
-        reviews = [row[0] for row in store.conn.execute(
-            """SELECT json_extract(e.details, '$.dice_shown_saved') FROM events e JOIN masks m
-               ON m.image_id = e.image_id AND m.version = json_extract(e.details, '$.mask_version')
-               WHERE e.what = 'review' AND m.undone_at IS NULL""")]
-        pool = dict(store.conn.execute(
-            "SELECT state, COUNT(*) FROM images WHERE split = 'pool' GROUP BY state").fetchall())
-        tagged = store.conn.execute("SELECT COUNT(DISTINCT t.image_id) FROM tags t JOIN images i ON i.id = t.image_id"
-                                    " WHERE i.split = 'pool'").fetchone()[0]
+        annotators = store.annotator_counts()
+        reviews = store.review_dice()
+        pool = store.split_states("pool")
+        tagged = store.tagged_count("pool")
         status = read_status(store.root)
-        pool_unlabeled = store.conn.execute(
-            "SELECT COUNT(*) FROM images WHERE split = 'pool' AND state = 'unlabeled'").fetchone()[0]
-        scored = store.conn.execute(
-            "SELECT COUNT(*) FROM images WHERE split = 'pool' AND state = 'unlabeled' AND priority IS NOT NULL"
-        ).fetchone()[0]
+        pool_unlabeled = pool.get("unlabeled", 0)
+        scored = store.ranked_count()
         val_ids = store.get_setting(VALIDATION_IDS)
         return {
             "rounds": rounds,

@@ -242,3 +242,31 @@ def test_the_reads_the_trainer_needs(store):
     store.register_model("v1", "v1.pt")
     store.record_predictions("v1", [Prediction(ids[5], 0.5), Prediction(ids[1], 0.5)])
     assert store.unscored_ids("v1") == [ids[3], ids[6], ids[7]]  # unlabeled pool images only
+
+
+def test_the_reads_the_dashboard_needs(store):
+    ids = seed_images(store, 6, split_every=3)  # ids[0] and ids[3] are val
+    mask = np.zeros((4, 5), bool)
+    mask[1:3, 1:4] = True
+    store.save_mask(ids[1], mask, "ann")
+    store.save_mask(ids[1], mask[::-1].copy(), "bob")  # the latest version counts, for bob
+    store.mark_no_finding(ids[2], "ann")
+    store.set_tag(ids[4], "finding", True, "carol")
+    store.set_tag(ids[0], "finding", True, "carol")
+    assert store.split_states("pool") == {"masked": 1, "no_finding": 1, "unlabeled": 2}
+    assert store.tagged_count("pool") == 1 and store.tagged_count("val") == 1
+    counts = store.annotator_counts()
+    assert {row["annotator"]: row for row in counts} == {
+        "ann": {"annotator": "ann", "drawn": 0, "accepted": 0, "no_finding": 1, "total": 1, "tags": 0},
+        "bob": {"annotator": "bob", "drawn": 1, "accepted": 0, "no_finding": 0, "total": 1, "tags": 0},
+        "carol": {"annotator": "carol", "drawn": 0, "accepted": 0, "no_finding": 0, "total": 0, "tags": 2}}
+    assert counts[-1]["annotator"] == "carol"  # tags only: after everyone with masks
+    store.log_event("bob", "review", {"dice_shown_saved": 0.75, "mask_version": 2}, ids[1])
+    store.log_event("ann", "review", {"dice_shown_saved": 0.5, "mask_version": 1}, ids[1])
+    assert sorted(store.review_dice()) == [0.5, 0.75]
+    store.undo_last("bob")  # an undone save no longer counts
+    assert store.review_dice() == [0.5]
+    assert store.ranked_count() == 0
+    store.register_model("v1", "v1.pt")
+    store.record_predictions("v1", [Prediction(ids[4], 0.5), Prediction(ids[2], 0.5)])
+    assert store.ranked_count() == 1  # unlabeled pool images with a priority
