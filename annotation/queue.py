@@ -13,7 +13,7 @@ import sqlite3
 import time
 
 from annotation.records import Task
-from annotation.store import DEFAULT_LEASE_SECONDS, QUEUE_MODEL, Store, _image_info, utc_now
+from annotation.store import DEFAULT_LEASE_SECONDS, QUEUE_MODEL, Store, utc_now
 
 _UNLEASED = "NOT EXISTS (SELECT 1 FROM leases l WHERE l.image_id = i.id)"
 
@@ -52,7 +52,7 @@ def next_task(store: Store, annotator: str, lease_seconds: float = DEFAULT_LEASE
             " ON CONFLICT(image_id) DO UPDATE SET expires_at = excluded.expires_at",
             (image_id, annotator, expires, utc_now()),
         )
-        info = _image_info(conn.execute("SELECT * FROM images WHERE id = ?", (image_id,)).fetchone())
+        info = store.image(image_id)
         prediction = conn.execute(
             "SELECT probability, uncertainty FROM predictions WHERE image_id = ? AND model_version = ?",
             (image_id, store.get_setting(QUEUE_MODEL)),
@@ -92,7 +92,7 @@ def release_all_leases(store: Store, who: str = "server") -> int:
     with store.transaction() as conn:
         released = conn.execute("DELETE FROM leases").rowcount
         if released:
-            store._log(conn, who, "release_all_leases", {"released": released})
+            store.log_event(who, "release_all_leases", {"released": released})
     return released
 
 
@@ -105,7 +105,7 @@ def skip(store: Store, annotator: str, image_id: int) -> None:
             " ON CONFLICT(annotator, image_id) DO UPDATE SET skipped_at = excluded.skipped_at",
             (annotator, image_id, time.time()),
         )
-        store._log(conn, annotator, "skip", None, image_id)
+        store.log_event(annotator, "skip", None, image_id)
 
 
 def peek_next(store: Store, annotator: str) -> int | None:

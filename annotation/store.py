@@ -39,6 +39,7 @@ from annotation.records import (
 DB_NAME = "workspace.db"
 DEFAULT_LEASE_SECONDS = 600.0
 QUEUE_MODEL = "queue_model"  # setting: the model version whose predictions order the queue
+QUEUE_SEED = "queue_seed"  # setting: seeds the queue's random order (before a model, and between equal priorities)
 
 
 class WorkspaceError(Exception):
@@ -76,7 +77,7 @@ class Store:
         except sqlite3.DatabaseError as exc:
             self.close()
             raise WorkspaceError(f"{self.db_path} is not a usable workspace database: {exc}") from None
-        self._seed = int(self.get_setting("queue_seed", 0))
+        self._seed = int(self.get_setting(QUEUE_SEED, 0))
 
     # -- connections and transactions -------------------------------------------------------------------------
 

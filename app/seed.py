@@ -16,6 +16,7 @@ from PIL import Image
 from scipy import ndimage
 
 from annotation import Store, import_sources
+from app.status import WORKSPACE_NOTE
 
 REPO = Path(__file__).resolve().parents[1]
 BUSI = REPO.parent / "shared" / "datasets" / "busi"
@@ -44,7 +45,7 @@ def seed_workspace(store: Store, busi: Path = BUSI, phantoms: int = 60, progress
             import_sources(store, [Path(tmp) / "val"], with_masks=True, progress=progress, annotator="seed")
         splits = store.counts().by_split
         note = PHANTOM_NOTE.format(pool=splits.get("pool", 0), val=splits.get("val", 0))
-    store.set_setting("workspace_note", note, who="seed")
+    store.set_setting(WORKSPACE_NOTE, note, who="seed")
     return note
 
 

@@ -18,6 +18,7 @@ import numpy as np
 
 from annotation import WorkspaceError
 from app.guard import BROWSER_COOKIE
+from app.status import WORKSPACE_NOTE
 from app.studio import RequestError, StaleView, Studio
 
 STATIC = Path(__file__).parent / "static"
@@ -131,7 +132,7 @@ def build_ui(studio: Studio, default_annotator: str = "annotator") -> gr.Blocks:
     # delete_cache: Gradio's copies of export zips (and uploads) older than an hour go, checked every 10 minutes
     with gr.Blocks(title="ADA-SAM Studio", fill_width=True, delete_cache=(600, 3600)) as demo:
         gr.Markdown("## ADA-SAM Studio")
-        note = studio.store.get_setting("workspace_note", "")  # written once, by the first-run seeding
+        note = studio.store.get_setting(WORKSPACE_NOTE, "")  # written once, by the first-run seeding
         gr.Markdown(f"**About these images:** {note}" if note else "", elem_id="workspace-note")
         with gr.Tabs():
             with gr.Tab("Annotate", id="annotate"):

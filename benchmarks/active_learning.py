@@ -39,6 +39,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from annotation import Store, import_sources, next_task, skip  # noqa: E402
+from annotation.store import QUEUE_SEED  # noqa: E402
 from app import trainer as trainer_module  # noqa: E402
 from app.status import QUEUE_STRATEGY  # noqa: E402
 from app.model_commands import SPLIT_SEED, load_items  # noqa: E402
@@ -84,7 +85,7 @@ def stage_source(folder: DataFolder, root: Path) -> Path:
 def new_workspace(source: Path, path: Path, seed: int, strategy: str) -> Store:
     shutil.rmtree(path, ignore_errors=True)
     with Store(path) as store:
-        store.set_setting("queue_seed", seed)  # the seeded random order: the start set and the random strategy
+        store.set_setting(QUEUE_SEED, seed)  # the seeded random order: the start set and the random strategy
         store.set_setting(QUEUE_STRATEGY, strategy)
     store = Store(path)  # re-opened: the queue seed is read when a store opens
     summary = import_sources(store, [source], with_masks=True, progress=False)
