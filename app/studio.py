@@ -12,7 +12,6 @@ import binascii
 import collections
 import concurrent.futures
 import contextlib
-import copy
 import io
 import math
 import secrets
@@ -37,7 +36,7 @@ from annotation.store import QUEUE_MODEL
 from app.status import (DEFAULT_TARGET_DICE, QUEUE_STRATEGY, RETRAIN_REQUESTED, TAG, TARGET_DICE, VALIDATION_IDS,
                         VALIDATION_SOURCE, WORKSPACE_NOTE, read_status)
 from model.adasam import AdaSam, AdaSamConfig, build_adasam, checkpoint_problem, load_checkpoint
-from model.backbones import Backbone, build_backbone
+from model.backbones import backbone_view, build_backbone
 from model.cache import EmbeddingCache
 from model.inference import Predictor
 from model.learning_curve import MIN_POINTS, project
@@ -176,15 +175,6 @@ def cam_picture(cam: np.ndarray) -> np.ndarray:
 def dice(a: np.ndarray, b: np.ndarray) -> float:
     total = int(a.sum()) + int(b.sum())
     return 1.0 if total == 0 else 2.0 * int((a & b).sum()) / total
-
-
-def backbone_view(base: Backbone) -> Backbone:
-    """A backbone sharing the frozen encoders with `base` but owning its mask decoder, so loading a new model's
-    decoder weights never changes the one still serving."""
-    view = Backbone(base.name, base.identity, base.image_encoder, base.prompt_encoder,
-                    copy.deepcopy(base.mask_decoder), base.image_size, base.pixel_scale,
-                    tuple(base.pixel_mean.flatten().tolist()), tuple(base.pixel_std.flatten().tolist()))
-    return view.to(base.device)  # its pixel buffers are new: put them beside the shared weights
 
 
 class ModelSlot:

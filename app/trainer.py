@@ -34,10 +34,9 @@ from annotation import Prediction as StoredPrediction
 from annotation import ModelInfo, Store
 from annotation.store import QUEUE_MODEL
 from app.status import LABELS_AT_LAST_ROUND, QUEUE_STRATEGY, RETRAIN_REQUESTED, TAG, write_status
-from app.studio import backbone_view
 from app.validation import validation_ids
 from model.adasam import AdaSamConfig, checkpoint_problem, load_checkpoint
-from model.backbones import build_backbone
+from model.backbones import backbone_view, build_backbone
 from model.cache import EmbeddingCache, content_hash
 from model.evaluate import Item, evaluate
 from model.inference import Predictor

@@ -8,6 +8,7 @@ is loaded strictly.
 """
 from __future__ import annotations
 
+import copy
 import hashlib
 import warnings
 from pathlib import Path
@@ -63,6 +64,15 @@ class Backbone(nn.Module):
         `image_encoder`, see model.cache)."""
         x = (images * self.pixel_scale - self.pixel_mean) / self.pixel_std
         return (self.image_encoder if encoder is None else encoder)(x)
+
+
+def backbone_view(base: Backbone) -> Backbone:
+    """A backbone sharing the frozen encoders with `base` but owning its mask decoder, so loading a new model's
+    decoder weights never changes the one still serving."""
+    view = Backbone(base.name, base.identity, base.image_encoder, base.prompt_encoder,
+                    copy.deepcopy(base.mask_decoder), base.image_size, base.pixel_scale,
+                    tuple(base.pixel_mean.flatten().tolist()), tuple(base.pixel_std.flatten().tolist()))
+    return view.to(base.device)  # its pixel buffers are new: put them beside the shared weights
 
 
 def parse_backbone_spec(spec: str) -> tuple[str, str | None]:

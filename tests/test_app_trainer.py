@@ -292,3 +292,14 @@ def test_the_dashboard_projects_the_masks_needed_for_the_target_dice(tmp_path):
                 studio.set_target_dice(bad, "lead")
         assert studio.dashboard()["projection"]["target"] == 0.9
         studio.close()
+
+
+def test_the_trainer_imports_nothing_of_the_web_side():
+    import subprocess
+    import sys
+
+    code = ("import sys, app.trainer; print(sorted(m for m in ('app.studio', 'app.ui', 'gradio', 'matplotlib') "
+            "if m in sys.modules))")
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                            cwd=trainer_module.__file__.rsplit("/app/", 1)[0]).stdout.strip()
+    assert loaded == "[]"
