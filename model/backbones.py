@@ -12,6 +12,7 @@ import copy
 import hashlib
 import warnings
 from pathlib import Path
+from typing import Callable
 
 import torch
 from torch import nn
@@ -20,7 +21,6 @@ from model.device import default_device
 
 SAM_PIXEL_MEAN = (123.675, 116.28, 103.53)
 SAM_PIXEL_STD = (58.395, 57.12, 57.375)
-BACKBONES = ("litemedsam", "sam_vit_b", "sam_vit_l", "sam_vit_h", "tiny_random", "micro_random")
 DEFAULT_BACKBONE = "litemedsam"
 
 
@@ -84,18 +84,10 @@ def parse_backbone_spec(spec: str) -> tuple[str, str | None]:
 def build_backbone(spec: str = DEFAULT_BACKBONE, checkpoint: str | Path | None = None) -> Backbone:
     """Build a backbone by name (optionally `name:checkpoint`), weights loaded strictly, in eval mode."""
     name, path = parse_backbone_spec(spec)
-    checkpoint = checkpoint or path
-    if name == "litemedsam":
-        backbone = _build_litemedsam(checkpoint)
-    elif name in ("sam_vit_b", "sam_vit_l", "sam_vit_h"):
-        backbone = _build_sam_vit(name, checkpoint)
-    elif name == "tiny_random":
-        backbone = _build_tiny_random()
-    elif name == "micro_random":
-        backbone = build_micro_random()
-    else:
+    builder = BACKBONE_REGISTRY.get(name)
+    if builder is None:
         raise BackboneError(f"unknown backbone {name!r}; choose one of {', '.join(BACKBONES)}")
-    return backbone.eval().to(default_device())
+    return builder(checkpoint or path).eval().to(default_device())
 
 
 def _load_state(name: str, path: Path, expected: str) -> dict:
@@ -210,3 +202,16 @@ def build_micro_random(seed: int = 0, dim: int = 32) -> Backbone:
     torch.random.set_rng_state(state)
     return Backbone("micro_random", f"micro_random-{seed}-{dim}", encoder, prompt_encoder, decoder, image_size=64,
                     pixel_scale=1.0, pixel_mean=(0.0, 0.0, 0.0), pixel_std=(1.0, 1.0, 1.0))
+
+
+# name -> builder(checkpoint path or None), as segment-anything's `sam_model_registry`: a new backbone is one
+# function and one line here
+BACKBONE_REGISTRY: dict[str, Callable[[str | Path | None], Backbone]] = {
+    "litemedsam": _build_litemedsam,
+    "sam_vit_b": lambda checkpoint: _build_sam_vit("sam_vit_b", checkpoint),
+    "sam_vit_l": lambda checkpoint: _build_sam_vit("sam_vit_l", checkpoint),
+    "sam_vit_h": lambda checkpoint: _build_sam_vit("sam_vit_h", checkpoint),
+    "tiny_random": lambda checkpoint: _build_tiny_random(),
+    "micro_random": lambda checkpoint: build_micro_random(),
+}
+BACKBONES = tuple(BACKBONE_REGISTRY)
