@@ -12,7 +12,7 @@ from annotation.records import (
     ImageRecord,
     MaskInfo,
     ModelInfo,
-    Prediction,
+    PredictionRecord,
     RoundInfo,
     Task,
     WorkspaceCounts,
@@ -23,6 +23,6 @@ DEFAULT_WORKSPACE = Path(__file__).resolve().parents[1] / "data" / "workspace"
 
 __all__ = [
     "DEFAULT_WORKSPACE", "ExportSummary", "ImageInfo", "ImageRecord", "ImportSummary", "MaskInfo", "ModelInfo",
-    "Prediction", "RoundInfo", "SaveRefused", "Store", "Task", "WorkspaceCounts", "WorkspaceError", "export_workspace",
-    "import_sources", "next_task", "release_all_leases", "release_lease", "renew_lease", "skip",
+    "PredictionRecord", "RoundInfo", "SaveRefused", "Store", "Task", "WorkspaceCounts", "WorkspaceError",
+    "export_workspace", "import_sources", "next_task", "release_all_leases", "release_lease", "renew_lease", "skip",
 ]

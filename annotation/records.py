@@ -73,7 +73,7 @@ class Task:
 
 
 @dataclass
-class Prediction:
+class PredictionRecord:
     """One model output for one image, as the trainer records it."""
 
     image_id: int

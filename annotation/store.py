@@ -30,7 +30,7 @@ from annotation.records import (
     ImageRecord,
     MaskInfo,
     ModelInfo,
-    Prediction,
+    PredictionRecord,
     RoundInfo,
     WorkspaceCounts,
     from_row,
@@ -570,7 +570,8 @@ class Store:
         ).fetchone()
         return None if row is None else row[0]
 
-    def record_predictions(self, model_version: str, predictions: Iterable[Prediction], who: str = "trainer") -> int:
+    def record_predictions(self, model_version: str, predictions: Iterable[PredictionRecord],
+                           who: str = "trainer") -> int:
         """Store (or replace) a model's predictions in bulk, masks included, in one transaction."""
         now = utc_now()
         rows = []
@@ -623,13 +624,13 @@ class Store:
             "SELECT id FROM images WHERE split = 'pool' AND state = 'unlabeled' AND id NOT IN"
             " (SELECT image_id FROM predictions WHERE model_version = ?) ORDER BY id", (model_version,))]
 
-    def pool_predictions(self, model_version: str) -> list[Prediction]:
+    def pool_predictions(self, model_version: str) -> list[PredictionRecord]:
         """A model's predictions for every unlabeled pool image it has scored (what a strategy ranks), by image id."""
         rows = self.conn.execute(
             "SELECT p.* FROM predictions p JOIN images i ON i.id = p.image_id"
             " WHERE p.model_version = ? AND i.split = 'pool' AND i.state = 'unlabeled' ORDER BY p.image_id",
             (model_version,))
-        return [Prediction(row["image_id"], row["uncertainty"], row["probability"],
+        return [PredictionRecord(row["image_id"], row["uncertainty"], row["probability"],
                            None if row["box"] is None else tuple(json.loads(row["box"])), None,
                            row["classifier_uncertainty"], row["segmentation_uncertainty"]) for row in rows]
 

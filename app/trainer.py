@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from annotation import Prediction as StoredPrediction
+from annotation import PredictionRecord
 from annotation import ModelInfo, Store
 from annotation.store import QUEUE_MODEL
 from app.status import LABELS_AT_LAST_ROUND, QUEUE_STRATEGY, RETRAIN_REQUESTED, TAG, write_status
@@ -324,7 +324,7 @@ class BackgroundTrainer:
                 predictions = predictor.predict_batch(torch.stack([i.embedding for i in chunk]),
                                                       [i.geometry for i in chunk])
                 store.record_predictions(version, [
-                    StoredPrediction(int(item.id), p.uncertainty.combined, p.probability, tuple(map(float, p.box)),
+                    PredictionRecord(int(item.id), p.uncertainty.combined, p.probability, tuple(map(float, p.box)),
                                      classifier_uncertainty=p.uncertainty.classifier,
                                      segmentation_uncertainty=p.uncertainty.segmentation)
                     for item, p in zip(chunk, predictions)])

@@ -23,7 +23,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from annotation import ImageRecord, Prediction, Store, next_task, skip  # noqa: E402
+from annotation import ImageRecord, PredictionRecord, Store, next_task, skip  # noqa: E402
 
 
 def records(count: int) -> list[ImageRecord]:
@@ -78,7 +78,7 @@ def main() -> int:
         store.register_model("bench-v1", "none.pt")
         ids = [row[0] for row in store.conn.execute("SELECT id FROM images")]
         started = time.perf_counter()
-        store.record_predictions("bench-v1", [Prediction(i, chooser.random(), chooser.random()) for i in ids])
+        store.record_predictions("bench-v1", [PredictionRecord(i, chooser.random(), chooser.random()) for i in ids])
         results["record_predictions_s"] = time.perf_counter() - started
         print(f"record {len(ids):,} predictions: {results['record_predictions_s']:.1f} s")
         cases.append(summary("by uncertainty (model v1)", time_tasks(store, tasks)))

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 from pycocotools import mask as mask_utils
 
-from annotation import Prediction, Store, WorkspaceError, export_workspace, import_sources
+from annotation import PredictionRecord, Store, WorkspaceError, export_workspace, import_sources
 from annotation_fixtures import BUSI, busi_subset, make_dataset, seed_images, write_nifti
 
 # pycocotools 2.0 warns about NumPy 2 copy semantics on every decode; not our concern here
@@ -106,7 +106,7 @@ def test_accepted_predictions_are_exported_only_on_request(store, tmp_path):
     store.register_model("v7", "v7.pt")
     predicted = np.zeros((4, 5), dtype=bool)
     predicted[0, :] = True
-    store.record_predictions("v7", [Prediction(ids[0], 0.4, 0.9, mask=predicted)])
+    store.record_predictions("v7", [PredictionRecord(ids[0], 0.4, 0.9, mask=predicted)])
     store.accept_prediction(ids[0], "alice")
     with pytest.raises(WorkspaceError, match="--include-predictions"):
         export_workspace(store, tmp_path / "none", "png")

@@ -8,7 +8,7 @@ import time
 import numpy as np
 import pytest
 
-from annotation import Prediction, Store, next_task, release_lease, renew_lease, skip
+from annotation import PredictionRecord, Store, next_task, release_lease, renew_lease, skip
 from annotation_fixtures import label_until_empty, process_worker, seed_images
 
 
@@ -42,7 +42,7 @@ def test_before_any_model_the_order_is_seeded_random_and_pool_only(tmp_path):
 def test_the_most_uncertain_image_of_the_current_model_comes_first(store):
     ids = seed_images(store, 10)
     store.register_model("v1", "v1.pt")
-    store.record_predictions("v1", [Prediction(i, u) for i, u in zip(ids[:6], [0.1, 0.9, 0.5, 0.7, 0.2, 0.3])])
+    store.record_predictions("v1", [PredictionRecord(i, u) for i, u in zip(ids[:6], [0.1, 0.9, 0.5, 0.7, 0.2, 0.3])])
     task = next_task(store, "alice")
     assert (task.image.id, task.uncertainty) == (ids[1], 0.9)
     order = [task.image.id] + drain(store)[1:]
@@ -53,10 +53,10 @@ def test_the_most_uncertain_image_of_the_current_model_comes_first(store):
 def test_a_newer_model_reorders_the_queue(store):
     ids = seed_images(store, 4)
     store.register_model("v1", "v1.pt")
-    store.record_predictions("v1", [Prediction(i, u) for i, u in zip(ids, [0.9, 0.1, 0.1, 0.1])])
+    store.record_predictions("v1", [PredictionRecord(i, u) for i, u in zip(ids, [0.9, 0.1, 0.1, 0.1])])
     store.register_model("v2", "v2.pt")
     assert next_task(store, "a").image.id == ids[0]  # v2 has no predictions yet: v1 still orders
-    store.record_predictions("v2", [Prediction(i, u) for i, u in zip(ids, [0.1, 0.1, 0.1, 0.8])])
+    store.record_predictions("v2", [PredictionRecord(i, u) for i, u in zip(ids, [0.1, 0.1, 0.1, 0.8])])
     assert next_task(store, "b").image.id == ids[3]
 
 
@@ -85,7 +85,7 @@ def test_leases_keep_annotators_apart_and_expire(store):
 def test_skipped_images_go_to_the_back_for_that_annotator_only(store):
     ids = seed_images(store, 3)
     store.register_model("v1", "v1.pt")
-    store.record_predictions("v1", [Prediction(i, u) for i, u in zip(ids, [0.9, 0.5, 0.1])])
+    store.record_predictions("v1", [PredictionRecord(i, u) for i, u in zip(ids, [0.9, 0.5, 0.1])])
     first = next_task(store, "alice")
     assert first.image.id == ids[0]
     skip(store, "alice", ids[0])
@@ -143,7 +143,7 @@ def test_processes_asking_at_once_never_get_the_same_image(store):
 def test_next_task_uses_the_indexes(store):
     seed_images(store, 5)
     store.register_model("v1", "v1.pt")
-    store.record_predictions("v1", [Prediction(1, 0.5)])
+    store.record_predictions("v1", [PredictionRecord(1, 0.5)])
     from annotation import queue
 
     for sql in (queue._HELD, queue._NEXT, queue._SKIPPED):
@@ -169,7 +169,7 @@ def test_saving_a_mask_from_the_queue_labels_the_image(store):
 def test_a_strategy_reorders_the_current_models_queue(store):
     ids = seed_images(store, 4)
     store.register_model("v1", "v1.pt")
-    store.record_predictions("v1", [Prediction(i, u, classifier_uncertainty=c, segmentation_uncertainty=s)
+    store.record_predictions("v1", [PredictionRecord(i, u, classifier_uncertainty=c, segmentation_uncertainty=s)
                                     for i, u, c, s in zip(ids, [0.9, 0.1, 0.2, 0.3], [0.1, 0.8, 0.2, 0.3],
                                                           [0.5, 0.5, 0.5, None])])
     store.mark_no_finding(ids[2], "lead")

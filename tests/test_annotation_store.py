@@ -8,7 +8,7 @@ import time
 import numpy as np
 import pytest
 
-from annotation import Prediction, Store, WorkspaceError, next_task, schema
+from annotation import PredictionRecord, Store, WorkspaceError, next_task, schema
 from annotation.records import ImageRecord
 from annotation_fixtures import seed_images
 
@@ -129,7 +129,8 @@ def test_tags_models_predictions_and_rounds(store):
     mask = np.zeros((4, 5), dtype=bool)
     mask[0, 0] = True
     assert store.current_model_version() is None
-    store.record_predictions("v1", [Prediction(ids[0], 0.9, 0.8, (0, 0, 1, 1), mask), Prediction(ids[1], 0.1)])
+    store.record_predictions("v1", [PredictionRecord(ids[0], 0.9, 0.8, (0, 0, 1, 1), mask),
+                                    PredictionRecord(ids[1], 0.1)])
     assert store.current_model_version() == "v1"
     prediction = store.prediction(ids[0])
     assert prediction["box"] == [0, 0, 1, 1] and prediction["probability"] == 0.8
@@ -139,7 +140,7 @@ def test_tags_models_predictions_and_rounds(store):
     with pytest.raises(WorkspaceError, match="no predicted mask"):
         store.accept_prediction(ids[1], "alice")
     with pytest.raises(WorkspaceError, match="no model"):
-        store.record_predictions("v9", [Prediction(ids[0], 0.5)])
+        store.record_predictions("v9", [PredictionRecord(ids[0], 0.5)])
     assert store.latest_model().metrics == {"val_dice": 0.61}
 
 
@@ -240,7 +241,7 @@ def test_the_reads_the_trainer_needs(store):
     assert store.label_count("pool") == 3 and store.label_count("val") == 1
     assert store.latest_tags("finding") == {ids[3]: False} and store.latest_tags("finding", "val") == {ids[0]: True}
     store.register_model("v1", "v1.pt")
-    store.record_predictions("v1", [Prediction(ids[5], 0.5), Prediction(ids[1], 0.5)])
+    store.record_predictions("v1", [PredictionRecord(ids[5], 0.5), PredictionRecord(ids[1], 0.5)])
     assert store.unscored_ids("v1") == [ids[3], ids[6], ids[7]]  # unlabeled pool images only
 
 
@@ -268,5 +269,5 @@ def test_the_reads_the_dashboard_needs(store):
     assert store.review_dice() == [0.5]
     assert store.ranked_count() == 0
     store.register_model("v1", "v1.pt")
-    store.record_predictions("v1", [Prediction(ids[4], 0.5), Prediction(ids[2], 0.5)])
+    store.record_predictions("v1", [PredictionRecord(ids[4], 0.5), PredictionRecord(ids[2], 0.5)])
     assert store.ranked_count() == 1  # unlabeled pool images with a priority
