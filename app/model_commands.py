@@ -13,8 +13,6 @@ import numpy as np
 
 from app.errors import CommandError
 
-SPLIT_SEED = 0  # a generated split never depends on --seed, so train and evaluate agree on it
-
 
 def register(sub) -> None:
     train = sub.add_parser("train", help="train ADA-SAM (or the supervised baseline) on a data folder")
@@ -70,36 +68,6 @@ def _errors():
     return (BackboneError, CheckpointError, DataError, ImageReadError)
 
 
-def _cache(backbone, folder: str | None):
-    from model.cache import DEFAULT_CACHE_DIR, EmbeddingCache
-
-    return EmbeddingCache(folder or DEFAULT_CACHE_DIR, backbone)
-
-
-def load_items(samples, cache, with_masks: bool = True) -> list:
-    """Read, check and embed samples -> evaluate.Item list (raises ImageReadError on a bad file)."""
-    from model.evaluate import Item
-    from model.preprocess import read_image, read_mask
-
-    images = [read_image(s.image_path) for s in samples]
-    masks = [read_mask(s.mask_path, image.shape[:2]) if (with_masks and s.mask_path) else None
-             for s, image in zip(samples, images)]
-    embedded = cache.get_many(images)
-    items = []
-    for sample, mask, (embedding, geometry) in zip(samples, masks, embedded):
-        tag = sample.has_lesion if sample.has_lesion is not None else (bool(mask.any()) if mask is not None else None)
-        items.append(Item(sample.id, embedding, geometry, mask, tag))
-    return items
-
-
-def masked_ids(pool, fraction: float, seed: int) -> set[str]:
-    """The pool images whose masks `train --masks FRACTION --seed SEED` uses (benchmarks reuse it for baselines)."""
-    maskable = [s for s in pool if s.mask_path is not None]
-    rng = np.random.default_rng(seed)
-    n_masked = max(1, round(fraction * len(pool)))
-    return {maskable[i].id for i in rng.choice(len(maskable), size=min(n_masked, len(maskable)), replace=False)}
-
-
 def cmd_train(args: argparse.Namespace) -> int:
     try:
         return _train(args)
@@ -111,7 +79,8 @@ def _train(args: argparse.Namespace) -> int:
     from model.adasam import AdaSamConfig
     from model.atomic import write_json
     from model.backbones import build_backbone
-    from model.dataset import load_data_folder
+    from model.cache import DEFAULT_CACHE_DIR, EmbeddingCache
+    from model.dataset import SPLIT_SEED, load_data_folder, load_items, masked_ids
     from model.train import TrainConfig, Trainer, TrainingData, build_training_model, detect_negatives
 
     if not 0 < args.masks <= 1:
@@ -129,7 +98,7 @@ def _train(args: argparse.Namespace) -> int:
     chosen = masked_ids(pool, args.masks, args.seed)
     print(f"data: {len(pool)} pool ({len(chosen)} masked, seed {args.seed}), {len(val)} val; split from "
           f"{folder.split_source}; test split untouched")
-    cache = _cache(backbone, args.cache)
+    cache = EmbeddingCache(args.cache or DEFAULT_CACHE_DIR, backbone)
     pool_items = load_items(pool, cache)
     val_items = load_items(val, cache)
     masked, unlabeled, tagged = [], [], []
@@ -188,7 +157,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def _evaluate(args: argparse.Namespace) -> int:
     from model.atomic import write_json
-    from model.dataset import load_data_folder
+    from model.cache import DEFAULT_CACHE_DIR, EmbeddingCache
+    from model.dataset import SPLIT_SEED, load_data_folder, load_items
     from model.evaluate import evaluate
 
     folder = load_data_folder(args.data, seed=SPLIT_SEED)
@@ -196,7 +166,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     if not samples:
         raise CommandError(f"{args.data}: no image with a mask in split {args.split!r}")
     model = load_model(args.model)
-    items = load_items(samples, _cache(model.backbone, args.cache))
+    items = load_items(samples, EmbeddingCache(args.cache or DEFAULT_CACHE_DIR, model.backbone))
     started = time.time()
     summary, rows = evaluate(model, items, prompt=args.prompt)
     summary.update({"split": args.split, "model": str(args.model), "method": model.config.method,
@@ -241,13 +211,14 @@ def cmd_predict(args: argparse.Namespace) -> int:
 def _predict(args: argparse.Namespace) -> int:
     from PIL import Image
 
+    from model.cache import DEFAULT_CACHE_DIR, EmbeddingCache
     from model.inference import Predictor
     from model.overlay import cam_overlay
     from model.preprocess import read_image
 
     model = load_model(args.model)
     images = [read_image(p) for p in args.images]  # every file is checked before anything is written
-    cache = _cache(model.backbone, args.cache)
+    cache = EmbeddingCache(args.cache or DEFAULT_CACHE_DIR, model.backbone)
     predictor = Predictor(model)
     out = Path(args.out)
     tmp = out.with_name(out.name + ".partial")

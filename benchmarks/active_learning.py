@@ -42,10 +42,9 @@ from annotation import Store, import_sources, next_task, skip  # noqa: E402
 from annotation.store import QUEUE_SEED  # noqa: E402
 from app import trainer as trainer_module  # noqa: E402
 from app.status import QUEUE_STRATEGY  # noqa: E402
-from app.model_commands import SPLIT_SEED, load_items  # noqa: E402
 from model.adasam import load_checkpoint  # noqa: E402
 from model.backbones import backbone_view  # noqa: E402
-from model.dataset import DataFolder, load_data_folder  # noqa: E402
+from model.dataset import SPLIT_SEED, DataFolder, load_data_folder, load_items  # noqa: E402
 from model.evaluate import evaluate  # noqa: E402
 from model.preprocess import read_mask  # noqa: E402
 from model.learning_curve import fit_learning_curve  # noqa: E402

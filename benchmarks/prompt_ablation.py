@@ -26,14 +26,15 @@ def main() -> int:
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
 
-    from app.model_commands import SPLIT_SEED, _cache, load_items
     from model.adasam import load_checkpoint
-    from model.dataset import load_data_folder
+    from model.cache import DEFAULT_CACHE_DIR, EmbeddingCache
+    from model.dataset import SPLIT_SEED, load_data_folder, load_items
     from model.evaluate import evaluate
 
     model, _ = load_checkpoint(args.model)
     folder = load_data_folder(args.data, seed=SPLIT_SEED)
-    val = load_items([s for s in folder.split("val") if s.mask_path], _cache(model.backbone, args.cache))
+    cache = EmbeddingCache(args.cache or DEFAULT_CACHE_DIR, model.backbone)
+    val = load_items([s for s in folder.split("val") if s.mask_path], cache)
     settings = [dict(cam_threshold=t, cam_component=c, cascade=k, cam_points=0)
                 for t, c, k in itertools.product([0.3, 0.4, 0.5, 0.6], ["peak", "all"], [0, 1, 2])]
     settings += [dict(cam_threshold=0.4, cam_component="peak", cascade=k, cam_points=p)

@@ -145,9 +145,8 @@ def retrain_round(data: str, out: Path, backbone: str, cache: str, steps: int, f
     (train, publish, re-score), then re-score the pool once more on its own to time it alone."""
     from active_learning import new_workspace, stage_source
 
-    from app.model_commands import SPLIT_SEED, masked_ids
     from app.trainer import BackgroundTrainer
-    from model.dataset import load_data_folder
+    from model.dataset import SPLIT_SEED, load_data_folder, masked_ids
     from model.preprocess import read_mask
 
     folder = load_data_folder(data, seed=SPLIT_SEED)

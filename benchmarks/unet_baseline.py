@@ -17,8 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from app.model_commands import SPLIT_SEED, masked_ids
-from model.dataset import Sample, load_data_folder
+from model.dataset import SPLIT_SEED, Sample, load_data_folder, masked_ids
 from model.device import default_device, module_device
 from model.metrics import dice, hd95, nanmean, presence_auc
 from model.preprocess import normalise_intensity, read_image, read_mask

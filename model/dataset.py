@@ -11,10 +11,12 @@ from pathlib import Path
 
 import numpy as np
 
-from model.preprocess import ImageReadError
+from model.evaluate import Item
+from model.preprocess import ImageReadError, read_image, read_mask
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 SPLITS = ("pool", "val", "test")
+SPLIT_SEED = 0  # a generated split never depends on a run's --seed, so train and evaluate agree on it
 
 
 class DataError(ValueError):
@@ -106,3 +108,24 @@ def _read_manifest(path: Path) -> dict[str, dict]:
 
 
 __all__ = ["DataFolder", "Sample", "DataError", "ImageReadError", "load_data_folder", "seeded_split"]
+
+
+def load_items(samples, cache, with_masks: bool = True) -> list:
+    """Read, check and embed samples -> evaluate.Item list (raises ImageReadError on a bad file)."""
+    images = [read_image(s.image_path) for s in samples]
+    masks = [read_mask(s.mask_path, image.shape[:2]) if (with_masks and s.mask_path) else None
+             for s, image in zip(samples, images)]
+    embedded = cache.get_many(images)
+    items = []
+    for sample, mask, (embedding, geometry) in zip(samples, masks, embedded):
+        tag = sample.has_lesion if sample.has_lesion is not None else (bool(mask.any()) if mask is not None else None)
+        items.append(Item(sample.id, embedding, geometry, mask, tag))
+    return items
+
+
+def masked_ids(pool, fraction: float, seed: int) -> set[str]:
+    """The pool images whose masks `train --masks FRACTION --seed SEED` uses (benchmarks reuse it for baselines)."""
+    maskable = [s for s in pool if s.mask_path is not None]
+    rng = np.random.default_rng(seed)
+    n_masked = max(1, round(fraction * len(pool)))
+    return {maskable[i].id for i in rng.choice(len(maskable), size=min(n_masked, len(maskable)), replace=False)}
