@@ -18,7 +18,10 @@ import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-from app.errors import CommandError
+
+class AuthFileError(ValueError):
+    """A users file, or a user name, the server cannot use (one-line message; the command line shows it as is)."""
+
 
 ITERATIONS = 200_000
 NAME_FAILURES = 5  # failed logins for one name within NAME_WINDOW_S before that name must wait
@@ -53,24 +56,24 @@ def read_users(path: str | os.PathLike[str]) -> dict[str, str]:
     try:
         lines = Path(path).read_text().splitlines()
     except OSError as exc:
-        raise CommandError(f"cannot read auth file {path}: {exc.strerror}") from None
+        raise AuthFileError(f"cannot read auth file {path}: {exc.strerror}") from None
     for number, line in enumerate(lines, 1):
         line = line.strip()
         if not line or line.startswith("#"):
             continue
         name, sep, encoded = line.partition(":")
         if not sep or not name.strip() or not encoded.startswith("pbkdf2_sha256$"):
-            raise CommandError(f"{path}:{number}: expected name:pbkdf2_sha256$... (make lines with `adasam passwd`)")
+            raise AuthFileError(f"{path}:{number}: expected name:pbkdf2_sha256$... (make lines with `adasam passwd`)")
         users[name.strip()] = encoded.strip()
     if not users:
-        raise CommandError(f"auth file {path} holds no users (add one with `adasam passwd {path} NAME`)")
+        raise AuthFileError(f"auth file {path} holds no users (add one with `adasam passwd {path} NAME`)")
     return users
 
 
 def check_name(name: str) -> None:
     """Refuse a name the users file cannot hold as one `name:hash` line (a newline or ':' would corrupt it)."""
     if len(name) > MAX_NAME_CHARS or not NAME_PATTERN.fullmatch(name):
-        raise CommandError(f"user name {name!r} is not allowed: use 1-{MAX_NAME_CHARS} letters, digits, '.', '_', "
+        raise AuthFileError(f"user name {name!r} is not allowed: use 1-{MAX_NAME_CHARS} letters, digits, '.', '_', "
                            f"'@', '-' and single spaces between words")
 
 

@@ -125,7 +125,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from starlette.middleware import Middleware
 
     from annotation import DEFAULT_WORKSPACE, Store, WorkspaceError, release_all_leases
-    from app.auth import checker, read_users
+    from app.auth import AuthFileError, checker, read_users
     from app.guard import Guard
     from app.seed import seed_workspace
     from app.status import QUEUE_STRATEGY
@@ -133,7 +133,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from app.ui import build_ui
     from model.backbones import BackboneError
 
-    users = read_users(args.auth) if args.auth else None
+    try:
+        users = read_users(args.auth) if args.auth else None
+    except AuthFileError as exc:
+        raise CommandError(str(exc)) from None
     workspace = Path(args.workspace)
     try:
         store = Store(workspace)
@@ -278,9 +281,12 @@ def cmd_trainer(args: argparse.Namespace) -> int:
 
 
 def cmd_passwd(args: argparse.Namespace) -> int:
-    from app.auth import check_name, write_user
+    from app.auth import AuthFileError, check_name, write_user
 
-    check_name(args.name)  # before the password is asked for
+    try:
+        check_name(args.name)  # before the password is asked for
+    except AuthFileError as exc:
+        raise CommandError(str(exc)) from None
     if args.password_stdin:
         password = sys.stdin.readline().rstrip("\n")
     else:
@@ -291,6 +297,8 @@ def cmd_passwd(args: argparse.Namespace) -> int:
         raise CommandError("use a password of at least 4 characters")
     try:
         write_user(args.file, args.name, password)
+    except AuthFileError as exc:
+        raise CommandError(str(exc)) from None
     except OSError as exc:  # a missing folder, a directory, no permission
         raise CommandError(f"cannot write {args.file}: {exc.strerror}") from None
     print(f"saved {args.name} in {args.file}")

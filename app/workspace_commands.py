@@ -6,7 +6,7 @@ import functools
 import sys
 from typing import Callable
 
-from app.cli import CommandError
+from app.errors import CommandError
 
 
 def register(sub) -> None:

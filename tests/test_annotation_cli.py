@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from app import workspace_commands
-from app.cli import CommandError
+from app.errors import CommandError
 from annotation_fixtures import grey8, make_dataset, write_image
 
 

@@ -21,7 +21,7 @@ from starlette.routing import Route
 from starlette.testclient import TestClient
 
 import app.auth as auth
-from app.auth import Throttle, checker, hash_password, name_throttle, read_users, write_user
+from app.auth import AuthFileError, Throttle, checker, hash_password, name_throttle, read_users, write_user
 from app.cli import main
 from app.errors import CommandError
 from app.guard import ADDRESS_COOLDOWN_S, ADDRESS_FAILURES, BROWSER_COOKIE, Guard, address_throttle
@@ -237,7 +237,7 @@ def test_write_user_refuses_names_the_file_cannot_hold(tmp_path, name):
     users = tmp_path / "users.txt"
     write_user(users, "alice", "s3cret")
     before = users.read_text()
-    with pytest.raises(CommandError, match="not allowed"):
+    with pytest.raises(AuthFileError, match="not allowed"):
         write_user(users, name, "s3cret")
     assert users.read_text() == before
 

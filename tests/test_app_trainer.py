@@ -7,8 +7,7 @@ import pytest
 
 from annotation import Store
 from app import trainer as trainer_module
-from app.auth import hash_password, read_users, verify_password, write_user
-from app.errors import CommandError
+from app.auth import AuthFileError, hash_password, read_users, verify_password, write_user
 from app.status import LABELS_AT_LAST_ROUND, VALIDATION_IDS, read_status
 from app.studio import ModelSlot, Studio
 from app.trainer import BackgroundTrainer
@@ -127,7 +126,7 @@ def test_auth_file(tmp_path):
     write_user(users, "ann", "changed")
     assert list(read_users(users)) == ["ann"] and verify_password("changed", read_users(users)["ann"])
     (tmp_path / "bad").write_text("ann:plaintext\n")
-    with pytest.raises(CommandError, match="expected name:pbkdf2"):
+    with pytest.raises(AuthFileError, match="expected name:pbkdf2"):
         read_users(tmp_path / "bad")
 
 
