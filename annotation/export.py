@@ -27,11 +27,10 @@ import numpy as np
 from PIL import Image
 
 from annotation.decode import stem
-from annotation.records import ImageInfo, MaskInfo
+from annotation.records import NOT_FROM_A_MODEL, ImageInfo, MaskInfo
 from annotation.store import Store, WorkspaceError, utc_now
 
 FORMATS = ("png", "coco", "nifti")
-HUMAN_ORIGINS = ("human", "imported", "no_finding")
 MANIFEST_COLUMNS = ["name", "image_id", "sha256", "original_path", "width", "height", "split", "has_lesion",
                     "mask_file", "empty", "origin", "annotator", "created_at", "model_version", "mask_version",
                     "volume", "slice_index", "frame_index"]
@@ -68,7 +67,7 @@ def export_workspace(store: Store, out: str | os.PathLike[str], fmt: str, *, inc
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise WorkspaceError(f"{out} already exists and is not an empty folder")
-    origins = HUMAN_ORIGINS + (("accepted_prediction",) if include_predictions else ())
+    origins = NOT_FROM_A_MODEL + (("accepted_prediction",) if include_predictions else ())
     labeled = store.labeled(origins=origins)
     if not labeled:
         hint = "" if include_predictions or not store.labeled(origins=("accepted_prediction",)) else \

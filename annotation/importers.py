@@ -21,6 +21,7 @@ from tqdm import tqdm
 from annotation.decode import KINDS, MAX_IMAGE_PIXELS, DecodeError, Decoded, binary_frames, decode, first_line, stem
 from annotation.records import SPLITS, ImageRecord
 from annotation.store import Store
+from model.manifest import parse_has_lesion
 
 MANIFEST = "manifest.csv"
 HIDDEN = "hidden file (name starts with '.'): not imported; rename it to import it"
@@ -259,11 +260,7 @@ def _split(row: dict[str, str], manifest: Path) -> str:
 
 
 def _flag(row: dict[str, str], manifest: Path) -> bool | None:
-    value = (row.get("has_lesion") or "").strip().lower()
-    if value in ("", "na", "none"):
-        return None
-    if value in ("1", "true", "yes"):
-        return True
-    if value in ("0", "false", "no"):
-        return False
-    raise DecodeError(f"{manifest.name}: has_lesion {value!r} is not 0 or 1")
+    try:
+        return parse_has_lesion(row.get("has_lesion"))
+    except ValueError as exc:
+        raise DecodeError(f"{manifest.name}: {exc}") from None

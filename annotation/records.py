@@ -9,6 +9,10 @@ import numpy as np
 
 SPLITS = ("pool", "val", "test")
 ORIGINS = ("human", "accepted_prediction", "no_finding", "imported")
+NOT_FROM_A_MODEL = ("human", "no_finding", "imported")  # drawn, marked or brought by people: what export ships by
+# default (a prediction accepted unchanged is the model's mask)
+DECIDED_HERE = ("human", "accepted_prediction", "no_finding")  # an annotator's decision in this workspace (imported
+# masks excluded): what a validation set frozen from early labels is drawn from
 
 
 @dataclass(frozen=True, kw_only=True)

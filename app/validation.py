@@ -9,11 +9,11 @@ from __future__ import annotations
 import math
 
 from annotation import Store
+from annotation.records import DECIDED_HERE
 from app.status import VALIDATION_IDS, VALIDATION_SOURCE
 
 VAL_FRACTION = 0.1
 VAL_MIN_LABELS = 30
-HUMAN_ORIGINS = ("human", "accepted_prediction", "no_finding")
 
 
 def validation_ids(store: Store, freeze: bool = True) -> list[int]:
@@ -25,7 +25,7 @@ def validation_ids(store: Store, freeze: bool = True) -> list[int]:
     if imported:
         chosen, source = imported, f"{len(imported)} images imported with split 'val' and a mask"
     else:
-        labeled = sorted(store.labeled(split="pool", origins=HUMAN_ORIGINS), key=lambda pair: pair[1].created_at)
+        labeled = sorted(store.labeled(split="pool", origins=DECIDED_HERE), key=lambda pair: pair[1].created_at)
         if len(labeled) < VAL_MIN_LABELS:
             return []
         n = max(3, math.ceil(VAL_FRACTION * len(labeled)))

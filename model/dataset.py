@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from model.evaluate import Item
+from model.manifest import parse_has_lesion
 from model.preprocess import ImageReadError, read_image, read_mask
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
@@ -78,9 +79,11 @@ def load_data_folder(root: str | Path, seed: int = 0) -> DataFolder:
         source = f"generated (seed {seed})"
     samples = []
     for image_id, path in images.items():
-        tag = manifest.get(image_id, {}).get("has_lesion", "")
-        samples.append(Sample(image_id, path, masks.get(image_id), splits[image_id],
-                              None if tag in ("", None) else tag.strip() in ("1", "true", "True", "yes")))
+        try:
+            tag = parse_has_lesion(manifest.get(image_id, {}).get("has_lesion"))
+        except ValueError as exc:
+            raise DataError(f"{root / 'manifest.csv'}: {image_id}: {exc}") from None
+        samples.append(Sample(image_id, path, masks.get(image_id), splits[image_id], tag))
     return DataFolder(root, samples, source, list(manifest.values()))
 
 

@@ -26,6 +26,25 @@ def test_folder_with_manifest(tmp_path):
     assert [s.has_lesion for s in folder.samples[:4]] == [False, False, False, True]
 
 
+def test_has_lesion_is_read_like_the_importer_reads_it(tmp_path):
+    root = write_blob_dataset(tmp_path / "d", n=6, negatives=0, size=(20, 24))
+    rows = list(csv.DictReader((root / "manifest.csv").open()))
+    for row, value in zip(rows, ["TRUE", " yes ", "na", "0", "No", ""]):
+        row["has_lesion"] = value
+    with (root / "manifest.csv").open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    assert [s.has_lesion for s in load_data_folder(root).samples] == [True, True, None, False, False, None]
+    rows[2]["has_lesion"] = "maybe"  # once read as "no lesion"; now a clear error naming the image
+    with (root / "manifest.csv").open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    with pytest.raises(DataError, match=f"{rows[2]['id']}: has_lesion 'maybe' is not 0 or 1"):
+        load_data_folder(root)
+
+
 def test_folder_without_manifest_gets_a_seeded_split(tmp_path):
     root = write_blob_folder(tmp_path / "d", [True] * 20, size=(16, 16))
     (root / "masks" / "img_003.png").unlink()  # an image without a mask is fine (unlabeled)
