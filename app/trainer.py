@@ -34,7 +34,7 @@ from annotation import PredictionRecord
 from annotation import ModelInfo, Store
 from annotation.store import QUEUE_MODEL
 from app.status import LABELS_AT_LAST_ROUND, QUEUE_STRATEGY, RETRAIN_REQUESTED, TAG, write_status
-from app.validation import validation_ids
+from app.validation import fix_validation_set
 from model.adasam import AdaSamConfig, checkpoint_problem, load_checkpoint
 from model.backbones import backbone_view, build_backbone
 from model.cache import EmbeddingCache, content_hash
@@ -229,7 +229,7 @@ class BackgroundTrainer:
     def _train(self, round_id: int) -> tuple[str, float | None, bool, str | None]:
         """Train a round and register its model -> (version, val Dice, published, note)."""
         store = self.store
-        data, sizes = self.training_data(round_id, set(validation_ids(store)))
+        data, sizes = self.training_data(round_id, set(fix_validation_set(store)))
         self.check()
         config = AdaSamConfig(backbone=self.spec, method="adasam", has_negatives=detect_negatives(data))
         previous = store.latest_model()

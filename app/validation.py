@@ -16,8 +16,9 @@ VAL_FRACTION = 0.1
 VAL_MIN_LABELS = 30
 
 
-def validation_ids(store: Store, freeze: bool = True) -> list[int]:
-    """The validation image ids (empty until there is a way to choose them); chosen and stored on first call."""
+def fix_validation_set(store: Store) -> list[int]:
+    """The validation image ids, chosen and stored in the workspace the first time there is a way to choose them
+    (and empty until then); every later call returns the same ids."""
     ids = store.get_setting(VALIDATION_IDS)
     if ids is not None:
         return list(ids)
@@ -31,7 +32,6 @@ def validation_ids(store: Store, freeze: bool = True) -> list[int]:
         n = max(3, math.ceil(VAL_FRACTION * len(labeled)))
         chosen = [info.id for info, _ in labeled[:n]]
         source = f"the first {n} of {len(labeled)} images labeled here (not used for training)"
-    if freeze:
-        store.set_setting(VALIDATION_IDS, chosen)
-        store.set_setting(VALIDATION_SOURCE, source)
+    store.set_setting(VALIDATION_IDS, chosen)
+    store.set_setting(VALIDATION_SOURCE, source)
     return chosen

@@ -11,7 +11,7 @@ from app.auth import AuthFileError, hash_password, read_users, verify_password, 
 from app.status import LABELS_AT_LAST_ROUND, VALIDATION_IDS, read_status
 from app.studio import ModelSlot, Studio
 from app.trainer import BackgroundTrainer
-from app.validation import VAL_MIN_LABELS, validation_ids
+from app.validation import VAL_MIN_LABELS, fix_validation_set
 from app_fixtures import label, make_workspace
 
 
@@ -95,12 +95,12 @@ def test_validation_set_is_frozen_from_early_labels(tmp_path):
     workspace = make_workspace(tmp_path, n=VAL_MIN_LABELS + 10, n_val=0)
     with Store(workspace) as store:
         label(store, VAL_MIN_LABELS - 1)
-        assert validation_ids(store) == [] and store.get_setting(VALIDATION_IDS) is None
+        assert fix_validation_set(store) == [] and store.get_setting(VALIDATION_IDS) is None
         first = label(store, 1)
-        chosen = validation_ids(store)
+        chosen = fix_validation_set(store)
         assert len(chosen) == 3 and first[0] not in chosen
         label(store, 5)
-        assert validation_ids(store) == chosen  # fixed once chosen
+        assert fix_validation_set(store) == chosen  # fixed once chosen
 
 
 def test_server_swaps_in_a_new_model_between_requests(workspace):
