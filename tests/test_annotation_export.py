@@ -18,12 +18,6 @@ from annotation_fixtures import BUSI, busi_subset, make_dataset, seed_images, wr
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
 
 
-@pytest.fixture
-def store(tmp_path):
-    with Store(tmp_path / "ws") as opened:
-        yield opened
-
-
 def read_manifest(out):
     with open(out / "manifest.csv", newline="") as handle:
         return {row["name"]: row for row in csv.DictReader(handle)}

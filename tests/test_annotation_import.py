@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFile
 
-from annotation import Store, import_sources
+from annotation import import_sources
 from annotation_fixtures import (
     grey8,
     grey16,
@@ -21,12 +21,6 @@ from annotation_fixtures import (
     write_multipage_tiff,
     write_nifti,
 )
-
-
-@pytest.fixture
-def store(tmp_path):
-    with Store(tmp_path / "ws") as opened:
-        yield opened
 
 
 def only_image(store):

@@ -12,12 +12,6 @@ from annotation import PredictionRecord, Store, next_task, release_lease, renew_
 from annotation_fixtures import label_until_empty, process_worker, seed_images
 
 
-@pytest.fixture
-def store(tmp_path):
-    with Store(tmp_path / "ws") as opened:
-        yield opened
-
-
 def drain(store: Store, annotator: str = "alice") -> list[int]:
     order = []
     while (task := next_task(store, annotator)) is not None:

@@ -13,12 +13,6 @@ from annotation.records import ImageRecord
 from annotation_fixtures import seed_images
 
 
-@pytest.fixture
-def store(tmp_path):
-    with Store(tmp_path / "ws") as opened:
-        yield opened
-
-
 def test_new_workspace_is_wal_with_foreign_keys_and_latest_schema(store):
     conn = store.conn
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
