@@ -7,7 +7,7 @@ import sys
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
-from app.errors import CommandError  # noqa: E402
+from app.errors import CommandError, user_errors  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -26,7 +26,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except CommandError as exc:
+    except Exception as exc:  # the one edge where errors become messages
+        if not isinstance(exc, (CommandError, *user_errors())):
+            raise
         print(f"adasam {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

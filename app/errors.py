@@ -3,3 +3,19 @@
 
 class CommandError(Exception):
     """A user-facing failure: printed as one line, exit status 2, no traceback."""
+
+
+def user_errors() -> tuple[type[Exception], ...]:
+    """The library errors whose one-line message is the whole story for a user: the command line's edge (app.cli)
+    prints them like a CommandError. Library code raises its own; nothing below the edge translates."""
+    from annotation.schema import SchemaTooNew
+    from annotation.store import WorkspaceError
+    from app.auth import AuthFileError
+    from model.adasam import CheckpointError
+    from model.backbones import BackboneError
+    from model.dataset import DataError
+    from model.preprocess import ImageReadError
+    from model.strategies import UnknownStrategy
+
+    return (WorkspaceError, SchemaTooNew, AuthFileError, BackboneError, CheckpointError, DataError, ImageReadError,
+            UnknownStrategy)

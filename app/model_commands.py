@@ -58,24 +58,7 @@ def register(sub) -> None:
     pr.set_defaults(func=cmd_predict)
 
 
-def _errors():
-    """The exceptions whose one-line message is the whole story for a user."""
-    from model.adasam import CheckpointError
-    from model.backbones import BackboneError
-    from model.dataset import DataError
-    from model.preprocess import ImageReadError
-
-    return (BackboneError, CheckpointError, DataError, ImageReadError)
-
-
 def cmd_train(args: argparse.Namespace) -> int:
-    try:
-        return _train(args)
-    except _errors() as exc:
-        raise CommandError(str(exc)) from None
-
-
-def _train(args: argparse.Namespace) -> int:
     from model.adasam import AdaSamConfig
     from model.atomic import write_json
     from model.backbones import build_backbone
@@ -149,13 +132,6 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    try:
-        return _evaluate(args)
-    except _errors() as exc:
-        raise CommandError(str(exc)) from None
-
-
-def _evaluate(args: argparse.Namespace) -> int:
     from model.atomic import write_json
     from model.cache import DEFAULT_CACHE_DIR, EmbeddingCache
     from model.dataset import SPLIT_SEED, load_data_folder, load_items
@@ -202,13 +178,6 @@ def format_table(summary: dict) -> str:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    try:
-        return _predict(args)
-    except _errors() as exc:
-        raise CommandError(str(exc)) from None
-
-
-def _predict(args: argparse.Namespace) -> int:
     from PIL import Image
 
     from model.cache import DEFAULT_CACHE_DIR, EmbeddingCache

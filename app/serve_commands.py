@@ -124,24 +124,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import gradio as gr
     from starlette.middleware import Middleware
 
-    from annotation import DEFAULT_WORKSPACE, Store, WorkspaceError, release_all_leases
-    from app.auth import AuthFileError, checker, read_users
+    from annotation import DEFAULT_WORKSPACE, Store, release_all_leases
+    from app.auth import checker, read_users
     from app.guard import Guard
     from app.seed import seed_workspace
     from app.status import QUEUE_STRATEGY
     from app.studio import MAX_POINTS, ModelSlot, Studio
     from app.ui import build_ui
-    from model.backbones import BackboneError
 
-    try:
-        users = read_users(args.auth) if args.auth else None
-    except AuthFileError as exc:
-        raise CommandError(str(exc)) from None
+    users = read_users(args.auth) if args.auth else None
     workspace = Path(args.workspace)
-    try:
-        store = Store(workspace)
-    except WorkspaceError as exc:
-        raise CommandError(str(exc)) from None
+    store = Store(workspace)
     if args.strategy and store.get_setting(QUEUE_STRATEGY) != args.strategy:
         store.set_setting(QUEUE_STRATEGY, args.strategy, who=args.annotator)  # the trainer re-ranks the queue
     released = release_all_leases(store)
@@ -153,10 +146,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             print(seed_workspace(store), flush=True)
         else:
             print(f"{workspace} has no images yet: import some with `adasam import {workspace} FOLDER`")
-    try:
-        slot = ModelSlot(store, args.backbone, _cache_dir(args.cache))
-    except BackboneError as exc:
-        raise CommandError(str(exc)) from None
+    slot = ModelSlot(store, args.backbone, _cache_dir(args.cache))
     studio = Studio(store, slot, args.round_every, max_points=args.max_points or MAX_POINTS)
     trainer = None if args.no_trainer else TrainerSupervisor(_trainer_command(args, workspace), workspace)
     if trainer is not None:
@@ -267,26 +257,19 @@ def _stop_trainer(trainer: subprocess.Popen | None, timeout: float = 60.0) -> No
 
 
 def cmd_trainer(args: argparse.Namespace) -> int:
-    from annotation import Store, WorkspaceError
+    from annotation import Store
     from app.trainer import run_trainer
-    from model.backbones import BackboneError
 
     check_rounds(args)
-    try:
-        Store(args.workspace, create=False).close()  # a wrong path is refused before anything is written there
-        return run_trainer(args.workspace, args.backbone, _cache_dir(args.cache), args.round_every,
-                           args.train_steps, args.parent_pid)
-    except (WorkspaceError, BackboneError) as exc:
-        raise CommandError(str(exc)) from None
+    Store(args.workspace, create=False).close()  # a wrong path is refused before anything is written there
+    return run_trainer(args.workspace, args.backbone, _cache_dir(args.cache), args.round_every, args.train_steps,
+                       args.parent_pid)
 
 
 def cmd_passwd(args: argparse.Namespace) -> int:
-    from app.auth import AuthFileError, check_name, write_user
+    from app.auth import check_name, write_user
 
-    try:
-        check_name(args.name)  # before the password is asked for
-    except AuthFileError as exc:
-        raise CommandError(str(exc)) from None
+    check_name(args.name)  # before the password is asked for
     if args.password_stdin:
         password = sys.stdin.readline().rstrip("\n")
     else:
@@ -297,8 +280,6 @@ def cmd_passwd(args: argparse.Namespace) -> int:
         raise CommandError("use a password of at least 4 characters")
     try:
         write_user(args.file, args.name, password)
-    except AuthFileError as exc:
-        raise CommandError(str(exc)) from None
     except OSError as exc:  # a missing folder, a directory, no permission
         raise CommandError(f"cannot write {args.file}: {exc.strerror}") from None
     print(f"saved {args.name} in {args.file}")

@@ -2,11 +2,8 @@
 from __future__ import annotations
 
 import argparse
-import functools
 import sys
-from typing import Callable
 
-from app.errors import CommandError
 
 
 def register(sub) -> None:
@@ -25,7 +22,7 @@ def register(sub) -> None:
                    help="refuse images (and each frame or slice) larger than N megapixels, read from the file header "
                         "before decoding (default: 50)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(func=_handle(_import))
+    p.set_defaults(func=_import)
 
     p = sub.add_parser("export", help="export the latest masks as PNG, COCO (RLE) or NIfTI",
                        description="Export the latest mask of every labeled image (no-finding = empty mask) with "
@@ -39,30 +36,16 @@ def register(sub) -> None:
     p.add_argument("--out", required=True, help="folder to create")
     p.add_argument("--include-predictions", action="store_true",
                    help="also export images whose latest mask is an accepted model prediction")
-    p.set_defaults(func=_handle(_export))
+    p.set_defaults(func=_export)
 
     p = sub.add_parser("backup", help="copy the workspace database with SQLite's online backup (safe while in use)")
     p.add_argument("workspace")
     p.add_argument("file", help="backup file to write")
-    p.set_defaults(func=_handle(_backup))
+    p.set_defaults(func=_backup)
 
     p = sub.add_parser("status", help="counts of images and labels, the latest model and training round")
     p.add_argument("workspace")
-    p.set_defaults(func=_handle(_status))
-
-
-def _handle(command: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
-    """Turn the store's user-facing errors into the CLI's one-line errors."""
-    from annotation.store import WorkspaceError
-
-    @functools.wraps(command)
-    def run(args: argparse.Namespace) -> int:
-        try:
-            return command(args)
-        except WorkspaceError as exc:
-            raise CommandError(str(exc)) from None
-
-    return run
+    p.set_defaults(func=_status)
 
 
 def _positive(text: str) -> float:

@@ -8,7 +8,8 @@ import pytest
 from PIL import Image
 
 from app import workspace_commands
-from app.errors import CommandError
+from annotation import WorkspaceError
+from app.cli import main
 from annotation_fixtures import grey8, make_dataset, write_image
 
 
@@ -43,12 +44,16 @@ def test_import_status_export_backup(tmp_path, capsys):
 
 
 def test_user_errors_are_one_line_command_errors(tmp_path, capsys):
-    with pytest.raises(CommandError, match="no workspace"):
-        run("status", tmp_path / "missing")
+    assert main(["status", str(tmp_path / "missing")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("adasam status: error: ") and "no workspace" in err and len(err.splitlines()) == 1
     assert run("import", tmp_path / "ws", tmp_path / "nothing-here", "--quiet") == 1  # nothing imported: a failure
     assert f"skipped {tmp_path / 'nothing-here'}: no such file or directory" in capsys.readouterr().out
-    with pytest.raises(CommandError, match="nothing to export"):
-        run("export", tmp_path / "ws", "--format", "png", "--out", tmp_path / "out")
+    assert main(["export", str(tmp_path / "ws"), "--format", "png", "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "nothing to export" in err and len(err.splitlines()) == 1
+    with pytest.raises(WorkspaceError, match="no workspace"):  # below the edge, the library's own error
+        run("status", tmp_path / "missing")
 
 
 def test_import_of_nothing_but_bad_files_exits_1(tmp_path):
