@@ -1,4 +1,4 @@
-"""Errors the command line prints as one line."""
+"""The errors the app's two edges show people: the command line (one line, exit 2) and web requests."""
 
 
 class CommandError(Exception):
@@ -19,3 +19,11 @@ def user_errors() -> tuple[type[Exception], ...]:
 
     return (WorkspaceError, SchemaTooNew, AuthFileError, BackboneError, CheckpointError, DataError, ImageReadError,
             UnknownStrategy)
+
+
+class RequestError(ValueError):
+    """A request the server refuses as given (wrong type, too large, out of bounds): nothing changed."""
+
+
+class StaleView(RequestError):
+    """The request answers a showing the server no longer has: the page should fetch the current one."""

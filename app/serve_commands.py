@@ -129,7 +129,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from app.guard import Guard
     from app.seed import seed_workspace
     from app.status import QUEUE_STRATEGY
-    from app.studio import MAX_POINTS, ModelSlot, Studio
+    from app.model_slot import ModelSlot
+    from app.studio import MAX_POINTS, Studio
     from app.ui import build_ui
 
     users = read_users(args.auth) if args.auth else None

@@ -1,5 +1,6 @@
 """What an annotator session does, independent of Gradio: fetch the next task with the model's proposal, save,
-undo, refine with clicks, and the figures the dashboard shows.
+undo, refine with clicks; the dashboard's figures come from app.dashboard, the served model from app.model_slot,
+the pictures from app.pictures.
 
 Every action returns a plain dict (JSON-ready) so the browser draws it without further requests: the image, mask
 and CAM travel as PNG data URLs. The proposal for the image the queue will hand out next is computed in the
@@ -7,45 +8,31 @@ background while the annotator works, so accept -> next image costs a save and a
 """
 from __future__ import annotations
 
-import base64
-import binascii
 import collections
 import concurrent.futures
 import contextlib
-import io
 import math
 import secrets
 import shutil
 import tempfile
 import threading
 import time
-import warnings
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
-import torch
-from matplotlib import colormaps
-from PIL import Image
 
 from annotation import MaskInfo, SaveRefused, Store, export_workspace, next_task, renew_lease, skip
 from annotation.queue import peek_next
-from annotation.store import QUEUE_MODEL
-from app.status import (DEFAULT_TARGET_DICE, QUEUE_STRATEGY, RETRAIN_REQUESTED, TAG, TARGET_DICE, VALIDATION_IDS,
-                        VALIDATION_SOURCE, WORKSPACE_NOTE, read_status)
-from model.adasam import AdaSam, AdaSamConfig, build_adasam, checkpoint_problem, load_checkpoint
-from model.backbones import backbone_view, build_backbone
-from model.cache import EmbeddingCache
-from model.inference import Predictor
-from model.learning_curve import MIN_POINTS, project
-from model.strategies import DEFAULT_STRATEGY, get_strategy
-from model.preprocess import Geometry, mask_box
-
-PRETRAINED = "pretrained"
-CAM_SIDE = 256  # the CAM is smooth: sent at most this size, the browser scales it up
-
+from app import dashboard
+from app.errors import RequestError, StaleView
+from app.model_slot import PRETRAINED, ModelSlot
+from app.pictures import cam_picture, decode_mask, png_data_url
+from app.status import RETRAIN_REQUESTED, TAG, WORKSPACE_NOTE, read_status
+from model.metrics import dice
+from model.preprocess import mask_box
 
 RENEW_EVERY_S = 30.0  # clicks renew the 10-minute lease at most this often
 CLICK_BOX_MARGIN = 0.05  # a positive click widens the default box to include it, this share of the image around it
@@ -53,14 +40,6 @@ MAX_POINTS = 64  # clicks per refine (adasam serve --max-points): each one costs
 HANDOUTS_PER_ANNOTATOR = 8  # showings an annotator can still answer (a reload or prefetch race needs a few)
 HANDOUTS_MAX = 4096  # showings remembered in all (masks bit-packed: ~30 KB each at 500 x 500)
 EXPORT_KEEP_S = 600.0  # a downloaded export zip is deleted after this long (Gradio serves its own copy)
-
-
-class RequestError(ValueError):
-    """A request the server refuses as given (wrong type, too large, out of bounds): nothing changed."""
-
-
-class StaleView(RequestError):
-    """The request answers a showing the server no longer has: the page should fetch the current one."""
 
 
 @dataclass(frozen=True)
@@ -90,39 +69,6 @@ class View:
     model_version: str
     payload: dict[str, Any]
     mask: np.ndarray
-
-
-def png_data_url(pixels: np.ndarray) -> str:
-    buffer = io.BytesIO()
-    Image.fromarray(pixels).save(buffer, format="PNG", compress_level=1)
-    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
-
-
-def decode_mask(data_url: str, shape: tuple[int, int]) -> np.ndarray:
-    """A mask PNG data URL sent by the browser (any non-zero, non-transparent pixel is target) -> bool H x W.
-
-    The size is read from the PNG header and checked before any pixel is decoded: a few KB can claim 13000 x 13000."""
-    prefix = "data:image/png;base64,"
-    if not isinstance(data_url, str) or not data_url.startswith(prefix):
-        raise RequestError("the mask must be a PNG data URL (data:image/png;base64,...)")
-    try:
-        raw = base64.b64decode(data_url[len(prefix):], validate=True)
-        with warnings.catch_warnings():  # the size check below says it plainly
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            im = Image.open(io.BytesIO(raw), formats=["PNG"])
-    except Image.DecompressionBombError:
-        raise RequestError(f"the mask claims over {Image.MAX_IMAGE_PIXELS * 2} pixels; the image is "
-                           f"{shape[1]}x{shape[0]}") from None
-    except (binascii.Error, OSError) as exc:
-        raise RequestError(f"the mask is not a readable PNG ({exc})") from None
-    with im:
-        if im.size != (shape[1], shape[0]):
-            raise RequestError(f"mask is {im.size[0]}x{im.size[1]}, image is {shape[1]}x{shape[0]}")
-        try:
-            array = np.asarray(im.convert("RGBA"))
-        except OSError as exc:
-            raise RequestError(f"the mask is not a readable PNG ({exc})") from None
-    return (array[..., :3].max(axis=2) > 127) & (array[..., 3] > 127)
 
 
 def _points(value: Any, width: int, height: int) -> list[tuple[float, float]]:
@@ -158,83 +104,6 @@ def _is_number(value: Any) -> bool:
         return math.isfinite(value)
     except OverflowError:
         return False
-
-
-def cam_picture(cam: np.ndarray) -> np.ndarray:
-    """CAM in [0, 1] -> RGBA heat map whose opacity follows the CAM, so cold regions leave the image visible."""
-    h, w = cam.shape
-    scale = min(1.0, CAM_SIDE / max(h, w))
-    if scale < 1:
-        cam = np.asarray(Image.fromarray(cam.astype(np.float32)).resize((max(1, round(w * scale)),
-                                                                          max(1, round(h * scale))), Image.BILINEAR))
-    rgba = (colormaps["jet"](np.clip(cam, 0, 1)) * 255).astype(np.uint8)
-    rgba[..., 3] = (np.clip(cam, 0, 1) * 150).astype(np.uint8)
-    return rgba
-
-
-def dice(a: np.ndarray, b: np.ndarray) -> float:
-    total = int(a.sum()) + int(b.sum())
-    return 1.0 if total == 0 else 2.0 * int((a & b).sum()) / total
-
-
-class ModelSlot:
-    """The model predictions come from: the untrained backbone until the trainer publishes a version, then the
-    newest one, swapped in between requests."""
-
-    def __init__(self, store: Store, backbone: str, cache_dir: str | Path) -> None:
-        self.store = store
-        self.spec = backbone
-        self.base = build_backbone(backbone)
-        self.cache = EmbeddingCache(cache_dir, self.base)
-        self.lock = threading.RLock()  # one model call at a time: 2 cores, and Predictor.refine keeps state
-        self.version = PRETRAINED
-        self.model: AdaSam = build_adasam(AdaSamConfig(backbone=backbone, method="supervised", cascade=0),
-                                          backbone_view(self.base)).eval()
-        self.predictor = Predictor(self.model)
-        self.metrics: dict[str, Any] = {}
-        self._embeddings: OrderedDict[int, tuple[torch.Tensor, Geometry]] = OrderedDict()
-        self.unusable: str | None = None  # why the newest published model cannot be served, if it cannot
-        self.refresh()
-
-    @property
-    def trained(self) -> bool:
-        return self.version != PRETRAINED
-
-    def refresh(self) -> bool:
-        """Swap in the newest published model; True when it changed. Called before every request's model work:
-        the check is one indexed query (well under a millisecond)."""
-        info = self.store.latest_model()
-        if info is None or info.version == self.version:
-            return False
-        self.unusable = checkpoint_problem(info.checkpoint_path)
-        if self.unusable:  # e.g. trained by an earlier version: keep serving what we have until the next round
-            return False
-        model, _ = load_checkpoint(info.checkpoint_path, backbone_view(self.base))
-        with self.lock:
-            self.model, self.predictor = model.eval(), Predictor(model)
-            self.version, self.metrics = info.version, dict(info.metrics)
-        return True
-
-    def embedding(self, image_id: int) -> tuple[torch.Tensor, Geometry]:
-        """The cached embedding (computed now if the background embedder has not reached this image yet)."""
-        with self.lock:
-            hit = self._embeddings.get(image_id)
-            if hit is None:
-                pixels = self.store.load_image(image_id).astype(np.float32)  # float32: the key `adasam train` uses
-                hit = self.cache.get(pixels)
-                self._embeddings[image_id] = hit
-                while len(self._embeddings) > 8:
-                    self._embeddings.popitem(last=False)
-            return hit
-
-    def note(self) -> str:
-        if not self.trained:
-            skipped = f" (the workspace's model cannot be used: {self.unusable})" if self.unusable else ""
-            return ("Untrained backbone: no proposal and no CAM yet. Drag a box around the target (X) and SAM draws "
-                    f"it, or press F for no finding; the next training round brings proposals{skipped}.")
-        dice_text = self.metrics.get("dice_lesion")
-        score = "" if dice_text is None or _nan(dice_text) else f", val Dice {dice_text:.3f}"
-        return f"Model {self.version} (trained on {self.metrics.get('n_masks', '?')} masks{score})"
 
 
 class Studio:
@@ -400,28 +269,14 @@ class Studio:
         return "Asked the trainer for a round now; the dashboard shows its progress."
 
     def set_target_dice(self, value: float | None, annotator: str) -> float:
-        """The val Dice the project lead aims for (the dashboard projects the masks needed to reach it)."""
-        if value is None or not (0 < float(value) < 1):
-            raise ValueError("the target Dice must be between 0 and 1")
-        self.store.set_setting(TARGET_DICE, float(value), who=annotator)
-        return float(value)
+        return dashboard.set_target_dice(self.store, value, annotator)
 
     def projection(self, rounds: list[dict]) -> dict[str, Any]:
-        """Masks needed to reach the target val Dice, from a learning curve fitted to the published rounds."""
-        target = float(self.store.get_setting(TARGET_DICE, DEFAULT_TARGET_DICE))
-        points = [(r["masks"], r["val_dice"]) for r in rounds
-                  if r["published"] and r["masks"] and r["val_dice"] is not None]
-        found = project([m for m, _ in points], [d for _, d in points], target)
-        if found is None:
-            return {"target": target, "estimate": None,
-                    "why": f"needs {MIN_POINTS} published rounds with different mask counts ({len(points)} so far)"}
-        fit = found.fit
-        finite = lambda v: _num(v) if math.isfinite(v) else None  # noqa: E731 - infinite: not reached (JSON-safe)
-        return {"target": target, "estimate": finite(found.masks), "low": finite(found.low),
-                "high": finite(found.high), "rounds": found.points, "masks_now": max(m for m, _ in points),
-                "fit": {"plateau": fit.plateau, "scale": fit.scale, "exponent": fit.exponent},
-                "why": None if math.isfinite(found.masks) else
-                f"the fitted curve levels off at {fit.plateau:.3f}, below the target"}
+        return dashboard.projection(self.store, rounds)
+
+    def dashboard(self) -> dict[str, Any]:
+        """Everything the dashboard tab shows, as plain data (app.dashboard)."""
+        return dashboard.dashboard(self.store, self.slot, self.round_every)
 
     # -- what each annotator was shown ---------------------------------------------------------------------------
 
@@ -497,61 +352,7 @@ class Studio:
         status = read_status(self.store.root)
         return {"annotator": annotator, "done": pool.get("masked", 0) + pool.get("no_finding", 0),
                 "left": pool.get("unlabeled", 0), "model": self.slot.version, "model_note": self.slot.note(),
-                "workspace_note": self.store.get_setting(WORKSPACE_NOTE, ""), "trainer": _trainer_line(status)}
-
-    def strategy_line(self) -> str:
-        """The workspace's active-learning strategy, as the dashboard names it."""
-        strategy = get_strategy(self.store.get_setting(QUEUE_STRATEGY) or DEFAULT_STRATEGY)
-        return f"{strategy.name} ({strategy.summary})"
-
-    def order_line(self) -> str:
-        """What orders the queue right now."""
-        model = self.store.get_setting(QUEUE_MODEL)
-        return f"{self.strategy_line()}, model {model}" if model else "seeded random order (no model yet)"
-
-    def dashboard(self) -> dict[str, Any]:
-        """Everything the dashboard tab shows, as plain data."""
-        store = self.store
-        counts = store.counts()
-        rounds = []
-        for r in store.rounds():
-            model = store.model(r.model_version) if r.model_version else None
-            metrics = model.metrics if model else {}
-            rounds.append({"round": r.id, "status": r.status, "masks": metrics.get("n_masks"),
-                           "labels": r.labels_used, "val_dice": _num(r.val_dice),
-                           "presence_auc": _num(metrics.get("presence_auc")), "model": r.model_version or "",
-                           "published": bool(model and model.published),
-                           "started": r.started_at[:19].replace("T", " "), "error": r.error or "",
-                           "note": r.note or ""})
-        annotators = store.annotator_counts()
-        reviews = store.review_dice()
-        pool = store.split_states("pool")
-        tagged = store.tagged_count("pool")
-        status = read_status(store.root)
-        pool_unlabeled = pool.get("unlabeled", 0)
-        scored = store.ranked_count()
-        val_ids = store.get_setting(VALIDATION_IDS)
-        return {
-            "rounds": rounds,
-            "labels": {"masks": pool.get("masked", 0), "no_finding": pool.get("no_finding", 0),
-                       "tagged": tagged, "unlabeled": pool.get("unlabeled", 0), "images": counts.images,
-                       "pool": sum(pool.values()), "other_splits": counts.images - sum(pool.values())},
-            "annotators": annotators,
-            "effort": {"reviews": len(reviews), "mean_dice": _num(float(np.mean(reviews)) if reviews else None),
-                       "unchanged": sum(1 for d in reviews if d is not None and d >= 0.999)},
-            "training": {"status": status, "line": _trainer_line(status), "round_every": self.round_every,
-                         "latest_round": rounds[-1] if rounds else None},
-            "projection": self.projection(rounds),
-            "queue": {"left": pool_unlabeled, "scored_by_model": scored, "leased": counts.leased,
-                      "strategy": self.strategy_line(), "model": store.get_setting(QUEUE_MODEL),
-                      "ordered_by": self.order_line()},
-            "validation": {"images": None if val_ids is None else len(val_ids),
-                           "source": store.get_setting(VALIDATION_SOURCE, "not chosen yet")},
-            "model": {"serving": self.slot.version, "note": self.slot.note()},
-            "conflicts": [{"image_id": m.image_id, "name": store.image(m.image_id).name, "version": m.version,
-                           "annotator": m.annotator, "over_version": m.conflict_with} for m in store.conflicts()],
-            "workspace_note": store.get_setting(WORKSPACE_NOTE, ""),
-        }
+                "workspace_note": self.store.get_setting(WORKSPACE_NOTE, ""), "trainer": dashboard.trainer_line(status)}
 
     def export(self, fmt: str, include_predictions: bool = False) -> tuple[Path, str]:
         """`adasam export` zipped for download -> (zip, one-line summary). Zips live in one folder of this server's,
@@ -588,33 +389,3 @@ def _registered(handout: Handout) -> str | None:
     return None if handout.model_version == PRETRAINED else handout.model_version
 
 
-def _trainer_line(status: dict[str, Any]) -> str:
-    """One sentence on what the background trainer is doing."""
-    if not status:
-        return "trainer: starting"
-    if time.time() - status.get("updated", 0) > 120 and status.get("state") not in ("stopped",):
-        return f"trainer: no heartbeat for {time.time() - status.get('updated', 0):.0f} s (is it running?)"
-    state = status.get("state", "idle")
-    parts = [f"trainer: {state}"]
-    if state == "training":
-        parts.append(f"round {status.get('round')} step {status.get('step')}/{status.get('total')}")
-        if status.get("eta_s") is not None:
-            parts.append(f"ETA {status['eta_s']:.0f} s")
-    elif state == "embedding":
-        parts.append(f"{status.get('done')}/{status.get('total')} images embedded")
-    elif state == "scoring":
-        parts.append(f"model {status.get('model')}: {status.get('done')}/{status.get('total')} pool images rescored")
-    if status.get("message"):
-        parts.append(status["message"])
-    embedded = status.get("embedded")
-    if embedded and state != "embedding" and embedded.get("done", 0) < embedded.get("total", 0):
-        parts.append(f"{embedded['done']}/{embedded['total']} embedded")
-    return " · ".join(parts)
-
-
-def _num(value: Any) -> float | None:
-    return None if value is None or _nan(value) else round(float(value), 4)
-
-
-def _nan(value: Any) -> bool:
-    return isinstance(value, float) and math.isnan(value)

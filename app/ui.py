@@ -19,7 +19,8 @@ import numpy as np
 from annotation import WorkspaceError
 from app.guard import BROWSER_COOKIE
 from app.status import WORKSPACE_NOTE
-from app.studio import RequestError, StaleView, Studio
+from app.errors import RequestError, StaleView
+from app.studio import Studio
 
 STATIC = Path(__file__).parent / "static"
 PAGE_CSS = """

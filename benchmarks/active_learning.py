@@ -81,7 +81,7 @@ def stage_source(folder: DataFolder, root: Path) -> Path:
     return source
 
 
-def new_workspace(source: Path, path: Path, seed: int, strategy: str) -> Store:
+def new_workspace(source: Path, path: Path, seed: int, strategy: str = DEFAULT_STRATEGY) -> Store:
     shutil.rmtree(path, ignore_errors=True)
     with Store(path) as store:
         store.set_setting(QUEUE_SEED, seed)  # the seeded random order: the start set and the random strategy

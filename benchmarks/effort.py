@@ -59,7 +59,7 @@ def next_click(mask: np.ndarray, truth: np.ndarray) -> tuple[list[float], bool]:
 
 def simulate(studio, truths: dict[str, np.ndarray], start: str) -> list[dict]:
     """Work through every image the queue hands out; returns one row per image."""
-    from app.studio import decode_mask
+    from app.pictures import decode_mask
     from model.metrics import dice
     from model.preprocess import mask_box
 
@@ -136,7 +136,8 @@ def workspace_of(folder: Path, data: Path, ids: list[str], model: Path | None) -
 
 def run(args: argparse.Namespace) -> dict:
     from annotation import Store
-    from app.studio import ModelSlot, Studio
+    from app.model_slot import ModelSlot
+    from app.studio import Studio
 
     data = Path(args.data)
     ids = split_ids(data, args.split)[: args.limit or None]

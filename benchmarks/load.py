@@ -106,7 +106,7 @@ class Holds:
 
 
 def annotator_loop(url: str, until: float, think: float, seed: int, tally: Tally, holds: Holds) -> None:
-    from app.studio import decode_mask
+    from app.pictures import decode_mask
     from app_fixtures import mask_png
 
     rng = random.Random(seed)

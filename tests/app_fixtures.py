@@ -115,7 +115,7 @@ def wait_for(predicate, timeout: float = 60.0, interval: float = 0.25, what: str
 
 def mask_png(mask: np.ndarray) -> str:
     """A boolean mask as the data URL the browser sends."""
-    from app.studio import png_data_url
+    from app.pictures import png_data_url
 
     return png_data_url((mask * 255).astype(np.uint8))
 

@@ -82,7 +82,7 @@ def test_accept_unchanged_records_the_prediction(client, server):
 @pytest.fixture(scope="module")
 def model(server):
     """The server's model rebuilt here (the same seeded micro backbone, the server's own cached embeddings)."""
-    from app.studio import ModelSlot
+    from app.model_slot import ModelSlot
 
     with Store(server.workspace, create=False) as store:
         yield ModelSlot(store, "micro_random", server.workspace.parent / "cache")

@@ -10,7 +10,8 @@ import pytest
 from annotation import Store
 from annotation import schema
 from app import trainer as trainer_module
-from app.studio import ModelSlot, Studio
+from app.model_slot import ModelSlot
+from app.studio import Studio
 from app.trainer import PUBLISH_TOLERANCE, BackgroundTrainer
 from app.ui import dice_curve_svg, figures_html, rounds_table
 from app_fixtures import label, make_workspace

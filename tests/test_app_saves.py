@@ -13,7 +13,10 @@ from PIL import Image
 
 from annotation import SaveRefused, Store
 from app import studio as studio_module
-from app.studio import ModelSlot, RequestError, StaleView, Studio, decode_mask
+from app.errors import RequestError, StaleView
+from app.model_slot import ModelSlot
+from app.pictures import decode_mask
+from app.studio import Studio
 from app.trainer import BackgroundTrainer
 from app_fixtures import make_workspace, mask_png
 

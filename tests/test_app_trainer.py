@@ -9,7 +9,8 @@ from annotation import Store
 from app import trainer as trainer_module
 from app.auth import AuthFileError, hash_password, read_users, verify_password, write_user
 from app.status import LABELS_AT_LAST_ROUND, VALIDATION_IDS, read_status
-from app.studio import ModelSlot, Studio
+from app.model_slot import ModelSlot
+from app.studio import Studio
 from app.trainer import BackgroundTrainer
 from app.validation import VAL_MIN_LABELS, fix_validation_set
 from app_fixtures import label, make_workspace

@@ -1,0 +1,125 @@
+"""What the Dashboard tab shows, as plain data: rounds and the val Dice curve, how many more masks the target
+needs, labels and annotators, effort saved, trainer and queue status. Reads the workspace through annotation's
+named functions; the Gradio layout draws it (app.ui)."""
+from __future__ import annotations
+
+import math
+import time
+from typing import Any
+
+import numpy as np
+
+from annotation import Store
+from annotation.store import QUEUE_MODEL
+from app.model_slot import ModelSlot
+from app.status import (DEFAULT_TARGET_DICE, QUEUE_STRATEGY, TARGET_DICE, VALIDATION_IDS, VALIDATION_SOURCE,
+                        WORKSPACE_NOTE, read_status)
+from model.learning_curve import MIN_POINTS, project
+from model.strategies import DEFAULT_STRATEGY, get_strategy
+
+
+def strategy_line(store: Store) -> str:
+    """The workspace's active-learning strategy, as the dashboard names it."""
+    strategy = get_strategy(store.get_setting(QUEUE_STRATEGY) or DEFAULT_STRATEGY)
+    return f"{strategy.name} ({strategy.summary})"
+
+def order_line(store: Store) -> str:
+    """What orders the queue right now."""
+    model = store.get_setting(QUEUE_MODEL)
+    return f"{strategy_line(store)}, model {model}" if model else "seeded random order (no model yet)"
+
+def dashboard(store: Store, slot: ModelSlot, round_every: int) -> dict[str, Any]:
+    """Everything the dashboard tab shows, as plain data."""
+    counts = store.counts()
+    rounds = []
+    for r in store.rounds():
+        model = store.model(r.model_version) if r.model_version else None
+        metrics = model.metrics if model else {}
+        rounds.append({"round": r.id, "status": r.status, "masks": metrics.get("n_masks"),
+                       "labels": r.labels_used, "val_dice": _num(r.val_dice),
+                       "presence_auc": _num(metrics.get("presence_auc")), "model": r.model_version or "",
+                       "published": bool(model and model.published),
+                       "started": r.started_at[:19].replace("T", " "), "error": r.error or "",
+                       "note": r.note or ""})
+    annotators = store.annotator_counts()
+    reviews = store.review_dice()
+    pool = store.split_states("pool")
+    tagged = store.tagged_count("pool")
+    status = read_status(store.root)
+    pool_unlabeled = pool.get("unlabeled", 0)
+    scored = store.ranked_count()
+    val_ids = store.get_setting(VALIDATION_IDS)
+    return {
+        "rounds": rounds,
+        "labels": {"masks": pool.get("masked", 0), "no_finding": pool.get("no_finding", 0),
+                   "tagged": tagged, "unlabeled": pool.get("unlabeled", 0), "images": counts.images,
+                   "pool": sum(pool.values()), "other_splits": counts.images - sum(pool.values())},
+        "annotators": annotators,
+        "effort": {"reviews": len(reviews), "mean_dice": _num(float(np.mean(reviews)) if reviews else None),
+                   "unchanged": sum(1 for d in reviews if d is not None and d >= 0.999)},
+        "training": {"status": status, "line": trainer_line(status), "round_every": round_every,
+                     "latest_round": rounds[-1] if rounds else None},
+        "projection": projection(store, rounds),
+        "queue": {"left": pool_unlabeled, "scored_by_model": scored, "leased": counts.leased,
+                  "strategy": strategy_line(store), "model": store.get_setting(QUEUE_MODEL),
+                  "ordered_by": order_line(store)},
+        "validation": {"images": None if val_ids is None else len(val_ids),
+                       "source": store.get_setting(VALIDATION_SOURCE, "not chosen yet")},
+        "model": {"serving": slot.version, "note": slot.note()},
+        "conflicts": [{"image_id": m.image_id, "name": store.image(m.image_id).name, "version": m.version,
+                       "annotator": m.annotator, "over_version": m.conflict_with} for m in store.conflicts()],
+        "workspace_note": store.get_setting(WORKSPACE_NOTE, ""),
+    }
+
+
+def set_target_dice(store: Store, value: float | None, annotator: str) -> float:
+    """The val Dice the project lead aims for (the dashboard projects the masks needed to reach it)."""
+    if value is None or not (0 < float(value) < 1):
+        raise ValueError("the target Dice must be between 0 and 1")
+    store.set_setting(TARGET_DICE, float(value), who=annotator)
+    return float(value)
+
+def projection(store: Store, rounds: list[dict]) -> dict[str, Any]:
+    """Masks needed to reach the target val Dice, from a learning curve fitted to the published rounds."""
+    target = float(store.get_setting(TARGET_DICE, DEFAULT_TARGET_DICE))
+    points = [(r["masks"], r["val_dice"]) for r in rounds
+              if r["published"] and r["masks"] and r["val_dice"] is not None]
+    found = project([m for m, _ in points], [d for _, d in points], target)
+    if found is None:
+        return {"target": target, "estimate": None,
+                "why": f"needs {MIN_POINTS} published rounds with different mask counts ({len(points)} so far)"}
+    fit = found.fit
+    finite = lambda v: _num(v) if math.isfinite(v) else None  # noqa: E731 - infinite: not reached (JSON-safe)
+    return {"target": target, "estimate": finite(found.masks), "low": finite(found.low),
+            "high": finite(found.high), "rounds": found.points, "masks_now": max(m for m, _ in points),
+            "fit": {"plateau": fit.plateau, "scale": fit.scale, "exponent": fit.exponent},
+            "why": None if math.isfinite(found.masks) else
+            f"the fitted curve levels off at {fit.plateau:.3f}, below the target"}
+
+
+def trainer_line(status: dict[str, Any]) -> str:
+    """One sentence on what the background trainer is doing."""
+    if not status:
+        return "trainer: starting"
+    if time.time() - status.get("updated", 0) > 120 and status.get("state") not in ("stopped",):
+        return f"trainer: no heartbeat for {time.time() - status.get('updated', 0):.0f} s (is it running?)"
+    state = status.get("state", "idle")
+    parts = [f"trainer: {state}"]
+    if state == "training":
+        parts.append(f"round {status.get('round')} step {status.get('step')}/{status.get('total')}")
+        if status.get("eta_s") is not None:
+            parts.append(f"ETA {status['eta_s']:.0f} s")
+    elif state == "embedding":
+        parts.append(f"{status.get('done')}/{status.get('total')} images embedded")
+    elif state == "scoring":
+        parts.append(f"model {status.get('model')}: {status.get('done')}/{status.get('total')} pool images rescored")
+    if status.get("message"):
+        parts.append(status["message"])
+    embedded = status.get("embedded")
+    if embedded and state != "embedding" and embedded.get("done", 0) < embedded.get("total", 0):
+        parts.append(f"{embedded['done']}/{embedded['total']} embedded")
+    return " · ".join(parts)
+
+
+def _num(value: Any) -> float | None:
+    return None if value is None or (isinstance(value, float) and math.isnan(value)) else round(float(value), 4)

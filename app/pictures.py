@@ -1,0 +1,60 @@
+"""Pictures between the server and the browser: PNG data URLs out (image, mask, CAM heat map) and a drawn mask in."""
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import warnings
+
+import numpy as np
+from matplotlib import colormaps
+from PIL import Image
+
+from app.errors import RequestError
+
+CAM_SIDE = 256  # the CAM is smooth: sent at most this size, the browser scales it up
+
+
+def png_data_url(pixels: np.ndarray) -> str:
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG", compress_level=1)
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+def decode_mask(data_url: str, shape: tuple[int, int]) -> np.ndarray:
+    """A mask PNG data URL sent by the browser (any non-zero, non-transparent pixel is target) -> bool H x W.
+
+    The size is read from the PNG header and checked before any pixel is decoded: a few KB can claim 13000 x 13000."""
+    prefix = "data:image/png;base64,"
+    if not isinstance(data_url, str) or not data_url.startswith(prefix):
+        raise RequestError("the mask must be a PNG data URL (data:image/png;base64,...)")
+    try:
+        raw = base64.b64decode(data_url[len(prefix):], validate=True)
+        with warnings.catch_warnings():  # the size check below says it plainly
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            im = Image.open(io.BytesIO(raw), formats=["PNG"])
+    except Image.DecompressionBombError:
+        raise RequestError(f"the mask claims over {Image.MAX_IMAGE_PIXELS * 2} pixels; the image is "
+                           f"{shape[1]}x{shape[0]}") from None
+    except (binascii.Error, OSError) as exc:
+        raise RequestError(f"the mask is not a readable PNG ({exc})") from None
+    with im:
+        if im.size != (shape[1], shape[0]):
+            raise RequestError(f"mask is {im.size[0]}x{im.size[1]}, image is {shape[1]}x{shape[0]}")
+        try:
+            array = np.asarray(im.convert("RGBA"))
+        except OSError as exc:
+            raise RequestError(f"the mask is not a readable PNG ({exc})") from None
+    return (array[..., :3].max(axis=2) > 127) & (array[..., 3] > 127)
+
+
+def cam_picture(cam: np.ndarray) -> np.ndarray:
+    """CAM in [0, 1] -> RGBA heat map whose opacity follows the CAM, so cold regions leave the image visible."""
+    h, w = cam.shape
+    scale = min(1.0, CAM_SIDE / max(h, w))
+    if scale < 1:
+        cam = np.asarray(Image.fromarray(cam.astype(np.float32)).resize((max(1, round(w * scale)),
+                                                                          max(1, round(h * scale))), Image.BILINEAR))
+    rgba = (colormaps["jet"](np.clip(cam, 0, 1)) * 255).astype(np.uint8)
+    rgba[..., 3] = (np.clip(cam, 0, 1) * 150).astype(np.uint8)
+    return rgba
