@@ -6,7 +6,7 @@ import json
 import math
 import shutil
 import time
-from dataclasses import asdict, replace
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -59,12 +59,11 @@ def register(sub) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from model.adasam import AdaSamConfig
     from model.atomic import write_json
     from model.backbones import build_backbone
     from model.cache import DEFAULT_CACHE_DIR, EmbeddingCache
     from model.dataset import SPLIT_SEED, load_data_folder, load_items, masked_ids
-    from model.train import TrainConfig, Trainer, TrainingData, build_training_model, detect_negatives
+    from model.train import TrainConfig, Trainer, TrainingData, build_training_model, model_config
 
     if not 0 < args.masks <= 1:
         raise CommandError(f"--masks must be in (0, 1], got {args.masks}")
@@ -96,16 +95,12 @@ def cmd_train(args: argparse.Namespace) -> int:
         if item.tag is not None:
             tagged.append(item)
     data = TrainingData(masked=masked, tagged=tagged, unlabeled=unlabeled, val=val_items)
-    cam_threshold = AdaSamConfig.cam_threshold if args.cam_threshold is None else args.cam_threshold
-    config = AdaSamConfig(backbone=args.backbone, method=args.method, cam_threshold=cam_threshold)
-    if args.method == "meanteacher":  # no classifier: whole-image prompts, presence assumed (like supervised)
-        config = replace(config, prompt="whole", has_negatives=False)
-    if args.method == "adasam" and not detect_negatives(data):
-        config = replace(config, has_negatives=False)
+    settings = {"cam_threshold": args.cam_threshold} if args.cam_threshold is not None else {}
+    config = model_config(args.method, args.backbone, data, **settings,
+                          **({"prompt": "whole"} if args.prompt == "whole" else {}))
+    if args.method == "adasam" and not config.has_negatives:
         print("note: no image is tagged target-absent: every image is taken to contain the target, and the "
               "classifier's map learns where it lies from the masks alone")
-    if args.prompt == "whole":
-        config = replace(config, prompt="whole")
     train_config = TrainConfig(seed=args.seed, use_unlabeled=not args.no_unlabeled,
                                calibrate=args.cam_threshold is None,
                                freeze_adapter=args.freeze_adapter, **({"steps": args.steps} if args.steps else {}))

@@ -42,7 +42,7 @@ from model.evaluate import Item, evaluate
 from model.inference import Predictor
 from model.strategies import DEFAULT_STRATEGY, Candidate, get_strategy
 from model.strategies.vectors import image_vector
-from model.train import Trainer, TrainConfig, TrainingData, build_training_model, detect_negatives
+from model.train import Trainer, TrainConfig, TrainingData, build_training_model, model_config
 from model.uncertainty import Uncertainty
 
 PUBLISH_TOLERANCE = 0.02  # a round is published unless its val Dice is more than this below the serving model's on
@@ -231,7 +231,7 @@ class BackgroundTrainer:
         store = self.store
         data, sizes = self.training_data(round_id, set(fix_validation_set(store)))
         self.check()
-        config = AdaSamConfig(backbone=self.spec, method="adasam", has_negatives=detect_negatives(data))
+        config = model_config("adasam", self.spec, data)
         previous = store.latest_model()
         if previous is not None and checkpoint_problem(previous.checkpoint_path):
             previous = None  # made by an earlier version: start afresh, and nothing usable to be compared with

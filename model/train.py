@@ -26,7 +26,7 @@ import copy
 import json
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Callable
 
@@ -348,6 +348,18 @@ def build_training_model(config: AdaSamConfig, seed: int, backbone=None, init: s
         model.config = config
         return model
     return build_adasam(config, backbone)
+
+
+def model_config(method: str, backbone: str, data: TrainingData, **settings) -> AdaSamConfig:
+    """The model `method` trains on `data`: the one place the per-method rules live (`adasam train` and the
+    background trainer both build through it). Mean teacher has no classifier: whole-image prompts, presence assumed.
+    ADA-SAM without any target-free image assumes presence too, and its map learns from the masks alone."""
+    config = AdaSamConfig(backbone=backbone, method=method, **settings)
+    if method == "meanteacher":
+        return replace(config, prompt="whole", has_negatives=False)
+    if method == "adasam" and not detect_negatives(data):
+        return replace(config, has_negatives=False)
+    return config
 
 
 def detect_negatives(data: TrainingData) -> bool:

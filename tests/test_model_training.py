@@ -13,7 +13,7 @@ from model.inference import Predictor
 from model.losses import consistency_loss, dice_loss, map_loss, segmentation_loss
 from model.metrics import box_iou, presence_auc
 from model.preprocess import mask_box
-from model.train import TrainConfig, Trainer, TrainingData, build_training_model, detect_negatives
+from model.train import TrainConfig, Trainer, TrainingData, build_training_model, detect_negatives, model_config
 from model_fixtures import blob_items, micro_backbone, one_torch_thread  # noqa: F401 (autouse)
 
 STEPS = 80  # the map head with position channels and a pooling pyramid learns the toy map by ~70 steps (40 before them)
@@ -207,6 +207,19 @@ def test_resume_gives_the_same_weights(pool, tmp_path):
                                   for name in ("straight", "resumed"))
     assert _states_equal(last_straight["state"], last_second["state"])
     assert _states_equal(last_straight["teacher"], last_second["teacher"])
+
+
+def test_each_method_gets_its_model_from_one_rule(pool):
+    items, _ = pool
+    positives = [i for i in items if i.mask.any()]
+    only_positives = TrainingData(masked=positives[:6], tagged=positives, unlabeled=[], val=[])
+    mixed = _data(pool)
+    assert model_config("adasam", "micro_random", mixed).has_negatives
+    assert not model_config("adasam", "micro_random", only_positives).has_negatives  # presence assumed
+    teacher = model_config("meanteacher", "micro_random", mixed)
+    assert (teacher.prompt, teacher.has_negatives, teacher.cam_prompted) == ("whole", False, False)
+    assert model_config("adasam", "micro_random", mixed, cam_threshold=0.3, prompt="whole").cam_threshold == 0.3
+    assert not model_config("adasam", "micro_random", mixed, prompt="whole").cam_prompted  # the ablation
 
 
 def test_data_without_negatives_still_gives_useful_boxes(pool, tmp_path):
