@@ -14,11 +14,12 @@ def user_errors() -> tuple[type[Exception], ...]:
     from model.adasam import CheckpointError
     from model.backbones import BackboneError
     from model.dataset import DataError
+    from model.device import DeviceError
     from model.preprocess import ImageReadError
     from model.strategies import UnknownStrategy
 
-    return (WorkspaceError, SchemaTooNew, AuthFileError, BackboneError, CheckpointError, DataError, ImageReadError,
-            UnknownStrategy)
+    return (WorkspaceError, SchemaTooNew, AuthFileError, BackboneError, CheckpointError, DataError, DeviceError,
+            ImageReadError, UnknownStrategy)
 
 
 class RequestError(ValueError):

@@ -8,6 +8,10 @@ import os
 import torch
 
 
+class DeviceError(RuntimeError):
+    """ADASAM_DEVICE names no usable device (one-line message; a RuntimeError, as torch's own device errors are)."""
+
+
 def default_device() -> torch.device:
     """A mistyped or unavailable ADASAM_DEVICE is refused here, in one line, not deep inside the first model call."""
     name = os.environ.get("ADASAM_DEVICE")
@@ -16,9 +20,9 @@ def default_device() -> torch.device:
     try:
         device = torch.device(name)
     except RuntimeError:
-        raise RuntimeError(f"ADASAM_DEVICE={name!r} is not a device name (e.g. cpu, cuda, cuda:1)") from None
+        raise DeviceError(f"ADASAM_DEVICE={name!r} is not a device name (e.g. cpu, cuda, cuda:1)") from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"ADASAM_DEVICE={name!r}, but PyTorch sees no CUDA GPU on this machine")
+        raise DeviceError(f"ADASAM_DEVICE={name!r}, but PyTorch sees no CUDA GPU on this machine")
     return device
 
 

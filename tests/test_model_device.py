@@ -55,3 +55,15 @@ def test_model_lives_on_its_backbones_device_and_hands_back_numpy():
     prediction = Predictor(model).predict(item.embedding, item.geometry)
     assert isinstance(prediction.mask, np.ndarray) and isinstance(prediction.cam, np.ndarray)
     assert all(v.device.type == "cpu" for v in model.trainable_state().values())
+
+
+def test_the_command_line_says_a_bad_device_in_one_line(monkeypatch, tmp_path, capsys):
+    from app.cli import main
+    from model_fixtures import write_blob_dataset
+
+    data = write_blob_dataset(tmp_path / "data", n=8, negatives=2)
+    monkeypatch.setenv("ADASAM_DEVICE", "gpu")
+    assert main(["train", "--data", str(data), "--out", str(tmp_path / "run"), "--backbone", "micro_random"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("adasam train: error: ADASAM_DEVICE='gpu' is not a device name")
+    assert len(err.splitlines()) == 1
