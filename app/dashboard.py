@@ -26,7 +26,9 @@ def strategy_line(store: Store) -> str:
 def order_line(store: Store) -> str:
     """What orders the queue right now."""
     model = store.get_setting(QUEUE_MODEL)
-    return f"{strategy_line(store)}, model {model}" if model else "seeded random order (no model yet)"
+    if model:
+        return f"{strategy_line(store)}, model {model}"
+    return f"seeded random order (no model yet; then {strategy_line(store)})"
 
 def dashboard(store: Store, slot: ModelSlot, round_every: int) -> dict[str, Any]:
     """Everything the dashboard tab shows, as plain data."""
