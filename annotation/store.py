@@ -631,10 +631,10 @@ class Store:
             " WHERE p.model_version = ? AND i.split = 'pool' AND i.state = 'unlabeled' ORDER BY p.image_id",
             (model_version,))
         return [PredictionRecord(row["image_id"], row["uncertainty"], row["probability"],
-                           None if row["box"] is None else tuple(json.loads(row["box"])), None,
-                           row["classifier_uncertainty"], row["segmentation_uncertainty"]) for row in rows]
+                                 None if row["box"] is None else tuple(json.loads(row["box"])), None,
+                                 row["classifier_uncertainty"], row["segmentation_uncertainty"]) for row in rows]
 
-    def set_priorities(self, model_version: str, priorities: dict[int, float], who: str = "trainer") -> bool:
+    def set_priorities(self, model_version: str, priorities: dict[int, float]) -> bool:
         """Order the queue by `priorities` (image id -> priority, higher asked first; images left out keep theirs),
         as a strategy ranked the pool for `model_version`. False, and nothing changes, if that model does not
         order the queue (a newer one took over meanwhile)."""
@@ -786,8 +786,8 @@ def _rescale(pixels: np.ndarray, low: float, high: float) -> np.ndarray:
     return (np.clip((pixels.astype(np.float32) - low) / span, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
 
 
-__all__ = ["DEFAULT_LEASE_SECONDS", "SaveRefused", "Store", "WorkspaceError", "utc_now"]
-
-
 def _optional_float(value: float | None) -> float | None:
     return None if value is None else float(value)
+
+
+__all__ = ["DEFAULT_LEASE_SECONDS", "SaveRefused", "Store", "WorkspaceError", "utc_now"]

@@ -81,9 +81,14 @@ def set_target_dice(store: Store, value: float | None, annotator: str) -> float:
     store.set_setting(TARGET_DICE, float(value), who=annotator)
     return float(value)
 
+def target_dice(store: Store) -> float:
+    """The val Dice the project lead aims for (the Dashboard tab sets it)."""
+    return float(store.get_setting(TARGET_DICE, DEFAULT_TARGET_DICE))
+
+
 def projection(store: Store, rounds: list[dict]) -> dict[str, Any]:
     """Masks needed to reach the target val Dice, from a learning curve fitted to the published rounds."""
-    target = float(store.get_setting(TARGET_DICE, DEFAULT_TARGET_DICE))
+    target = target_dice(store)
     points = [(r["masks"], r["val_dice"]) for r in rounds
               if r["published"] and r["masks"] and r["val_dice"] is not None]
     found = project([m for m, _ in points], [d for _, d in points], target)

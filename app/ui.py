@@ -19,8 +19,10 @@ import numpy as np
 from annotation import WorkspaceError
 from app.guard import BROWSER_COOKIE
 from app.status import WORKSPACE_NOTE
+from app import dashboard
 from app.errors import RequestError, StaleView
 from app.studio import Studio
+from model.learning_curve import CurveFit
 
 STATIC = Path(__file__).parent / "static"
 PAGE_CSS = """
@@ -146,7 +148,7 @@ def build_ui(studio: Studio, default_annotator: str = "annotator") -> gr.Blocks:
                     refresh = gr.Button("Refresh", scale=0, elem_id="dash-refresh")
                     retrain = gr.Button("Retrain now", scale=0, variant="primary", elem_id="retrain")
                     retrain_msg = gr.Markdown()
-                    target = gr.Number(value=lambda: studio.projection([])["target"], label="Target val Dice",
+                    target = gr.Number(value=lambda: dashboard.target_dice(studio.store), label="Target val Dice",
                                        minimum=0.01, maximum=0.99, step=0.01, scale=0, elem_id="target-dice")
                 with gr.Row():
                     curve = gr.HTML(elem_id="dice-curve")
@@ -270,7 +272,7 @@ def dice_curve_svg(rounds: list[dict], projection: dict | None = None, width: in
                      f"y2='{sy(target):.1f}' stroke='#43a047' stroke-dasharray='2,3'><title>target Dice {target:.2f}"
                      f"</title></line>")
         xs = np.linspace(min(p[0] for p in points), x_max, 60)
-        ys = np.clip(fit["plateau"] - fit["scale"] * xs ** -fit["exponent"], 0, 1)
+        ys = np.clip(CurveFit(**fit).dice_at(xs), 0, 1)
         fitted = " ".join(f"{'M' if i == 0 else 'L'}{sx(x):.1f},{sy(y):.1f}" for i, (x, y) in enumerate(zip(xs, ys)))
         parts.append(f"<path class='fitted' d='{fitted}' fill='none' stroke='#888' stroke-width='1.5' "
                      f"stroke-dasharray='5,4'><title>fitted learning curve (an estimate)</title></path>")
