@@ -4,7 +4,7 @@ Imports nothing from app/ or model/: the UI, the trainer and the command line al
 """
 from pathlib import Path
 
-from annotation.export import ExportSummary, export_workspace
+from annotation.export import FORMATS as EXPORT_FORMATS, ExportSummary, export_workspace, export_zip
 from annotation.importers import ImportSummary, import_sources
 from annotation.queue import next_task, release_all_leases, release_lease, renew_lease, skip
 from annotation.records import (
@@ -22,7 +22,8 @@ from annotation.store import SaveRefused, Store, WorkspaceError
 DEFAULT_WORKSPACE = Path(__file__).resolve().parents[1] / "data" / "workspace"
 
 __all__ = [
-    "DEFAULT_WORKSPACE", "ExportSummary", "ImageInfo", "ImageRecord", "ImportSummary", "MaskInfo", "ModelInfo",
-    "PredictionRecord", "RoundInfo", "SaveRefused", "Store", "Task", "WorkspaceCounts", "WorkspaceError",
-    "export_workspace", "import_sources", "next_task", "release_all_leases", "release_lease", "renew_lease", "skip",
+    "DEFAULT_WORKSPACE", "EXPORT_FORMATS", "ExportSummary", "ImageInfo", "ImageRecord", "ImportSummary", "MaskInfo",
+    "ModelInfo", "PredictionRecord", "RoundInfo", "SaveRefused", "Store", "Task", "WorkspaceCounts", "WorkspaceError",
+    "export_workspace", "export_zip", "import_sources", "next_task", "release_all_leases", "release_lease",
+    "renew_lease", "skip",
 ]

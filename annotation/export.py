@@ -17,6 +17,7 @@ import io
 import json
 import os
 import shutil
+import time
 import uuid
 import warnings
 from dataclasses import dataclass, field
@@ -28,7 +29,7 @@ from PIL import Image
 
 from annotation.decode import stem
 from annotation.records import NOT_FROM_A_MODEL, ImageInfo, MaskInfo
-from annotation.store import Store, WorkspaceError, utc_now
+from annotation.store import LABEL_NAME, Store, WorkspaceError, utc_now
 
 FORMATS = ("png", "coco", "nifti")
 MANIFEST_COLUMNS = ["name", "image_id", "sha256", "original_path", "width", "height", "split", "has_lesion",
@@ -97,6 +98,20 @@ def export_workspace(store: Store, out: str | os.PathLike[str], fmt: str, *, inc
                          files=files)
 
 
+def export_zip(store: Store, folder: str | os.PathLike[str], fmt: str, *, include_predictions: bool = False,
+               who: str = "export") -> tuple[Path, ExportSummary]:
+    """The export as one zip in `folder` (for a download), named after the workspace, format and time; checked like
+    `export_workspace` before it is zipped. The unzipped copy is removed."""
+    folder = Path(folder)
+    name = f"{store.root.resolve().name}-{fmt}-{time.strftime('%Y%m%d-%H%M%S')}"
+    summary = export_workspace(store, folder / name, fmt, include_predictions=include_predictions, who=who)
+    try:
+        archive = shutil.make_archive(str(folder / name), "zip", root_dir=folder, base_dir=name)
+    finally:
+        shutil.rmtree(folder / name)
+    return Path(archive), summary
+
+
 def _unique_names(labeled: list[tuple[ImageInfo, MaskInfo]]) -> list[str]:
     """Image names as file names; a name two images share gets the image id appended."""
     counts: dict[str, int] = {}
@@ -149,7 +164,7 @@ def _write_coco(store: Store, tmp: Path, items: list[_Item]) -> dict[str, list[P
                 "segmentation": {"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode("ascii")},
                 "area": float(mask_utils.area(rle)), "bbox": [float(v) for v in mask_utils.toBbox(rle)],
             })
-    label = store.get_setting("label_name", "lesion")
+    label = store.get_setting(LABEL_NAME, "lesion")
     document = {"info": {"description": f"ADA-SAM Studio export of {store.root}", "date_created": utc_now()},
                 "images": images, "annotations": annotations,
                 "categories": [{"id": 1, "name": label, "supercategory": label}]}

@@ -13,7 +13,7 @@ import sqlite3
 import time
 
 from annotation.records import Task
-from annotation.store import DEFAULT_LEASE_SECONDS, QUEUE_MODEL, Store, utc_now
+from annotation.store import DEFAULT_LEASE_SECONDS, Store, utc_now
 
 _UNLEASED = "NOT EXISTS (SELECT 1 FROM leases l WHERE l.image_id = i.id)"
 
@@ -55,7 +55,7 @@ def next_task(store: Store, annotator: str, lease_seconds: float = DEFAULT_LEASE
         info = store.image(image_id)
         prediction = conn.execute(
             "SELECT probability, uncertainty FROM predictions WHERE image_id = ? AND model_version = ?",
-            (image_id, store.get_setting(QUEUE_MODEL)),
+            (image_id, store.queue_model()),
         ).fetchone()
     return Task(
         image=info,

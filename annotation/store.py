@@ -39,6 +39,7 @@ from annotation.records import (
 DB_NAME = "workspace.db"
 DEFAULT_LEASE_SECONDS = 600.0
 QUEUE_MODEL = "queue_model"  # setting: the model version whose predictions order the queue
+LABEL_NAME = "label_name"  # setting: the target's name in exports (COCO category; default "lesion")
 QUEUE_SEED = "queue_seed"  # setting: seeds the queue's random order (before a model, and between equal priorities)
 
 
@@ -389,7 +390,7 @@ class Store:
 
     def accept_prediction(self, image_id: int, annotator: str, model_version: str | None = None) -> MaskInfo:
         """Take a model's predicted mask as is (origin accepted_prediction; the model version is kept)."""
-        model_version = model_version or self.current_model_version()
+        model_version = model_version or self.queue_model()
         row = self.conn.execute(
             "SELECT mask_file FROM predictions WHERE image_id = ? AND model_version = ?", (image_id, model_version)
         ).fetchone()
@@ -557,12 +558,18 @@ class Store:
         return [_model_info(row) for row in rows]
 
     def latest_model(self) -> ModelInfo | None:
-        """The serving model: the newest published one."""
+        """The serving model: the newest published one (its predictions order the queue once recorded:
+        `queue_model`)."""
         row = self.conn.execute("SELECT version FROM models WHERE published ORDER BY rowid DESC LIMIT 1").fetchone()
         return None if row is None else self.model(row[0])
 
-    def current_model_version(self) -> str | None:
-        """The newest published model that has predictions: the one whose uncertainties order the queue."""
+    def queue_model(self) -> str | None:
+        """The model whose predictions order the queue (and are shown as proposals): the newest published model that
+        has scored the pool. `latest_model` may be newer while its predictions are still being recorded."""
+        return self.get_setting(QUEUE_MODEL)
+
+    def _newest_scored_model(self) -> str | None:
+        """The newest published model with predictions: the one that should order the queue."""
         row = self.conn.execute(
             "SELECT m.version FROM models m"
             " WHERE m.published AND EXISTS (SELECT 1 FROM predictions p WHERE p.model_version = m.version)"
@@ -600,9 +607,9 @@ class Store:
         When a newer model takes over, every old priority is cleared first, so images it has not scored yet
         fall back to the seeded order instead of keeping a stale model's ranking.
         """
-        if self.current_model_version() != model_version:
+        if self._newest_scored_model() != model_version:
             return  # predictions of an older model: kept, but they do not order the queue
-        if self.get_setting(QUEUE_MODEL) != model_version:
+        if self.queue_model() != model_version:
             conn.execute("UPDATE images SET priority = NULL WHERE priority IS NOT NULL")
             conn.execute(
                 "UPDATE images SET priority = p.uncertainty FROM predictions p"
@@ -639,15 +646,15 @@ class Store:
         as a strategy ranked the pool for `model_version`. False, and nothing changes, if that model does not
         order the queue (a newer one took over meanwhile)."""
         with self.transaction() as conn:
-            if self.get_setting(QUEUE_MODEL) != model_version:
+            if self.queue_model() != model_version:
                 return False
             conn.executemany("UPDATE images SET priority = ? WHERE id = ? AND split = 'pool' AND state = 'unlabeled'",
                              [(float(p), int(i)) for i, p in priorities.items()])
         return True
 
     def prediction(self, image_id: int, model_version: str | None = None) -> dict[str, Any] | None:
-        """A model's prediction for one image (default: the current model's), with the box decoded."""
-        model_version = model_version or self.current_model_version()
+        """A model's prediction for one image (default: the queue model's), with the box decoded."""
+        model_version = model_version or self.queue_model()
         row = self.conn.execute(
             "SELECT * FROM predictions WHERE image_id = ? AND model_version = ?", (image_id, model_version)
         ).fetchone()

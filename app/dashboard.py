@@ -10,7 +10,6 @@ from typing import Any
 import numpy as np
 
 from annotation import Store
-from annotation.store import QUEUE_MODEL
 from app.model_slot import ModelSlot
 from app.status import (DEFAULT_TARGET_DICE, QUEUE_STRATEGY, TARGET_DICE, VALIDATION_IDS, VALIDATION_SOURCE,
                         WORKSPACE_NOTE, read_status)
@@ -25,7 +24,7 @@ def strategy_line(store: Store) -> str:
 
 def order_line(store: Store) -> str:
     """What orders the queue right now."""
-    model = store.get_setting(QUEUE_MODEL)
+    model = store.queue_model()
     if model:
         return f"{strategy_line(store)}, model {model}"
     return f"seeded random order (no model yet; then {strategy_line(store)})"
@@ -63,7 +62,7 @@ def dashboard(store: Store, slot: ModelSlot, round_every: int) -> dict[str, Any]
                      "latest_round": rounds[-1] if rounds else None},
         "projection": projection(store, rounds),
         "queue": {"left": pool_unlabeled, "scored_by_model": scored, "leased": counts.leased,
-                  "strategy": strategy_line(store), "model": store.get_setting(QUEUE_MODEL),
+                  "strategy": strategy_line(store), "model": store.queue_model(),
                   "ordered_by": order_line(store)},
         "validation": {"images": None if val_ids is None else len(val_ids),
                        "source": store.get_setting(VALIDATION_SOURCE, "not chosen yet")},

@@ -24,7 +24,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from annotation import MaskInfo, SaveRefused, Store, export_workspace, next_task, renew_lease, skip
+from annotation import EXPORT_FORMATS, MaskInfo, SaveRefused, Store, export_zip, next_task, renew_lease, skip
 from annotation.queue import peek_next
 from app import dashboard
 from app.errors import RequestError, StaleView
@@ -357,8 +357,8 @@ class Studio:
     def export(self, fmt: str, include_predictions: bool = False) -> tuple[Path, str]:
         """`adasam export` zipped for download -> (zip, one-line summary). Zips live in one folder of this server's,
         older ones are deleted at each export (the web server has copied them by then) and the folder at close."""
-        if fmt not in ("png", "coco", "nifti"):
-            raise RequestError(f"export format must be png, coco or nifti, not {fmt!r}")
+        if fmt not in EXPORT_FORMATS:
+            raise RequestError(f"export format must be {', '.join(EXPORT_FORMATS)}, not {fmt!r}")
         if not isinstance(include_predictions, bool):
             raise RequestError(f"include_predictions must be true or false, not {include_predictions!r}")
         with self._exports_lock:  # two exports at once share one folder
@@ -369,12 +369,9 @@ class Studio:
                     if time.time() - old.stat().st_mtime > EXPORT_KEEP_S:
                         shutil.rmtree(old, ignore_errors=True)
             tmp = Path(tempfile.mkdtemp(dir=self._exports))
-        name = f"{self.store.root.resolve().name}-{fmt}-{time.strftime('%Y%m%d-%H%M%S')}"
-        summary = export_workspace(self.store, tmp / name, fmt, include_predictions=include_predictions)
-        archive = shutil.make_archive(str(tmp / name), "zip", root_dir=tmp, base_dir=name)
-        shutil.rmtree(tmp / name)
-        return Path(archive), (f"Exported {summary.images} masks ({summary.empty} empty) as {summary.format}, "
-                               f"checked by reading them back: {Path(archive).name}")
+        archive, summary = export_zip(self.store, tmp, fmt, include_predictions=include_predictions)
+        return archive, (f"Exported {summary.images} masks ({summary.empty} empty) as {summary.format}, "
+                         f"checked by reading them back: {archive.name}")
 
     def close(self) -> None:
         """Cancel queued prefetches and wait for a running one (at most one proposal, ~0.1 s): it reads the store,

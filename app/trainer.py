@@ -32,7 +32,6 @@ import torch
 
 from annotation import PredictionRecord
 from annotation import ModelInfo, Store
-from annotation.store import QUEUE_MODEL
 from app.status import LABELS_AT_LAST_ROUND, QUEUE_STRATEGY, RETRAIN_REQUESTED, TAG, write_status
 from app.validation import fix_validation_set
 from model.adasam import AdaSamConfig, checkpoint_problem, load_checkpoint
@@ -337,7 +336,7 @@ class BackgroundTrainer:
         store = self.store
         name = store.get_setting(QUEUE_STRATEGY) or DEFAULT_STRATEGY
         ranking = (version, name, self.labels())
-        if self._ranked_for == ranking or store.get_setting(QUEUE_MODEL) != version:
+        if self._ranked_for == ranking or store.queue_model() != version:
             return
         strategy = get_strategy(name)
         predictions = store.pool_predictions(version)

@@ -16,7 +16,7 @@ from typing import Any, Optional
 import gradio as gr
 import numpy as np
 
-from annotation import WorkspaceError
+from annotation import EXPORT_FORMATS, WorkspaceError
 from app.guard import BROWSER_COOKIE
 from app.status import WORKSPACE_NOTE
 from app import dashboard
@@ -160,7 +160,7 @@ def build_ui(studio: Studio, default_annotator: str = "annotator") -> gr.Blocks:
                 gr.Markdown("Exports the latest mask of every labeled image (no finding = an empty mask) with "
                             "`manifest.csv` and `provenance.json`: the same code as `adasam export`. Masks accepted "
                             "unchanged from the model count as predictions unless you include them.")
-                fmt = gr.Radio(["png", "coco", "nifti"], value="png", label="Format", elem_id="export-format")
+                fmt = gr.Radio(list(EXPORT_FORMATS), value="png", label="Format", elem_id="export-format")
                 include = gr.Checkbox(value=True, label="Include masks accepted unchanged from the model",
                                       elem_id="export-include")
                 go = gr.Button("Export", variant="primary", elem_id="export-button")

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from annotation import EXPORT_FORMATS
 
 
 def register(sub) -> None:
@@ -32,7 +33,7 @@ def register(sub) -> None:
                                    "each. Written to a temporary folder, read back and checked, then renamed to OUT, "
                                    "which must not exist (or be empty).")
     p.add_argument("workspace")
-    p.add_argument("--format", required=True, choices=("png", "coco", "nifti"))
+    p.add_argument("--format", required=True, choices=EXPORT_FORMATS)
     p.add_argument("--out", required=True, help="folder to create")
     p.add_argument("--include-predictions", action="store_true",
                    help="also export images whose latest mask is an accepted model prediction")

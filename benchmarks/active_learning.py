@@ -35,20 +35,19 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from annotation import Store, import_sources, next_task, skip
+from annotation.store import QUEUE_SEED
+from app import trainer as trainer_module
+from app.status import QUEUE_STRATEGY
+from model.adasam import load_checkpoint
+from model.backbones import backbone_view
+from model.dataset import SPLIT_SEED, DataFolder, load_data_folder, load_items
+from model.evaluate import evaluate
+from model.preprocess import read_mask
+from model.learning_curve import fit_learning_curve
+from model.strategies import DEFAULT_STRATEGY, STRATEGIES
 
-from annotation import Store, import_sources, next_task, skip  # noqa: E402
-from annotation.store import QUEUE_SEED  # noqa: E402
-from app import trainer as trainer_module  # noqa: E402
-from app.status import QUEUE_STRATEGY  # noqa: E402
-from model.adasam import load_checkpoint  # noqa: E402
-from model.backbones import backbone_view  # noqa: E402
-from model.dataset import SPLIT_SEED, DataFolder, load_data_folder, load_items  # noqa: E402
-from model.evaluate import evaluate  # noqa: E402
-from model.preprocess import read_mask  # noqa: E402
-from model.learning_curve import fit_learning_curve  # noqa: E402
-from model.strategies import DEFAULT_STRATEGY, STRATEGIES  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 ORACLE = "oracle"
 FIT_UPTO = 0.10  # the dashboard's projection is checked as made at 10% labelled against what 20% and 30% measured
@@ -362,8 +361,7 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="generated data, micro backbone, 3 rounds, one seed")
     args = parser.parse_args()
     if args.quick:
-        sys.path.insert(0, str(ROOT / "tests"))
-        from model_fixtures import write_blob_dataset
+        from model.testing import write_blob_dataset
 
         given = args.out != parser.get_default("out")  # generated inputs go beside the outputs, or to /tmp
         scratch = Path(args.out) / "quick-input" if given else Path(tempfile.mkdtemp(prefix="adasam-al-"))

@@ -34,7 +34,6 @@ from PIL import Image
 from scipy import ndimage
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 MAX_INTERACTIONS = 10
@@ -169,7 +168,7 @@ def run(args: argparse.Namespace) -> dict:
 
 def quick_inputs(folder: Path) -> tuple[str, str]:
     """Generated blobs and a micro model trained for a few steps through `adasam train`."""
-    from model_fixtures import write_blob_dataset
+    from model.testing import write_blob_dataset
 
     data = write_blob_dataset(folder / "data", n=18, negatives=4)
     run_dir = folder / "run"

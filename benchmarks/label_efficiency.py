@@ -30,7 +30,6 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 METHODS = {  # label -> extra `adasam train` arguments (None: the MONAI U-Net)
     "supervised": ["--method", "supervised"],
     "mean teacher": ["--method", "meanteacher"],
@@ -134,8 +133,7 @@ def main() -> int:
     unet = UNetConfig(size=args.unet_size, steps=args.unet_steps, batch=args.unet_batch)
     inprocess = False
     if args.quick:  # every code path in about a minute: in-process CLI calls skip ~6 s of imports each
-        sys.path.insert(0, str(ROOT / "tests"))
-        from model_fixtures import write_blob_dataset
+        from model.testing import write_blob_dataset
 
         given = args.out != parser.get_default("out")  # generated inputs go beside the outputs, or to /tmp
         scratch = Path(args.out) / "quick-input" if given else Path(tempfile.mkdtemp(prefix="adasam-label-eff-"))

@@ -38,8 +38,6 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 ACTIONS = [("accept", 0.45), ("draw", 0.2), ("refine", 0.15), ("no_finding", 0.1), ("skip", 0.05), ("tag", 0.05)]
@@ -107,7 +105,7 @@ class Holds:
 
 def annotator_loop(url: str, until: float, think: float, seed: int, tally: Tally, holds: Holds) -> None:
     from app.pictures import decode_mask
-    from app_fixtures import mask_png
+    from app.testing import mask_png
 
     rng = random.Random(seed)
     page = Page(url)
@@ -210,7 +208,7 @@ def summary(values: list[float]) -> dict:
 
 def prepare(folder: Path, quick: bool, images: int) -> Path:
     """Generated phantoms (224 x 288, like the demo's): enough that 20 annotators do not empty the queue."""
-    from app_fixtures import make_workspace
+    from app.testing import make_workspace
 
     if quick:
         return make_workspace(folder, n=40, n_val=4)
@@ -219,7 +217,7 @@ def prepare(folder: Path, quick: bool, images: int) -> Path:
 
 def run(args: argparse.Namespace) -> dict:
     import app.studio  # noqa: F401 - imported once here, not by every client thread at its start
-    from app_fixtures import Server
+    from app.testing import Server
 
     if args.quick:
         args.think = 0.5

@@ -53,8 +53,7 @@ def main() -> int:
 
     backbone = "litemedsam"
     if args.quick:
-        sys.path.insert(0, str(ROOT / "tests"))
-        from model_fixtures import write_blob_dataset
+        from model.testing import write_blob_dataset
 
         scratch = Path(tempfile.mkdtemp(prefix="adasam-quick-"))
         args.data = str(write_blob_dataset(scratch / "data", n=18, negatives=4))

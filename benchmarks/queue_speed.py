@@ -20,10 +20,8 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from annotation import ImageRecord, PredictionRecord, Store, next_task, skip
 
-from annotation import ImageRecord, PredictionRecord, Store, next_task, skip  # noqa: E402
 
 
 def records(count: int) -> list[ImageRecord]:

@@ -33,7 +33,6 @@ import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "tests")]  # tests/model_fixtures: the generated blob images
 
 ENCODER_GFLOP = 75.0  # LiteMedSAM TinyViT at 256 px (../shared/docs/adasam.md)
 
@@ -193,7 +192,7 @@ def main() -> int:
     args = parser.parse_args()
     scratch = Path(tempfile.mkdtemp(prefix="adasam-speed-"))
     if args.quick:
-        from model_fixtures import write_blob_dataset
+        from model.testing import write_blob_dataset
 
         args.data = str(write_blob_dataset(scratch / "data", n=30, negatives=6))
         args.backbone, args.cache, args.repeats, args.round_steps = "micro_random", str(scratch / "cache"), 2, 3
@@ -204,7 +203,7 @@ def main() -> int:
     from model.cache import encode_batch
     from model.evaluate import Item
     from model.preprocess import preprocess_image
-    from model_fixtures import blob_image
+    from model.testing import blob_image
 
     results: dict = {"config": {"backbone": args.backbone, "repeats": args.repeats, "quick": args.quick,
                                 "threads": torch.get_num_threads(), "data": os.path.relpath(args.data, ROOT)}}

@@ -25,7 +25,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 ACCEPT_JS = """async () => {
@@ -67,7 +66,7 @@ def prepare(folder: Path, backbone: str, quick: bool) -> tuple[Path, str]:
     """A workspace, its embeddings cached, and an ADA-SAM model (untrained heads) registered for the CAM path."""
     from annotation import Store
     from app.seed import seed_workspace
-    from app_fixtures import make_workspace
+    from app.testing import make_workspace
     from model.adasam import AdaSamConfig, build_adasam, save_checkpoint
     from model.backbones import build_backbone
     from model.cache import DEFAULT_CACHE_DIR, EmbeddingCache
@@ -97,7 +96,7 @@ def prepare(folder: Path, backbone: str, quick: bool) -> tuple[Path, str]:
 def run(args: argparse.Namespace) -> dict:
     from playwright.sync_api import sync_playwright
 
-    from app_fixtures import Server, launch_chromium
+    from app.testing import Server, launch_chromium
 
     backbone = "micro_random" if args.quick else args.backbone
     with tempfile.TemporaryDirectory(prefix="ui-latency-") as tmp:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import zipfile
 
 import nibabel as nib
 import numpy as np
@@ -11,7 +12,7 @@ import pytest
 from PIL import Image
 from pycocotools import mask as mask_utils
 
-from annotation import PredictionRecord, Store, WorkspaceError, export_workspace, import_sources
+from annotation import PredictionRecord, Store, WorkspaceError, export_workspace, export_zip, import_sources
 from annotation_fixtures import BUSI, busi_subset, make_dataset, seed_images, write_nifti
 
 # pycocotools 2.0 warns about NumPy 2 copy semantics on every decode; not our concern here
@@ -127,6 +128,21 @@ def test_empty_workspace_and_existing_output_are_errors(store, tmp_path):
         export_workspace(store, tmp_path / "out", "jpeg")
     (tmp_path / "empty").mkdir()
     assert export_workspace(store, tmp_path / "empty", "coco").images == 1
+
+
+def test_export_zip_holds_the_checked_export_and_leaves_only_the_zip(store, tmp_path):
+    seed_images(store, 2)
+    store.mark_no_finding(1, "alice")
+    (tmp_path / "downloads").mkdir()
+    archive, summary = export_zip(store, tmp_path / "downloads", "coco")
+    assert archive.parent == tmp_path / "downloads" and archive.name.startswith(f"{store.root.name}-coco-")
+    assert [p.name for p in archive.parent.iterdir()] == [archive.name] and summary.images == 1
+    with zipfile.ZipFile(archive) as zipped:
+        names = zipped.namelist()
+        assert {f"{archive.stem}/{f}" for f in summary.files} <= set(names)
+        assert json.loads(zipped.read(f"{archive.stem}/annotations.json"))["images"][0]["file_name"]
+    with pytest.raises(WorkspaceError, match="format"):
+        export_zip(store, tmp_path / "downloads", "zip")
 
 
 def test_a_failed_check_leaves_no_output_and_stale_temporaries_are_cleared(store, tmp_path, monkeypatch):

@@ -122,10 +122,10 @@ def test_tags_models_predictions_and_rounds(store):
 
     mask = np.zeros((4, 5), dtype=bool)
     mask[0, 0] = True
-    assert store.current_model_version() is None
+    assert store.queue_model() is None
     store.record_predictions("v1", [PredictionRecord(ids[0], 0.9, 0.8, (0, 0, 1, 1), mask),
                                     PredictionRecord(ids[1], 0.1)])
-    assert store.current_model_version() == "v1"
+    assert store.queue_model() == "v1"
     prediction = store.prediction(ids[0])
     assert prediction["box"] == [0, 0, 1, 1] and prediction["probability"] == 0.8
     accepted = store.accept_prediction(ids[0], "alice")
@@ -136,6 +136,12 @@ def test_tags_models_predictions_and_rounds(store):
     with pytest.raises(WorkspaceError, match="no model"):
         store.record_predictions("v9", [PredictionRecord(ids[0], 0.5)])
     assert store.latest_model().metrics == {"val_dice": 0.61}
+    store.register_model("v2", "runs/v2.pt")  # serving at once; the queue follows once it has scored the pool
+    assert (store.latest_model().version, store.queue_model()) == ("v2", "v1")
+    store.record_predictions("v2", [PredictionRecord(ids[1], 0.3)])
+    assert store.queue_model() == "v2" and store.prediction(ids[1])["uncertainty"] == 0.3
+    store.record_predictions("v1", [PredictionRecord(ids[1], 0.7)])  # an older model's late scores take nothing over
+    assert store.queue_model() == "v2" and store.prediction(ids[1])["uncertainty"] == 0.3
 
 
 def test_every_write_is_logged_and_the_log_is_append_only(store):

@@ -47,7 +47,7 @@ def test_a_round_worse_on_validation_keeps_the_old_model_serving(trainer, monkey
     store = trainer.store
     scored = score_by_checkpoint(monkeypatch, serving=0.80, new=0.80 - PUBLISH_TOLERANCE - 0.01)
     slot = ModelSlot(store, "micro_random", trainer.root.parent / "cache")
-    queue_before = store.get_setting("queue_model")
+    queue_before = store.queue_model()
     label(store, 3)
     trainer.train_round()
     assert scored == ["model.pt", "r0001.pt"]  # both judged now, on the same validation images
@@ -58,7 +58,7 @@ def test_a_round_worse_on_validation_keeps_the_old_model_serving(trainer, monkey
     assert not held.published and Path(held.checkpoint_path).is_file()  # kept for the record, not served
     assert store.latest_model().version == "r0001" and [m.version for m in store.models()] == ["r0001", "r0002"]
     assert not slot.refresh() and slot.version == "r0001"
-    assert store.current_model_version() == "r0001" and store.get_setting("queue_model") == queue_before
+    assert store.queue_model() == "r0001" and store.queue_model() == queue_before
     assert all(store.prediction(i.id, "r0002") is None for i in store.images(split="pool"))  # no re-scoring
     assert "not published" in trainer._status["message"]
 
@@ -83,8 +83,8 @@ def test_a_round_within_the_tolerance_is_published_and_rescored(trainer, monkeyp
     rnd = store.rounds()[-1]
     assert rnd.model_version == "r0002" and store.model("r0002").published
     assert rnd.note.startswith("validation Dice 0.785 against 0.800 for r0001 on the same 3 images")
-    assert store.latest_model().version == "r0002" and store.current_model_version() == "r0002"
-    assert store.get_setting("queue_model") == "r0002"
+    assert store.latest_model().version == "r0002" and store.queue_model() == "r0002"
+    assert store.queue_model() == "r0002"
     assert all(store.prediction(i.id, "r0002") is not None for i in store.images(split="pool", state="unlabeled"))
 
 

@@ -41,7 +41,7 @@ def test_round_publishes_a_model_and_rescores_the_pool(workspace):
     assert model.metrics["n_masks"] == 2 and model.metrics["n_empty"] == 1 and model.metrics["n_val"] == 3
     unlabeled = store.images(split="pool", state="unlabeled")
     assert all(store.prediction(info.id, "r0001") is not None for info in unlabeled)
-    assert store.current_model_version() == "r0001"
+    assert store.queue_model() == "r0001"
     assert store.get_setting(VALIDATION_IDS) == [info.id for info in store.images(split="val")]
     assert store.get_setting(LABELS_AT_LAST_ROUND) == 3 and not bt.due()
     assert not (workspace / "models" / "training").exists()
