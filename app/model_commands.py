@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import shutil
@@ -39,6 +40,16 @@ def register(sub) -> None:
     train.add_argument("--init", default=None, help="start from this model's weights (run folder or .pt)")
     train.set_defaults(func=cmd_train)
 
+    em = sub.add_parser("embed", help="fill the embedding cache for a data folder or a workspace (all splits)",
+                        description="Encode every image SOURCE holds that the cache lacks, so that training, scoring "
+                                    "and the web page start without waiting for the encoder. Started by torchrun "
+                                    "(torchrun --nproc-per-node N -m app.cli embed ...), the images are split across "
+                                    "the N processes, each writing to the same cache.")
+    em.add_argument("source", help="data folder (images/ ...) or workspace folder (with workspace.db)")
+    em.add_argument("--backbone", default="litemedsam", help="NAME or NAME:CHECKPOINT")
+    em.add_argument("--cache", default=None, help="embedding cache folder (default ~/.cache/adasam/embeddings)")
+    em.set_defaults(func=cmd_embed)
+
     ev = sub.add_parser("evaluate", help="score a trained model on a split of a data folder")
     ev.add_argument("--data", required=True)
     ev.add_argument("--model", required=True,
@@ -59,30 +70,43 @@ def register(sub) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from model.atomic import write_json
+    """`adasam train`, in one process or, started by torchrun, in each of several (see model.distributed)."""
     from model.backbones import build_backbone
-    from model.cache import DEFAULT_CACHE_DIR, EmbeddingCache
-    from model.dataset import SPLIT_SEED, load_data_folder, load_items, masked_ids
-    from model.train import TrainConfig, Trainer, TrainingData, build_training_model, model_config
+    from model.dataset import SPLIT_SEED, load_data_folder
+    from model.device import default_device
+    from model.distributed import join, leave
 
     if not 0 < args.masks <= 1:
         raise CommandError(f"--masks must be in (0, 1], got {args.masks}")
-    out = Path(args.out)
     folder = load_data_folder(args.data, seed=SPLIT_SEED)
     pool, val = folder.split("pool"), folder.split("val")
     maskable = [s for s in pool if s.mask_path is not None]
     if not maskable:
         raise CommandError(f"{args.data}: no pool image has a mask in masks/")
-    backbone = build_backbone(args.backbone)
     if args.encoder_lora:
         raise CommandError("--encoder-lora trains the encoder, so it cannot use cached embeddings; this command "
                            "trains on cached embeddings only (see model.lora and tests for the LoRA path)")
+    ranks = join(default_device())  # one process, or one of torchrun's: rank 0 validates, writes and prints
+    try:
+        return _train(args, folder, pool, val, build_backbone(args.backbone), ranks)
+    finally:
+        leave(ranks)
+
+
+def _train(args: argparse.Namespace, folder, pool: list, val: list, backbone, ranks) -> int:
+    from model.atomic import write_json
+    from model.cache import DEFAULT_CACHE_DIR, EmbeddingCache
+    from model.dataset import load_items, masked_ids
+    from model.train import TrainConfig, Trainer, TrainingData, build_training_model, model_config
+
+    say = print if ranks.main else _silent
+    out = Path(args.out)
     chosen = masked_ids(pool, args.masks, args.seed)
-    print(f"data: {len(pool)} pool ({len(chosen)} masked, seed {args.seed}), {len(val)} val; split from "
-          f"{folder.split_source}; test split untouched")
+    say(f"data: {len(pool)} pool ({len(chosen)} masked, seed {args.seed}), {len(val)} val; split from "
+          f"{folder.split_source}; test split untouched" + (f"; {ranks.world} ranks" if ranks.joined else ""))
     cache = EmbeddingCache(args.cache or DEFAULT_CACHE_DIR, backbone)
-    pool_items = load_items(pool, cache)
-    val_items = load_items(val, cache)
+    pool_items = load_items(pool, cache, ranks=ranks)
+    val_items = load_items(val, cache, ranks=ranks)
     masked, unlabeled, tagged = [], [], []
     for item in pool_items:
         if item.id in chosen:
@@ -99,31 +123,86 @@ def cmd_train(args: argparse.Namespace) -> int:
     config = model_config(args.method, args.backbone, data, **settings,
                           **({"prompt": "whole"} if args.prompt == "whole" else {}))
     if args.method == "adasam" and not config.has_negatives:
-        print("note: no image is tagged target-absent: every image is taken to contain the target, and the "
+        say("note: no image is tagged target-absent: every image is taken to contain the target, and the "
               "classifier's map learns where it lies from the masks alone")
     train_config = TrainConfig(seed=args.seed, use_unlabeled=not args.no_unlabeled,
                                calibrate=args.cam_threshold is None,
                                freeze_adapter=args.freeze_adapter, **({"steps": args.steps} if args.steps else {}))
     model = build_training_model(config, args.seed, backbone, args.init)
     try:  # before anything is written: a data set the trainer refuses leaves no half-made run folder
-        trainer = Trainer(model, train_config, data, out)
+        trainer = Trainer(model, train_config, data, out, log=say, ranks=ranks)
     except ValueError as exc:  # e.g. none of the masked pool images contains the target
         raise CommandError(f"{args.data}: {exc} (use a larger --masks or another --seed)") from None
-    out.mkdir(parents=True, exist_ok=True)
-    folder.write_split(out / "split.csv")
-    if (out / "last.pt").exists():
+    if ranks.main:
+        out.mkdir(parents=True, exist_ok=True)
+        folder.write_split(out / "split.csv")
+    resume = ranks.from_main((out / "last.pt").exists())  # every rank resumes from the same file, or none does
+    if resume:
         trainer.load_resume_state(out / "last.pt")
-        print(f"resuming {out} from step {trainer.step}")
+        say(f"resuming {out} from step {trainer.step}")
     started = time.time()
     best = trainer.run()
     elapsed = time.time() - started
+    if not ranks.main:
+        return 0
     write_json(out / "summary.json", {
         "method": args.method, "masks": args.masks, "tags": args.tags, "seed": args.seed, "backbone": args.backbone,
         "n_pool": len(pool), "n_masked": len(masked), "n_tagged": len(tagged), "n_unlabeled": len(unlabeled),
         "n_val": len(val), "model_config": asdict(config), "train_config": asdict(train_config),
-        "best": best, "train_seconds": elapsed, "embeddings_computed": cache.encoded})
+        "best": best, "train_seconds": elapsed, "embeddings_computed": cache.encoded, "ranks": ranks.world})
     print(f"trained in {elapsed:.0f} s; best val step {best['step']} (score {best['score']:.3f}); wrote {out}/model.pt")
     return 0
+
+
+def cmd_embed(args: argparse.Namespace) -> int:
+    """`adasam embed`: this rank's share of the images, read and encoded a chunk at a time (memory stays flat on a
+    large pool); a progress bar on rank 0 counts its own share."""
+    from tqdm import tqdm
+
+    from model.backbones import build_backbone
+    from model.cache import DEFAULT_CACHE_DIR, EmbeddingCache
+    from model.device import default_device
+    from model.distributed import join, leave
+
+    readers = _image_readers(Path(args.source))
+    ranks = join(default_device())
+    try:
+        cache = EmbeddingCache(args.cache or DEFAULT_CACHE_DIR, build_backbone(args.backbone))
+        mine = ranks.share(readers)
+        cache.expect(len(mine))
+        started = time.time()
+        with tqdm(total=len(mine), desc=f"embedding (rank 0 of {ranks.world})" if ranks.joined else "embedding",
+                  unit="img", disable=not ranks.main) as bar:
+            for start in range(0, len(mine), EMBED_CHUNK):
+                chunk = mine[start:start + EMBED_CHUNK]
+                cache.get_many([read() for read in chunk], progress=False)
+                bar.update(len(chunk))
+        ranks.barrier()
+        if ranks.main:
+            print(f"{len(readers)} images in {args.source}: rank 0 encoded {cache.encoded} of its {len(mine)} "
+                  f"({len(mine) - cache.encoded} were cached) in {time.time() - started:.0f} s"
+                  + (f"; {ranks.world} ranks" if ranks.joined else ""))
+        return 0
+    finally:
+        leave(ranks)
+
+
+EMBED_CHUNK = 64  # images read and encoded per call: keeps memory flat on a pool of any size
+
+
+def _image_readers(source: Path) -> list:
+    """One callable per image of a workspace or data folder, returning the pixels exactly as training and the
+    background trainer read them (so the cache keys match)."""
+    from annotation.store import DB_NAME, Store
+    from app.trainer import workspace_pixels
+    from model.dataset import SPLIT_SEED, load_data_folder
+    from model.preprocess import read_image
+
+    if (source / DB_NAME).is_file():
+        store = Store(source, create=False)
+        return [functools.partial(workspace_pixels, store, image_id) for image_id in store.image_ids()]
+    folder = load_data_folder(source, seed=SPLIT_SEED)  # DataError (one line) for anything else
+    return [functools.partial(read_image, sample.image_path) for sample in folder.samples]
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -203,3 +282,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     tmp.rmdir()
     print(f"wrote {len(rows)} masks and CAM overlays to {out}")
     return 0
+
+
+def _silent(*args, **kwargs) -> None:
+    """`print` on ranks other than 0."""

@@ -121,7 +121,7 @@ class BackgroundTrainer:
     # -- embeddings --------------------------------------------------------------------------------------------
 
     def pixels(self, image_id: int) -> np.ndarray:
-        return self.store.load_image(image_id).astype(np.float32)  # float32: the cache key `adasam train` uses
+        return workspace_pixels(self.store, image_id)
 
     def embed_new(self) -> None:
         """Encode every image the cache lacks (new imports included), pool images first."""
@@ -135,6 +135,7 @@ class BackgroundTrainer:
                 self._embedded.add(image_id)
             else:
                 missing.append(image_id)
+        self.cache.expect(len(missing))  # one image at a time below, but OpenVINO's encoder for many
         started = time.monotonic()
         for done, image_id in enumerate(missing):
             self.check()
@@ -370,6 +371,11 @@ def round_score(summary: dict) -> float | None:
     """The figure a round is judged and plotted by: lesion Dice on val as served (presence-gated), or Dice over every
     val image when none has the target."""
     return _clean(summary["dice_lesion"] if summary.get("n_lesion") else summary["dice_all"])
+
+
+def workspace_pixels(store: Store, image_id: int) -> np.ndarray:
+    """A workspace image's pixels as the embedding cache is keyed by: float32, as `adasam train` reads image files."""
+    return store.load_image(image_id).astype(np.float32)
 
 
 def _eta(started: float, done: int, total: int) -> float | None:

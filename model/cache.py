@@ -9,10 +9,8 @@ from __future__ import annotations
 
 import hashlib
 import os
-import warnings
-import weakref
 from pathlib import Path
-from typing import Iterable
+from typing import Callable, Iterable
 
 import numpy as np
 import torch
@@ -20,11 +18,13 @@ from tqdm import tqdm
 
 from model.atomic import save_torch
 from model.backbones import Backbone
+from model.distributed import Ranks
+from model.openvino_encoder import onnx_file, openvino_encoder
 from model.preprocess import PREPROCESS_VERSION, Geometry, preprocess_image, read_image
 
 DEFAULT_CACHE_DIR = Path(os.environ.get("ADASAM_CACHE", Path.home() / ".cache" / "adasam" / "embeddings"))
-COMPILE_FROM = 100  # misses in one call from which compiling the encoder pays off on the CPU: torch.compile costs
-# ~80 s once per process on 2 cores and makes LiteMedSAM's encoder ~1.5x faster (benchmarks/speed.py); None: never
+OPENVINO_FROM = 8  # misses in one call from which the CPU encodes through OpenVINO (model/openvino_encoder.py), about
+# 1.8x PyTorch for LiteMedSAM; its one-time export (~6 s) costs about 8 PyTorch encodings. None: never
 
 
 def content_hash(image: np.ndarray) -> str:
@@ -39,10 +39,11 @@ class EmbeddingCache:
     """Embeddings of one backbone, stored under `root/<backbone identity>/<preprocess version>/`."""
 
     def __init__(self, root: str | Path, backbone: Backbone, batch_size: int = 1,
-                 compile_from: int | None = COMPILE_FROM) -> None:
+                 openvino_from: int | None = OPENVINO_FROM) -> None:
         self.backbone = backbone
         self.batch_size = batch_size
-        self.compile_from = compile_from
+        self.openvino_from = openvino_from
+        self.root = Path(root)
         self.folder = Path(root) / backbone.identity / PREPROCESS_VERSION
         self.folder.mkdir(parents=True, exist_ok=True)
         self.encoded = 0  # how many embeddings this instance computed (the rest were cache hits)
@@ -92,13 +93,12 @@ class EmbeddingCache:
                 waiting[key] = [index]
             else:
                 results[index] = (hit[0].float(), hit[1])
-        compiled = (self.compile_from is not None and len(misses) >= self.compile_from
-                    and self.backbone.device.type == "cpu")  # a GPU encodes BUSI in 30 s: no need
+        encoder = self._encoder(len(misses))
         bar = tqdm(total=len(misses), desc=description, unit="img", disable=not progress or not misses)
         for start in range(0, len(misses), self.batch_size):
             chunk = misses[start:start + self.batch_size]
             prepared = [preprocess_image(array, self.backbone.image_size) for _, _, array in chunk]
-            embeddings = encode_batch(self.backbone, torch.stack([tensor for tensor, _ in prepared]), compiled)
+            embeddings = encode_batch(self.backbone, torch.stack([tensor for tensor, _ in prepared]), encoder)
             for (index, key, _), (_, geometry), embedding in zip(chunk, prepared, embeddings):
                 self.store(key, embedding, geometry)
                 for same in waiting[key]:
@@ -108,32 +108,34 @@ class EmbeddingCache:
         bar.close()
         return results  # type: ignore[return-value]
 
+    def fill(self, images: list[np.ndarray], ranks: Ranks, description: str = "embedding") -> None:
+        """Put every image's embedding in the cache, the misses split across ranks (torchrun): each rank encodes its
+        share, then all wait, so that every rank can read every embedding next. Progress shows on rank 0."""
+        self.get_many(ranks.share(images), progress=ranks.main, description=description)
+        ranks.barrier()
+
+    def expect(self, misses: int) -> None:
+        """Say that about `misses` images will be encoded one `get` at a time, so the encoder is chosen (and OpenVINO's
+        exported once) as for one call with that many."""
+        self._encoder(misses)
+
+    def _encoder(self, misses: int) -> Callable[[torch.Tensor], torch.Tensor] | None:
+        """OpenVINO on the CPU for many misses, or for any once this machine has exported the encoder; else None
+        (PyTorch: GPUs encode BUSI in seconds anyway)."""
+        if self.openvino_from is None or self.backbone.device.type != "cpu" or not misses:
+            return None
+        if misses >= self.openvino_from or onnx_file(self.backbone, self.root).is_file():
+            return openvino_encoder(self.backbone, self.root)
+        return None
+
 
 @torch.inference_mode()
-def encode_batch(backbone: Backbone, images: torch.Tensor, compiled: bool = False) -> torch.Tensor:
-    """Encode preprocessed images; channels-last memory layout is ~30% faster for TinyViT's convolutions on CPU,
-    and `compiled` runs the encoder through torch.compile (worth it for many images; see COMPILE_FROM)."""
+def encode_batch(backbone: Backbone, images: torch.Tensor,
+                 encoder: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
+    """Encode preprocessed images with PyTorch, or with `encoder` (an OpenVINO one, see EmbeddingCache._encoder).
+    Channels-last memory layout is ~30% faster for TinyViT's convolutions under PyTorch on the CPU."""
+    if encoder is not None:
+        return encoder(images).contiguous()
     backbone.image_encoder.to(memory_format=torch.channels_last)
     images = images.to(backbone.device).contiguous(memory_format=torch.channels_last)
-    return backbone.encode(images, compiled_encoder(backbone) if compiled else None).contiguous().cpu()
-
-
-def compiled_encoder(backbone: Backbone) -> torch.nn.Module:
-    """The backbone's encoder through torch.compile, built once per backbone object; the plain encoder when the
-    platform cannot compile (no C++ compiler, say): the embeddings are the same either way (float tolerance)."""
-    cached = _COMPILED.get(backbone)
-    if cached is None:
-        cached = torch.compile(backbone.image_encoder)
-        try:
-            with torch.inference_mode():
-                cached(torch.zeros(1, 3, backbone.image_size, backbone.image_size,
-                                   device=backbone.device).contiguous(memory_format=torch.channels_last))
-        except Exception as exc:  # inductor raises many types
-            warnings.warn(f"torch.compile failed ({type(exc).__name__}); encoding without it")
-            cached = backbone.image_encoder
-        _COMPILED[backbone] = cached
-    return cached
-
-
-_COMPILED: "weakref.WeakKeyDictionary[Backbone, torch.nn.Module]" = weakref.WeakKeyDictionary()  # kept off the
-# backbone itself, so copying or saving a model never meets a compiled module
+    return backbone.encode(images).contiguous().cpu()

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from model.distributed import Ranks
 from model.evaluate import Item
 from model.manifest import parse_has_lesion
 from model.preprocess import ImageReadError, read_image, read_mask
@@ -113,12 +114,15 @@ def _read_manifest(path: Path) -> dict[str, dict]:
 __all__ = ["DataFolder", "Sample", "DataError", "ImageReadError", "load_data_folder", "seeded_split"]
 
 
-def load_items(samples, cache, with_masks: bool = True) -> list:
-    """Read, check and embed samples -> evaluate.Item list (raises ImageReadError on a bad file)."""
+def load_items(samples, cache, with_masks: bool = True, ranks: Ranks = Ranks()) -> list:
+    """Read, check and embed samples -> evaluate.Item list (raises ImageReadError on a bad file). Under torchrun the
+    cache's misses are encoded across the ranks first."""
     images = [read_image(s.image_path) for s in samples]
     masks = [read_mask(s.mask_path, image.shape[:2]) if (with_masks and s.mask_path) else None
              for s, image in zip(samples, images)]
-    embedded = cache.get_many(images)
+    if ranks.joined:
+        cache.fill(images, ranks)
+    embedded = cache.get_many(images, progress=ranks.main)
     items = []
     for sample, mask, (embedding, geometry) in zip(samples, masks, embedded):
         tag = sample.has_lesion if sample.has_lesion is not None else (bool(mask.any()) if mask is not None else None)

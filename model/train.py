@@ -36,6 +36,7 @@ import torch.nn.functional as F
 
 from model.adasam import AdaSam, AdaSamConfig, build_adasam, load_checkpoint, save_checkpoint, whole_box
 from model.calibrate import calibrate, calibrate_presence
+from model.distributed import Ranks
 from model.evaluate import Item, evaluate
 from model.inference import valid_grid
 from model.losses import consistency_loss, map_consistency_loss, map_loss, segmentation_loss
@@ -79,9 +80,16 @@ class TrainingData:
 
 
 class Trainer:
+    """Trains `model` on `data`, writing model.pt / last.pt to `out`.
+
+    Under torchrun (`ranks` from model.distributed.join) every rank draws the same global batches from the same seed
+    and computes its share of each; DistributedDataParallel averages the gradients, each share's loss weighted so
+    the sum is the global batch's loss. Rank 0 validates, checkpoints and logs; the others follow its decisions."""
+
     def __init__(self, model: AdaSam, config: TrainConfig, data: TrainingData, out: Path,
-                 log: Callable[[str], None] = print) -> None:
+                 log: Callable[[str], None] = print, ranks: Ranks = Ranks()) -> None:
         self.model, self.config, self.data, self.out, self.log = model, config, data, Path(out), log
+        self.ranks = ranks
         torch.set_flush_denormal(True)  # denormal floats late in a BUSI run: 1.3x slower CPU steps
         self.rng = np.random.default_rng(config.seed)
         self.size = model.image_size
@@ -110,6 +118,9 @@ class Trainer:
             model.adapter.requires_grad_(False)
             model.classifier.requires_grad_(False)
         self.optimizer = torch.optim.AdamW(groups, weight_decay=config.weight_decay)
+        self._losses = _StepLosses(self)
+        if ranks.joined:  # find_unused_parameters: a rank whose share of a term is empty leaves its weights unused
+            self._losses = torch.nn.parallel.DistributedDataParallel(self._losses, find_unused_parameters=True)
         self.teacher = copy.deepcopy(model).eval() if self._semi_supervised else None
         self.kept = model
         self.step = 0
@@ -123,7 +134,14 @@ class Trainer:
 
     # -- batches -----------------------------------------------------------------------------------------------
     def _pick(self, items: list[Item], count: int) -> list[Item]:
+        """A global batch: the same on every rank (same seed, same draws)."""
         return [items[i] for i in self.rng.choice(len(items), size=min(count, len(items)), replace=False)]
+
+    def _share(self, batch: list, *aligned) -> tuple:
+        """This rank's share of a global batch (and of per-item arrays drawn for it), and the weight that makes
+        the ranks' mean-reduced losses add up, after DDP's gradient averaging, to the global batch's mean loss."""
+        weight = self.ranks.world * len(self.ranks.share(batch)) / max(1, len(batch))
+        return (self.ranks.share(batch), *[self.ranks.share(a) for a in aligned], weight)
 
     def _jittered_box(self, item: Item) -> np.ndarray:
         target = self.targets[item.id][0]
@@ -151,7 +169,7 @@ class Trainer:
     def train_step(self) -> dict[str, float]:
         """One optimiser step."""
         self.model.train()
-        losses = self._decoder_only_losses() if self.supervised else self._adasam_losses()
+        losses = self._losses()
         total = sum(losses.values())
         self.optimizer.zero_grad(set_to_none=True)
         total.backward()
@@ -164,12 +182,16 @@ class Trainer:
     def _decoder_only_losses(self) -> dict[str, torch.Tensor]:
         """Supervised / mean teacher: the decoder from whole-image boxes (+ consistency on unlabeled images)."""
         model, cfg = self.model, self.config
-        batch = self._pick(self.seg_items, cfg.batch_masked)
-        boxes = torch.as_tensor(np.stack([whole_box(i.geometry.resized) for i in batch]))
-        logits, _ = model.segment(model.features(self._embeddings(batch)), boxes)
-        losses = {"seg": segmentation_loss(logits, self._target(batch, logits.shape[-1]))}
+        batch, weight = self._share(self._pick(self.seg_items, cfg.batch_masked))
+        losses = {}
+        if batch:
+            boxes = torch.as_tensor(np.stack([whole_box(i.geometry.resized) for i in batch]))
+            logits, _ = model.segment(model.features(self._embeddings(batch)), boxes)
+            losses["seg"] = weight * segmentation_loss(logits, self._target(batch, logits.shape[-1]))
         if self._semi_supervised:
-            losses["consistency"] = self._ramp() * cfg.consistency_weight * self._decoder_consistency()
+            consistency = self._decoder_consistency()
+            if consistency is not None:
+                losses["consistency"] = self._ramp() * cfg.consistency_weight * consistency
         return losses
 
     def _adasam_losses(self) -> dict[str, torch.Tensor]:
@@ -178,63 +200,80 @@ class Trainer:
         batch = self._pick(self.data.masked, cfg.batch_cam)
         mirror = self.rng.random(len(batch)) < 0.5  # the map is a convolution: a mirrored image is a new example
         grid = batch[0].embedding.shape[-1]
+        batch, mirror, weight = self._share(batch, mirror)
 
         def flip(x: torch.Tensor) -> torch.Tensor:
             return torch.stack([t.flip(-1) if m else t for t, m in zip(x, mirror)])
 
-        valid = flip(valid_grid([i.geometry for i in batch], grid)).to(model.device)
-        target = flip(F.adaptive_avg_pool2d(self._target(batch, self.size), grid)[:, 0])
-        location_logits = model.classifier.location_logits(model.features(flip(self._embeddings(batch))))
-        losses["cam"] = map_loss(location_logits, target, valid)
+        if batch:
+            valid = flip(valid_grid([i.geometry for i in batch], grid)).to(model.device)
+            target = flip(F.adaptive_avg_pool2d(self._target(batch, self.size), grid)[:, 0])
+            location_logits = model.classifier.location_logits(model.features(flip(self._embeddings(batch))))
+            losses["cam"] = weight * map_loss(location_logits, target, valid)
         if self.data.tagged and model.config.has_negatives:
-            tagged = self._pick(self.data.tagged, cfg.batch_tagged)
-            _, logits = model.cam(model.features(self._embeddings(tagged)),
-                                  valid_grid([i.geometry for i in tagged], grid))
-            tags = torch.tensor([int(i.tag) for i in tagged], device=logits.device)
-            losses["cls"] = F.cross_entropy(logits, tags)
+            tagged, weight = self._share(self._pick(self.data.tagged, cfg.batch_tagged))
+            if tagged:
+                _, logits = model.cam(model.features(self._embeddings(tagged)),
+                                      valid_grid([i.geometry for i in tagged], grid))
+                tags = torch.tensor([int(i.tag) for i in tagged], device=logits.device)
+                losses["cls"] = weight * F.cross_entropy(logits, tags)
         if self._semi_supervised:
-            losses["consistency"] = self._ramp() * cfg.consistency_weight * self._map_consistency()
+            consistency = self._map_consistency()
+            if consistency is not None:
+                losses["consistency"] = self._ramp() * cfg.consistency_weight * consistency
         seg_batch = self._pick(self.positives, cfg.batch_masked)
         if self.decoder_trained or not cfg.freeze_adapter:  # else nothing the segmentation loss could train
-            features = model.features(self._embeddings(seg_batch))
-            hw = [i.geometry.resized for i in seg_batch]
-            boxes = torch.as_tensor(np.stack([self._jittered_box(i) for i in seg_batch]))
-            if model.config.cam_prompted:
-                with torch.no_grad():
-                    cams, _ = model.cam(features, valid_grid([i.geometry for i in seg_batch], grid))
-                cam_boxes, fallbacks = model.auto_boxes(cams, hw)
-                use_cam = (self.rng.random(len(seg_batch)) < cfg.cam_prompt_prob) & ~np.array(fallbacks)
-                boxes[use_cam] = cam_boxes[use_cam]
-            else:
-                boxes = torch.as_tensor(np.stack([whole_box(h) for h in hw]))
-            logits, _ = model.segment(features, boxes)
-            losses["seg"] = segmentation_loss(logits, self._target(seg_batch, logits.shape[-1]))
+            jittered = [self._jittered_box(i) for i in seg_batch]
+            cam_draws = self.rng.random(len(seg_batch)) if model.config.cam_prompted else np.zeros(len(seg_batch))
+            seg_batch, jittered, cam_draws, weight = self._share(seg_batch, jittered, cam_draws)
+            if seg_batch:
+                features = model.features(self._embeddings(seg_batch))
+                hw = [i.geometry.resized for i in seg_batch]
+                boxes = torch.as_tensor(np.stack(jittered))
+                if model.config.cam_prompted:
+                    with torch.no_grad():
+                        cams, _ = model.cam(features, valid_grid([i.geometry for i in seg_batch], grid))
+                    cam_boxes, fallbacks = model.auto_boxes(cams, hw)
+                    use_cam = (np.asarray(cam_draws) < cfg.cam_prompt_prob) & ~np.array(fallbacks)
+                    boxes[use_cam] = cam_boxes[use_cam]
+                else:
+                    boxes = torch.as_tensor(np.stack([whole_box(h) for h in hw]))
+                logits, _ = model.segment(features, boxes)
+                losses["seg"] = weight * segmentation_loss(logits, self._target(seg_batch, logits.shape[-1]))
         return losses
 
-    def _perturbed(self, embeddings: torch.Tensor) -> torch.Tensor:
-        noise = torch.randn(embeddings.shape, generator=torch.Generator().manual_seed(int(self.rng.integers(2**31))))
+    def _perturbed(self, embeddings: torch.Tensor, seed: int) -> torch.Tensor:
+        noise = torch.randn(embeddings.shape, generator=torch.Generator().manual_seed(seed))
         return (F.dropout2d(embeddings, self.config.perturb_dropout)
                 + self.config.perturb_noise * embeddings.std() * noise.to(embeddings.device))
 
-    def _map_consistency(self) -> torch.Tensor:
-        """The student's map on a perturbed embedding agrees with the EMA teacher's map on the clean one."""
-        batch = self._pick(self.data.unlabeled, self.config.batch_unlabeled)
+    def _map_consistency(self) -> torch.Tensor | None:
+        """The student's map on a perturbed embedding agrees with the EMA teacher's map on the clean one (None: this
+        rank's share of the batch is empty)."""
+        batch, weight = self._share(self._pick(self.data.unlabeled, self.config.batch_unlabeled))
+        perturb_seed = int(self.rng.integers(2**31))
+        if not batch:
+            return None
         embeddings = self._embeddings(batch)
         valid = valid_grid([i.geometry for i in batch], embeddings.shape[-1]).to(embeddings.device)
         with torch.no_grad():
             teacher_map, _ = self.teacher.cam(self.teacher.features(embeddings), valid)
-        student = self.model.classifier.location_logits(self.model.features(self._perturbed(embeddings)))
-        return map_consistency_loss(student, teacher_map, valid)
+        student = self.model.classifier.location_logits(self.model.features(self._perturbed(embeddings,
+                                                                                            perturb_seed)))
+        return weight * map_consistency_loss(student, teacher_map, valid)
 
-    def _decoder_consistency(self) -> torch.Tensor:
+    def _decoder_consistency(self) -> torch.Tensor | None:
         """Mean teacher: the student decoder on a perturbed embedding agrees with the teacher's whole-image mask."""
-        batch = self._pick(self.data.unlabeled, self.config.batch_unlabeled)
+        batch, weight = self._share(self._pick(self.data.unlabeled, self.config.batch_unlabeled))
+        perturb_seed = int(self.rng.integers(2**31))
+        if not batch:
+            return None
         embeddings = self._embeddings(batch)
         boxes = torch.as_tensor(np.stack([whole_box(i.geometry.resized) for i in batch]))
         with torch.no_grad():
             teacher_masks = torch.sigmoid(self.teacher.segment(self.teacher.features(embeddings), boxes)[0])
-        student, _ = self.model.segment(self.model.features(self._perturbed(embeddings)), boxes)
-        return consistency_loss(student, teacher_masks)
+        student, _ = self.model.segment(self.model.features(self._perturbed(embeddings, perturb_seed)), boxes)
+        return weight * consistency_loss(student, teacher_masks)
 
     @torch.no_grad()
     def _update_teacher(self) -> None:
@@ -303,22 +342,30 @@ class Trainer:
             if progress:
                 progress(self.step, cfg.steps)
             if self.step % cfg.eval_every == 0 or self.step == cfg.steps:
-                summary = self.validate()
-                score = self.val_score(summary)
-                mean_losses = {k: float(np.mean([d[k] for d in losses_since if k in d]))
-                               for k in {k for d in losses_since for k in d}}
+                if self.ranks.main:
+                    self._evaluate_and_save(losses_since, started)
                 losses_since = []
-                record = {"step": self.step, "score": score, "losses": mean_losses,
-                          "val": {k: v for k, v in summary.items() if isinstance(v, (int, float))},
-                          "elapsed_s": time.time() - started}
-                self.history.append(record)
-                self.log(json.dumps(record, default=float))
-                if score >= self.best["score"]:
-                    self.best = {"score": score, "step": self.step, "val": record["val"]}
-                    save_checkpoint(self.kept, self.out / "model.pt", {"val": summary, "step": self.step})
-                self.save_resume_state()
-        self.calibrate_best()
+                self.best, self.history = self.ranks.from_main((self.best, self.history))  # one stopping rule
+        if self.ranks.main:
+            self.calibrate_best()
+        self.ranks.barrier()  # model.pt is final when any rank returns
         return self.best
+
+    def _evaluate_and_save(self, losses_since: list[dict], started: float) -> None:
+        """Validate, log, keep the best weights in model.pt and write last.pt (rank 0's job)."""
+        summary = self.validate()
+        score = self.val_score(summary)
+        mean_losses = {k: float(np.mean([d[k] for d in losses_since if k in d]))
+                       for k in {k for d in losses_since for k in d}}
+        record = {"step": self.step, "score": score, "losses": mean_losses,
+                  "val": {k: v for k, v in summary.items() if isinstance(v, (int, float))},
+                  "elapsed_s": time.time() - started}
+        self.history.append(record)
+        self.log(json.dumps(record, default=float))
+        if score >= self.best["score"]:
+            self.best = {"score": score, "step": self.step, "val": record["val"]}
+            save_checkpoint(self.kept, self.out / "model.pt", {"val": summary, "step": self.step})
+        self.save_resume_state()
 
     def calibrate_best(self) -> None:
         """Load the val-picked weights (model.pt) into the model, choose its CAM and presence thresholds on val and
@@ -338,6 +385,18 @@ class Trainer:
             save_checkpoint(self.model, path, extra)
             self.best["calibration"] = report
             self.log(json.dumps({"calibration": report}))
+
+
+class _StepLosses(torch.nn.Module):
+    """One step's loss terms as a module's forward, the form DistributedDataParallel wraps to average gradients."""
+
+    def __init__(self, trainer: Trainer) -> None:
+        super().__init__()
+        self.model = trainer.model
+        self._losses = trainer._decoder_only_losses if trainer.supervised else trainer._adasam_losses
+
+    def forward(self) -> dict[str, torch.Tensor]:
+        return self._losses()
 
 
 def build_training_model(config: AdaSamConfig, seed: int, backbone=None, init: str | Path | None = None) -> AdaSam:

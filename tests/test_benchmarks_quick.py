@@ -130,3 +130,12 @@ def test_effort_quick(tmp_path):
         rows = [r for r in start["images"] if r["lesion"]]
         assert all(len(r["dices"]) >= 1 and all(0 <= d <= 1 for d in r["dices"]) for r in rows)
         assert all(r["noc90"] == 10 or max(r["dices"]) >= 0.9 for r in rows)
+
+
+def test_distributed_quick(tmp_path):
+    run_quick("distributed.py", "--json", str(tmp_path / "distributed.json"))
+    data = load(tmp_path / "distributed.json")
+    assert [run["ranks"] for run in data["runs"]] == [1, 2]
+    for run in data["runs"]:
+        assert run["embed_images"] == 8 and run["embed_images_per_s"] > 0 and len(run["train_walls_s"]) == 2
+        assert is_number(run["train_step_s"]) and is_number(run["embed_speedup"])

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import shutil
+import sys
 
 import numpy as np
 import pytest
@@ -9,9 +10,11 @@ import torch
 from PIL import Image
 
 import model.cache as cache_module
+import model.openvino_encoder as openvino_module
 from model.cache import EmbeddingCache, content_hash, encode_batch
+from model.openvino_encoder import OpenVinoEncoder, export_encoder, onnx_file
 from model.preprocess import PREPROCESS_VERSION, preprocess_image
-from model_fixtures import blob_image, shared_backbone, one_torch_thread  # noqa: F401 (autouse)
+from model_fixtures import blob_image, lite_blob, micro_backbone, shared_backbone, one_torch_thread  # noqa: F401 (autouse)
 
 
 @pytest.fixture(scope="module")
@@ -165,13 +168,45 @@ def test_failed_write_leaves_no_temporary_file(tmp_path, backbone, monkeypatch):
     assert not _entries(tmp_path)
 
 
-def test_many_misses_go_through_the_compiled_encoder_with_the_same_result(tmp_path, image, backbone):
-    """tiny_random has LiteMedSAM's TinyViT encoder, so this is the module the cache really compiles."""
+def test_many_misses_go_through_openvino_with_pytorchs_embeddings(tmp_path, image, backbone):
+    """tiny_random has LiteMedSAM's TinyViT encoder, so this is the graph the cache really exports."""
     images = [image, np.fliplr(image).copy()]
-    eager = EmbeddingCache(tmp_path / "eager", backbone, compile_from=None).get_many(images, progress=False)
-    compiled = EmbeddingCache(tmp_path / "compiled", backbone, compile_from=2)
-    results = compiled.get_many(images, progress=False)
-    assert cache_module._COMPILED[backbone] is not backbone.image_encoder and compiled.encoded == 2  # compiled
+    eager = EmbeddingCache(tmp_path / "eager", backbone, openvino_from=None).get_many(images, progress=False)
+    assert not list((tmp_path / "eager").rglob("*.onnx"))  # PyTorch only
+    fast = EmbeddingCache(tmp_path / "fast", backbone, openvino_from=2)
+    results = fast.get_many(images, progress=False)
+    exported = onnx_file(backbone, tmp_path / "fast")
+    assert exported.is_file() and fast.encoded == 2
     for (a, _), (b, _) in zip(eager, results):
         torch.testing.assert_close(a, b, atol=2e-3, rtol=0)  # float16 storage either way
-    assert "_compiled" not in "".join(backbone.state_dict())  # nothing compiled leaks into the weights
+    before = exported.stat().st_mtime_ns
+    again = EmbeddingCache(tmp_path / "fast", backbone, openvino_from=100)  # one miss, but the export is on disk
+    assert again._encoder(1) is not None and exported.stat().st_mtime_ns == before  # reused, not exported again
+    assert EmbeddingCache(tmp_path / "other", backbone, openvino_from=100)._encoder(1) is None  # too few to export
+
+
+def test_openvino_encoder_matches_pytorch_on_litemedsam(tmp_path):
+    """The tolerance the cache relies on, on the real weights: far below float16's rounding of the stored entry."""
+    lite = lite_blob()
+    backbone = lite["backbone"]
+    encoder = OpenVinoEncoder(export_encoder(backbone, tmp_path / "lite.onnx"))
+    images = torch.stack([preprocess_image(lite["image"], backbone.image_size)[0],
+                          preprocess_image(np.flipud(lite["image"]).copy(), backbone.image_size)[0]])
+    fast = encoder(images)
+    reference = encode_batch(backbone, images)
+    assert fast.shape == reference.shape == (2, *backbone.embedding_shape)
+    assert (fast - reference).abs().max() < 1e-4 * reference.abs().max()
+    assert sys.modules["openvino_telemetry"] is None  # OpenVINO's usage statistics never loaded: nothing sent
+
+
+def test_an_encoder_openvino_cannot_build_falls_back_to_pytorch(tmp_path, image, backbone, monkeypatch):
+    def broken_export(*args, **kwargs):
+        raise RuntimeError("exporter broke")
+
+    other = micro_backbone()  # a new backbone object: no OpenVINO encoder was built for it
+    monkeypatch.setattr(openvino_module, "export_encoder", broken_export)
+    with pytest.warns(UserWarning, match="OpenVINO encoder unavailable.*exporter broke"):
+        results = EmbeddingCache(tmp_path, other, openvino_from=1).get_many([image], progress=False)
+    reference = encode_batch(other, preprocess_image(image, other.image_size)[0][None])[0]
+    torch.testing.assert_close(results[0][0], reference, atol=2e-3, rtol=0)
+    assert openvino_module._BUILT[other] is False  # not retried on every call
