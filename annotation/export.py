@@ -1,10 +1,11 @@
-"""`adasam export`: the latest mask of every labeled image as PNG, COCO RLE or NIfTI, with manifest and provenance.
+"""`adasam export`: the latest mask of every labeled image as PNG, COCO RLE, NIfTI or an nnU-Net v2 raw dataset, with
+manifest and provenance.
 
 What is exported: images whose latest mask a person made (drawn, imported with the data, or marked no-finding,
 which is exported as an empty mask); with `include_predictions`, also those whose latest mask is a model
 prediction a person accepted as is. NIfTI: slices that came from a volume are put back into a mask volume of the
 source's shape with the source's affine (unlabeled slices stay 0); other images each get a one-slice .nii.gz
-(array = mask transposed to x, y, 1; identity affine).
+(array = mask transposed to x, y, 1; identity affine). nnU-Net: see `_write_nnunet`.
 
 The export is written to a hidden folder beside `out`, read back and checked against the workspace, and only then
 renamed to `out`: `out` either does not exist or is complete.
@@ -31,7 +32,7 @@ from annotation.decode import stem
 from annotation.records import NOT_FROM_A_MODEL, ImageInfo, MaskInfo
 from annotation.store import LABEL_NAME, Store, WorkspaceError, utc_now
 
-FORMATS = ("png", "coco", "nifti")
+FORMATS = ("png", "coco", "nifti", "nnunet")
 MANIFEST_COLUMNS = ["name", "image_id", "sha256", "original_path", "width", "height", "split", "has_lesion",
                     "mask_file", "empty", "origin", "annotator", "created_at", "model_version", "mask_version",
                     "volume", "slice_index", "frame_index"]
@@ -81,7 +82,7 @@ def export_workspace(store: Store, out: str | os.PathLike[str], fmt: str, *, inc
     tmp.mkdir()
     try:
         items = [_Item(name, image, mask) for name, (image, mask) in zip(_unique_names(labeled), labeled)]
-        writer = {"png": _write_png, "coco": _write_coco, "nifti": _write_nifti}[fmt]
+        writer = {"png": _write_png, "coco": _write_coco, "nifti": _write_nifti, "nnunet": _write_nnunet}[fmt]
         mask_files = writer(store, tmp, items)
         _write_manifest(store, tmp, items, mask_files)
         _write_provenance(store, tmp, items, fmt, include_predictions)
@@ -207,6 +208,39 @@ def _write_nifti(store: Store, tmp: Path, items: list[_Item]) -> dict[str, list[
     return files
 
 
+def _write_nnunet(store: Store, tmp: Path, items: list[_Item]) -> dict[str, list[Placement]]:
+    """An nnU-Net v2 raw dataset: each labeled image (or slice) a 2D case, `imagesTr/<name>_<channel>.nii.gz` with
+    the stored intensities (nnU-Net normalises them itself) and `labelsTr/<name>.nii.gz` (0 background, 1 target),
+    both x, y, 1 with an identity affine, and `dataset.json`. Every case has the same channels: colour images stay
+    R, G, B when all images are colour, and become grey (their channel mean) in a mixed workspace. Slices of a
+    partly labeled volume are cases of their own, so no unlabeled slice is taught as background."""
+    import nibabel as nib
+
+    (tmp / "imagesTr").mkdir()
+    (tmp / "labelsTr").mkdir()
+    colour = all(item.image.channels == 3 for item in items)
+    files = {}
+    for item in items:
+        pixels = store.load_image(item.image.id)
+        if pixels.ndim == 3 and not colour:
+            pixels = pixels.mean(axis=2)
+        channels = [pixels[..., c] for c in range(3)] if colour else [pixels]
+        for index, channel in enumerate(channels):
+            if channel.dtype not in (np.uint8, np.uint16, np.int16, np.float32):
+                channel = channel.astype(np.float32)
+            nib.save(nib.Nifti1Image(np.ascontiguousarray(channel.T[:, :, None]), np.eye(4)),
+                     tmp / "imagesTr" / f"{item.name}_{index:04d}.nii.gz")
+        relpath = f"labelsTr/{item.name}.nii.gz"
+        nib.save(nib.Nifti1Image(item.pixels(store).T[:, :, None].astype(np.uint8), np.eye(4)), tmp / relpath)
+        files[item.name] = [(relpath, None, None)]
+    label = store.get_setting(LABEL_NAME, "lesion")
+    dataset = {"name": store.root.resolve().name, "description": f"ADA-SAM Studio export of {store.root}",
+               "channel_names": {"0": "R", "1": "G", "2": "B"} if colour else {"0": "image"},
+               "labels": {"background": 0, label: 1}, "numTraining": len(items), "file_ending": ".nii.gz"}
+    (tmp / "dataset.json").write_text(json.dumps(dataset, indent=1))
+    return files
+
+
 def _slice_view(data: np.ndarray, axis: int, position: int) -> np.ndarray:
     index: list[Any] = [slice(None)] * data.ndim
     index[axis] = position
@@ -258,6 +292,12 @@ def _validate(store: Store, tmp: Path, fmt: str, items: list[_Item], mask_files:
     provenance = json.loads((tmp / "provenance.json").read_text())
     if [r["name"] for r in rows] != [i.name for i in items] or set(provenance["images"]) != {i.name for i in items}:
         raise WorkspaceError("export check failed: manifest or provenance does not list every exported image")
+    if fmt == "nnunet":
+        dataset = json.loads((tmp / "dataset.json").read_text())
+        cases = {p.name.rsplit("_", 1)[0] for p in (tmp / "imagesTr").iterdir()}
+        if dataset["numTraining"] != len(items) or cases != {i.name for i in items} or \
+                len(list((tmp / "imagesTr").iterdir())) != len(items) * len(dataset["channel_names"]):
+            raise WorkspaceError("export check failed: imagesTr or dataset.json does not match the labeled images")
     reader = _Reader(tmp)
     for item in items:
         for relpath, axis, position in mask_files[item.name]:

@@ -25,12 +25,14 @@ def register(sub) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_import)
 
-    p = sub.add_parser("export", help="export the latest masks as PNG, COCO (RLE) or NIfTI",
+    p = sub.add_parser("export", help="export the latest masks as PNG, COCO (RLE), NIfTI or an nnU-Net v2 dataset",
                        description="Export the latest mask of every labeled image (no-finding = empty mask) with "
                                    "manifest.csv and provenance.json. Accepted model predictions are included only "
                                    "with --include-predictions. NIfTI: slices of an imported volume go back into "
                                    "a mask volume with the source's shape and affine; other images get one .nii.gz "
-                                   "each. Written to a temporary folder, read back and checked, then renamed to OUT, "
+                                   "each. nnunet: an nnU-Net v2 raw dataset (imagesTr, labelsTr, dataset.json), one "
+                                   "2D case per labeled image or slice. "
+                                   "Written to a temporary folder, read back and checked, then renamed to OUT, "
                                    "which must not exist (or be empty).")
     p.add_argument("workspace")
     p.add_argument("--format", required=True, choices=EXPORT_FORMATS)

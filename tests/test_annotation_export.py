@@ -96,6 +96,31 @@ def test_nifti_export_restacks_volume_slices_with_the_source_affine(store, tmp_p
     assert manifest["knee_s0001"]["slice_index"] == "1"
 
 
+def test_nnunet_export_is_a_dataset_nnunet_itself_accepts(store, tmp_path):
+    cases = labeled_store(store, tmp_path)  # grey PNGs with masks (some empty)
+    data = np.random.default_rng(1).integers(0, 500, (7, 6, 4)).astype(np.int16)
+    write_nifti(tmp_path / "src" / "knee.nii.gz", data)
+    import_sources(store, [tmp_path / "src"], progress=False)
+    knee = {image.slice_index: image for image in store.images() if image.slice_index is not None}
+    store.save_mask(knee[1].id, np.eye(6, 7, dtype=bool), "alice")  # one slice of four: a 2D case, not a volume
+    summary = export_workspace(store, tmp_path / "out", "nnunet")
+    out = tmp_path / "out"
+    dataset = json.loads((out / "dataset.json").read_text())
+    assert dataset["numTraining"] == summary.images == len(cases) + 1
+    assert dataset["channel_names"] == {"0": "image"} and dataset["labels"] == {"background": 0, "lesion": 1}
+    name = read_manifest(out)["knee_s0001"]["name"]
+    image = nib.load(out / "imagesTr" / f"{name}_0000.nii.gz")
+    assert image.shape == (7, 6, 1) and np.array_equal(np.asanyarray(image.dataobj)[:, :, 0], data[:, :, 1])
+    label = np.asanyarray(nib.load(out / "labelsTr" / f"{name}.nii.gz").dataobj)
+    assert label.dtype == np.uint8 and np.array_equal(label[:, :, 0].T, np.eye(6, 7, dtype=np.uint8))
+    for case, (_, mask) in cases.items():
+        assert np.array_equal(np.asanyarray(nib.load(out / "labelsTr" / f"{case}.nii.gz").dataobj)[:, :, 0].T > 0,
+                              mask)
+    from nnunetv2.experiment_planning.verify_dataset_integrity import verify_dataset_integrity
+
+    verify_dataset_integrity(str(out), num_processes=1)  # nnU-Net's own check raises on any defect
+
+
 def test_accepted_predictions_are_exported_only_on_request(store, tmp_path):
     ids = seed_images(store, 3)
     store.register_model("v7", "v7.pt")
