@@ -50,6 +50,17 @@ def register(sub) -> None:
     em.add_argument("--cache", default=None, help="embedding cache folder (default ~/.cache/adasam/embeddings)")
     em.set_defaults(func=cmd_embed)
 
+    sc = sub.add_parser("score", help="score a workspace's unlabeled pool with its latest model and order the queue",
+                        description="What the background trainer does after each round, as a command: every "
+                                    "unlabeled pool image the workspace's latest published model has not scored yet "
+                                    "is scored (probability, uncertainty, proposal) and the queue is ordered by the "
+                                    "workspace's strategy. Started by torchrun, the images are split across the "
+                                    "processes; process 0 orders the queue once all are done.")
+    sc.add_argument("workspace")
+    sc.add_argument("--backbone", default="litemedsam", help="the backbone the workspace's models were trained on")
+    sc.add_argument("--cache", default=None, help="embedding cache folder (default ~/.cache/adasam/embeddings)")
+    sc.set_defaults(func=cmd_score)
+
     ev = sub.add_parser("evaluate", help="score a trained model on a split of a data folder")
     ev.add_argument("--data", required=True)
     ev.add_argument("--model", required=True,
@@ -182,6 +193,38 @@ def cmd_embed(args: argparse.Namespace) -> int:
             print(f"{len(readers)} images in {args.source}: rank 0 encoded {cache.encoded} of its {len(mine)} "
                   f"({len(mine) - cache.encoded} were cached) in {time.time() - started:.0f} s"
                   + (f"; {ranks.world} ranks" if ranks.joined else ""))
+        return 0
+    finally:
+        leave(ranks)
+
+
+def cmd_score(args: argparse.Namespace) -> int:
+    """`adasam score`: the background trainer's re-scoring, each torchrun rank scoring its share of the images."""
+    from annotation.store import Store, WorkspaceError
+    from app.trainer import BackgroundTrainer
+    from model.cache import DEFAULT_CACHE_DIR
+    from model.device import default_device
+    from model.distributed import join, leave
+
+    try:
+        with Store(args.workspace, create=False) as store:
+            latest = store.latest_model()
+    except WorkspaceError as exc:
+        raise CommandError(str(exc)) from None
+    if latest is None:
+        raise CommandError(f"{args.workspace}: no published model yet, nothing to score with")
+    ranks = join(default_device())
+    try:
+        scorer = BackgroundTrainer(args.workspace, args.backbone, args.cache or DEFAULT_CACHE_DIR)
+        ids = ranks.from_main(scorer.store.unscored_ids(latest.version))  # one list, shared out
+        started = time.time()
+        scorer.rescore(latest.version, ranks.share(ids), rank=False)
+        ranks.barrier()
+        if ranks.main:
+            scorer.rank_queue(latest.version)
+            print(f"{latest.version} scored {len(ids)} pool images in {time.time() - started:.0f} s"
+                  + (f" ({ranks.world} ranks)" if ranks.joined else "") + "; queue ordered")
+        scorer.store.close()
         return 0
     finally:
         leave(ranks)

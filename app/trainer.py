@@ -307,11 +307,12 @@ class BackgroundTrainer:
 
     # -- re-scoring the pool -----------------------------------------------------------------------------------
 
-    def rescore(self, version: str) -> None:
-        """Score every unlabeled pool image `version` has not scored yet (in chunks, each recorded as it is done, so
-        a stopped trainer resumes where it was), then let the workspace's strategy order the queue."""
+    def rescore(self, version: str, ids: list[int] | None = None, rank: bool = True) -> None:
+        """Score every unlabeled pool image `version` has not scored yet, or `ids` (a torchrun rank's share: `adasam
+        score`), in chunks, each recorded as it is done, so a stopped trainer resumes where it was; then, with
+        `rank`, let the workspace's strategy order the queue."""
         store = self.store
-        ids = store.unscored_ids(version)
+        ids = store.unscored_ids(version) if ids is None else ids
         if ids:
             model, _ = load_checkpoint(store.model(version).checkpoint_path, backbone_view(self.base))
             predictor = Predictor(model)
@@ -329,7 +330,8 @@ class BackgroundTrainer:
                                      segmentation_uncertainty=p.uncertainty.segmentation)
                     for item, p in zip(chunk, predictions)])
             self.status(state="idle", message=f"{version} scored {len(ids)} pool images", force=True)
-        self.rank_queue(version)
+        if rank:
+            self.rank_queue(version)
 
     def rank_queue(self, version: str) -> None:
         """Order the queue by the workspace's strategy (QUEUE_STRATEGY, default combined) over `version`'s

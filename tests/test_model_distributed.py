@@ -116,3 +116,44 @@ def test_embed_refuses_a_folder_that_is_neither(tmp_path):
     result = subprocess.run([sys.executable, "-m", "app.cli", "embed", str(tmp_path)], cwd=ROOT, capture_output=True,
                             text=True, timeout=120)
     assert result.returncode != 0 and "images" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_score_splits_the_unscored_pool_across_ranks_and_orders_the_queue(tmp_path):
+    from annotation import Store, import_sources, next_task
+    from app.seed import write_phantoms
+    from app.testing import make_workspace
+    from app.trainer import BackgroundTrainer
+    from app_fixtures import label
+
+    workspace = make_workspace(tmp_path, n=10, n_val=3)
+    trainer = BackgroundTrainer(workspace, "micro_random", tmp_path / "cache", round_every=3, steps=4)
+    label(trainer.store, 3)
+    trainer.train_round()  # publishes r0001 and scores today's pool
+    version = trainer.store.latest_model().version
+    trainer.store.close()
+    write_phantoms(tmp_path / "more", n=9, n_val=0, seed=7)  # new scans arrive after the round
+    with Store(workspace) as store:
+        import_sources(store, [tmp_path / "more" / "pool" / "images"], with_masks=False, progress=False)
+        new = store.unscored_ids(version)
+        assert len(new) == 9
+    launcher = [str(TORCHRUN), "--standalone", "--nproc-per-node=2", "-m", "app.cli"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(launcher + ["score", str(workspace), "--backbone", "micro_random", "--cache",
+                                        str(tmp_path / "cache")], cwd=ROOT, env=env, capture_output=True, text=True,
+                            timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.count("scored 9 pool images") == 1 and "2 ranks" in result.stdout
+    with Store(workspace) as store:
+        assert store.unscored_ids(version) == [] and store.queue_model() == version
+        scored = {p.image_id: p.uncertainty for p in store.pool_predictions(version)}
+        assert set(new) <= set(scored)
+        assert scored[next_task(store, "ann").image.id] == max(scored.values())  # combined: most uncertain first
+
+
+def test_score_without_a_model_says_so(tmp_path):
+    from app.testing import make_workspace
+
+    workspace = make_workspace(tmp_path, n=4, n_val=1)
+    result = subprocess.run([sys.executable, "-m", "app.cli", "score", str(workspace), "--backbone", "micro_random"],
+                            cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode != 0 and "no published model yet" in result.stderr and "Traceback" not in result.stderr
