@@ -1,11 +1,12 @@
-"""`adasam export`: the latest mask of every labeled image as PNG, COCO RLE, NIfTI or an nnU-Net v2 raw dataset, with
-manifest and provenance.
+"""`adasam export`: the latest mask of every labeled image as PNG, COCO RLE, NIfTI, an nnU-Net v2 raw dataset or DICOM
+SEG, with manifest and provenance.
 
 What is exported: images whose latest mask a person made (drawn, imported with the data, or marked no-finding,
 which is exported as an empty mask); with `include_predictions`, also those whose latest mask is a model
 prediction a person accepted as is. NIfTI: slices that came from a volume are put back into a mask volume of the
 source's shape with the source's affine (unlabeled slices stay 0); other images each get a one-slice .nii.gz
-(array = mask transposed to x, y, 1; identity affine). nnU-Net: see `_write_nnunet`.
+(array = mask transposed to x, y, 1; identity affine). nnU-Net: see `_write_nnunet`; DICOM SEG: `_write_dicom_seg`
+(images not imported from DICOM are left out and listed in the summary).
 
 The export is written to a hidden folder beside `out`, read back and checked against the workspace, and only then
 renamed to `out`: `out` either does not exist or is complete.
@@ -28,11 +29,11 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from annotation.decode import stem
+from annotation.decode import first_line, stem
 from annotation.records import NOT_FROM_A_MODEL, ImageInfo, MaskInfo
 from annotation.store import LABEL_NAME, Store, WorkspaceError, utc_now
 
-FORMATS = ("png", "coco", "nifti", "nnunet")
+FORMATS = ("png", "coco", "nifti", "nnunet", "dicom-seg")
 MANIFEST_COLUMNS = ["name", "image_id", "sha256", "original_path", "width", "height", "split", "has_lesion",
                     "mask_file", "empty", "origin", "annotator", "created_at", "model_version", "mask_version",
                     "volume", "slice_index", "frame_index"]
@@ -45,6 +46,7 @@ class ExportSummary:
     images: int
     empty: int
     files: list[str] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (image name, why), e.g. no DICOM source for SEG
 
 
 @dataclass
@@ -53,6 +55,7 @@ class _Item:
     image: ImageInfo
     mask: MaskInfo
     empty: bool = False  # set by the writer
+    source: Any = None  # the source file's DICOM header (DICOM SEG only)
 
     def pixels(self, store: Store) -> np.ndarray:
         """The boolean mask (all False for no-finding), read when needed so big exports stay small in memory."""
@@ -80,9 +83,16 @@ def export_workspace(store: Store, out: str | os.PathLike[str], fmt: str, *, inc
     _remove_stale_temporaries(out)
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     tmp.mkdir()
+    items = [_Item(name, image, mask) for name, (image, mask) in zip(_unique_names(labeled), labeled)]
+    skipped: list[tuple[str, str]] = []
+    if fmt == "dicom-seg":
+        items, skipped = _with_dicom_sources(items)
+        if not items:
+            raise WorkspaceError(f"nothing to export as DICOM SEG: no labeled image in {store.root} was imported "
+                                 f"from a readable single-frame DICOM file ({skipped[0][1]}, for one)")
     try:
-        items = [_Item(name, image, mask) for name, (image, mask) in zip(_unique_names(labeled), labeled)]
-        writer = {"png": _write_png, "coco": _write_coco, "nifti": _write_nifti, "nnunet": _write_nnunet}[fmt]
+        writer = {"png": _write_png, "coco": _write_coco, "nifti": _write_nifti, "nnunet": _write_nnunet,
+                  "dicom-seg": _write_dicom_seg}[fmt]
         mask_files = writer(store, tmp, items)
         _write_manifest(store, tmp, items, mask_files)
         _write_provenance(store, tmp, items, fmt, include_predictions)
@@ -96,7 +106,7 @@ def export_workspace(store: Store, out: str | os.PathLike[str], fmt: str, *, inc
     store.log_event(who, "export", {"format": fmt, "out": str(out), "images": len(items)})
     files = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
     return ExportSummary(out=out, format=fmt, images=len(items), empty=sum(i.empty for i in items),
-                         files=files)
+                         files=files, skipped=skipped)
 
 
 def export_zip(store: Store, folder: str | os.PathLike[str], fmt: str, *, include_predictions: bool = False,
@@ -241,6 +251,67 @@ def _write_nnunet(store: Store, tmp: Path, items: list[_Item]) -> dict[str, list
     return files
 
 
+def _with_dicom_sources(items: list[_Item]) -> tuple[list[_Item], list[tuple[str, str]]]:
+    """(items whose source is a readable single-frame DICOM file, with its header kept on the item; (name, why not)
+    for the others): a DICOM SEG can only reference DICOM instances."""
+    import pydicom
+
+    kept, skipped = [], []
+    for item in items:
+        if not item.image.modality.startswith("DICOM"):
+            skipped.append((item.name, "not imported from a DICOM file"))
+            continue
+        if item.image.frame_index is not None:
+            skipped.append((item.name, "a frame of a multi-frame DICOM file (not supported yet)"))
+            continue
+        try:
+            item.source = pydicom.dcmread(item.image.original_path, stop_before_pixels=True)
+        except Exception as exc:  # noqa: BLE001 - moved, deleted or unreadable since the import
+            skipped.append((item.name, f"its source {item.image.original_path} cannot be read ({first_line(exc)})"))
+            continue
+        kept.append(item)
+    return kept, skipped
+
+
+def _write_dicom_seg(store: Store, tmp: Path, items: list[_Item]) -> dict[str, list[Placement]]:
+    """One DICOM SEG per source series, `dicom-seg/<SeriesInstanceUID>.dcm` (highdicom): a binary segment on each
+    labeled slice, referencing its source instance, so a PACS or viewer (OHIF, 3D Slicer) overlays it on the series.
+    No-finding slices, like unlabeled ones, hold no frame (the manifest tells them apart). Masks a person accepted
+    from the model make the segment SEMIAUTOMATIC, else MANUAL."""
+    import highdicom as hd
+    from pydicom.sr.codedict import codes
+    from pydicom.uid import generate_uid
+
+    (tmp / "dicom-seg").mkdir()
+    series: dict[str, list[_Item]] = {}
+    for item in items:
+        series.setdefault(str(item.source.SeriesInstanceUID), []).append(item)
+    label = store.get_setting(LABEL_NAME, "lesion")
+    files: dict[str, list[Placement]] = {}
+    for number, (uid, members) in enumerate(series.items(), start=1):
+        assisted = any(item.mask.origin == "accepted_prediction" for item in members)
+        segment = hd.seg.SegmentDescription(
+            segment_number=1, segment_label=label,
+            segmented_property_category=hd.sr.CodedConcept("49755003", "SCT", "Morphologically Altered Structure"),
+            segmented_property_type=hd.sr.CodedConcept("52988006", "SCT", "Lesion"),
+            algorithm_type=hd.seg.SegmentAlgorithmTypeValues.SEMIAUTOMATIC if assisted
+            else hd.seg.SegmentAlgorithmTypeValues.MANUAL,
+            algorithm_identification=hd.AlgorithmIdentificationSequence(
+                name="ADA-SAM", family=codes.cid7162.ArtificialIntelligence, version="0.1.0") if assisted else None)
+        seg = hd.seg.Segmentation(
+            source_images=[item.source for item in members],
+            pixel_array=np.stack([item.pixels(store) for item in members]).astype(np.uint8),
+            segmentation_type=hd.seg.SegmentationTypeValues.BINARY, segment_descriptions=[segment],
+            series_instance_uid=generate_uid(), series_number=9000 + number, sop_instance_uid=generate_uid(),
+            instance_number=1, manufacturer="ADA-SAM Studio", manufacturer_model_name="adasam",
+            software_versions="0.1.0", device_serial_number="none",
+            series_description=f"ADA-SAM Studio {label} masks")
+        relpath = f"dicom-seg/{uid}.dcm"
+        seg.save_as(tmp / relpath)
+        files.update({item.name: [(relpath, None, None)] for item in members})
+    return files
+
+
 def _slice_view(data: np.ndarray, axis: int, position: int) -> np.ndarray:
     index: list[Any] = [slice(None)] * data.ndim
     index[axis] = position
@@ -318,6 +389,10 @@ class _Reader:
             if relpath.endswith(".png"):
                 with Image.open(path) as image:
                     content: Any = np.array(image) > 0
+            elif relpath.startswith("dicom-seg/"):
+                import highdicom as hd
+
+                content = hd.seg.segread(path)
             elif relpath.endswith(".json"):
                 from pycocotools.coco import COCO
 
@@ -334,6 +409,11 @@ class _Reader:
         content = self._open(relpath)
         if relpath.endswith(".png"):
             return content
+        if relpath.startswith("dicom-seg/"):
+            pixels = content.get_pixels_by_source_instance(
+                source_sop_instance_uids=[str(item.source.SOPInstanceUID)], segment_numbers=[1],
+                ignore_spatial_locations=True, assert_missing_frames_are_empty=True)
+            return pixels[0, :, :, 0] > 0
         if relpath.endswith(".json"):
             mask = np.zeros((item.image.height, item.image.width), dtype=bool)
             with warnings.catch_warnings():  # pycocotools' own NumPy 2 deprecation notice

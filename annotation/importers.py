@@ -18,7 +18,9 @@ from typing import Iterable
 import numpy as np
 from tqdm import tqdm
 
-from annotation.decode import KINDS, MAX_IMAGE_PIXELS, DecodeError, Decoded, binary_frames, decode, first_line, stem
+from annotation.decode import (KINDS, MAX_IMAGE_PIXELS, DecodeError, Decoded, VolumeInfo, binary_frames, decode,
+                               first_line, kind_of, stem)
+from annotation.dicom_series import SeriesSlice, plan_series
 from annotation.records import SPLITS, ImageRecord
 from annotation.store import Store
 from model.manifest import parse_has_lesion
@@ -35,6 +37,8 @@ class ImportSummary:
     duplicates: int = 0
     masks_added: int = 0
     skipped: list[tuple[str, str]] = field(default_factory=list)
+    notes: list[tuple[str, str]] = field(default_factory=list)  # imported, but not as the user may expect
+    series: int = 0  # DICOM series imported as volumes
 
     def skip(self, path: Path | str, reason: str) -> None:
         self.skipped.append((str(path), reason))
@@ -53,9 +57,12 @@ def import_sources(store: Store, sources: Iterable[str | os.PathLike[str]], *, w
     for source in sources:
         files.extend(_collect(Path(source), summary, walked))
     layout = _Layout()
+    series, notes = plan_series([path for path in files if _is_dicom_file(path)])
+    summary.notes += [(str(path), note) for path, note in notes]
+    summary.series = len({placement.volume_path for placement in series.values()})
     for path in tqdm(files, desc="import", unit="file", disable=not progress):
         try:
-            _import_file(store, path, layout, with_masks, axis, max_pixels, annotator, summary)
+            _import_file(store, path, layout, with_masks, axis, max_pixels, annotator, summary, series.get(path))
         except Exception as exc:  # one bad file must never stop the import
             summary.skip(path, str(exc) if isinstance(exc, DecodeError) else f"{type(exc).__name__}: {first_line(exc)}")
     for mask in layout.escaped:
@@ -97,6 +104,13 @@ def _collect(source: Path, summary: ImportSummary, walked: set[Path]) -> list[Pa
     return found
 
 
+def _is_dicom_file(path: Path) -> bool:
+    try:
+        return kind_of(path) == "DICOM"
+    except (DecodeError, OSError):
+        return False
+
+
 def _inside(path: Path, root: Path) -> bool:
     return path.resolve().is_relative_to(root)
 
@@ -108,10 +122,16 @@ def _hidden_image(name: str) -> bool:
 
 
 def _import_file(store: Store, path: Path, layout: "_Layout", with_masks: bool, axis: int, max_pixels: int | None,
-                 annotator: str, summary: ImportSummary) -> None:
+                 annotator: str, summary: ImportSummary, in_series: SeriesSlice | None = None) -> None:
     mask_path = layout.mask_for(path) if with_masks else None  # first: a skipped image's mask is not an orphan
     split, has_lesion = layout.manifest_values(path)
     decoded = decode(path, axis, max_pixels)
+    positions = list(range(len(decoded.frames)))  # frame or slice numbers within the file
+    volume_path = str(path.absolute())
+    if in_series is not None:  # one slice of a DICOM series: the series is the volume
+        decoded.position_kind = "slice"
+        decoded.volume = VolumeInfo(2, in_series.shape, in_series.affine)
+        positions, volume_path = [in_series.position], in_series.volume_path
     masks = None
     if mask_path is not None:
         try:
@@ -122,9 +142,9 @@ def _import_file(store: Store, path: Path, layout: "_Layout", with_masks: bool, 
     # Files first (complete, content-addressed), rows after: a row never points at a missing or partial file.
     absolute = str(path.absolute())
     records, mask_files = [], []
-    for index, pixels in enumerate(decoded.frames):
+    for index, (position, pixels) in enumerate(zip(positions, decoded.frames)):
         sha, relpath = store.files.put(pixels, "images")
-        records.append(_record(decoded, pixels, index, sha, relpath, stem(path), absolute, split, has_lesion))
+        records.append(_record(decoded, pixels, position, sha, relpath, stem(path), absolute, split, has_lesion))
         mask_files.append(None if masks is None else store.files.put_mask(masks[index]))
 
     added = masks_added = 0
@@ -132,12 +152,12 @@ def _import_file(store: Store, path: Path, layout: "_Layout", with_masks: bool, 
         volume_id = None
         if decoded.volume is not None:
             volume = decoded.volume
-            volume_id = store.register_volume(absolute, volume.axis, volume.shape, volume.affine)
+            volume_id = store.register_volume(volume_path, volume.axis, volume.shape, volume.affine)
             records = [dataclasses.replace(r, volume_id=volume_id) for r in records]
         results = store.register_images(records, who=annotator)
-        for index, ((image_id, new), mask_file) in enumerate(zip(results, mask_files)):
-            store.add_source(image_id, _source_key(absolute, decoded, index), absolute, volume_id,
-                             index if decoded.position_kind else None)
+        for position, (image_id, new), mask_file in zip(positions, results, mask_files):
+            store.add_source(image_id, _source_key(absolute, decoded, position), absolute, volume_id,
+                             position if decoded.position_kind else None)
             added += new
             if mask_file is not None and store.add_imported_mask(image_id, mask_file, annotator):
                 masks_added += 1

@@ -370,8 +370,9 @@ class Studio:
                         shutil.rmtree(old, ignore_errors=True)
             tmp = Path(tempfile.mkdtemp(dir=self._exports))
         archive, summary = export_zip(self.store, tmp, fmt, include_predictions=include_predictions)
+        left_out = f"; {len(summary.skipped)} left out ({summary.skipped[0][1]}, for one)" if summary.skipped else ""
         return archive, (f"Exported {summary.images} masks ({summary.empty} empty) as {summary.format}, "
-                         f"checked by reading them back: {archive.name}")
+                         f"checked by reading them back: {archive.name}{left_out}")
 
     def close(self) -> None:
         """Cancel queued prefetches and wait for a running one (at most one proposal, ~0.1 s): it reads the store,

@@ -161,7 +161,8 @@ def build_ui(studio: Studio, default_annotator: str = "annotator") -> gr.Blocks:
                             "`manifest.csv` and `provenance.json`: the same code as `adasam export`. Masks accepted "
                             "unchanged from the model count as predictions unless you include them. `nnunet`: an "
                             "nnU-Net v2 raw dataset (`imagesTr`, `labelsTr`, `dataset.json`), ready for "
-                            "`nnUNetv2_plan_and_preprocess`.")
+                            "`nnUNetv2_plan_and_preprocess`. `dicom-seg`: one DICOM SEG per source series, for a PACS "
+                            "or viewer (images not imported from DICOM are left out).")
                 fmt = gr.Radio(list(EXPORT_FORMATS), value="png", label="Format", elem_id="export-format")
                 include = gr.Checkbox(value=True, label="Include masks accepted unchanged from the model",
                                       elem_id="export-include")

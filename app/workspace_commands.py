@@ -12,6 +12,8 @@ def register(sub) -> None:
     p = sub.add_parser("import", help="import images (PNG, JPEG, TIFF, BMP, DICOM, NIfTI), masks and a manifest",
                        description="Import folders or files into WORKSPACE (created if missing). Masks are matched by "
                                    "stem in a masks/ folder beside images/; manifest.csv sets split and has_lesion. "
+                                   "DICOM files of one series (SeriesInstanceUID) become the slices of one volume, "
+                                   "ordered by ImagePositionPatient. "
                                    "Bad files, and images over --max-megapixels, are listed and skipped; running it "
                                    "again adds nothing twice. "
                                    "Exit status 1 when files were found but none could be imported.")
@@ -25,13 +27,14 @@ def register(sub) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_import)
 
-    p = sub.add_parser("export", help="export the latest masks as PNG, COCO (RLE), NIfTI or an nnU-Net v2 dataset",
+    p = sub.add_parser("export", help="export the latest masks as PNG, COCO (RLE), NIfTI, nnU-Net v2 or DICOM SEG",
                        description="Export the latest mask of every labeled image (no-finding = empty mask) with "
                                    "manifest.csv and provenance.json. Accepted model predictions are included only "
                                    "with --include-predictions. NIfTI: slices of an imported volume go back into "
                                    "a mask volume with the source's shape and affine; other images get one .nii.gz "
                                    "each. nnunet: an nnU-Net v2 raw dataset (imagesTr, labelsTr, dataset.json), one "
-                                   "2D case per labeled image or slice. "
+                                   "2D case per labeled image or slice. dicom-seg: one DICOM SEG per source "
+                                   "series (images not imported from DICOM are left out and listed). "
                                    "Written to a temporary folder, read back and checked, then renamed to OUT, "
                                    "which must not exist (or be empty).")
     p.add_argument("workspace")
@@ -69,7 +72,10 @@ def _import(args: argparse.Namespace) -> int:
                                  progress=not args.quiet, max_pixels=max_pixels)
     for path, reason in summary.skipped:
         print(f"skipped {path}: {reason}")
-    print(f"imported {summary.added} new images ({summary.duplicates} already there), "
+    for path, note in summary.notes:
+        print(f"note {path}: {note}")
+    series = f", {summary.series} DICOM series as volumes" if summary.series else ""
+    print(f"imported {summary.added} new images ({summary.duplicates} already there){series}, "
           f"{summary.masks_added} masks; {len(summary.skipped)} skipped")
     return 1 if summary.skipped and not (summary.added or summary.duplicates) else 0
 
@@ -80,8 +86,10 @@ def _export(args: argparse.Namespace) -> int:
 
     with Store(args.workspace, create=False) as store:
         summary = export_workspace(store, args.out, args.format, include_predictions=args.include_predictions)
+    for name, reason in summary.skipped:
+        print(f"left out {name}: {reason}")
     print(f"exported {summary.images} masks ({summary.empty} empty) as {summary.format} to {summary.out}; "
-          f"checked by reading them back")
+          f"checked by reading them back" + (f"; {len(summary.skipped)} left out" if summary.skipped else ""))
     return 0
 
 
