@@ -7,11 +7,9 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from playwright.sync_api import sync_playwright
 
-from playwright.sync_api import sync_playwright  # noqa: E402
-
-from app_fixtures import launch_chromium  # noqa: E402
+from app.testing import launch_chromium
 
 
 def main(url: str, out: str) -> None:
