@@ -288,3 +288,42 @@ def test_export_downloads_a_valid_zip(page, server, tmp_path):
     assert set(decoded) == {i for i, m in saved.items() if m.any()}  # no finding: no annotation
     assert all(np.array_equal(decoded[i], saved[i]) for i in decoded)
     assert np.array_equal(decoded[task["image_id"]], mask)
+
+
+def test_brush_lands_on_the_right_pixels_when_zoomed_and_panned(page, server):
+    box = canvas_box(page)
+    page.evaluate("document.querySelector('.ann-brush').value = '60'")
+    page.keyboard.press("e")  # wipe the proposal: eraser sweeps at full size, whole image in view
+    for row in range(1, int(box["height"]) + 30, 30):
+        page.mouse.move(box["x"] + 1, box["y"] + min(row, box["height"] - 1))  # pressed on the canvas, then
+        page.mouse.down()
+        page.mouse.move(box["x"] + box["width"] + 5, box["y"] + row, steps=6)  # dragged past its edge
+        page.mouse.up()
+    assert mask_pixels(page) == 0
+    cx, cy = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+    page.mouse.move(cx, cy)
+    for _ in range(4):
+        page.mouse.wheel(0, -100)  # zoom in 1.25x per notch around the canvas centre
+    page.wait_for_function("Number(document.querySelector('[data-zoom]').dataset.zoom) > 2.4")
+    zoom = 1.25 ** 4
+    page.mouse.move(cx, cy)
+    page.mouse.down(button="right")  # pan: drag the image 40 screen pixels right
+    page.mouse.move(cx + 40, cy, steps=4)
+    page.mouse.up(button="right")
+    page.evaluate("document.querySelector('.ann-brush').value = '4'")
+    page.keyboard.press("b")
+    fx, fy = 0.3, 0.6  # a dot here on screen
+    page.mouse.click(box["x"] + box["width"] * fx, box["y"] + box["height"] * fy)
+    page.keyboard.press("0")  # back to the whole image
+    page.wait_for_function("document.querySelector('[data-zoom]').dataset.zoom === '1.0000'")
+    shown = image_id(page)
+    act(page, click="button[data-act=accept]")
+    with Store(server.workspace, create=False) as store:
+        mask = store.load_mask(shown)
+    h, w = mask.shape
+    # independently of the page's code: zoomed about the centre, then panned 40 px (in image pixels: 40 * w / width
+    # / zoom) to the left edge's side, so the screen point shows this image point
+    x = w / 2 + (fx - 0.5) * w / zoom - 40 * w / box["width"] / zoom
+    y = h / 2 + (fy - 0.5) * h / zoom
+    ys, xs = np.nonzero(mask)
+    assert len(xs) and abs(xs.mean() - x) < 1.5 and abs(ys.mean() - y) < 1.5, (xs.mean(), ys.mean(), x, y)

@@ -9,7 +9,9 @@ const S = {
   task: null, base: null, cam: null, mask: null, proposal: null, W: 0, H: 0,
   tool: 'brush', camOn: true, maskOn: true, edited: false, pos: [], neg: [], box: null,
   history: [], painting: false, last: null, dragStart: null, busy: false, drawn: 0, refined: 0,
+  zoom: 1, panX: 0, panY: 0, panning: null, spaceDown: false,  // the view: image pixel at the canvas' top left
 };
+const MAX_ZOOM = 16;
 
 function loadImage(url) {
   return new Promise((resolve, reject) => {
@@ -94,13 +96,15 @@ function draw() {
   ctx.setTransform(1, 0, 0, 1, 0, 0);
   ctx.clearRect(0, 0, CW, CH);
   if (!S.base) return;
-  ctx.imageSmoothingEnabled = true;
+  const z = S.zoom, k0 = CW / S.W;  // k0: image -> canvas pixels with the whole image in view
+  ctx.setTransform(z, 0, 0, z, -S.panX * k0 * z, -S.panY * k0 * z);
+  ctx.imageSmoothingEnabled = z < 3;  // zoomed in, each image pixel shows as a square
   ctx.drawImage(S.base, 0, 0, CW, CH);
   if (S.camOn && S.cam) ctx.drawImage(S.cam, 0, 0, CW, CH);
   if (S.maskOn) ctx.drawImage(layer, 0, 0);
-  const k = CW / S.W;  // image -> canvas pixels
+  const k = k0 * z;  // image -> canvas pixels in the current view
   const dpr = window.devicePixelRatio || 1;
-  ctx.setTransform(k, 0, 0, k, 0, 0);
+  ctx.setTransform(k, 0, 0, k, -S.panX * k, -S.panY * k);
   const line = 2 * dpr / k;
   if (S.box) {
     ctx.strokeStyle = '#ffd400'; ctx.lineWidth = line; ctx.setLineDash([4 * line, 3 * line]);
@@ -155,6 +159,7 @@ async function show(t) {
   const [base, cam, mask] = await Promise.all([loadImage(t.image), loadImage(t.cam), maskFrom(t.mask, t.width, t.height)]);
   Object.assign(S, { key: `${t.image_id}-${S.drawn}`, base, cam, mask, proposal: mask.slice(), W: t.width, H: t.height, pos: [], neg: [],
                      box: t.box ? t.box.slice() : null, history: [], edited: false });
+  setView(1, 0, 0);  // each image starts whole
   $('.ann-title').textContent = `${t.name} (image ${t.image_id}, ${t.width}×${t.height})` +
     (t.skipped_before ? ' · skipped before' : '');
   if (t.model === 'pretrained') setTool('box');  // no proposal before the first round: one drag gives the mask
@@ -251,13 +256,40 @@ async function refine() {
 
 function toImage(ev) {
   const rect = canvas.getBoundingClientRect();
-  return [(ev.clientX - rect.left) * S.W / rect.width, (ev.clientY - rect.top) * S.H / rect.height];
+  return [S.panX + (ev.clientX - rect.left) * S.W / rect.width / S.zoom,
+          S.panY + (ev.clientY - rect.top) * S.H / rect.height / S.zoom];
 }
 
-function brushRadius() {
+function brushRadius() {  // the slider is in screen pixels: a zoomed-in brush paints finer
   const rect = canvas.getBoundingClientRect();
-  return Math.max(1, Number($('.ann-brush').value) / 2 * S.W / rect.width);
+  return Math.max(0.5, Number($('.ann-brush').value) / 2 * S.W / rect.width / S.zoom);
 }
+
+// -- zoom and pan: the wheel zooms around the pointer, right-drag or Space+drag pans, 0 (or Fit) shows it all --
+
+function setView(zoom, panX, panY) {
+  S.zoom = Math.min(MAX_ZOOM, Math.max(1, zoom));
+  S.panX = Math.min(Math.max(0, panX), S.W - S.W / S.zoom);
+  S.panY = Math.min(Math.max(0, panY), S.H - S.H / S.zoom);
+  element.dataset.zoom = S.zoom.toFixed(4);
+  element.dataset.pan = `${S.panX.toFixed(2)},${S.panY.toFixed(2)}`;
+}
+
+function zoomAt(ev, factor) {
+  const rect = canvas.getBoundingClientRect();
+  const [x, y] = toImage(ev);  // this image point stays under the pointer
+  const zoom = Math.min(MAX_ZOOM, Math.max(1, S.zoom * factor));
+  setView(zoom, x - (ev.clientX - rect.left) * S.W / rect.width / zoom,
+          y - (ev.clientY - rect.top) * S.H / rect.height / zoom);
+  draw();
+}
+
+canvas.addEventListener('wheel', (ev) => {
+  if (!S.base) return;
+  ev.preventDefault();
+  zoomAt(ev, ev.deltaY < 0 ? 1.25 : 0.8);
+}, { passive: false });
+canvas.addEventListener('contextmenu', (ev) => ev.preventDefault());  // right-drag pans
 
 function stamp(x, y, value) {
   const r = brushRadius();
@@ -280,7 +312,14 @@ function strokeTo(x, y) {
 }
 
 canvas.addEventListener('pointerdown', (ev) => {
-  if (!S.base || S.busy) return;
+  if (!S.base) return;
+  if (ev.button === 2 || ev.button === 1 || S.spaceDown) {
+    ev.preventDefault();
+    canvas.setPointerCapture(ev.pointerId);
+    S.panning = [ev.clientX, ev.clientY, S.panX, S.panY];
+    return;
+  }
+  if (S.busy) return;
   ev.preventDefault();
   const [x, y] = toImage(ev);
   if (S.tool === 'brush' || S.tool === 'eraser') {
@@ -298,7 +337,12 @@ canvas.addEventListener('pointerdown', (ev) => {
 });
 
 canvas.addEventListener('pointermove', (ev) => {
-  if (S.painting) { const [x, y] = toImage(ev); strokeTo(x, y); }
+  if (S.panning) {
+    const rect = canvas.getBoundingClientRect();
+    const [cx, cy, px, py] = S.panning;
+    setView(S.zoom, px - (ev.clientX - cx) * S.W / rect.width / S.zoom, py - (ev.clientY - cy) * S.H / rect.height / S.zoom);
+    draw();
+  } else if (S.painting) { const [x, y] = toImage(ev); strokeTo(x, y); }
   else if (S.dragStart) {
     const [x, y] = toImage(ev);
     const [x0, y0] = S.dragStart;
@@ -308,6 +352,7 @@ canvas.addEventListener('pointermove', (ev) => {
 });
 
 canvas.addEventListener('pointerup', () => {
+  if (S.panning) { S.panning = null; return; }
   if (S.painting) { S.painting = false; showFacts(); }
   if (S.dragStart) {
     S.dragStart = null;
@@ -326,6 +371,7 @@ function setTool(tool) {
 
 element.querySelectorAll('[data-tool]').forEach((b) => b.addEventListener('click', () => setTool(b.dataset.tool)));
 element.querySelectorAll('[data-act]').forEach((b) => b.addEventListener('click', () => act(b.dataset.act)));
+$('.ann-fit').addEventListener('click', () => { setView(1, 0, 0); draw(); });
 $('.ann-cam').addEventListener('change', (ev) => { S.camOn = ev.target.checked; draw(); });
 $('.ann-mask').addEventListener('change', (ev) => { S.maskOn = ev.target.checked; draw(); });
 new ResizeObserver(() => fitCanvas()).observe($('.ann-stage'));
@@ -338,10 +384,12 @@ document.addEventListener('keydown', (ev) => {
   if (target && (target.isContentEditable || ['INPUT', 'TEXTAREA', 'SELECT'].includes(target.tagName)) &&
       target.type !== 'checkbox' && target.type !== 'range') return;
   const key = ev.key.toLowerCase();
+  if (key === ' ') { ev.preventDefault(); S.spaceDown = true; return; }  // held: drag pans
   if ((ev.ctrlKey || ev.metaKey) && key === 'z') { ev.preventDefault(); undoEdit(); return; }
   if (ev.ctrlKey || ev.metaKey || ev.altKey) return;
   if (KEYS[key]) { ev.preventDefault(); act(KEYS[key]); }
   else if (TOOLS[key]) { setTool(TOOLS[key]); }
+  else if (key === '0') { setView(1, 0, 0); draw(); }
   else if (key === 'c') { const box = $('.ann-cam'); box.checked = !box.checked; S.camOn = box.checked; draw(); }
   else if (key === 'm') { const box = $('.ann-mask'); box.checked = !box.checked; S.maskOn = box.checked; draw(); }
   else if (key === '[' || key === ']') {
@@ -349,6 +397,8 @@ document.addEventListener('keydown', (ev) => {
     slider.value = String(Number(slider.value) + (key === ']' ? 3 : -3));
   }
 });
+
+document.addEventListener('keyup', (ev) => { if (ev.key === ' ') S.spaceDown = false; });
 
 setTool('brush');
 call('task', {}).then((t) => t && show(t));
