@@ -41,6 +41,17 @@ def write_series(folder, n: int = 4, gap: float = 2.5, uid: str = "1.2.826.0.1.3
     return slices
 
 
+def label_series(store, folder) -> tuple[dict, np.ndarray]:
+    """Import a series; a mask on slice 2, no finding on slice 0 -> (slice index -> image, the mask)."""
+    import_sources(store, [folder], progress=False)
+    by_slice = {image.slice_index: image for image in store.images()}
+    mask = np.zeros((6, 7), dtype=bool)
+    mask[1:4, 2:6] = True
+    store.save_mask(by_slice[2].id, mask, "alice")
+    store.mark_no_finding(by_slice[0].id, "alice")
+    return by_slice, mask
+
+
 def test_a_series_imports_as_one_volume_in_position_order(store, tmp_path):
     slices = write_series(tmp_path / "ct")
     summary = import_sources(store, [tmp_path / "ct"], progress=False)
@@ -70,12 +81,7 @@ def test_the_volume_affine_maps_voxels_to_the_series_patient_positions(store, tm
 
 def test_masks_of_a_series_export_as_one_nifti_volume(store, tmp_path):
     write_series(tmp_path / "ct")
-    import_sources(store, [tmp_path / "ct"], progress=False)
-    by_slice = {image.slice_index: image for image in store.images()}
-    mask = np.zeros((6, 7), dtype=bool)
-    mask[1:4, 2:6] = True
-    store.save_mask(by_slice[2].id, mask, "alice")
-    store.mark_no_finding(by_slice[0].id, "alice")
+    by_slice, mask = label_series(store, tmp_path / "ct")
     export_workspace(store, tmp_path / "out", "nifti")
     (volume_file,) = (tmp_path / "out" / "volumes").iterdir()
     volume = nib.load(volume_file)
@@ -113,12 +119,7 @@ def test_dicom_seg_export_references_the_series_and_reads_back(store, tmp_path):
     import highdicom as hd
 
     slices = write_series(tmp_path / "ct")
-    import_sources(store, [tmp_path / "ct"], progress=False)
-    by_slice = {image.slice_index: image for image in store.images()}
-    mask = np.zeros((6, 7), dtype=bool)
-    mask[1:4, 2:6] = True
-    store.save_mask(by_slice[2].id, mask, "alice")
-    store.mark_no_finding(by_slice[0].id, "alice")
+    by_slice, mask = label_series(store, tmp_path / "ct")
     plain = seed_images(store, 1)[0]  # a PNG-like image: no DICOM source, so not in the SEG
     store.save_mask(plain, np.eye(4, 5, dtype=bool), "bob")
     summary = export_workspace(store, tmp_path / "out", "dicom-seg")
