@@ -340,16 +340,31 @@ class Store:
         """The stored pixels at their original bit depth (rescaled values for DICOM/NIfTI)."""
         return self.files.read(self.image(image_id).file)
 
-    def load_display(self, image_id: int) -> np.ndarray:
-        """8-bit pixels for showing on screen: the recorded window applied (identity for plain 8-bit images)."""
+    def load_display(self, image_id: int, window: tuple[float, float] | None = None) -> np.ndarray:
+        """8-bit pixels for showing on screen through `window` (center, width), default the image's own
+        (`display_window`); plain 8-bit images without a recorded window are shown as they are."""
         info = self.image(image_id)
         pixels = self.files.read(info.file)
-        if info.window_width is None or info.window_center is None:
-            out = pixels if pixels.dtype == np.uint8 else _rescale(pixels, float(pixels.min()), float(pixels.max()))
+        if window is None and info.window_width is None and pixels.dtype == np.uint8:
+            out = pixels
         else:
-            low = info.window_center - info.window_width / 2
-            out = _rescale(pixels, low, low + info.window_width)
+            center, width = window or self.display_window(image_id, pixels)
+            out = _rescale(pixels, center - width / 2, center + width / 2)
         return 255 - out if info.invert else out
+
+    def display_window(self, image_id: int, pixels: np.ndarray | None = None) -> tuple[float, float]:
+        """The image's own window (center, width): the one recorded at import (DICOM's, or a percentile one), else
+        its whole value range."""
+        info = self.image(image_id)
+        if info.window_width is not None and info.window_center is not None:
+            return float(info.window_center), float(info.window_width)
+        low, high = self.value_range(image_id, pixels)
+        return (low + high) / 2, max(high - low, 1e-6)
+
+    def value_range(self, image_id: int, pixels: np.ndarray | None = None) -> tuple[float, float]:
+        """(lowest, highest) stored value of an image: the span a window can usefully cover."""
+        pixels = self.files.read(self.image(image_id).file) if pixels is None else pixels
+        return float(pixels.min()), float(pixels.max())
 
     # -- masks -------------------------------------------------------------------------------------------------
 

@@ -150,9 +150,12 @@ class Studio:
         # Untrained, the backbone prompted by the whole image proposes a whole-image mask the annotator would have to
         # erase: propose nothing instead, with the box tool ready (one dragged box gives 0.908 Dice on BUSI).
         mask = prediction.mask if trained else np.zeros((info.height, info.width), bool)
+        pixels = self.store.load_image(image_id)  # the stored values: the window sliders' range
         payload = {
             "image_id": image_id, "name": info.name, "width": info.width, "height": info.height,
             "image": png_data_url(self.store.load_display(image_id)),
+            "window": list(self.store.display_window(image_id, pixels)),
+            "range": list(self.store.value_range(image_id, pixels)),
             "cam": png_data_url(cam_picture(prediction.cam)) if trained else None,
             "mask": png_data_url((mask * 255).astype(np.uint8)),
             "box": [round(float(v), 1) for v in prediction.box] if trained else None,
@@ -263,6 +266,19 @@ class Studio:
             mask = self.slot.predictor.refine(embedding, geometry, positive=positive, negative=negative, box=box)
         return {"image_id": handout.image_id, "mask": png_data_url((mask * 255).astype(np.uint8)),
                 "pixels": int(mask.sum()), "ms": round(1000 * (time.perf_counter() - started), 1)}
+
+    def display(self, annotator: str, view: str, center: Any, width: Any) -> dict[str, Any]:
+        """The shown image again through another window (window/level on the canvas), from its stored values: an
+        8-bit picture cannot be re-windowed in the browser without losing what its first window clipped."""
+        handout = self._handout(annotator, view)
+        try:
+            center, width = float(center), float(width)
+        except (TypeError, ValueError):
+            raise RequestError(f"window center and width must be numbers, not {center!r} and {width!r}") from None
+        if not (math.isfinite(center) and math.isfinite(width) and width > 0):
+            raise RequestError(f"window width must be above 0 and both values finite, not {center} / {width}")
+        return {"image_id": handout.image_id, "window": [center, width],
+                "image": png_data_url(self.store.load_display(handout.image_id, (center, width)))}
 
     def retrain_now(self, annotator: str) -> str:
         self.store.set_setting(RETRAIN_REQUESTED, time.time(), who=annotator)

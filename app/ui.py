@@ -132,6 +132,9 @@ def build_ui(studio: Studio, default_annotator: str = "annotator") -> gr.Blocks:
         return studio.refine(who(request), as_text(data.get("view"), "view"), data.get("positive", []),
                              data.get("negative", []), data.get("box"))
 
+    def display(data: dict, request: gr.Request) -> dict:
+        return studio.display(who(request), as_text(data.get("view"), "view"), data.get("center"), data.get("width"))
+
     # delete_cache: Gradio's copies of export zips (and uploads) older than an hour go, checked every 10 minutes
     with gr.Blocks(title="ADA-SAM Studio", fill_width=True, delete_cache=(600, 3600)) as demo:
         gr.Markdown("## ADA-SAM Studio")
@@ -142,7 +145,8 @@ def build_ui(studio: Studio, default_annotator: str = "annotator") -> gr.Blocks:
                 gr.HTML(value="", html_template=(STATIC / "annotator.html").read_text(),
                         css_template=(STATIC / "annotator.css").read_text(),
                         js_on_load=(STATIC / "annotator.js").read_text(), elem_id="annotator",
-                        server_functions=[reported(f) for f in (task, accept, no_finding, tag, skip, undo, refine)])
+                        server_functions=[reported(f) for f in (task, accept, no_finding, tag, skip, undo, refine,
+                                                                  display)])
             with gr.Tab("Dashboard", id="dashboard") as dash_tab:
                 with gr.Row():
                     refresh = gr.Button("Refresh", scale=0, elem_id="dash-refresh")

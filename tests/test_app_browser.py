@@ -327,3 +327,23 @@ def test_brush_lands_on_the_right_pixels_when_zoomed_and_panned(page, server):
     y = h / 2 + (fy - 0.5) * h / zoom
     ys, xs = np.nonzero(mask)
     assert len(xs) and abs(xs.mean() - x) < 1.5 and abs(ys.mean() - y) < 1.5, (xs.mean(), ys.mean(), x, y)
+
+
+def test_window_sliders_rerender_the_image_and_w_restores_its_own(page):
+    own = page.get_attribute("[data-window]", "data-window")
+    mean = "(() => { const c = document.querySelector('canvas.ann-canvas'); const d = c.getContext('2d')" \
+           ".getImageData(0, 0, c.width, c.height).data; let s = 0; for (let i = 0; i < d.length; i += 4) s += d[i];" \
+           " return s / (d.length / 4); })()"
+    page.keyboard.press("c")  # CAM off and mask off: the canvas shows the image alone
+    page.keyboard.press("m")
+    before = page.evaluate(mean)
+    page.evaluate("""() => {
+        const level = document.querySelector('.ann-level');
+        level.value = String(Number(level.min) + 0.9 * (Number(level.max) - Number(level.min)));  // darker
+        level.dispatchEvent(new Event('input', { bubbles: true }));
+    }""")
+    page.wait_for_function(f"document.querySelector('[data-window]').dataset.window !== '{own}'")
+    page.wait_for_timeout(300)
+    assert page.evaluate(mean) < before - 10
+    page.keyboard.press("w")
+    page.wait_for_function(f"document.querySelector('[data-window]').dataset.window === '{own}'")

@@ -237,3 +237,21 @@ def test_numbers_no_float_holds_are_refused(setup):
         studio.refine("ann", task["view"], [[10 ** 400, 1]], [])
     with pytest.raises(RequestError):
         studio.refine("ann", task["view"], [], [], [0, 0, 10 ** 400, 5])
+
+
+def test_display_rewindows_the_shown_image_from_its_stored_values(setup):
+    _, store, studio = setup
+    task = studio.task("ann")
+    pixels = store.load_image(task["image_id"])
+    low, high = task["range"]
+    assert (low, high) == (pixels.min(), pixels.max())
+    assert task["window"] == [(low + high) / 2, high - low]  # phantoms carry no window: their whole range
+    narrow = studio.display("ann", task["view"], 40, 20)  # values 30-50 span black to white
+    shown = np.asarray(Image.open(io.BytesIO(base64.b64decode(narrow["image"].split(",", 1)[1]))))
+    expected = np.clip((pixels.astype(np.float32) - 30) / 20, 0, 1) * 255 + 0.5
+    assert narrow["window"] == [40.0, 20.0] and np.array_equal(shown, expected.astype(np.uint8))
+    for center, width in ((40, 0), (40, -5), ("x", 10), (float("nan"), 10)):
+        with pytest.raises(RequestError, match="window"):
+            studio.display("ann", task["view"], center, width)
+    with pytest.raises(StaleView):  # another annotator's showing is not ann's to re-window
+        studio.display("bob", task["view"], 40, 20)

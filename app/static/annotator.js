@@ -160,6 +160,7 @@ async function show(t) {
   Object.assign(S, { key: `${t.image_id}-${S.drawn}`, base, cam, mask, proposal: mask.slice(), W: t.width, H: t.height, pos: [], neg: [],
                      box: t.box ? t.box.slice() : null, history: [], edited: false });
   setView(1, 0, 0);  // each image starts whole
+  showWindow(t.window, t.range);
   $('.ann-title').textContent = `${t.name} (image ${t.image_id}, ${t.width}×${t.height})` +
     (t.skipped_before ? ' · skipped before' : '');
   if (t.model === 'pretrained') setTool('box');  // no proposal before the first round: one drag gives the mask
@@ -264,6 +265,35 @@ function brushRadius() {  // the slider is in screen pixels: a zoomed-in brush p
   const rect = canvas.getBoundingClientRect();
   return Math.max(0.5, Number($('.ann-brush').value) / 2 * S.W / rect.width / S.zoom);
 }
+
+// -- window/level: the server re-renders the image from its stored values (an 8-bit picture cannot be re-windowed
+// here without losing what its first window clipped); sliders span the image's values, starting at its own window --
+
+let windowTimer = null;
+
+function showWindow(own, range) {
+  const [low, high] = range;
+  const span = Math.max(high - low, 1e-6);
+  const level = $('.ann-level'), width = $('.ann-width');
+  level.min = String(low); level.max = String(high); level.value = String(own[0]);
+  width.min = String(span / 256); width.max = String(2 * span); width.value = String(own[1]);
+  element.dataset.window = `${Number(level.value)},${Number(width.value)}`;
+}
+
+function applyWindow() {
+  clearTimeout(windowTimer);
+  windowTimer = setTimeout(async () => {  // one request per pause, not per slider step
+    const center = Number($('.ann-level').value), width = Number($('.ann-width').value);
+    const r = await call('display', { view: S.task.view, center, width });
+    if (!r || r.image_id !== S.task.image_id) return;
+    S.base = await loadImage(r.image);
+    element.dataset.window = `${r.window[0]},${r.window[1]}`;
+    draw();
+  }, 120);
+}
+
+$('.ann-level').addEventListener('input', applyWindow);
+$('.ann-width').addEventListener('input', applyWindow);
 
 // -- zoom and pan: the wheel zooms around the pointer, right-drag or Space+drag pans, 0 (or Fit) shows it all --
 
@@ -390,6 +420,7 @@ document.addEventListener('keydown', (ev) => {
   if (KEYS[key]) { ev.preventDefault(); act(KEYS[key]); }
   else if (TOOLS[key]) { setTool(TOOLS[key]); }
   else if (key === '0') { setView(1, 0, 0); draw(); }
+  else if (key === 'w' && S.task && S.task.window) { showWindow(S.task.window, S.task.range); applyWindow(); }
   else if (key === 'c') { const box = $('.ann-cam'); box.checked = !box.checked; S.camOn = box.checked; draw(); }
   else if (key === 'm') { const box = $('.ann-mask'); box.checked = !box.checked; S.maskOn = box.checked; draw(); }
   else if (key === '[' || key === ']') {
