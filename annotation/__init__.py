@@ -6,7 +6,7 @@ from pathlib import Path
 
 from annotation.export import FORMATS as EXPORT_FORMATS, ExportSummary, export_workspace, export_zip
 from annotation.importers import ImportSummary, import_sources
-from annotation.queue import next_task, release_all_leases, release_lease, renew_lease, skip
+from annotation.queue import next_task, release_all_leases, release_lease, renew_lease, skip, take
 from annotation.records import (
     ImageInfo,
     ImageRecord,
@@ -25,5 +25,5 @@ __all__ = [
     "DEFAULT_WORKSPACE", "EXPORT_FORMATS", "ExportSummary", "ImageInfo", "ImageRecord", "ImportSummary", "MaskInfo",
     "ModelInfo", "PredictionRecord", "RoundInfo", "SaveRefused", "Store", "Task", "WorkspaceCounts", "WorkspaceError",
     "export_workspace", "export_zip", "import_sources", "next_task", "release_all_leases", "release_lease",
-    "renew_lease", "skip",
+    "renew_lease", "skip", "take",
 ]

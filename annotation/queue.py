@@ -81,6 +81,28 @@ def renew_lease(store: Store, annotator: str, image_id: int, lease_seconds: floa
     return True
 
 
+def take(store: Store, annotator: str, image_id: int, lease_seconds: float = DEFAULT_LEASE_SECONDS) -> bool:
+    """Lease this image for `annotator` out of queue order (a neighbouring slice they paged to), giving up the one
+    they held; `next_task` then hands it out. False, and nothing changes, if it is labeled, not in the pool, or held
+    by someone else."""
+    with store.transaction() as conn:
+        now = time.time()
+        conn.execute("DELETE FROM leases WHERE expires_at <= ?", (now,))
+        row = conn.execute("SELECT state, split FROM images WHERE id = ?", (image_id,)).fetchone()
+        if row is None or row["state"] != "unlabeled" or row["split"] != "pool":
+            return False
+        holder = conn.execute("SELECT annotator FROM leases WHERE image_id = ?", (image_id,)).fetchone()
+        if holder is not None and holder["annotator"] != annotator:
+            return False
+        conn.execute("DELETE FROM leases WHERE annotator = ? AND image_id != ?", (annotator, image_id))
+        conn.execute(
+            "INSERT INTO leases (image_id, annotator, expires_at, taken_at) VALUES (?, ?, ?, ?)"
+            " ON CONFLICT(image_id) DO UPDATE SET expires_at = excluded.expires_at, taken_at = excluded.taken_at",
+            (image_id, annotator, now + lease_seconds, utc_now()),
+        )
+    return True
+
+
 def release_lease(store: Store, annotator: str, image_id: int) -> None:
     """Give an image back without labeling it (e.g. the annotator logs out)."""
     with store.transaction() as conn:

@@ -269,6 +269,19 @@ class Store:
         where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
         return [_image_info(row) for row in self.conn.execute(f"SELECT * FROM images{where} ORDER BY id", params)]
 
+    def neighbour_slice(self, image_id: int, step: int) -> int | None:
+        """The nearest unlabeled pool slice of the same volume after (`step` > 0) or before this image's slice, or
+        None (not a slice, or none left that way): where paging through a volume goes."""
+        info = self.image(image_id)
+        if info.volume_id is None or info.slice_index is None or step == 0:
+            return None
+        comparison, order = (">", "ASC") if step > 0 else ("<", "DESC")
+        row = self.conn.execute(
+            f"SELECT id FROM images WHERE volume_id = ? AND slice_index {comparison} ? AND split = 'pool'"
+            f" AND state = 'unlabeled' ORDER BY slice_index {order} LIMIT 1", (info.volume_id, info.slice_index),
+        ).fetchone()
+        return None if row is None else row[0]
+
     def image_ids(self, split: str | None = None, state: str | None = None, labeled: bool | None = None) -> list[int]:
         """Ids of the images of one split and/or state (`labeled`: masked or no finding, or neither), in id order."""
         clauses, params = [], []

@@ -24,7 +24,8 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from annotation import EXPORT_FORMATS, MaskInfo, SaveRefused, Store, export_zip, next_task, renew_lease, skip
+from annotation import (EXPORT_FORMATS, MaskInfo, SaveRefused, Store, export_zip, next_task, renew_lease, skip,
+                        take)
 from annotation.queue import peek_next
 from app import dashboard
 from app.errors import RequestError, StaleView
@@ -193,8 +194,12 @@ class Studio:
         payload.update(self._header(annotator), message=message)
         return payload
 
-    def accept(self, annotator: str, view: str, mask_png: str | None = None) -> dict[str, Any]:
-        """Save the mask as drawn, or (mask_png None) exactly the proposal this annotator was shown, and move on."""
+    def accept(self, annotator: str, view: str, mask_png: str | None = None, step: int | None = None) -> dict[str, Any]:
+        """Save the mask as drawn, or (mask_png None) exactly the proposal this annotator was shown, and move on: to
+        the queue's next image, or with `step` (1 / -1) to the next / previous unlabeled slice of the same volume
+        when there is a free one (PageDown / PageUp after editing a slice)."""
+        if step not in (None, 1, -1):
+            raise RequestError(f"step must be 1 or -1, not {step!r}")
         with self._answering(annotator, view) as handout:
             info = self.store.image(handout.image_id)
             shown = handout.mask()
@@ -205,7 +210,14 @@ class Studio:
                                          shown_version=handout.shown_version)
         self._review(annotator, handout, mask, saved.version)
         what = "accepted as proposed" if unchanged else "saved your corrected mask"
-        return self.task(annotator, f"{info.name}: {what}{self._conflict_note(saved)}")
+        message = f"{info.name}: {what}{self._conflict_note(saved)}"
+        if step is not None:
+            neighbour = self.store.neighbour_slice(info.id, step)
+            if neighbour is not None and take(self.store, annotator, neighbour):
+                message += f"; slice {self.store.image(neighbour).slice_index} of this volume next"
+            else:
+                message += "; no free slice that way in this volume: the queue's next image"
+        return self.task(annotator, message)
 
     def no_finding(self, annotator: str, view: str) -> dict[str, Any]:
         with self._answering(annotator, view) as handout:
@@ -266,6 +278,20 @@ class Studio:
             mask = self.slot.predictor.refine(embedding, geometry, positive=positive, negative=negative, box=box)
         return {"image_id": handout.image_id, "mask": png_data_url((mask * 255).astype(np.uint8)),
                 "pixels": int(mask.sum()), "ms": round(1000 * (time.perf_counter() - started), 1)}
+
+    def page(self, annotator: str, view: str, step: Any) -> dict[str, Any]:
+        """Go from the shown slice to the nearest unlabeled one after (`step` 1) or before (-1) it in its volume
+        (PageDown / PageUp), out of queue order; the shown slice goes back to the queue."""
+        if step not in (1, -1):
+            raise RequestError(f"step must be 1 or -1, not {step!r}")
+        handout = self._handout(annotator, view)
+        neighbour = self.store.neighbour_slice(handout.image_id, step)
+        if neighbour is None:
+            way = "after" if step > 0 else "before"
+            raise RequestError(f"no unlabeled slice {way} this one in its volume (or this image is not a slice)")
+        if not take(self.store, annotator, neighbour):
+            raise SaveRefused(f"the next slice (image {neighbour}) is being labeled by someone else now")
+        return self.task(annotator, f"slice {self.store.image(neighbour).slice_index} of this volume")
 
     def display(self, annotator: str, view: str, center: Any, width: Any) -> dict[str, Any]:
         """The shown image again through another window (window/level on the canvas), from its stored values: an

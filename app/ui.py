@@ -113,7 +113,7 @@ def build_ui(studio: Studio, default_annotator: str = "annotator") -> gr.Blocks:
     # Each action names the showing it answers (`view`, from the task it was shown in).
     def accept(data: dict, request: gr.Request) -> dict:
         return studio.accept(who(request), as_text(data.get("view"), "view"),
-                             as_text(data.get("mask"), "mask", True))
+                             as_text(data.get("mask"), "mask", True), data.get("step"))
 
     def no_finding(data: dict, request: gr.Request) -> dict:
         return studio.no_finding(who(request), as_text(data.get("view"), "view"))
@@ -132,6 +132,9 @@ def build_ui(studio: Studio, default_annotator: str = "annotator") -> gr.Blocks:
         return studio.refine(who(request), as_text(data.get("view"), "view"), data.get("positive", []),
                              data.get("negative", []), data.get("box"))
 
+    def page_slice(data: dict, request: gr.Request) -> dict:  # not `page`: a Gradio block attribute
+        return studio.page(who(request), as_text(data.get("view"), "view"), data.get("step"))
+
     def display(data: dict, request: gr.Request) -> dict:
         return studio.display(who(request), as_text(data.get("view"), "view"), data.get("center"), data.get("width"))
 
@@ -146,7 +149,7 @@ def build_ui(studio: Studio, default_annotator: str = "annotator") -> gr.Blocks:
                         css_template=(STATIC / "annotator.css").read_text(),
                         js_on_load=(STATIC / "annotator.js").read_text(), elem_id="annotator",
                         server_functions=[reported(f) for f in (task, accept, no_finding, tag, skip, undo, refine,
-                                                                  display)])
+                                                                  display, page_slice)])
             with gr.Tab("Dashboard", id="dashboard") as dash_tab:
                 with gr.Row():
                     refresh = gr.Button("Refresh", scale=0, elem_id="dash-refresh")

@@ -347,3 +347,50 @@ def test_window_sliders_rerender_the_image_and_w_restores_its_own(page):
     assert page.evaluate(mean) < before - 10
     page.keyboard.press("w")
     page.wait_for_function(f"document.querySelector('[data-window]').dataset.window === '{own}'")
+
+
+def test_page_down_saves_the_slice_and_its_mask_prompts_the_next(browser, tmp_path):
+    from annotation import import_sources, take
+    from annotation_fixtures import write_nifti
+
+    volume = np.random.default_rng(0).integers(0, 60, (72, 60, 4)).astype(np.int16)  # distinct slices (equal
+    volume[20:40, 15:35, :] += 300  # pixels are stored once); x, y, slice: a bright square on every slice
+    write_nifti(tmp_path / "src" / "scan.nii.gz", volume)
+    with Store(tmp_path / "workspace") as store:
+        import_sources(store, [tmp_path / "src"], with_masks=False, progress=False)
+        slices = {info.slice_index: info.id for info in store.images()}
+    server = Server(tmp_path / "workspace", tmp_path / "serve.log", "--no-trainer")
+    try:
+        context = browser.new_context(viewport={"width": 1280, "height": 860})
+        page = context.new_page()
+        page.goto(server.url)
+        page.wait_for_selector("[data-image-id]:not([data-image-id=''])", timeout=30_000)
+        with Store(server.workspace, create=False) as store:
+            assert take(store, me(page), slices[1])  # this annotator on slice 1, whatever the queue's order
+        page.reload()
+        page.wait_for_selector(f"[data-image-id='{slices[1]}']", timeout=30_000)
+        assert mask_pixels(page) == 0  # untrained: no proposal
+        box = canvas_box(page)
+        page.keyboard.press("b")  # paint a blob on slice 1
+        page.mouse.move(box["x"] + box["width"] * 0.35, box["y"] + box["height"] * 0.45)
+        page.mouse.down()
+        page.mouse.move(box["x"] + box["width"] * 0.45, box["y"] + box["height"] * 0.5, steps=4)
+        page.mouse.up()
+        refined = "Number(document.querySelector('[data-image-id]').dataset.refined || 0)"
+        before = page.evaluate(refined)
+        page.keyboard.press("PageDown")  # saves slice 1, shows slice 2 prompted by slice 1's box
+        page.wait_for_selector(f"[data-image-id='{slices[2]}']", timeout=30_000)
+        page.wait_for_function(f"{refined} > {before}")
+        assert "previous slice's box prompted" in page.inner_text(".ann-message")
+        with Store(server.workspace, create=False) as store:
+            assert store.image(slices[1]).state == "masked" and store.load_mask(slices[1]).any()
+        page.keyboard.press("r")  # back to the (empty) proposal: nothing to save
+        before = drawn(page)
+        page.keyboard.press("PageDown")  # moves on without saving slice 2
+        page.wait_for_function(f"Number(document.querySelector('[data-drawn]').dataset.drawn) > {before}")
+        assert image_id(page) == slices[3]
+        with Store(server.workspace, create=False) as store:
+            assert store.image(slices[2]).state == "unlabeled"
+        context.close()
+    finally:
+        assert server.stop() == 0, (tmp_path / "serve.log").read_text()

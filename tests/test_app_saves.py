@@ -255,3 +255,39 @@ def test_display_rewindows_the_shown_image_from_its_stored_values(setup):
             studio.display("ann", task["view"], center, width)
     with pytest.raises(StaleView):  # another annotator's showing is not ann's to re-window
         studio.display("bob", task["view"], 40, 20)
+
+
+def test_paging_through_a_volume_leases_the_neighbouring_unlabeled_slice(tmp_path):
+    from annotation import import_sources, take
+    from annotation_fixtures import write_nifti
+
+    volume = np.random.default_rng(3).integers(0, 400, (40, 36, 5)).astype(np.int16)  # 5 slices of 36 x 40
+    write_nifti(tmp_path / "src" / "scan.nii.gz", volume)
+    store = Store(tmp_path / "ws")
+    import_sources(store, [tmp_path / "src"], with_masks=False, progress=False)
+    studio = Studio(store, ModelSlot(store, "micro_random", tmp_path / "cache"))
+    try:
+        slices = {info.slice_index: info.id for info in store.images()}
+        store.mark_no_finding(slices[2], "ann")  # labeled: paging passes over it
+        assert store.neighbour_slice(slices[1], 1) == slices[3] and store.neighbour_slice(slices[1], -1) == slices[0]
+        assert store.neighbour_slice(slices[4], 1) is None and not take(store, "ann", slices[2])  # labeled
+        assert take(store, "ann", slices[1])  # start on slice 1, whatever the queue's order
+        shown = studio.task("ann")
+        assert shown["image_id"] == slices[1]
+        with pytest.raises(RequestError, match="step"):
+            studio.page("ann", shown["view"], 2)
+        after = studio.page("ann", shown["view"], 1)
+        assert after["image_id"] == slices[3] and "slice 3" in after["message"]
+        assert studio.task("ann")["image_id"] == slices[3]  # the queue hands out the slice paged to
+        assert take(store, "bob", slices[4]) and not take(store, "ann", slices[4])
+        with pytest.raises(SaveRefused, match="someone else"):
+            studio.page("ann", after["view"], 1)  # slice 4 is bob's
+        back = studio.page("ann", after["view"], -1)  # slice 2 is labeled: back to slice 1, which ann let go
+        assert back["image_id"] == slices[1]
+        first = studio.page("ann", back["view"], -1)
+        assert first["image_id"] == slices[0]
+        with pytest.raises(RequestError, match="no unlabeled slice before"):
+            studio.page("ann", first["view"], -1)
+    finally:
+        studio.close()
+        store.close()

@@ -266,6 +266,33 @@ function brushRadius() {  // the slider is in screen pixels: a zoomed-in brush p
   return Math.max(0.5, Number($('.ann-brush').value) / 2 * S.W / rect.width / S.zoom);
 }
 
+// -- volumes: PageDown / PageUp save an edited slice, then go to the next / previous unlabeled slice; the mask left
+// behind prompts SAM on the new slice (its box) when the model proposes nothing there: lesions change little --
+
+function maskBox(mask, W, H) {
+  let x0 = W, y0 = H, x1 = -1, y1 = -1;
+  for (let y = 0; y < H; y++) {
+    for (let x = 0; x < W; x++) {
+      if (mask[y * W + x]) { x0 = Math.min(x0, x); y0 = Math.min(y0, y); x1 = Math.max(x1, x); y1 = Math.max(y1, y); }
+    }
+  }
+  return x1 < 0 ? null : [x0, y0, x1 + 1, y1 + 1];
+}
+
+async function page(step) {  // edited: the slice is saved first
+  if (!S.task || S.task.image_id === null) return;
+  const before = { box: S.mask ? maskBox(S.mask, S.W, S.H) : null, W: S.W, H: S.H };
+  const t = S.edited ? await call('accept', { view: S.task.view, mask: encodeMask(), step })
+    : await call('page_slice', { view: S.task.view, step });
+  if (!t) return;
+  await show(t);
+  if (before.box && before.W === S.W && before.H === S.H && !S.mask.some((v) => v)) {
+    S.box = before.box;
+    await refine();
+    say(`${t.message}: the previous slice's box prompted this mask`);
+  }
+}
+
 // -- window/level: the server re-renders the image from its stored values (an 8-bit picture cannot be re-windowed
 // here without losing what its first window clipped); sliders span the image's values, starting at its own window --
 
@@ -420,6 +447,7 @@ document.addEventListener('keydown', (ev) => {
   if (KEYS[key]) { ev.preventDefault(); act(KEYS[key]); }
   else if (TOOLS[key]) { setTool(TOOLS[key]); }
   else if (key === '0') { setView(1, 0, 0); draw(); }
+  else if (key === 'pagedown' || key === 'pageup') { ev.preventDefault(); page(key === 'pagedown' ? 1 : -1); }
   else if (key === 'w' && S.task && S.task.window) { showWindow(S.task.window, S.task.range); applyWindow(); }
   else if (key === 'c') { const box = $('.ann-cam'); box.checked = !box.checked; S.camOn = box.checked; draw(); }
   else if (key === 'm') { const box = $('.ann-mask'); box.checked = !box.checked; S.maskOn = box.checked; draw(); }
