@@ -286,17 +286,20 @@ class Studio:
             raise RequestError(f"step must be 1 or -1, not {step!r}")
         handout = self._handout(annotator, view)
         neighbour = self.store.neighbour_slice(handout.image_id, step)
-        if neighbour is None:
+        if neighbour is None:  # said, not refused: the annotator stays where they are
             way = "after" if step > 0 else "before"
-            raise RequestError(f"no unlabeled slice {way} this one in its volume (or this image is not a slice)")
+            return self.task(annotator, f"no unlabeled slice {way} this one in its volume (or it is not a slice)")
         if not take(self.store, annotator, neighbour):
             raise SaveRefused(f"the next slice (image {neighbour}) is being labeled by someone else now")
         return self.task(annotator, f"slice {self.store.image(neighbour).slice_index} of this volume")
 
-    def display(self, annotator: str, view: str, center: Any, width: Any) -> dict[str, Any]:
-        """The shown image again through another window (window/level on the canvas), from its stored values: an
-        8-bit picture cannot be re-windowed in the browser without losing what its first window clipped."""
+    def display(self, annotator: str, view: str, center: Any = None, width: Any = None) -> dict[str, Any]:
+        """The shown image again through another window (window/level on the canvas; none given: the image's own),
+        from its stored values: an 8-bit picture cannot be re-windowed in the browser without losing what its first
+        window clipped."""
         handout = self._handout(annotator, view)
+        if center is None and width is None:
+            center, width = self.store.display_window(handout.image_id)
         try:
             center, width = float(center), float(width)
         except (TypeError, ValueError):

@@ -133,7 +133,7 @@ def build_ui(studio: Studio, default_annotator: str = "annotator") -> gr.Blocks:
                              data.get("negative", []), data.get("box"))
 
     def page_slice(data: dict, request: gr.Request) -> dict:  # not `page`: a Gradio block attribute
-        return studio.page(who(request), as_text(data.get("view"), "view"), data.get("step"))
+        return studio.page(who(request), as_text(data.get("view"), "view"), data.get("step", 1))
 
     def display(data: dict, request: gr.Request) -> dict:
         return studio.display(who(request), as_text(data.get("view"), "view"), data.get("center"), data.get("width"))

@@ -285,6 +285,11 @@ async function page(step) {  // edited: the slice is saved first
   const t = S.edited ? await call('accept', { view: S.task.view, mask: encodeMask(), step })
     : await call('page_slice', { view: S.task.view, step });
   if (!t) return;
+  if (t.image_id === S.task.image_id && !S.edited) {  // nowhere to go: stay, keep the zoom, take the new view
+    S.task.view = t.view;
+    say(t.message);
+    return;
+  }
   await show(t);
   if (before.box && before.W === S.W && before.H === S.H && !S.mask.some((v) => v)) {
     S.box = before.box;
