@@ -353,11 +353,13 @@ class Store:
         """The stored pixels at their original bit depth (rescaled values for DICOM/NIfTI)."""
         return self.files.read(self.image(image_id).file)
 
-    def load_display(self, image_id: int, window: tuple[float, float] | None = None) -> np.ndarray:
+    def load_display(self, image_id: int, window: tuple[float, float] | None = None,
+                     pixels: np.ndarray | None = None) -> np.ndarray:
         """8-bit pixels for showing on screen through `window` (center, width), default the image's own
-        (`display_window`); plain 8-bit images without a recorded window are shown as they are."""
+        (`display_window`); plain 8-bit images without a recorded window are shown as they are. `pixels`: the stored
+        values when the caller has read them already."""
         info = self.image(image_id)
-        pixels = self.files.read(info.file)
+        pixels = self.files.read(info.file) if pixels is None else pixels
         if window is None and info.window_width is None and pixels.dtype == np.uint8:
             out = pixels
         else:

@@ -154,7 +154,7 @@ class Studio:
         pixels = self.store.load_image(image_id)  # the stored values: the window sliders' range
         payload = {
             "image_id": image_id, "name": info.name, "width": info.width, "height": info.height,
-            "image": png_data_url(self.store.load_display(image_id)),
+            "image": png_data_url(self.store.load_display(image_id, pixels=pixels)),
             "window": list(self.store.display_window(image_id, pixels)),
             "range": list(self.store.value_range(image_id, pixels)),
             "cam": png_data_url(cam_picture(prediction.cam)) if trained else None,
