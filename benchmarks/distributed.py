@@ -67,7 +67,8 @@ def main() -> int:
         if args.json == parser.get_default("json"):
             args.json = str(scratch / "distributed.json")
     cores = os.cpu_count() or 1
-    results: dict = {"config": {**vars(args), "data": os.path.relpath(args.data, ROOT), "cpu_count": cores,
+    settings = {k: v for k, v in vars(args).items() if k not in ("json", "cache")}  # no paths of this machine
+    results: dict = {"config": {**settings, "data": os.path.relpath(args.data, ROOT), "cpu_count": cores,
                                 "machine": platform.processor() or platform.machine()}, "runs": []}
     images = subset(Path(args.data), scratch / "subset", args.images)
     short, long = args.steps
