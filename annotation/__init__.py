@@ -17,13 +17,14 @@ from annotation.records import (
     Task,
     WorkspaceCounts,
 )
-from annotation.store import SaveRefused, Store, WorkspaceError
+from annotation.store import RoundTaken, SaveRefused, Store, WorkspaceError
 
 DEFAULT_WORKSPACE = Path(__file__).resolve().parents[1] / "data" / "workspace"
 
 __all__ = [
     "DEFAULT_WORKSPACE", "EXPORT_FORMATS", "ExportSummary", "ImageInfo", "ImageRecord", "ImportSummary", "MaskInfo",
-    "ModelInfo", "PredictionRecord", "RoundInfo", "SaveRefused", "Store", "Task", "WorkspaceCounts", "WorkspaceError",
+    "ModelInfo", "PredictionRecord", "RoundInfo", "RoundTaken", "SaveRefused", "Store", "Task", "WorkspaceCounts",
+    "WorkspaceError",
     "export_workspace", "export_zip", "import_sources", "next_task", "release_all_leases", "release_lease",
     "renew_lease", "skip", "take",
 ]

@@ -110,6 +110,8 @@ class RoundInfo:
     error: str | None
     model_version: str | None
     note: str | None = None  # e.g. why its model was not published
+    owner: str = "trainer"  # "trainer": the workspace's own; else the name of a remote trainer's token
+    alive_at: float | None = None  # unix time a remote owner last reported progress
 
 
 @dataclass(frozen=True)

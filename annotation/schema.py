@@ -173,8 +173,21 @@ def _v4_uncertainty_parts(conn: sqlite3.Connection) -> None:
     conn.execute("ALTER TABLE predictions ADD COLUMN segmentation_uncertainty REAL")
 
 
+def _v5_remote_trainers(conn: sqlite3.Connection) -> None:
+    """Trainers on other machines: their tokens (only a SHA-256 of each is kept), and which trainer owns a running
+    round, with when it last said it was alive (a silent owner's round can be taken over)."""
+    conn.execute("""CREATE TABLE trainer_tokens (
+        name TEXT PRIMARY KEY,
+        token_sha256 TEXT NOT NULL UNIQUE,
+        created_at TEXT NOT NULL,
+        revoked_at TEXT
+    )""")
+    conn.execute("ALTER TABLE training_rounds ADD COLUMN owner TEXT NOT NULL DEFAULT 'trainer'")
+    conn.execute("ALTER TABLE training_rounds ADD COLUMN alive_at REAL")  # unix time of the owner's last word
+
+
 MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_v1_initial, _v2_conflicts, _v3_publish_gate,
-                                                          _v4_uncertainty_parts]
+                                                          _v4_uncertainty_parts, _v5_remote_trainers]
 LATEST_VERSION = len(MIGRATIONS)
 
 

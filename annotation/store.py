@@ -10,6 +10,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import secrets
 import sqlite3
 import threading
 import time
@@ -40,11 +41,18 @@ DB_NAME = "workspace.db"
 DEFAULT_LEASE_SECONDS = 600.0
 QUEUE_MODEL = "queue_model"  # setting: the model version whose predictions order the queue
 LABEL_NAME = "label_name"  # setting: the target's name in exports (COCO category; default "lesion")
+LOCAL_TRAINER = "trainer"  # owner of the rounds the workspace's own trainer process runs
+ROUND_LEASE_SECONDS = 600.0  # a remote trainer silent this long loses its running round to the next one to ask
+TOKEN_PREFIX = "adasam-trainer-"
 QUEUE_SEED = "queue_seed"  # setting: seeds the queue's random order (before a model, and between equal priorities)
 
 
 class WorkspaceError(Exception):
     """A problem the user can fix (missing workspace, bad argument, nothing to export): shown as one line."""
+
+
+class RoundTaken(WorkspaceError):
+    """Another trainer owns the running round (or this trainer no longer does)."""
 
 
 class SaveRefused(WorkspaceError):
@@ -692,7 +700,8 @@ class Store:
             return None
         return {**dict(row), "box": None if row["box"] is None else json.loads(row["box"])}
 
-    def start_round(self, labels_used: int, who: str = "trainer") -> int:
+    def start_round(self, labels_used: int, who: str = LOCAL_TRAINER) -> int:
+        """A round of the workspace's own trainer (one per workspace: its lock file sees to that)."""
         with self.transaction() as conn:
             round_id = conn.execute(
                 "INSERT INTO training_rounds (started_at, labels_used, status) VALUES (?, ?, 'running')",
@@ -700,6 +709,41 @@ class Store:
             ).lastrowid
             self._log(conn, who, "start_round", {"round": round_id, "labels_used": labels_used})
         return int(round_id)
+
+    def claim_round(self, labels_used: int, owner: str, lease_seconds: float = ROUND_LEASE_SECONDS) -> int:
+        """Start a round owned by remote trainer `owner`. Refused (RoundTaken) while another trainer's round is
+        running and its owner reported within `lease_seconds` (the local trainer's always counts as alive). A round
+        whose owner fell silent is cancelled and taken over; so is `owner`'s own earlier one (it restarted)."""
+        now = time.time()
+        with self.transaction() as conn:
+            for row in conn.execute("SELECT id, owner, alive_at FROM training_rounds WHERE status = 'running'"
+                                    ).fetchall():
+                silent = row["alive_at"] is not None and now - row["alive_at"] >= lease_seconds
+                if row["owner"] != owner and not silent:
+                    raise RoundTaken(f"round {row['id']} is being trained by {row['owner']!r}")
+                why = (f"{owner!r} started another round" if row["owner"] == owner
+                       else f"{row['owner']!r} stopped reporting; {owner!r} took over")
+                conn.execute("UPDATE training_rounds SET status = 'cancelled', ended_at = ?, error = ? WHERE id = ?",
+                             (utc_now(), why, row["id"]))
+                self._log(conn, owner, "finish_round", {"round": row["id"], "status": "cancelled", "error": why})
+            round_id = conn.execute(
+                "INSERT INTO training_rounds (started_at, labels_used, status, owner, alive_at)"
+                " VALUES (?, ?, 'running', ?, ?)", (utc_now(), labels_used, owner, now)).lastrowid
+            self._log(conn, owner, "start_round", {"round": round_id, "labels_used": labels_used})
+        return int(round_id)
+
+    def touch_round(self, round_id: int, owner: str) -> RoundInfo:
+        """`owner` is alive and still training `round_id`: renew its lease; RoundTaken if the round is no longer
+        running or belongs to another trainer (then the owner should stop: its model would not be taken)."""
+        with self.transaction() as conn:
+            updated = conn.execute("UPDATE training_rounds SET alive_at = ? WHERE id = ? AND owner = ?"
+                                   " AND status = 'running'", (time.time(), round_id, owner)).rowcount
+        if not updated:
+            found = self.rounds(round_id)
+            state = (f"was {found[0].status}" if found and found[0].owner == owner
+                     else f"belongs to {found[0].owner!r}" if found else "does not exist")
+            raise RoundTaken(f"round {round_id} {state}")
+        return self.rounds(round_id)[0]
 
     def finish_round(self, round_id: int, status: str = "done", val_dice: float | None = None,
                      error: str | None = None, model_version: str | None = None, who: str = "trainer",
@@ -730,6 +774,39 @@ class Store:
     def latest_round(self) -> RoundInfo | None:
         row = self.conn.execute("SELECT * FROM training_rounds ORDER BY id DESC LIMIT 1").fetchone()
         return None if row is None else from_row(RoundInfo, row)
+
+    # -- remote trainers' tokens ---------------------------------------------------------------------------------
+
+    def add_trainer_token(self, name: str, who: str = "admin") -> str:
+        """A new token for trainer `name`, replacing any earlier one. Only its SHA-256 is stored: this is the one
+        time the token can be read."""
+        if not name or name == LOCAL_TRAINER:
+            raise WorkspaceError(f"a trainer needs a name other than {LOCAL_TRAINER!r} (the workspace's own)")
+        token = TOKEN_PREFIX + secrets.token_urlsafe(32)
+        with self.transaction() as conn:
+            conn.execute("INSERT INTO trainer_tokens (name, token_sha256, created_at) VALUES (?, ?, ?)"
+                         " ON CONFLICT (name) DO UPDATE SET token_sha256 = excluded.token_sha256,"
+                         " created_at = excluded.created_at, revoked_at = NULL", (name, _token_hash(token), utc_now()))
+            self._log(conn, who, "add_trainer_token", {"name": name})
+        return token
+
+    def revoke_trainer_token(self, name: str, who: str = "admin") -> None:
+        with self.transaction() as conn:
+            if not conn.execute("UPDATE trainer_tokens SET revoked_at = ? WHERE name = ? AND revoked_at IS NULL",
+                                (utc_now(), name)).rowcount:
+                raise WorkspaceError(f"no trainer token named {name!r} to revoke")
+            self._log(conn, who, "revoke_trainer_token", {"name": name})
+
+    def trainer_tokens(self) -> list[dict[str, Any]]:
+        """name, created_at, revoked_at (None while valid) of every trainer token, by name."""
+        rows = self.conn.execute("SELECT name, created_at, revoked_at FROM trainer_tokens ORDER BY name")
+        return [dict(row) for row in rows]
+
+    def trainer_for_token(self, token: str) -> str | None:
+        """The name of the trainer `token` belongs to, None if it is unknown or revoked."""
+        row = self.conn.execute("SELECT name FROM trainer_tokens WHERE token_sha256 = ? AND revoked_at IS NULL",
+                                (_token_hash(token),)).fetchone()
+        return None if row is None else row[0]
 
     # -- status, backup, housekeeping --------------------------------------------------------------------------
 
@@ -806,6 +883,11 @@ ON CONFLICT(sha256) DO NOTHING RETURNING id
 
 
 _MASK_COLUMNS = [f.name for f in dataclasses.fields(MaskInfo)]
+
+
+def _token_hash(token: str) -> str:
+    """Tokens are 256 random bits: a plain SHA-256 is enough (no salt or stretching, unlike passwords)."""
+    return hashlib.sha256(token.encode()).hexdigest()
 
 
 def _model_info(row: sqlite3.Row) -> ModelInfo:

@@ -12,7 +12,7 @@ import numpy as np
 from annotation import Store
 from app.model_slot import ModelSlot
 from app.status import (DEFAULT_TARGET_DICE, QUEUE_STRATEGY, TARGET_DICE, VALIDATION_IDS, VALIDATION_SOURCE,
-                        WORKSPACE_NOTE, read_status)
+                        WORKSPACE_NOTE, read_remote_status, read_status)
 from model.learning_curve import MIN_POINTS, project
 from model.strategies import DEFAULT_STRATEGY, get_strategy
 
@@ -58,8 +58,8 @@ def dashboard(store: Store, slot: ModelSlot, round_every: int) -> dict[str, Any]
         "annotators": annotators,
         "effort": {"reviews": len(reviews), "mean_dice": _num(float(np.mean(reviews)) if reviews else None),
                    "unchanged": sum(1 for d in reviews if d is not None and d >= 0.999)},
-        "training": {"status": status, "line": trainer_line(status), "round_every": round_every,
-                     "latest_round": rounds[-1] if rounds else None},
+        "training": {"status": status, "line": trainer_line(status, read_remote_status(store.root)),
+                     "round_every": round_every, "latest_round": rounds[-1] if rounds else None},
         "projection": projection(store, rounds),
         "queue": {"left": pool_unlabeled, "scored_by_model": scored, "leased": counts.leased,
                   "strategy": strategy_line(store), "model": store.queue_model(),
@@ -103,8 +103,14 @@ def projection(store: Store, rounds: list[dict]) -> dict[str, Any]:
             f"the fitted curve levels off at {fit.plateau:.3f}, below the target"}
 
 
-def trainer_line(status: dict[str, Any]) -> str:
-    """One sentence on what the background trainer is doing."""
+def trainer_line(status: dict[str, Any], remote: dict[str, Any] | None = None) -> str:
+    """One sentence on what the background trainer is doing (and a trainer on another machine, from what it last
+    reported: `remote`)."""
+    if remote and remote.get("round") is not None:
+        ago = time.time() - remote.get("updated", 0)
+        line = (f"round {remote['round']} training on {remote.get('trainer')}: step {remote.get('step')}/"
+                f"{remote.get('total')} (reported {ago:.0f} s ago)")
+        return f"{line} · {trainer_line(status)}"
     if not status:
         return "trainer: starting"
     if time.time() - status.get("updated", 0) > 120 and status.get("state") not in ("stopped",):

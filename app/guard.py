@@ -4,6 +4,7 @@ anonymous id cookie (`BROWSER_COOKIE`) so that, without --auth, each browser can
 from __future__ import annotations
 
 import math
+import re
 import secrets
 import time
 from collections.abc import Callable
@@ -39,10 +40,19 @@ def _is_login(scope: Scope) -> bool:
 class Guard:
     """Pure ASGI (streams: nothing is buffered). Add it with `Middleware(Guard, max_body_bytes=...)`."""
 
-    def __init__(self, app: ASGIApp, max_body_bytes: int = MAX_BODY_BYTES, logins: Throttle | None = None) -> None:
+    def __init__(self, app: ASGIApp, max_body_bytes: int = MAX_BODY_BYTES, logins: Throttle | None = None,
+                 uploads: tuple[str, int] | None = None) -> None:
+        """`uploads`: (path pattern, limit) of requests whose bodies may be larger: remote trainers' model uploads,
+        whose endpoint checks the token before it reads the body."""
         self.app = app
         self.max_body_bytes = max_body_bytes
         self.logins = logins or address_throttle()
+        self.uploads = (re.compile(uploads[0]), uploads[1]) if uploads else None
+
+    def limit_for(self, scope: Scope) -> int:
+        if self.uploads and scope["method"] == "POST" and self.uploads[0].fullmatch(scope["path"]):
+            return self.uploads[1]
+        return self.max_body_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -50,8 +60,9 @@ class Guard:
             return
         headers = Headers(scope=scope)
         length = headers.get("content-length")
-        if length is not None and (not length.strip().isdigit() or int(length) > self.max_body_bytes):
-            await self._too_large(scope, receive, send)
+        limit = self.limit_for(scope)
+        if length is not None and (not length.strip().isdigit() or int(length) > limit):
+            await self._too_large(scope, receive, send, limit)
             return
         address = scope["client"][0] if scope.get("client") else "unknown"
         login = _is_login(scope)
@@ -76,10 +87,10 @@ class Guard:
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                if received > self.max_body_bytes:
+                if received > limit:
                     if not started:
                         refused = True
-                        await self._too_large(scope, receive, send)
+                        await self._too_large(scope, receive, send, limit)
                     raise _TooLarge
             return message
 
@@ -103,7 +114,7 @@ class Guard:
             if not refused:
                 raise
 
-    async def _too_large(self, scope: Scope, receive: Receive, send: Send) -> None:
-        limit = f"{self.max_body_bytes / 2**20:g} MB"
-        await JSONResponse({"detail": f"Request too large: the limit is {limit} (adasam serve --max-request-mb)."},
+    async def _too_large(self, scope: Scope, receive: Receive, send: Send, limit: int) -> None:
+        flag = "--max-model-mb" if limit != self.max_body_bytes else "--max-request-mb"
+        await JSONResponse({"detail": f"Request too large: the limit is {limit / 2**20:g} MB (adasam serve {flag})."},
                            status_code=413, headers={"Connection": "close"})(scope, receive, send)

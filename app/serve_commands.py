@@ -1,5 +1,6 @@
-"""`adasam serve` (the web app plus its background trainer), `adasam trainer` (that trainer on its own) and
-`adasam passwd` (users for --auth)."""
+"""`adasam serve` (the web app plus its background trainer), `adasam trainer` (that trainer on its own, or on
+another machine with --server), `adasam trainer-token` (what remote trainers log in with) and `adasam passwd`
+(users for --auth)."""
 from __future__ import annotations
 
 import argparse
@@ -58,16 +59,46 @@ def register(sub) -> None:
     p.add_argument("--max-points", type=int, default=None, metavar="N",
                    help="clicks one refine may send (default 64: each costs decoder time under the model lock)")
     p.add_argument("--no-trainer", action="store_true", help="do not start the background trainer")
+    p.add_argument("--remote-trainers", action="store_true",
+                   help="rounds are trained by `adasam trainer --server` on other machines (tokens from `adasam "
+                        "trainer-token`); the local trainer process only embeds and re-scores")
+    p.add_argument("--max-model-mb", type=float, default=1024.0, metavar="N",
+                   help="refuse model uploads from remote trainers over N MB (default 1024)")
     p.set_defaults(func=cmd_serve)
 
-    t = sub.add_parser("trainer", help="run the background trainer of a workspace (serve starts it for you)")
-    t.add_argument("workspace")
+    t = sub.add_parser("trainer", help="run the background trainer of a workspace (serve starts it for you), or "
+                                       "with --server, a trainer on another machine",
+                       description="Train a workspace's rounds: in the background of `adasam serve` (it starts this "
+                                   "for you), or, with --server URL --token FILE, on another machine (a GPU box) for "
+                                   "a server started with --remote-trainers: it pulls each due round's masks and "
+                                   "images over HTTP, trains (one process, or several under torchrun) and uploads "
+                                   "the model, which the server checks on its own validation set before serving.")
+    t.add_argument("workspace", nargs="?", help="the workspace (a local trainer; not with --server)")
+    t.add_argument("--server", metavar="URL", help="the annotation server to train for, e.g. http://annot:7860")
+    t.add_argument("--token", metavar="FILE", help="file holding this trainer's token (adasam trainer-token)")
+    t.add_argument("--data", metavar="DIR", default=None,
+                   help="with --server: where downloaded images are kept (default ~/.cache/adasam/trainer/HOST)")
+    t.add_argument("--rounds", type=int, default=None, metavar="N", help="with --server: stop after N rounds")
+    t.add_argument("--poll", type=float, default=None, metavar="S",
+                   help="with --server: seconds between asking for a round (default 10)")
     t.add_argument("--backbone", default="litemedsam")
     t.add_argument("--cache", default=None)
     t.add_argument("--round-every", type=int, default=10)
     t.add_argument("--train-steps", type=int, default=ROUND_STEPS)
+    t.add_argument("--no-rounds", action="store_true", help=argparse.SUPPRESS)  # serve --remote-trainers
     t.add_argument("--parent-pid", type=int, default=None, help=argparse.SUPPRESS)
     t.set_defaults(func=cmd_trainer)
+
+    k = sub.add_parser("trainer-token", help="make, list or revoke the tokens remote trainers log in with",
+                       description="Make a token for a trainer on another machine (`adasam trainer --server URL "
+                                   "--token FILE`); only its hash is kept in the workspace, so it is shown (or "
+                                   "written to --out) this once. Making one again for a name replaces its token.")
+    k.add_argument("workspace")
+    k.add_argument("name", nargs="?", help="the trainer's name (shown on the dashboard with its rounds)")
+    k.add_argument("--out", metavar="FILE", help="write the token to FILE (mode 600) instead of printing it")
+    k.add_argument("--revoke", action="store_true", help="revoke NAME's token: its requests get 401 from now on")
+    k.add_argument("--list", action="store_true", help="list the trainer tokens (names and dates, never tokens)")
+    k.set_defaults(func=cmd_trainer_token)
 
     w = sub.add_parser("passwd", help="add or change a user in an --auth file (only a salted hash is stored)")
     w.add_argument("file")
@@ -95,8 +126,8 @@ def check_exposure(args: argparse.Namespace) -> str | None:
     """A server others can reach needs --auth, or --no-auth to say that is meant; returns a warning to print."""
     if args.auth and args.no_auth:
         raise CommandError("--auth and --no-auth contradict each other: choose one")
-    if args.max_request_mb <= 0:
-        raise CommandError("--max-request-mb must be positive")
+    if args.max_request_mb <= 0 or args.max_model_mb <= 0:
+        raise CommandError("--max-request-mb and --max-model-mb must be positive")
     if args.auth or is_loopback(args.host):
         return None
     if not args.no_auth:
@@ -131,6 +162,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from app.status import QUEUE_STRATEGY
     from app.model_slot import ModelSlot
     from app.studio import MAX_POINTS, Studio
+    from app.trainer_api import UPLOAD_PATH, TrainerAPI
     from app.ui import build_ui
 
     users = read_users(args.auth) if args.auth else None
@@ -149,6 +181,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             print(f"{workspace} has no images yet: import some with `adasam import {workspace} FOLDER`")
     slot = ModelSlot(store, args.backbone, _cache_dir(args.cache))
     studio = Studio(store, slot, args.round_every, max_points=args.max_points or MAX_POINTS)
+    trainer_api = TrainerAPI(store, slot, args.round_every, args.train_steps, accept_rounds=args.remote_trainers)
     trainer = None if args.no_trainer else TrainerSupervisor(_trainer_command(args, workspace), workspace)
     if trainer is not None:
         trainer.start()
@@ -165,13 +198,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
                         auth_message="ADA-SAM Studio: log in with your annotator name (after 5 wrong "
                                      "passwords a name must wait before trying again).", prevent_thread_lock=True,
                         show_error=True, theme=theme, css=_page_css(), share=False, enable_monitoring=False,
-                        app_kwargs={"middleware": [Middleware(Guard,
-                                                              max_body_bytes=int(args.max_request_mb * 2**20))]})
+                        app_kwargs={"routes": trainer_api.router().routes, "middleware": [Middleware(
+                            Guard, max_body_bytes=int(args.max_request_mb * 2**20),
+                            uploads=(UPLOAD_PATH, int(args.max_model_mb * 2**20)))]})
         except OSError as exc:
             raise CommandError(f"cannot listen on {args.host}:{args.port} ({exc}); is another server running? "
                                f"Choose another --port") from None
         print(f"ADA-SAM Studio: http://{args.host}:{args.port} (workspace {workspace}; Ctrl+C stops it and its "
               f"trainer)", flush=True)
+        if args.remote_trainers:
+            print(f"rounds are trained remotely: `adasam trainer --server http://THIS-HOST:{args.port} --token FILE` "
+                  f"with a token from `adasam trainer-token {workspace} NAME --out FILE`", flush=True)
         while not stop.wait(0.5):
             if trainer is not None:
                 trainer.poll()
@@ -193,7 +230,8 @@ def _page_css() -> str:
 def _trainer_command(args: argparse.Namespace, workspace: Path) -> list[str]:
     return [sys.executable, "-m", "app.cli", "trainer", str(workspace), "--backbone", args.backbone,
             "--cache", str(_cache_dir(args.cache)), "--round-every", str(args.round_every),
-            "--train-steps", str(args.train_steps), "--parent-pid", str(os.getpid())]
+            "--train-steps", str(args.train_steps), "--parent-pid", str(os.getpid()),
+            *(["--no-rounds"] if args.remote_trainers else [])]
 
 
 class TrainerSupervisor:
@@ -261,10 +299,97 @@ def cmd_trainer(args: argparse.Namespace) -> int:
     from annotation import Store
     from app.trainer import run_trainer
 
+    if args.server:
+        return _remote_trainer(args)
+    if not args.workspace:
+        raise CommandError("give a WORKSPACE, or --server URL --token FILE for a trainer on another machine")
+    for flag in ("token", "data", "rounds", "poll"):
+        if getattr(args, flag) is not None:
+            raise CommandError(f"--{flag} is for a trainer on another machine: add --server URL")
     check_rounds(args)
     Store(args.workspace, create=False).close()  # a wrong path is refused before anything is written there
     return run_trainer(args.workspace, args.backbone, _cache_dir(args.cache), args.round_every, args.train_steps,
-                       args.parent_pid)
+                       args.parent_pid, train_rounds=not args.no_rounds)
+
+
+def _remote_trainer(args: argparse.Namespace) -> int:
+    from urllib.parse import urlsplit
+
+    from app.remote_trainer import DEFAULT_MIRROR, POLL_S, RemoteError, RemoteTrainer, TrainerClient, read_token
+    from model.device import default_device
+    from model.distributed import join, leave
+
+    if args.workspace:
+        raise CommandError("--server trains for a remote workspace: leave out WORKSPACE")
+    if not args.token:
+        raise CommandError("--server needs --token FILE (make one on the server: adasam trainer-token WORKSPACE "
+                           "NAME --out FILE)")
+    url = urlsplit(args.server)
+    if url.scheme not in ("http", "https") or not url.hostname:
+        raise CommandError(f"--server {args.server!r}: expected a URL like http://host:7860")
+    if args.rounds is not None and args.rounds < 1:
+        raise CommandError("--rounds must be at least 1")
+    try:
+        token = read_token(args.token)
+    except OSError as exc:
+        raise CommandError(f"cannot read --token {args.token}: {exc.strerror}") from None
+    except RemoteError as exc:
+        raise CommandError(str(exc)) from None
+    mirror = Path(args.data) if args.data else DEFAULT_MIRROR / f"{url.hostname}-{url.port or 80}"
+    ranks = join(default_device())  # one process, or one of torchrun's: rank 0 talks to the server
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    client = TrainerClient(args.server, token) if ranks.main else None
+    try:
+        trainer = RemoteTrainer(client, args.backbone, _cache_dir(args.cache), mirror, ranks,
+                                say=print if ranks.main else lambda *_: None)
+        trainer.stop = stop
+        if ranks.main:
+            print(f"training for {args.server} as the holder of {args.token} (images kept in {mirror})", flush=True)
+        trainer.run(args.rounds, POLL_S if args.poll is None else args.poll)
+    except RemoteError as exc:
+        raise CommandError(str(exc)) from None
+    finally:
+        if client is not None:
+            client.close()
+        leave(ranks)
+    return 0
+
+
+def cmd_trainer_token(args: argparse.Namespace) -> int:
+    from annotation import Store
+    from app.auth import AuthFileError, check_name
+
+    with Store(args.workspace, create=False) as store:
+        if args.list:
+            for token in store.trainer_tokens():
+                state = f"revoked {token['revoked_at'][:19]}" if token["revoked_at"] else "valid"
+                print(f"{token['name']}\tmade {token['created_at'][:19]}\t{state}")
+            return 0
+        if not args.name:
+            raise CommandError("give the trainer's NAME (or --list)")
+        if args.revoke:
+            store.revoke_trainer_token(args.name)
+            print(f"revoked {args.name}'s token: its requests are refused from now on")
+            return 0
+        try:
+            check_name(args.name)
+        except AuthFileError as exc:
+            raise CommandError(str(exc).replace("user name", "trainer name")) from None
+        token = store.add_trainer_token(args.name)
+    if args.out:
+        try:
+            fd = os.open(args.out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        except OSError as exc:
+            raise CommandError(f"cannot write {args.out}: {exc.strerror}") from None
+        with os.fdopen(fd, "w") as handle:
+            handle.write(token + "\n")
+        print(f"token for trainer {args.name} written to {args.out}: copy it to the trainer's machine and run "
+              f"adasam trainer --server URL --token FILE")
+    else:
+        print(token)
+    return 0
 
 
 def cmd_passwd(args: argparse.Namespace) -> int:

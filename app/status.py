@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,27 @@ def write_status(workspace: str | os.PathLike[str], **status: Any) -> None:
     tmp = path.with_name(f".status-{os.getpid()}.tmp")
     tmp.write_text(json.dumps({**status, "updated": time.time(), "pid": os.getpid()}, default=str))
     os.replace(tmp, path)
+
+
+def remote_status_path(workspace: str | os.PathLike[str]) -> Path:
+    return Path(workspace) / "trainer" / "remote.json"
+
+
+def write_remote_status(workspace: str | os.PathLike[str], **status: Any) -> None:
+    """The progress a trainer on another machine last reported (nothing: no remote round running). A file of its
+    own: the workspace's trainer process keeps writing status.json while it embeds and re-scores."""
+    path = remote_status_path(workspace)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".remote-{os.getpid()}-{threading.get_ident()}.tmp")  # one per request thread
+    tmp.write_text(json.dumps({**status, "updated": time.time()}))
+    os.replace(tmp, path)
+
+
+def read_remote_status(workspace: str | os.PathLike[str]) -> dict[str, Any]:
+    try:
+        return json.loads(remote_status_path(workspace).read_text())
+    except (OSError, ValueError):
+        return {}
 
 
 def read_status(workspace: str | os.PathLike[str]) -> dict[str, Any]:

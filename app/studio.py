@@ -31,7 +31,7 @@ from app import dashboard
 from app.errors import RequestError, StaleView
 from app.model_slot import PRETRAINED, ModelSlot
 from app.pictures import cam_picture, decode_mask, png_data_url
-from app.status import RETRAIN_REQUESTED, TAG, WORKSPACE_NOTE, read_status
+from app.status import RETRAIN_REQUESTED, TAG, WORKSPACE_NOTE, read_remote_status, read_status
 from model.metrics import dice
 from model.preprocess import mask_box
 
@@ -394,10 +394,10 @@ class Studio:
 
     def _header(self, annotator: str) -> dict[str, Any]:
         pool = self.store.split_states("pool")
-        status = read_status(self.store.root)
+        trainer = dashboard.trainer_line(read_status(self.store.root), read_remote_status(self.store.root))
         return {"annotator": annotator, "done": pool.get("masked", 0) + pool.get("no_finding", 0),
                 "left": pool.get("unlabeled", 0), "model": self.slot.version, "model_note": self.slot.note(),
-                "workspace_note": self.store.get_setting(WORKSPACE_NOTE, ""), "trainer": dashboard.trainer_line(status)}
+                "workspace_note": self.store.get_setting(WORKSPACE_NOTE, ""), "trainer": trainer}
 
     def export(self, fmt: str, include_predictions: bool = False) -> tuple[Path, str]:
         """`adasam export` zipped for download -> (zip, one-line summary). Zips live in one folder of this server's,

@@ -10,13 +10,13 @@ serving model's on the same images: then it is registered unpublished, the old m
 note (on the dashboard) says why. The server notices the new version between requests; the trainer
 re-scores the pool's uncertainty in chunks so the queue follows it. A failed round is recorded with its error and
 the last good model keeps serving. SIGTERM (or the server disappearing) stops it between steps: the round is marked
-cancelled, its progress stays in WORKSPACE/models/training/ and the next start resumes it.
+cancelled, its progress stays in WORKSPACE/models/training/ and the next start resumes it. What a round trains on and
+the check before publishing are app/rounds.py's, shared with trainers on other machines (app/trainer_api.py).
 """
 from __future__ import annotations
 
 import fcntl
 import json
-import math
 import os
 import shutil
 import signal
@@ -30,24 +30,23 @@ from typing import Any
 import numpy as np
 import torch
 
-from annotation import PredictionRecord
-from annotation import ModelInfo, Store
-from app.status import LABELS_AT_LAST_ROUND, QUEUE_STRATEGY, RETRAIN_REQUESTED, TAG, write_status
-from app.validation import fix_validation_set
-from model.adasam import AdaSamConfig, checkpoint_problem, load_checkpoint
+from annotation import PredictionRecord, Store
+from annotation.store import LOCAL_TRAINER
+from app.rounds import (
+    Verdict, items, plan_round, publish_round, round_due, round_finished, round_started, round_trainer, serving_model,
+    training_data,
+)
+from app.status import QUEUE_STRATEGY, write_status
+from model.adasam import checkpoint_problem, load_checkpoint
 from model.backbones import backbone_view, build_backbone
 from model.cache import EmbeddingCache, content_hash
-from model.evaluate import Item, evaluate
+from model.evaluate import Item
 from model.inference import Predictor
 from model.strategies import DEFAULT_STRATEGY, Candidate, get_strategy
 from model.strategies.vectors import image_vector
-from model.train import Trainer, TrainConfig, TrainingData, build_training_model, model_config
+from model.train import Trainer, TrainingData
 from model.uncertainty import Uncertainty
 
-PUBLISH_TOLERANCE = 0.02  # a round is published unless its val Dice is more than this below the serving model's on
-# the same images: two checkpoints of one BUSI run 50 steps apart differ by about 0.03 on 78 val images, so a
-# smaller margin would hold back rounds for noise, a larger one let a real drop through
-UNLABELED_SAMPLE = 128  # unlabeled images per round (embeddings are held in memory: ~4 MB each for LiteMedSAM)
 SCORE_CHUNK = 16  # small enough that a stop request is answered within seconds
 
 
@@ -57,8 +56,12 @@ class Stopped(Exception):
 
 class BackgroundTrainer:
     def __init__(self, workspace: str | Path, backbone: str, cache_dir: str | Path, round_every: int = 10,
-                 steps: int = 60, parent_pid: int | None = None, poll_s: float = 1.0) -> None:
+                 steps: int = 60, parent_pid: int | None = None, poll_s: float = 1.0, train_rounds: bool = True
+                 ) -> None:
+        """`train_rounds=False` (`adasam serve --remote-trainers`): rounds are trained elsewhere; this process still
+        embeds new images and re-scores the pool for each model published."""
         self.root = Path(workspace)
+        self.train_rounds = train_rounds
         self.spec, self.round_every, self.steps, self.poll_s = backbone, round_every, steps, poll_s
         self.parent_pid = parent_pid
         self.stop = threading.Event()
@@ -79,7 +82,7 @@ class BackgroundTrainer:
 
     def run(self) -> None:
         for rnd in self.store.rounds():
-            if rnd.status == "running":  # left by a crash or kill -9: it will be redone
+            if rnd.status == "running" and rnd.owner == LOCAL_TRAINER:  # left by a crash or kill -9: to be redone
                 self.store.finish_round(rnd.id, "cancelled", error="trainer stopped before the round finished")
         self.status(state="idle", force=True)
         while not self.stopping():
@@ -150,11 +153,8 @@ class BackgroundTrainer:
         self._seen_upto = max(new_ids)
         self.status(embedded={"done": len(self._embedded), "total": total})
 
-    def items(self, ids: list[int], masks: dict[int, np.ndarray] | None = None,
-              tags: dict[int, bool] | None = None) -> list[Item]:
-        masks, tags = masks or {}, tags or {}
-        embedded = self.cache.get_many([self.pixels(i) for i in ids], progress=False)
-        return [Item(str(i), emb, geo, masks.get(i), tags.get(i)) for i, (emb, geo) in zip(ids, embedded)]
+    def items(self, ids: list[int]) -> list[Item]:
+        return items(self.cache, self.pixels, ids)
 
     # -- rounds ------------------------------------------------------------------------------------------------
 
@@ -163,51 +163,22 @@ class BackgroundTrainer:
         return self.store.label_count("pool")
 
     def due(self) -> bool:
-        requested = self.store.get_setting(RETRAIN_REQUESTED)
-        if requested:
-            self.store.set_setting(RETRAIN_REQUESTED, None, who="trainer")
-        new = self.labels() - int(self.store.get_setting(LABELS_AT_LAST_ROUND, 0))
-        if not (requested or new >= self.round_every):
-            self.status(message=f"next round after {self.round_every - new} more labels (or Retrain now)")
+        if not self.train_rounds:
             return False
-        if not self.store.image_ids(split="pool", state="masked"):
-            self.status(message="waiting for a first mask that shows the target before training")
-            return False
-        return True
+        reason = round_due(self.store, self.round_every)
+        self.status(message=reason or "")
+        return reason is None
 
-    def training_data(self, round_id: int, val_ids: set[int]) -> tuple[TrainingData, dict[str, int]]:
-        """Every pool mask (no-finding = empty mask), every tag, a sample of unlabeled images, the validation set."""
-        store = self.store
-        masks: dict[int, np.ndarray] = {}
-        for info, mask in store.labeled(split="pool"):
-            if info.id not in val_ids:
-                masks[info.id] = store.read_mask(info, mask)
-        tags = {i: p for i, p in store.latest_tags(TAG, "pool").items() if i not in val_ids}
-        tags.update({i: bool(m.any()) for i, m in masks.items()})
-        unlabeled = store.image_ids(split="pool", state="unlabeled")
-        rng = np.random.default_rng(round_id)
-        sample = sorted(rng.choice(unlabeled, size=min(UNLABELED_SAMPLE, len(unlabeled)), replace=False).tolist()
-                        ) if unlabeled else []
-        val_masks = {i: m for i in val_ids if (m := store.load_mask(i)) is not None}
-        masked_items = self.items(sorted(masks), masks, tags)
-        tag_only = {int(i.id): i for i in self.items(sorted(set(tags) - set(masks)), tags=tags)}
-        unlabeled_items = self.items([i for i in sample if i not in tag_only]) + [tag_only[i] for i in sample
-                                                                                  if i in tag_only]
-        by_id = {int(item.id): item for item in masked_items} | tag_only
-        data = TrainingData(masked=masked_items, tagged=[by_id[i] for i in sorted(tags)],
-                            unlabeled=unlabeled_items, val=self.items(sorted(val_masks), val_masks))
-        empty = sum(not m.any() for m in masks.values())
-        sizes = {"n_masks": len(masks) - empty, "n_empty": empty, "n_tagged": len(tags),
-                 "n_unlabeled_sampled": len(unlabeled_items), "n_val": len(data.val)}
-        return data, sizes
+    def training_data(self, round_id: int) -> tuple[TrainingData, dict[str, int]]:
+        return training_data(plan_round(self.store, round_id), self.cache, self.pixels)
 
     def train_round(self) -> None:
         store = self.store
-        labels = self.labels()
+        labels = round_started(store)
         round_id = store.start_round(labels)
         self.status(state="training", round=round_id, step=0, total=self.steps, eta_s=None, message="", force=True)
         try:
-            version, val_dice, published, note = self._train(round_id)
+            verdict = self._train(round_id)
         except Stopped:
             store.finish_round(round_id, "cancelled", error="server stopped during training; resumes on restart")
             raise
@@ -215,31 +186,26 @@ class BackgroundTrainer:
             error = f"{type(exc).__name__}: {exc}"
             store.finish_round(round_id, "failed", error=error[:500])
             store.log_event("trainer", "round_failed", {"round": round_id, "traceback": traceback.format_exc()})
-            store.set_setting(LABELS_AT_LAST_ROUND, labels)  # wait for new labels (or Retrain now) before retrying
+            round_finished(store, labels)  # wait for new labels (or Retrain now) before retrying
             self.status(state="idle", message=f"round {round_id} failed: {error[:200]}", force=True)
             return
-        store.finish_round(round_id, "done", val_dice=val_dice, model_version=version, note=note)
-        store.set_setting(LABELS_AT_LAST_ROUND, labels)
-        if not published:
-            self.status(message=f"round {round_id}: {note}", force=True)
+        store.finish_round(round_id, "done", val_dice=verdict.val_dice, model_version=verdict.version,
+                           note=verdict.note)
+        round_finished(store, labels)
+        if not verdict.published:
+            self.status(message=f"round {round_id}: {verdict.note}", force=True)
             return
-        self.status(message=f"round {round_id} published {version}", force=True)
-        self.rescore(version)
+        self.status(message=f"round {round_id} published {verdict.version}", force=True)
+        self.rescore(verdict.version)
 
-    def _train(self, round_id: int) -> tuple[str, float | None, bool, str | None]:
-        """Train a round and register its model -> (version, val Dice, published, note)."""
-        store = self.store
-        data, sizes = self.training_data(round_id, set(fix_validation_set(store)))
+    def _train(self, round_id: int) -> Verdict:
+        """Train a round and register its model."""
+        data, sizes = self.training_data(round_id)
         self.check()
-        config = model_config("adasam", self.spec, data)
-        previous = store.latest_model()
-        if previous is not None and checkpoint_problem(previous.checkpoint_path):
-            previous = None  # made by an earlier version: start afresh, and nothing usable to be compared with
-        model = build_training_model(config, round_id, backbone_view(self.base),
-                                     init=previous.checkpoint_path if previous else None)
-        train_config = TrainConfig(steps=self.steps, eval_every=max(1, self.steps // 2), seed=round_id)
-        trainer = Trainer(model, train_config, data, self.work, log=lambda line: None)
-        self._resume(trainer, config, train_config)
+        previous = serving_model(self.store)
+        trainer = round_trainer(data, self.spec, self.base, round_id, self.steps, self.work,
+                                init=previous.checkpoint_path if previous else None)
+        self._resume(trainer)
         started, first_step = time.monotonic(), trainer.step
 
         def progress(step: int, total: int) -> None:
@@ -247,51 +213,17 @@ class BackgroundTrainer:
             self.check()
 
         best = trainer.run(progress=progress)
-        metrics: dict[str, Any] = {**sizes, "steps": self.steps, "round": round_id, "best_step": best.get("step"),
-                                   "train_seconds": round(time.monotonic() - started, 1)}
-        val_dice, published, note = None, True, None
-        if data.val:
-            summary = self.val_summary(self.work / "model.pt", data.val)
-            metrics.update({k: _clean(summary.get(k)) for k in ("dice_lesion", "dice_all", "presence_auc",
-                                                                 "n_lesion")})
-            val_dice = round_score(summary)
-            if previous is not None and val_dice is not None:
-                self.check()
-                published, note = self.publish_verdict(previous, val_dice, data.val)
-        version = f"r{round_id:04d}"
-        path = self.models / f"{version}.pt"
-        tmp = self.models / f".{version}.pt.tmp"
-        shutil.copyfile(self.work / "model.pt", tmp)
-        with open(tmp, "rb") as handle:
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)  # the file is complete before the store points at it
-        store.register_model(version, path, metrics, round_id, published=published)
+        metrics = {**sizes, "steps": self.steps, "round": round_id, "best_step": best.get("step"),
+                   "train_seconds": round(time.monotonic() - started, 1)}
+        verdict = publish_round(self.store, self.base, round_id, self.work / "model.pt", data.val, metrics,
+                                check=self.check)
         shutil.rmtree(self.work, ignore_errors=True)
-        return version, val_dice, published, note
+        return verdict
 
-    def val_summary(self, checkpoint: str | Path, items: list[Item]) -> dict:
-        """A model's figures on the validation images, as it would serve them (its own calibrated thresholds)."""
-        model, _ = load_checkpoint(checkpoint, backbone_view(self.base))
-        summary, _ = evaluate(model.eval(), items, with_hd95=False)
-        return summary
-
-    def publish_verdict(self, serving: ModelInfo, new_score: float, val: list[Item]) -> tuple[bool, str]:
-        """Whether a round's model may replace the serving one, and why: not if its val Dice is more than
-        PUBLISH_TOLERANCE below the serving model's, measured now on the same images (the validation set may have
-        grown since the serving model was scored)."""
-        old_score = round_score(self.val_summary(serving.checkpoint_path, val))
-        name = serving.version
-        if old_score is None:
-            return True, f"{name} has no validation score to compare with"
-        compared = f"validation Dice {new_score:.3f} against {old_score:.3f} for {name} on the same {len(val)} images"
-        if new_score >= old_score - PUBLISH_TOLERANCE:
-            return True, compared
-        return False, f"not published, {name} keeps serving: {compared} (tolerance {PUBLISH_TOLERANCE})"
-
-    def _resume(self, trainer: Trainer, config: AdaSamConfig, train_config: TrainConfig) -> None:
+    def _resume(self, trainer: Trainer) -> None:
         """Continue an interrupted round's steps when it trained the same kind of model; else start clean."""
         marker = self.work / "round.json"
-        wanted = {"model": asdict(config), "steps": train_config.steps, "from": self._from_version()}
+        wanted = {"model": asdict(trainer.model.config), "steps": trainer.config.steps, "from": self._from_version()}
         if (self.work / "last.pt").exists() and marker.exists() and json.loads(marker.read_text()) == wanted:
             trainer.load_resume_state(self.work / "last.pt")
             self.resumed_from = trainer.step
@@ -369,12 +301,6 @@ def _known(value: float | None) -> float:
     return 0.0 if value is None else value
 
 
-def round_score(summary: dict) -> float | None:
-    """The figure a round is judged and plotted by: lesion Dice on val as served (presence-gated), or Dice over every
-    val image when none has the target."""
-    return _clean(summary["dice_lesion"] if summary.get("n_lesion") else summary["dice_all"])
-
-
 def workspace_pixels(store: Store, image_id: int) -> np.ndarray:
     """A workspace image's pixels as the embedding cache is keyed by: float32, as `adasam train` reads image files."""
     return store.load_image(image_id).astype(np.float32)
@@ -386,12 +312,8 @@ def _eta(started: float, done: int, total: int) -> float | None:
     return (time.monotonic() - started) / done * (total - done)
 
 
-def _clean(value: Any) -> Any:
-    return None if isinstance(value, float) and math.isnan(value) else value
-
-
 def run_trainer(workspace: str | Path, backbone: str, cache_dir: str | Path, round_every: int, steps: int,
-                parent_pid: int | None = None) -> int:
+                parent_pid: int | None = None, train_rounds: bool = True) -> int:
     """Entry point of `adasam trainer`: one trainer per workspace (a lock file), stopped by SIGTERM/SIGINT."""
     lock_path = Path(workspace) / "trainer" / "lock"
     lock_path.parent.mkdir(parents=True, exist_ok=True)
@@ -413,7 +335,8 @@ def run_trainer(workspace: str | Path, backbone: str, cache_dir: str | Path, rou
     cores = os.cpu_count() or 2
     torch.set_num_threads(max(1, cores - 1))  # leave a core to the server, whose requests a person waits on
     os.nice(5)
-    trainer = BackgroundTrainer(workspace, backbone, cache_dir, round_every, steps, parent_pid)
+    trainer = BackgroundTrainer(workspace, backbone, cache_dir, round_every, steps, parent_pid,
+                                train_rounds=train_rounds)
     trainer.stop = stop
     trainer.run()
     return 0

@@ -154,7 +154,7 @@ def build_adasam(config: AdaSamConfig, backbone: Backbone | None = None) -> AdaS
 def save_checkpoint(model: AdaSam, path: str | Path, extra: dict | None = None) -> None:
     """Trainable weights + config (+ `extra`, e.g. metrics or optimiser state) written atomically."""
     payload = {"format": CHECKPOINT_FORMAT, "config": asdict(model.config), "state": model.trainable_state(),
-               **(extra or {})}
+               "backbone_identity": model.backbone.identity, **(extra or {})}
     save_torch(payload, path)
 
 
@@ -162,15 +162,16 @@ class CheckpointError(ValueError):
     """A model checkpoint that cannot be used (one-line message)."""
 
 
-def read_checkpoint(path: str | Path) -> tuple[Path, dict, AdaSamConfig]:
-    """(file, payload, config) of a checkpoint file or a run folder holding `model.pt`, whatever its format."""
+def read_checkpoint(path: str | Path, weights_only: bool = False) -> tuple[Path, dict, AdaSamConfig]:
+    """(file, payload, config) of a checkpoint file or a run folder holding `model.pt`, whatever its format.
+    `weights_only`: for a file from elsewhere (a remote trainer's upload): tensors and plain values only, no code."""
     path = Path(path)
     if path.is_dir():
         path = path / "model.pt"
     if not path.is_file():
         raise CheckpointError(f"{path}: no such model checkpoint (train one with `adasam train`)")
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=False)
+        payload = torch.load(path, map_location="cpu", weights_only=weights_only)
         return path, payload, AdaSamConfig.from_dict(payload["config"])
     except Exception as exc:
         raise CheckpointError(f"{path}: not an ADA-SAM checkpoint ({type(exc).__name__})") from None

@@ -262,7 +262,7 @@ def test_passwd_command_refuses_a_newline_in_the_name(tmp_path):
 
 def _serve_args(**kw) -> Namespace:
     return Namespace(**{"host": "127.0.0.1", "auth": None, "no_auth": False, "max_request_mb": 16.0,
-                        "annotator": "tester", **kw})
+                        "max_model_mb": 1024.0, "annotator": "tester", **kw})
 
 
 def test_serving_other_machines_needs_auth_or_no_auth(tmp_path, capsys):

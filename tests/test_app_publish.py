@@ -9,10 +9,11 @@ import pytest
 
 from annotation import Store
 from annotation import schema
-from app import trainer as trainer_module
+from app import rounds as rounds_module
 from app.model_slot import ModelSlot
 from app.studio import Studio
-from app.trainer import PUBLISH_TOLERANCE, BackgroundTrainer
+from app.rounds import PUBLISH_TOLERANCE
+from app.trainer import BackgroundTrainer
 from app.ui import dice_curve_svg, figures_html, rounds_table
 from app_fixtures import label, make_workspace
 
@@ -33,13 +34,13 @@ def score_by_checkpoint(monkeypatch, serving: float, new: float) -> list[str]:
     `new` for the round's own (models/training/model.pt). Returns the checkpoints scored, in order."""
     scored = []
 
-    def val_summary(self, checkpoint, items):
+    def val_summary(base, checkpoint, items):
         name = Path(checkpoint).name
         scored.append(name)
         dice, auc = (new, 0.6) if name == "model.pt" else (serving, 0.5)
         return {"n_lesion": len(items), "dice_lesion": dice, "dice_all": dice, "presence_auc": auc}
 
-    monkeypatch.setattr(trainer_module.BackgroundTrainer, "val_summary", val_summary)
+    monkeypatch.setattr(rounds_module, "val_summary", val_summary)
     return scored
 
 

@@ -1,0 +1,235 @@
+"""A training round's parts that do not depend on where it trains, shared by the workspace's own trainer
+(app/trainer.py) and a trainer on another machine (app/remote_trainer.py, through app/trainer_api.py):
+
+- `round_due`: whether the labels (or "Retrain now") call for a round;
+- `RoundPlan` / `plan_round`: what a round trains on, read from the store as ids and masks (sent as JSON to a
+  remote trainer), and `training_data`, which turns a plan into embeddings on whichever machine trains;
+- `round_trainer`: the model and `Trainer` a round runs, warm-started from the serving model;
+- `publish_round`: the server's check before a round's model may serve (validation Dice recomputed on its own
+  validation images, against the serving model's), then registering it. Whoever trained it, this runs on the
+  server, so a remote trainer's own figures are never trusted.
+"""
+from __future__ import annotations
+
+import base64
+import io
+import math
+import os
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from annotation import ModelInfo, Store
+from app.status import LABELS_AT_LAST_ROUND, RETRAIN_REQUESTED, TAG
+from app.validation import fix_validation_set
+from model.adasam import checkpoint_problem, load_checkpoint
+from model.backbones import Backbone, backbone_view
+from model.cache import EmbeddingCache
+from model.distributed import Ranks
+from model.evaluate import Item, evaluate
+from model.train import Trainer, TrainConfig, TrainingData, build_training_model, model_config
+
+PUBLISH_TOLERANCE = 0.02  # a round is published unless its val Dice is more than this below the serving model's on
+# the same images: two checkpoints of one BUSI run 50 steps apart differ by about 0.03 on 78 val images, so a
+# smaller margin would hold back rounds for noise, a larger one let a real drop through
+UNLABELED_SAMPLE = 128  # unlabeled images per round (embeddings are held in memory: ~4 MB each for LiteMedSAM)
+
+Pixels = Callable[[int], np.ndarray]  # image id -> float32 pixels, as the embedding cache is keyed by
+
+
+def round_due(store: Store, round_every: int) -> str | None:
+    """None when a round should start now (`round_every` new labels, or "Retrain now"), else why not."""
+    new = store.label_count("pool") - int(store.get_setting(LABELS_AT_LAST_ROUND, 0))
+    if not (store.get_setting(RETRAIN_REQUESTED) or new >= round_every):
+        return f"next round after {round_every - new} more labels (or Retrain now)"
+    if not store.image_ids(split="pool", state="masked"):
+        return "waiting for a first mask that shows the target before training"
+    return None
+
+
+def round_started(store: Store) -> int:
+    """Take back a "Retrain now" once a round starts; returns the label count the round is for."""
+    if store.get_setting(RETRAIN_REQUESTED):
+        store.set_setting(RETRAIN_REQUESTED, None, who="trainer")
+    return store.label_count("pool")
+
+
+def round_finished(store: Store, labels: int) -> None:
+    """The next round waits for `round_every` labels beyond this one's (also after a failure: no retry loop)."""
+    store.set_setting(LABELS_AT_LAST_ROUND, labels)
+
+
+@dataclass
+class RoundPlan:
+    """What one round trains on: pool masks (no finding = empty), image-level tags, a sample of unlabeled images
+    and the validation images with their masks, all by workspace image id."""
+
+    round_id: int
+    masks: dict[int, np.ndarray]
+    tags: dict[int, bool]
+    unlabeled: list[int]
+    val_masks: dict[int, np.ndarray]
+    init: str | None = None  # the serving model's version the round starts from (None: a fresh model)
+    labels: int = 0
+
+    def image_ids(self) -> list[int]:
+        return sorted(set(self.masks) | set(self.tags) | set(self.unlabeled) | set(self.val_masks))
+
+    def to_json(self) -> dict[str, Any]:
+        return {"round": self.round_id, "init": self.init, "labels": self.labels,
+                "masks": {str(i): _mask_png(m) for i, m in self.masks.items()},
+                "tags": {str(i): bool(p) for i, p in self.tags.items()}, "unlabeled": list(self.unlabeled),
+                "val_masks": {str(i): _mask_png(m) for i, m in self.val_masks.items()}}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> "RoundPlan":
+        return cls(int(data["round"]), {int(i): _png_mask(m) for i, m in data["masks"].items()},
+                   {int(i): bool(p) for i, p in data["tags"].items()}, [int(i) for i in data["unlabeled"]],
+                   {int(i): _png_mask(m) for i, m in data["val_masks"].items()}, data.get("init"),
+                   int(data.get("labels", 0)))
+
+
+def plan_round(store: Store, round_id: int, labels: int = 0) -> RoundPlan:
+    """Every pool mask, every tag, a sample of unlabeled images (seeded by the round), the fixed validation set."""
+    val_ids = set(fix_validation_set(store))
+    masks = {info.id: store.read_mask(info, mask) for info, mask in store.labeled(split="pool")
+             if info.id not in val_ids}
+    tags = {i: p for i, p in store.latest_tags(TAG, "pool").items() if i not in val_ids}
+    tags.update({i: bool(m.any()) for i, m in masks.items()})
+    unlabeled = store.image_ids(split="pool", state="unlabeled")
+    rng = np.random.default_rng(round_id)
+    sample = sorted(rng.choice(unlabeled, size=min(UNLABELED_SAMPLE, len(unlabeled)), replace=False).tolist()
+                    ) if unlabeled else []
+    serving = serving_model(store)
+    return RoundPlan(round_id, masks, tags, sample, validation_masks(store), serving.version if serving else None,
+                     labels)
+
+
+def validation_masks(store: Store) -> dict[int, np.ndarray]:
+    """The fixed validation set (app/validation.py) with the masks rounds are scored against."""
+    return {i: m for i in sorted(fix_validation_set(store)) if (m := store.load_mask(i)) is not None}
+
+
+def serving_model(store: Store) -> ModelInfo | None:
+    """The serving model if this version can load it (one made by an earlier version is neither a start nor a
+    benchmark for a new round)."""
+    latest = store.latest_model()
+    return None if latest is None or checkpoint_problem(latest.checkpoint_path) else latest
+
+
+def items(cache: EmbeddingCache, pixels: Pixels, ids: list[int], masks: dict[int, np.ndarray] | None = None,
+          tags: dict[int, bool] | None = None) -> list[Item]:
+    masks, tags = masks or {}, tags or {}
+    embedded = cache.get_many([pixels(i) for i in ids], progress=False)
+    return [Item(str(i), emb, geo, masks.get(i), tags.get(i)) for i, (emb, geo) in zip(ids, embedded)]
+
+
+def training_data(plan: RoundPlan, cache: EmbeddingCache, pixels: Pixels) -> tuple[TrainingData, dict[str, int]]:
+    """The plan's images as embeddings (from `cache`, encoding what it lacks), and the counts a round records."""
+    masks, tags = plan.masks, plan.tags
+    masked = items(cache, pixels, sorted(masks), masks, tags)
+    tag_only = {int(i.id): i for i in items(cache, pixels, sorted(set(tags) - set(masks)), tags=tags)}
+    unlabeled = items(cache, pixels, [i for i in plan.unlabeled if i not in tag_only]) + [
+        tag_only[i] for i in plan.unlabeled if i in tag_only]
+    by_id = {int(item.id): item for item in masked} | tag_only
+    data = TrainingData(masked=masked, tagged=[by_id[i] for i in sorted(tags)], unlabeled=unlabeled,
+                        val=items(cache, pixels, sorted(plan.val_masks), plan.val_masks))
+    empty = sum(not m.any() for m in masks.values())
+    sizes = {"n_masks": len(masks) - empty, "n_empty": empty, "n_tagged": len(tags),
+             "n_unlabeled_sampled": len(unlabeled), "n_val": len(data.val)}
+    return data, sizes
+
+
+def round_trainer(data: TrainingData, spec: str, base: Backbone, round_id: int, steps: int, work: Path,
+                  init: str | Path | None, ranks: Ranks = Ranks()) -> Trainer:
+    """The Trainer of a round: ADA-SAM warm-started from `init` (the serving model's checkpoint), seeded by the
+    round, validated half-way and at the end, writing to `work`."""
+    config = model_config("adasam", spec, data)
+    model = build_training_model(config, round_id, backbone_view(base), init=init)
+    train_config = TrainConfig(steps=steps, eval_every=max(1, steps // 2), seed=round_id)
+    return Trainer(model, train_config, data, work, log=lambda line: None, ranks=ranks)
+
+
+@dataclass
+class Verdict:
+    """What became of a round's model."""
+
+    version: str
+    val_dice: float | None
+    published: bool
+    note: str | None
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+
+def publish_round(store: Store, base: Backbone, round_id: int, checkpoint: Path, val: list[Item],
+                  metrics: dict[str, Any], check: Callable[[], None] = lambda: None) -> Verdict:
+    """Score `checkpoint` on the validation items, compare with the serving model on the same items, copy it into
+    WORKSPACE/models/ (complete and synced before the store points at it) and register it, published or not."""
+    serving = serving_model(store)
+    metrics = dict(metrics)
+    val_dice, published, note = None, True, None
+    if val:
+        summary = val_summary(base, checkpoint, val)
+        metrics.update({k: _clean(summary.get(k)) for k in ("dice_lesion", "dice_all", "presence_auc", "n_lesion")})
+        val_dice = round_score(summary)
+        if serving is not None and val_dice is not None:
+            check()
+            published, note = publish_verdict(base, serving, val_dice, val)
+    version = f"r{round_id:04d}"
+    models = Path(store.root) / "models"
+    models.mkdir(exist_ok=True)
+    path, tmp = models / f"{version}.pt", models / f".{version}.pt.tmp"
+    shutil.copyfile(checkpoint, tmp)
+    with open(tmp, "rb") as handle:
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+    store.register_model(version, path, metrics, round_id, published=published)
+    return Verdict(version, val_dice, published, note, metrics)
+
+
+def val_summary(base: Backbone, checkpoint: str | Path, val: list[Item]) -> dict:
+    """A model's figures on the validation images, as it would serve them (its own calibrated thresholds)."""
+    model, _ = load_checkpoint(checkpoint, backbone_view(base))
+    summary, _ = evaluate(model.eval(), val, with_hd95=False)
+    return summary
+
+
+def publish_verdict(base: Backbone, serving: ModelInfo, new_score: float, val: list[Item]) -> tuple[bool, str]:
+    """Whether a round's model may replace the serving one, and why: not if its val Dice is more than
+    PUBLISH_TOLERANCE below the serving model's, measured now on the same images (the validation set may have
+    grown since the serving model was scored)."""
+    old_score = round_score(val_summary(base, serving.checkpoint_path, val))
+    name = serving.version
+    if old_score is None:
+        return True, f"{name} has no validation score to compare with"
+    compared = f"validation Dice {new_score:.3f} against {old_score:.3f} for {name} on the same {len(val)} images"
+    if new_score >= old_score - PUBLISH_TOLERANCE:
+        return True, compared
+    return False, f"not published, {name} keeps serving: {compared} (tolerance {PUBLISH_TOLERANCE})"
+
+
+def round_score(summary: dict) -> float | None:
+    """The figure a round is judged and plotted by: lesion Dice on val as served (presence-gated), or Dice over every
+    val image when none has the target."""
+    return _clean(summary["dice_lesion"] if summary.get("n_lesion") else summary["dice_all"])
+
+
+def _clean(value: Any) -> Any:
+    return None if isinstance(value, float) and math.isnan(value) else value
+
+
+def _mask_png(mask: np.ndarray) -> str:
+    """A mask as base64 PNG (a JSON string): lossless, and small for the mostly empty masks segmentation has."""
+    buffer = io.BytesIO()
+    Image.fromarray(np.asarray(mask, bool)).save(buffer, format="PNG", optimize=True)
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+def _png_mask(text: str) -> np.ndarray:
+    with Image.open(io.BytesIO(base64.b64decode(text, validate=True))) as image:
+        return np.asarray(image.convert("1"), dtype=bool)

@@ -1,0 +1,228 @@
+"""The annotation server's side of trainers on other machines (`adasam trainer --server URL --token FILE`): HTTP
+endpoints under /api/trainer on the web app's own port, served when the server runs with `--remote-trainers`.
+
+A trainer authenticates with `Authorization: Bearer TOKEN` (tokens from `adasam trainer-token`, stored hashed in the
+workspace, revocable); anything else gets 401 and changes nothing. It claims a round when one is due (the
+round's plan: masks, tags, the unlabeled sample, the validation set, which images and which model to start from),
+downloads the images it lacks, reports progress (which keeps its claim alive: a trainer silent for
+ROUND_LEASE_SECONDS loses the round to the next one that asks) and uploads its model. The server trusts nothing in
+the upload: it loads it as tensors and plain values only, checks format and backbone, recomputes validation Dice
+on its own validation images against the serving model's (app/rounds.publish_round, the local trainer's check) and
+only then publishes it; the web app swaps it in between requests as it does a local round's, and the workspace's
+own trainer process re-scores the pool for it. A round is owned by the trainer that claimed it: another trainer's
+progress or upload for it gets 409.
+"""
+from __future__ import annotations
+
+import io
+import secrets
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from fastapi import APIRouter, Depends, Header, HTTPException, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import FileResponse, Response
+
+from annotation import RoundTaken, Store, WorkspaceError
+from app.model_slot import ModelSlot
+from app.rounds import (
+    items, plan_round, publish_round, round_due, round_finished, round_started, validation_masks,
+)
+from app.status import write_remote_status
+from app.trainer import workspace_pixels
+from model.adasam import CHECKPOINT_FORMAT, CheckpointError, read_checkpoint
+from model.atomic import save_torch
+
+API = "/api/trainer"
+UPLOAD_PATH = API + r"/rounds/\d+/model"  # the one request whose body may exceed --max-request-mb
+UPLOAD_METRICS = ("n_masks", "n_empty", "n_tagged", "n_unlabeled_sampled", "steps", "best_step", "train_seconds",
+                  "ranks")  # what a trainer may report about its round (shown with the model; not trusted for Dice)
+
+
+class TrainerAPI:
+    """The endpoints, bound to one workspace and the web app's model slot (whose backbone and embedding cache the
+    upload check uses). `accept_rounds=False`: the workspace's own trainer trains, so claims are refused (409)."""
+
+    def __init__(self, store: Store, slot: ModelSlot, round_every: int, steps: int, accept_rounds: bool) -> None:
+        self.store, self.slot, self.round_every, self.steps = store, slot, round_every, steps
+        self.accept_rounds = accept_rounds
+
+    def pixels(self, image_id: int) -> np.ndarray:
+        return workspace_pixels(self.store, image_id)
+
+    def trainer(self, authorization: str | None = Header(default=None)) -> str:
+        """The dependency every endpoint has: the name of the token's trainer, or 401."""
+        scheme, _, token = (authorization or "").partition(" ")
+        name = self.store.trainer_for_token(token.strip()) if scheme.lower() == "bearer" and token.strip() else None
+        if name is None:
+            raise HTTPException(401, "a valid trainer token is needed (adasam trainer-token WORKSPACE NAME makes one)",
+                                headers={"WWW-Authenticate": "Bearer"})
+        return name
+
+    def router(self) -> APIRouter:
+        router = APIRouter(prefix=API)
+        trainer = Depends(self.trainer)
+
+        @router.post("/rounds")
+        def claim(name: str = trainer) -> dict[str, Any]:
+            return self.claim(name)
+
+        @router.get("/images/{image_id}")
+        def image(image_id: int, name: str = trainer) -> Response:
+            return self.image(image_id)
+
+        @router.get("/models/{version}")
+        def model(version: str, name: str = trainer) -> FileResponse:
+            return self.model(version)
+
+        @router.post("/rounds/{round_id}/progress")
+        def progress(round_id: int, report: dict[str, Any], name: str = trainer) -> dict[str, Any]:
+            return self.progress(round_id, report, name)
+
+        @router.post("/rounds/{round_id}/failed")
+        def failed(round_id: int, report: dict[str, Any], name: str = trainer) -> dict[str, Any]:
+            return self.failed(round_id, report, name)
+
+        @router.post("/rounds/{round_id}/model")
+        async def upload(round_id: int, request: Request, name: str = trainer) -> dict[str, Any]:
+            return await self.upload(round_id, request, name)
+
+        return router
+
+    # -- endpoints -------------------------------------------------------------------------------------------------
+
+    def claim(self, name: str) -> dict[str, Any]:
+        """A due round for this trainer: {"round": id, "plan": ..., "images": {id: sha256}, "backbone": ...,
+        "steps": N}, or {"round": null, "reason": why not now}; 409 while another trainer owns the running round."""
+        if not self.accept_rounds:
+            raise HTTPException(409, "this server trains its rounds itself (start it with --remote-trainers)")
+        store = self.store
+        reason = round_due(store, self.round_every)
+        if reason:
+            return {"round": None, "reason": reason}
+        try:
+            round_id = store.claim_round(store.label_count("pool"), name)
+        except RoundTaken as exc:
+            raise HTTPException(409, str(exc)) from None
+        labels = round_started(store)
+        try:
+            plan = plan_round(store, round_id, labels)
+            images = {str(i): store.image(i).sha256 for i in plan.image_ids()}
+        except Exception as exc:
+            store.finish_round(round_id, "failed", error=f"planning the round: {type(exc).__name__}: {exc}"[:500],
+                               who=name)
+            raise
+        write_remote_status(store.root, trainer=name, round=round_id, step=0, total=self.steps)
+        return {"round": round_id, "plan": plan.to_json(), "images": images, "steps": self.steps,
+                "backbone": {"spec": self.slot.spec, "identity": self.slot.base.identity}}
+
+    def image(self, image_id: int) -> Response:
+        """An image's stored pixels as .npy (original dtype: the trainer casts as the server does)."""
+        try:
+            pixels = self.store.load_image(image_id)
+        except WorkspaceError as exc:
+            raise HTTPException(404, str(exc)) from None
+        buffer = io.BytesIO()
+        np.save(buffer, pixels, allow_pickle=False)
+        return Response(buffer.getvalue(), media_type="application/octet-stream")
+
+    def model(self, version: str) -> FileResponse:
+        """A published model's checkpoint: a round starts from the serving model."""
+        try:
+            info = self.store.model(version)
+        except WorkspaceError as exc:
+            raise HTTPException(404, str(exc)) from None
+        if not info.published or not Path(info.checkpoint_path).is_file():
+            raise HTTPException(404, f"model {version} is not published")
+        return FileResponse(info.checkpoint_path, media_type="application/octet-stream")
+
+    def progress(self, round_id: int, report: dict[str, Any], name: str) -> dict[str, Any]:
+        """{"step": s, "total": t}: keeps the claim alive and shows on the dashboard; 409: the round is not
+        this trainer's any more (stop training it)."""
+        self._own(round_id, name)
+        write_remote_status(self.store.root, trainer=name, round=round_id, step=_int(report.get("step")),
+                            total=_int(report.get("total")))
+        return {"ok": True}
+
+    def failed(self, round_id: int, report: dict[str, Any], name: str) -> dict[str, Any]:
+        """{"error": text}: the trainer could not finish; the round is recorded as failed, the serving model stays."""
+        rnd = self._own(round_id, name)
+        error = f"trainer {name!r}: {str(report.get('error', 'no reason given'))}"[:500]
+        self.store.finish_round(round_id, "failed", error=error, who=name)
+        round_finished(self.store, rnd.labels_used)
+        write_remote_status(self.store.root)
+        return {"ok": True}
+
+    async def upload(self, round_id: int, request: Request, name: str) -> dict[str, Any]:
+        """The round's model.pt as the request body. 200 {"version", "published", "val_dice", "note"}; 409 not this
+        trainer's round (the body is not read); 422 refused (not a checkpoint, wrong format or backbone): the
+        round is recorded as failed."""
+        await run_in_threadpool(self._own, round_id, name)
+        models = Path(self.store.root) / "models"
+        models.mkdir(exist_ok=True)
+        received = models / f".upload-r{round_id:04d}-{secrets.token_hex(4)}.tmp"
+        try:
+            with open(received, "wb") as handle:
+                async for chunk in request.stream():
+                    handle.write(chunk)
+            return await run_in_threadpool(self._publish, round_id, name, received)
+        finally:
+            received.unlink(missing_ok=True)
+
+    # -- checks ----------------------------------------------------------------------------------------------------
+
+    def _own(self, round_id: int, name: str):
+        try:
+            return self.store.touch_round(round_id, name)
+        except RoundTaken as exc:
+            raise HTTPException(409, str(exc)) from None
+
+    def _publish(self, round_id: int, name: str, received: Path) -> dict[str, Any]:
+        store, base = self.store, self.slot.base
+        try:
+            payload = self._checked(received)
+        except CheckpointError as exc:
+            rnd = self._own(round_id, name)
+            store.finish_round(round_id, "failed", error=f"upload from {name!r} refused: {exc}"[:500], who=name)
+            round_finished(store, rnd.labels_used)
+            write_remote_status(store.root)
+            raise HTTPException(422, str(exc)) from None
+        clean = received.with_suffix(".pt")  # rewritten by the server: only what a model needs
+        try:
+            save_torch({key: payload[key] for key in ("format", "config", "state", "backbone_identity")}, clean)
+            masks = validation_masks(store)
+            val = items(self.slot.cache, self.pixels, sorted(masks), masks)
+            rnd = self._own(round_id, name)
+            reported = payload.get("metrics") if isinstance(payload.get("metrics"), dict) else {}
+            metrics = {k: v for k, v in reported.items() if k in UPLOAD_METRICS and isinstance(v, (int, float))}
+            verdict = publish_round(store, base, round_id, clean, val, {**metrics, "round": round_id,
+                                                                         "trainer": name})
+        finally:
+            clean.unlink(missing_ok=True)
+        store.finish_round(round_id, "done", val_dice=verdict.val_dice, model_version=verdict.version,
+                           note=verdict.note, who=name)
+        round_finished(store, rnd.labels_used)
+        write_remote_status(store.root)
+        return {"version": verdict.version, "published": verdict.published, "val_dice": verdict.val_dice,
+                "note": verdict.note}
+
+    def _checked(self, path: Path) -> dict[str, Any]:
+        """The upload's payload if this server can serve it, else CheckpointError saying why."""
+        _, payload, config = read_checkpoint(path, weights_only=True)
+        if payload.get("format") != CHECKPOINT_FORMAT:
+            raise CheckpointError(f"checkpoint format {payload.get('format')}, this server reads {CHECKPOINT_FORMAT}")
+        identity = payload.get("backbone_identity")
+        if identity != self.slot.base.identity:
+            raise CheckpointError(f"trained on backbone {identity or 'unknown'}, this server serves "
+                                  f"{self.slot.base.identity}")
+        if config.method != "adasam" or not isinstance(payload.get("state"), dict):
+            raise CheckpointError("not an ADA-SAM round model")
+        return payload
+
+
+def _int(value: Any) -> int | None:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return None
