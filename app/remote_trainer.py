@@ -45,10 +45,12 @@ class RoundLost(Exception):
 class TrainerClient:
     """The trainer's HTTP calls to one annotation server (httpx), authenticated by its token."""
 
-    def __init__(self, url: str, token: str, timeout_s: float = 300.0) -> None:
+    def __init__(self, url: str, token: str, timeout_s: float = 300.0, http: httpx.Client | None = None) -> None:
+        """`http`: an httpx client to send through instead (a test's in-process app)."""
         self.url = url.rstrip("/")
-        self.http = httpx.Client(base_url=self.url + API, headers={"Authorization": f"Bearer {token}"},
-                                 timeout=timeout_s, follow_redirects=False)
+        self.http = http or httpx.Client(timeout=timeout_s, follow_redirects=False)
+        self.http.base_url = self.url + API
+        self.http.headers["Authorization"] = f"Bearer {token}"
 
     def close(self) -> None:
         self.http.close()

@@ -159,6 +159,20 @@ def test_guard_refuses_a_declared_large_body_without_reading_it():
     assert refused.status_code == 413 and "limit is" in refused.json()["detail"]
 
 
+def test_model_uploads_have_their_own_limit_and_nothing_else_does():
+    from app.trainer_api import UPLOAD_PATH
+
+    app = Starlette(routes=[Route("/api/trainer/rounds/{n}/model", _echo, methods=["POST"]),
+                            Route("/api/trainer/rounds/{n}/progress", _echo, methods=["POST"])],
+                    middleware=[Middleware(Guard, max_body_bytes=1000, uploads=(UPLOAD_PATH, 5000))])
+    client = TestClient(app)
+    assert client.post("/api/trainer/rounds/7/model", content=b"x" * 5000).json()["bytes"] == 5000
+    refused = client.post("/api/trainer/rounds/7/model", content=b"x" * 5001)
+    assert refused.status_code == 413 and "--max-model-mb" in refused.json()["detail"]
+    assert client.post("/api/trainer/rounds/7/progress", content=b"x" * 1001).status_code == 413
+    assert client.post("/api/trainer/rounds/7/model/x", content=b"x" * 1001).status_code in (404, 413)
+
+
 def _call(app, scope: dict, chunks, chunk_count: list[int]) -> list[dict]:
     """Drive an ASGI app by hand: the body arrives in `chunks` (a generator), counting how many were pulled."""
     sent: list[dict] = []

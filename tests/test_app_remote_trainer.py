@@ -1,0 +1,287 @@
+"""A trainer on another machine: tokens stored hashed and revocable, 401 for anything else with nothing changed, one
+owner per round, uploads checked on the server's own validation set before they serve, and the whole loop
+(in-process, then `adasam serve --remote-trainers` with `adasam trainer --server` as real processes, also under
+torchrun)."""
+from __future__ import annotations
+
+import io
+import os
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+
+from annotation import RoundTaken, Store, WorkspaceError
+from app.cli import main
+from app.model_slot import ModelSlot
+from app.remote_trainer import RemoteTrainer, RoundLost, TrainerClient
+from app.rounds import RoundPlan, items, plan_round, round_score, val_summary, validation_masks
+from app.status import read_remote_status
+from app.trainer import workspace_pixels
+from app.trainer_api import API, TrainerAPI
+from app_fixtures import Server, label, make_workspace, wait_for
+
+ROOT = Path(__file__).resolve().parents[1]
+TORCHRUN = Path(sys.executable).with_name("torchrun")
+
+
+@pytest.fixture
+def workspace(tmp_path) -> Path:
+    return make_workspace(tmp_path, n=12, n_val=3, size=(64, 72))
+
+
+@pytest.fixture
+def api(workspace):
+    """The endpoints on a bare FastAPI app (no Gradio), trainers gpu1 and gpu2, 4 labels in (a round is due)."""
+    store = Store(workspace)
+    label(store, 4)
+    tokens = {name: store.add_trainer_token(name) for name in ("gpu1", "gpu2")}
+    slot = ModelSlot(store, "micro_random", workspace.parent / "cache")
+    app = FastAPI(routes=TrainerAPI(store, slot, round_every=2, steps=6, accept_rounds=True).router().routes)
+    yield {"store": store, "slot": slot, "tokens": tokens, "http": TestClient(app), "root": workspace.parent}
+    store.close()
+
+
+def call(api, method: str, path: str, trainer: str | None = "gpu1", **kwargs):
+    headers = {"Authorization": f"Bearer {api['tokens'][trainer]}"} if trainer else {}
+    return api["http"].request(method, API + path, headers={**headers, **kwargs.pop("headers", {})}, **kwargs)
+
+
+def client(api, trainer: str = "gpu1") -> TrainerClient:
+    return TrainerClient("http://testserver", api["tokens"][trainer], http=api["http"])
+
+
+def state(store: Store) -> tuple:
+    """Everything a refused request must leave as it was."""
+    return (store.rounds(), store.models(), store.events(limit=1000), store.trainer_tokens())
+
+
+# -- tokens and rounds in the store -----------------------------------------------------------------------------
+
+def test_a_token_is_stored_only_as_a_hash_and_can_be_revoked_or_replaced(workspace):
+    with Store(workspace) as store:
+        token = store.add_trainer_token("gpu1")
+        assert store.trainer_for_token(token) == "gpu1" and store.trainer_for_token(token + "x") is None
+        assert token.encode() not in (workspace / "workspace.db").read_bytes()
+        replaced = store.add_trainer_token("gpu1")
+        assert store.trainer_for_token(token) is None and store.trainer_for_token(replaced) == "gpu1"
+        store.revoke_trainer_token("gpu1")
+        assert store.trainer_for_token(replaced) is None
+        assert [t["name"] for t in store.trainer_tokens()] == ["gpu1"] and store.trainer_tokens()[0]["revoked_at"]
+        with pytest.raises(WorkspaceError):
+            store.revoke_trainer_token("gpu1")  # nothing left to revoke
+        with pytest.raises(WorkspaceError):
+            store.add_trainer_token("trainer")  # the workspace's own trainer's name
+
+
+def test_a_round_has_one_owner_until_it_falls_silent(workspace):
+    with Store(workspace) as store:
+        first = store.claim_round(4, "gpu1")
+        with pytest.raises(RoundTaken, match="gpu1"):
+            store.claim_round(4, "gpu2")
+        with pytest.raises(RoundTaken):
+            store.touch_round(first, "gpu2")
+        assert store.touch_round(first, "gpu1").owner == "gpu1"
+        second = store.claim_round(4, "gpu2", lease_seconds=0.0)  # gpu1 counts as silent at once
+        assert store.rounds(first)[0].status == "cancelled" and "took over" in store.rounds(first)[0].error
+        with pytest.raises(RoundTaken, match="was cancelled"):
+            store.touch_round(first, "gpu1")
+        store.finish_round(second, "done")
+        local = store.start_round(4)  # the workspace's own trainer's round never times out
+        with pytest.raises(RoundTaken):
+            store.claim_round(4, "gpu1", lease_seconds=0.0)
+        assert store.rounds(local)[0].status == "running"
+
+
+# -- the endpoints ------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("method, path", [("POST", "/rounds"), ("GET", "/images/1"), ("GET", "/models/r0001"),
+                                          ("POST", "/rounds/1/progress"), ("POST", "/rounds/1/failed"),
+                                          ("POST", "/rounds/1/model")])
+def test_a_missing_wrong_or_revoked_token_gets_401_and_changes_nothing(api, method, path):
+    store = api["store"]
+    revoked = store.add_trainer_token("old")
+    store.revoke_trainer_token("old")
+    before = state(store)
+    body = {"content": b"junk"} if path.endswith("model") else {"json": {"step": 1}} if method == "POST" else {}
+    for headers in ({}, {"Authorization": "Bearer adasam-trainer-guess"}, {"Authorization": f"Bearer {revoked}"},
+                    {"Authorization": api["tokens"]["gpu1"]}):  # the last: a real token without "Bearer"
+        response = api["http"].request(method, API + path, headers=headers, **body)
+        assert response.status_code == 401 and response.headers["www-authenticate"] == "Bearer"
+    assert state(store) == before
+
+
+def test_a_claim_hands_out_the_round_plan_and_a_second_trainer_waits(api):
+    store = api["store"]
+    answer = call(api, "POST", "/rounds").json()
+    plan = RoundPlan.from_json(answer["plan"])
+    assert plan.round_id == answer["round"] and store.rounds(plan.round_id)[0].owner == "gpu1"
+    expected = plan_round(store, plan.round_id)
+    assert sorted(plan.masks) == sorted(expected.masks) and plan.tags == expected.tags
+    assert all(np.array_equal(plan.masks[i], expected.masks[i]) for i in plan.masks)
+    assert sorted(plan.val_masks) == [10, 11, 12] and plan.init is None
+    assert answer["images"] == {str(i): store.image(i).sha256 for i in plan.image_ids()}
+    assert answer["backbone"]["identity"] == api["slot"].base.identity
+    pixels = np.load(io.BytesIO(call(api, "GET", "/images/1").content))
+    assert np.array_equal(pixels, store.load_image(1))
+
+    taken = call(api, "POST", "/rounds", "gpu2")
+    assert taken.status_code == 409 and "gpu1" in taken.json()["detail"]
+    assert call(api, "POST", f"/rounds/{plan.round_id}/progress", "gpu2", json={"step": 3}).status_code == 409
+    assert call(api, "POST", f"/rounds/{plan.round_id}/model", "gpu2", content=b"x").status_code == 409
+    assert call(api, "POST", f"/rounds/{plan.round_id}/progress", json={"step": 3, "total": 6}).status_code == 200
+    assert read_remote_status(store.root)["step"] == 3
+    assert store.rounds(plan.round_id)[0].status == "running" and not store.models()
+
+
+def test_a_server_that_trains_itself_refuses_claims(api):
+    app = FastAPI(routes=TrainerAPI(api["store"], api["slot"], 2, 6, accept_rounds=False).router().routes)
+    before = state(api["store"])
+    response = TestClient(app).post(API + "/rounds", headers={"Authorization": f"Bearer {api['tokens']['gpu1']}"})
+    assert response.status_code == 409 and "--remote-trainers" in response.json()["detail"]
+    assert state(api["store"]) == before
+
+
+def test_a_bad_upload_is_refused_and_its_round_recorded_as_failed(api, tmp_path):
+    store, slot = api["store"], api["slot"]
+    round_id = call(api, "POST", "/rounds").json()["round"]
+    response = call(api, "POST", f"/rounds/{round_id}/model", content=b"not a checkpoint")
+    assert response.status_code == 422 and store.rounds(round_id)[0].status == "failed"
+    assert not store.models() and not list((store.root / "models").glob(".upload*"))
+
+    round_id = call(api, "POST", "/rounds").json()["round"]  # a failed round waits for labels ...
+    assert round_id is None
+    label(store, 2)  # ... which came in
+    round_id = call(api, "POST", "/rounds").json()["round"]
+    from model.adasam import AdaSamConfig, build_adasam, save_checkpoint
+    from model.backbones import backbone_view
+
+    model = build_adasam(AdaSamConfig(backbone="micro_random"), backbone_view(slot.base))
+    save_checkpoint(model, tmp_path / "other.pt", {"backbone_identity": "sam_vit_b-1-abc"})
+    response = call(api, "POST", f"/rounds/{round_id}/model", content=(tmp_path / "other.pt").read_bytes())
+    assert response.status_code == 422 and "sam_vit_b-1-abc" in response.json()["detail"]
+
+    class Code:  # a pickle that would run code if loaded with weights_only=False
+        def __reduce__(self):
+            return (os.system, ("touch " + str(tmp_path / "pwned"),))
+
+    label(store, 2)
+    round_id = call(api, "POST", "/rounds").json()["round"]
+    torch.save({"format": 2, "config": {"backbone": "micro_random"}, "state": {}, "x": Code()}, tmp_path / "evil.pt")
+    response = call(api, "POST", f"/rounds/{round_id}/model", content=(tmp_path / "evil.pt").read_bytes())
+    assert response.status_code == 422 and not (tmp_path / "pwned").exists() and not store.models()
+
+
+def test_a_remote_round_is_checked_on_the_servers_validation_set_and_swapped_in(api):
+    store, slot = api["store"], api["slot"]
+    trainer = RemoteTrainer(client(api), "micro_random", api["root"] / "trainer-cache", api["root"] / "mirror")
+    assert trainer.run(rounds=1, poll_s=0) == 1
+    rnd = store.rounds()[-1]
+    model = store.model("r0001")
+    assert (rnd.status, rnd.owner, rnd.model_version, model.published) == ("done", "gpu1", "r0001", True)
+    assert (model.metrics["trainer"], model.metrics["ranks"], model.metrics["steps"]) == ("gpu1", 1, 6)
+
+    masks = validation_masks(store)
+    val = items(slot.cache, lambda i: workspace_pixels(store, i), sorted(masks), masks)
+    assert rnd.val_dice == pytest.approx(round_score(val_summary(slot.base, model.checkpoint_path, val)))
+    assert slot.refresh() and slot.version == "r0001"  # served from the next request on
+    assert len(list((api["root"] / "mirror" / "images").glob("*.npy"))) == len(store.images())  # all in the plan
+
+    label(store, 2)
+    downloads = []
+    real_image = trainer.client.image
+    trainer.client.image = lambda i: downloads.append(i) or real_image(i)
+    assert trainer.run(rounds=1, poll_s=0) == 1
+    assert downloads == []  # only the images the mirror lacks are fetched: none this time
+    second = store.rounds()[-1]
+    assert second.model_version == "r0002" and store.model("r0002").metrics["trainer"] == "gpu1"
+
+
+def test_a_trainer_that_loses_its_round_stops_and_uploads_nothing(api):
+    store = api["store"]
+    trainer = RemoteTrainer(client(api), "micro_random", api["root"] / "trainer-cache", api["root"] / "mirror")
+    real = trainer.client.progress
+
+    def taken_over(round_id, step, total):
+        store.claim_round(store.label_count("pool"), "gpu2", lease_seconds=0.0)  # gpu1 fell silent meanwhile
+        trainer.stop.set()  # run() returns after this round
+        real(round_id, step, total)
+
+    trainer.client.progress = taken_over
+    assert trainer.run(rounds=1, poll_s=0) == 0
+    lost, taken = store.rounds()
+    assert (lost.status, lost.owner, taken.status, taken.owner) == ("cancelled", "gpu1", "running", "gpu2")
+    assert not store.models() and not (api["root"] / "mirror" / f"round-{lost.id:04d}").exists()
+    with pytest.raises(RoundLost):
+        trainer.client.progress = real
+        real(lost.id, 1, 6)
+
+
+# -- the command line and real processes --------------------------------------------------------------------------
+
+def test_trainer_token_command_writes_a_private_file_lists_names_and_revokes(workspace, tmp_path, capsys):
+    token_file = tmp_path / "gpu1.token"
+    assert main(["trainer-token", str(workspace), "gpu1", "--out", str(token_file)]) == 0
+    token = token_file.read_text().strip()
+    assert stat.S_IMODE(token_file.stat().st_mode) == 0o600 and token not in capsys.readouterr().out
+    with Store(workspace) as store:
+        assert store.trainer_for_token(token) == "gpu1"
+    assert main(["trainer-token", str(workspace), "--list"]) == 0
+    listed = capsys.readouterr().out
+    assert "gpu1" in listed and "valid" in listed and token not in listed
+    assert main(["trainer-token", str(workspace), "gpu1", "--revoke"]) == 0
+    with Store(workspace) as store:
+        assert store.trainer_for_token(token) is None
+    assert main(["trainer-token", str(workspace), "bad:name"]) == 2
+    assert main(["trainer-token", str(workspace), "nobody", "--revoke"]) == 2
+    capsys.readouterr()
+    assert main(["trainer"]) == 2 and "--server" in capsys.readouterr().err
+    assert main(["trainer", "--server", "http://127.0.0.1:1"]) == 2 and "--token" in capsys.readouterr().err
+    assert main(["trainer", str(workspace), "--token", str(token_file)]) == 2
+    assert main(["trainer", "--server", "ftp://x", "--token", str(token_file)]) == 2
+
+
+def remote_trainer(server: Server, token: Path, root: Path, ranks: int = 1) -> subprocess.CompletedProcess:
+    command = ["trainer", "--server", server.url, "--token", str(token), "--backbone", "micro_random", "--cache",
+               str(root / "trainer-cache"), "--data", str(root / f"mirror-{ranks}"), "--rounds", "1", "--poll", "0.5"]
+    launcher = [str(TORCHRUN), "--standalone", f"--nproc-per-node={ranks}", "-m", "app.cli"] if ranks > 1 \
+        else [sys.executable, "-m", "app.cli"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    env.pop("WORLD_SIZE", None)
+    result = subprocess.run(launcher + command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    return result
+
+
+def test_serve_with_remote_trainers_publishes_their_rounds_and_rescores_the_pool(workspace, tmp_path):
+    """Real processes: `adasam serve --remote-trainers` (its own trainer process only embeds and scores) and
+    `adasam trainer --server`, once alone and once as 2 torchrun processes. --max-request-mb 0.1 is below a
+    checkpoint's size: uploads have their own limit."""
+    token = tmp_path / "token"
+    assert main(["trainer-token", str(workspace), "gpu1", "--out", str(token)]) == 0
+    with Store(workspace) as store:
+        label(store, 4)
+    server = Server(workspace, tmp_path / "serve.log", "--remote-trainers", "--round-every", "2", "--train-steps",
+                    "6", "--max-request-mb", "0.1")
+    try:
+        with Store(workspace) as store:
+            one = remote_trainer(server, token, tmp_path)
+            assert "r0001 published" in one.stdout
+            assert (store.rounds()[-1].owner, store.latest_model().version) == ("gpu1", "r0001")
+            assert Path(store.latest_model().checkpoint_path).stat().st_size > 0.1 * 2**20
+            wait_for(lambda: store.queue_model() == "r0001", what="the server's trainer process to re-score")
+            label(store, 2)
+            two = remote_trainer(server, token, tmp_path, ranks=2)
+            assert "r0002 published" in two.stdout or "r0002 kept unpublished" in two.stdout
+            model = store.model("r0002")
+            assert (model.metrics["ranks"], model.metrics["trainer"]) == (2, "gpu1")
+            assert [r.status for r in store.rounds()] == ["done", "done"]
+    finally:
+        server.stop()
+    assert "Traceback" not in (tmp_path / "serve.log").read_text()
