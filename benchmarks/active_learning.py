@@ -92,6 +92,25 @@ def new_workspace(source: Path, path: Path, seed: int, strategy: str = DEFAULT_S
     return store
 
 
+def oracle_workspace(data: str | Path, out: Path, fraction: float, seed: int = 0) -> tuple[Store, DataFolder, set]:
+    """A workspace of a data folder whose pool has the true masks of a seeded `fraction` of its images saved (the
+    same images `adasam train --masks FRACTION --seed SEED` uses), as if annotated: (store, folder, chosen names)."""
+    from model.dataset import masked_ids
+
+    folder = load_data_folder(data, seed=SPLIT_SEED)
+    store = new_workspace(stage_source(folder, out), out / "workspace", seed=seed)
+    chosen = masked_ids(folder.split("pool"), fraction, seed)
+    by_name = {s.id: s for s in folder.split("pool")}
+    for info in store.images(split="pool"):
+        if info.name in chosen:
+            mask = read_mask(by_name[info.name].mask_path)
+            if mask.any():
+                store.save_mask(info.id, mask, ORACLE)
+            else:
+                store.mark_no_finding(info.id, ORACLE)
+    return store, folder, chosen
+
+
 def annotate(store: Store, truth: dict[str, np.ndarray | None], count: int) -> int:
     """The oracle labels the next `count` images the queue hands it; returns how many it labelled."""
     done = 0

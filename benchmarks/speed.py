@@ -167,23 +167,11 @@ def train_step(backbone_name: str, items: list, steps: int) -> dict:
 def retrain_round(data: str, out: Path, backbone: str, cache: str, steps: int, fraction: float) -> dict:
     """The app's round at `fraction` masks: embed the workspace (cached after the first run), then train_round
     (train, publish, re-score), then re-score the pool once more on its own to time it alone."""
-    from active_learning import new_workspace, stage_source
+    from active_learning import oracle_workspace
 
     from app.trainer import BackgroundTrainer
-    from model.dataset import SPLIT_SEED, load_data_folder, masked_ids
-    from model.preprocess import read_mask
 
-    folder = load_data_folder(data, seed=SPLIT_SEED)
-    store = new_workspace(stage_source(folder, out), out / "workspace", seed=0)
-    chosen = masked_ids(folder.split("pool"), fraction, 0)
-    by_name = {s.id: s for s in folder.split("pool")}
-    for info in store.images(split="pool"):
-        if info.name in chosen:
-            mask = read_mask(by_name[info.name].mask_path)
-            if mask.any():
-                store.save_mask(info.id, mask, "oracle")
-            else:
-                store.mark_no_finding(info.id, "oracle")
+    store, folder, chosen = oracle_workspace(data, out, fraction)
     bt = BackgroundTrainer(out / "workspace", backbone, cache, round_every=1, steps=steps)
     _, embed = measured(bt.embed_new)
     _, round_ = measured(bt.train_round)
