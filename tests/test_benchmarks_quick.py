@@ -139,3 +139,13 @@ def test_distributed_quick(tmp_path):
     for run in data["runs"]:
         assert run["embed_images"] == 8 and run["embed_images_per_s"] > 0 and len(run["train_walls_s"]) == 2
         assert is_number(run["train_step_s"]) and is_number(run["embed_speedup"])
+
+
+def test_remote_trainer_quick(tmp_path):
+    run_quick("remote_trainer.py", "--json", str(tmp_path / "remote_trainer.json"))
+    data = load(tmp_path / "remote_trainer.json")
+    cold, warm = data["remote_round_cold_mirror"], data["remote_round_warm_mirror"]
+    assert cold["calls"]["image"]["calls"] == data["config"]["images"] and "image" not in warm["calls"]
+    assert "model" not in cold["calls"] and warm["calls"]["model"]["calls"] == 1  # round 2 starts from round 1's
+    for run in (data["local_round"], cold, warm):
+        assert is_number(run["round_s"]) and is_number(run["train_s"]) and is_number(run["val_dice"])
