@@ -747,16 +747,20 @@ class Store:
 
     def finish_round(self, round_id: int, status: str = "done", val_dice: float | None = None,
                      error: str | None = None, model_version: str | None = None, who: str = "trainer",
-                     note: str | None = None) -> RoundInfo:
-        """`note`: what a person should know about a finished round (e.g. why its model was not published)."""
+                     note: str | None = None, owner: str | None = None) -> RoundInfo:
+        """`note`: what a person should know about a finished round (e.g. why its model was not published).
+        `owner`: only if the round is still running and that trainer's (else RoundTaken, and nothing changes)."""
         if status not in ("done", "failed", "cancelled"):
             raise WorkspaceError(f"a round finishes as done, failed or cancelled, not {status!r}")
         with self.transaction() as conn:
+            mine = "" if owner is None else " AND owner = ? AND status = 'running'"
             updated = conn.execute(
                 "UPDATE training_rounds SET ended_at = ?, status = ?, val_dice = ?, error = ?, model_version = ?,"
-                " note = ? WHERE id = ?",
-                (utc_now(), status, val_dice, error, model_version, note, round_id),
+                " note = ? WHERE id = ?" + mine,
+                (utc_now(), status, val_dice, error, model_version, note, round_id, *([owner] if owner else [])),
             ).rowcount
+            if not updated and owner is not None:
+                raise RoundTaken(f"round {round_id} is no longer {owner!r}'s to finish")
             if not updated:
                 raise WorkspaceError(f"no training round {round_id}")
             self._log(conn, who, "finish_round", {"round": round_id, "status": status, "val_dice": val_dice,

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import shutil
 import threading
 import time
@@ -25,17 +26,26 @@ import torch
 
 from app.rounds import RoundPlan, round_trainer, training_data
 from app.trainer_api import API
+from model.adasam import CheckpointError, read_checkpoint
 from model.backbones import build_backbone
 from model.cache import EmbeddingCache
 from model.distributed import Ranks
 
 POLL_S = 10.0  # between asking for a round when none is due
 REPORT_EVERY = 10  # steps between progress reports (each also asks whether the round is still this trainer's)
+ALIVE_EVERY_S = 60.0  # while downloading images: a word to the server this often keeps the claim
+SHA256 = re.compile(r"[0-9a-f]{64}")
+VERSION = re.compile(r"r\d+")
 DEFAULT_MIRROR = Path.home() / ".cache" / "adasam" / "trainer"
 
 
 class RemoteError(Exception):
-    """The server refused or could not be reached (one-line message for the command line)."""
+    """The server refused or could not be reached (one-line message for the command line). `retry`: worth asking
+    again later (no connection, a server error), as opposed to a refusal that would only repeat (401, 413, 422)."""
+
+    def __init__(self, message: str, retry: bool = False) -> None:
+        super().__init__(message)
+        self.retry = retry
 
 
 class RoundLost(Exception):
@@ -59,14 +69,15 @@ class TrainerClient:
         try:
             response = self.http.request(method, path, **kwargs)
         except httpx.HTTPError as exc:
-            raise RemoteError(f"cannot reach {self.url}: {exc}") from None
+            raise RemoteError(f"cannot reach {self.url}: {exc}", retry=True) from None
         if response.status_code == 401:
             raise RemoteError(f"{self.url} refused the trainer token (401): make one with `adasam trainer-token "
                               f"WORKSPACE NAME` on the server and pass its file with --token")
         if response.status_code == 409:
             raise RoundLost(_detail(response))
         if response.status_code >= 400:
-            raise RemoteError(f"{method} {API}{path}: {response.status_code} {_detail(response)}")
+            raise RemoteError(f"{method} {API}{path}: {response.status_code} {_detail(response)}",
+                              retry=response.status_code >= 500)
         return response
 
     def claim(self) -> dict[str, Any]:
@@ -107,10 +118,15 @@ class RemoteTrainer:
         self.stop = threading.Event()
 
     def run(self, rounds: int | None = None, poll_s: float = POLL_S) -> int:
-        """Train rounds until stopped (or `rounds` of them were uploaded); returns how many were."""
+        """Train rounds until stopped (or `rounds` of them were uploaded); returns how many were. Every decision
+        is rank 0's, sent to the others, so all ranks always take the same path."""
         done, said = 0, None
-        while not self.stop.is_set() and (rounds is None or done < rounds):
+        while rounds is None or done < rounds:
+            if self.ranks.from_main(self.stop.is_set()):
+                break
             answer = self.ranks.from_main(self._claim() if self.ranks.main else None)
+            if answer.get("fatal"):
+                raise RemoteError(answer["fatal"])
             if answer.get("round") is None:
                 if answer.get("reason") != said:  # said once, not every poll
                     said = answer.get("reason")
@@ -126,20 +142,19 @@ class RemoteTrainer:
             return self.client.claim()
         except RoundLost as exc:  # another trainer is training: wait for the next one
             return {"round": None, "reason": str(exc)}
+        except RemoteError as exc:
+            if not exc.retry:  # e.g. a revoked token: every rank stops (below), none is left waiting
+                return {"round": None, "fatal": str(exc)}
+            return {"round": None, "reason": str(exc)}  # the server restarting, the network: ask again later
 
     def round(self, answer: dict[str, Any]) -> int:
-        """Train and upload one claimed round; 1 when its model was uploaded, 0 when the round was lost or failed."""
+        """Train and upload one claimed round; 1 when its model was uploaded, 0 when the round was lost or failed.
+        RemoteError when going on would only fail again (another backbone, a refused token or upload)."""
         plan = RoundPlan.from_json(answer["plan"])
-        server_identity = answer["backbone"]["identity"]
-        if server_identity != self.base.identity:
-            message = (f"the server serves backbone {server_identity}, this trainer has {self.base.identity}: "
-                       f"start it with --backbone {answer['backbone']['spec'].split(':')[0]}[:PATH to the same "
-                       f"weights]")
-            if self.ranks.main:
-                self.client.failed(plan.round_id, message)
-            raise RemoteError(message)
         work = self.mirror / f"round-{plan.round_id:04d}"
+        outcome = (0, "")  # rank 0's (uploaded, why the trainer must stop), sent to every rank at the end
         try:
+            self._check_backbone(answer["backbone"])
             fetched = self._fetched(plan, answer["images"], work) if self.ranks.main else None
             init, lost, error = self.ranks.from_main(fetched)  # every rank stops if rank 0's downloads did
             if lost or error:
@@ -151,31 +166,59 @@ class RemoteTrainer:
                                     self.ranks)
             started = time.monotonic()
             best = trainer.run(progress=self._reporter(plan.round_id))
-            if not self.ranks.main:
-                return 1
-            metrics = {**sizes, "steps": int(answer["steps"]), "best_step": best.get("step"),
-                       "train_seconds": round(time.monotonic() - started, 1), "ranks": self.ranks.world}
-            verdict = self.client.upload(plan.round_id, _upload_file(work, metrics))
-            state = "published" if verdict["published"] else "kept unpublished"
-            dice = "none" if verdict["val_dice"] is None else f"{verdict['val_dice']:.3f}"
-            self.say(f"round {plan.round_id}: {verdict['version']} {state} (server's val Dice {dice})"
-                     + (f"; {verdict['note']}" if verdict.get("note") else ""))
-            return 1
-        except RoundLost as exc:
+            if self.ranks.main:
+                metrics = {**sizes, "steps": int(answer["steps"]), "best_step": best.get("step"),
+                           "train_seconds": round(time.monotonic() - started, 1), "ranks": self.ranks.world}
+                outcome = self._upload(plan.round_id, work, metrics)
+        except RoundLost as exc:  # raised on every rank alike: the decision was sent
             self.say(f"round {plan.round_id} is no longer ours: {exc}")
-            return 0
-        except RemoteError:
+        except RemoteError as exc:
+            self._report_failed(plan.round_id, str(exc))
             raise
         except Exception as exc:
-            if self.ranks.main:
-                self.client.failed(plan.round_id, f"{type(exc).__name__}: {exc}")
-                self.say(traceback.format_exc())
+            self._report_failed(plan.round_id, f"{type(exc).__name__}: {exc}")
+            self.say(traceback.format_exc())
             if self.ranks.joined:
-                raise  # the other ranks cannot be told apart from a hang: let torchrun end them all
-            return 0
+                raise  # one rank's own failure cannot be told apart from a hang: let torchrun end them all
         finally:
             if self.ranks.main:
                 shutil.rmtree(work, ignore_errors=True)
+        uploaded, fatal = self.ranks.from_main(outcome)
+        if fatal:
+            raise RemoteError(fatal)
+        return uploaded
+
+    def _check_backbone(self, server: dict[str, str]) -> None:
+        if server["identity"] != self.base.identity:
+            raise RemoteError(f"the server serves backbone {server['identity']}, this trainer has "
+                              f"{self.base.identity}: start it with --backbone {server['spec'].split(':')[0]}"
+                              f"[:PATH to the same weights]")
+
+    def _upload(self, round_id: int, work: Path, metrics: dict[str, Any]) -> tuple[int, str]:
+        """Rank 0: upload the round's model -> (1 if the server took it, why to stop or "")."""
+        try:
+            verdict = self.client.upload(round_id, _upload_file(work, metrics))
+        except RoundLost as exc:
+            self.say(f"round {round_id} is no longer ours: {exc}")
+            return 0, ""
+        except RemoteError as exc:
+            self._report_failed(round_id, f"upload: {exc}")
+            self.say(f"round {round_id}: upload failed: {exc}")
+            return 0, "" if exc.retry else str(exc)
+        state = "published" if verdict["published"] else "kept unpublished"
+        dice = "none" if verdict["val_dice"] is None else f"{verdict['val_dice']:.3f}"
+        self.say(f"round {round_id}: {verdict['version']} {state} (server's val Dice {dice})"
+                 + (f"; {verdict['note']}" if verdict.get("note") else ""))
+        return 1, ""
+
+    def _report_failed(self, round_id: int, error: str) -> None:
+        """Rank 0: tell the server, if it can be told (the round is then not left running until its lease ends)."""
+        if not self.ranks.main:
+            return
+        try:
+            self.client.failed(round_id, error)
+        except (RemoteError, RoundLost):
+            pass
 
     def _fetched(self, plan: RoundPlan, images: dict[str, str], work: Path) -> tuple[str | None, str, str]:
         """(model to start from, why the round was lost, what went wrong), as rank 0 tells the others."""
@@ -187,20 +230,33 @@ class RemoteTrainer:
             return None, "", str(exc)
 
     def _fetch(self, plan: RoundPlan, images: dict[str, str], work: Path) -> str | None:
-        """Download the images the mirror lacks and the model to start from; returns that model's path."""
+        """Download the images the mirror lacks and the model to start from; returns that model's path. Names
+        from the server are checked before they become paths, the model before it is loaded."""
+        if not all(SHA256.fullmatch(sha) for sha in images.values()) or (
+                plan.init is not None and not VERSION.fullmatch(plan.init)):
+            raise RemoteError("the server's round names images or a model in an unexpected form")
         missing = [int(i) for i, sha in images.items() if not self._image_path(sha).exists()]
         if missing:
             self.say(f"round {plan.round_id}: downloading {len(missing)} of {len(images)} images")
+        last_word = time.monotonic()
         for image_id in missing:
             path = self._image_path(images[str(image_id)])
             tmp = path.with_name(f".{path.name}.tmp")
             with open(tmp, "wb") as handle:  # np.save on a name would append .npy to it
                 np.save(handle, self.client.image(image_id), allow_pickle=False)
             os.replace(tmp, path)
+            if time.monotonic() - last_word > ALIVE_EVERY_S:  # a long download must not cost the round
+                self.client.progress(plan.round_id, 0, 0)
+                last_word = time.monotonic()
         work.mkdir(parents=True, exist_ok=True)
         if plan.init is None:
             return None
-        return str(self.client.model(plan.init, work / f"init-{plan.init}.pt"))
+        path = self.client.model(plan.init, work / f"init-{plan.init}.pt")
+        try:
+            read_checkpoint(path, weights_only=True)  # tensors and plain values only: nothing that runs code
+        except CheckpointError as exc:
+            raise RemoteError(f"the server's model {plan.init} is not a plain checkpoint: {exc}") from None
+        return str(path)
 
     def _image_path(self, sha256: str) -> Path:
         return self.mirror / "images" / f"{sha256}.npy"
@@ -215,13 +271,13 @@ class RemoteTrainer:
         """The training progress callback: every REPORT_EVERY steps rank 0 reports; every rank learns whether the
         round is still ours (and all stop together when it is not) or this trainer is being stopped."""
         def report(step: int, total: int) -> None:
-            if step % REPORT_EVERY and step != total:
+            if step % REPORT_EVERY and step not in (1, total):
                 return
             lost = None
             if self.ranks.main:
                 try:
                     self.client.progress(round_id, step, total)
-                except RoundLost as exc:
+                except (RoundLost, RemoteError) as exc:
                     lost = str(exc)
                 if self.stop.is_set():
                     lost = "this trainer was stopped"

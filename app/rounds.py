@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from annotation import ModelInfo, Store
+from annotation import ModelInfo, Store, WorkspaceError
 from app.status import LABELS_AT_LAST_ROUND, RETRAIN_REQUESTED, TAG
 from app.validation import fix_validation_set
 from model.adasam import checkpoint_problem, load_checkpoint
@@ -184,6 +184,8 @@ def publish_round(store: Store, base: Backbone, round_id: int, checkpoint: Path,
     models = Path(store.root) / "models"
     models.mkdir(exist_ok=True)
     path, tmp = models / f"{version}.pt", models / f".{version}.pt.tmp"
+    if path.exists():  # a version's file is never replaced: the store may already point at it
+        raise WorkspaceError(f"{path} exists already: round {round_id} has a model")
     shutil.copyfile(checkpoint, tmp)
     with open(tmp, "rb") as handle:
         os.fsync(handle.fileno())

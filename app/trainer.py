@@ -82,7 +82,8 @@ class BackgroundTrainer:
 
     def run(self) -> None:
         for rnd in self.store.rounds():
-            if rnd.status == "running" and rnd.owner == LOCAL_TRAINER:  # left by a crash or kill -9: to be redone
+            # left by a crash or kill -9 (to be redone), or by a remote trainer when rounds are trained here now
+            if rnd.status == "running" and (self.train_rounds or rnd.owner == LOCAL_TRAINER):
                 self.store.finish_round(rnd.id, "cancelled", error="trainer stopped before the round finished")
         self.status(state="idle", force=True)
         while not self.stopping():
@@ -164,6 +165,7 @@ class BackgroundTrainer:
 
     def due(self) -> bool:
         if not self.train_rounds:
+            self.status(message="rounds are trained by remote trainers (adasam trainer --server)")
             return False
         reason = round_due(self.store, self.round_every)
         self.status(message=reason or "")

@@ -15,7 +15,9 @@ progress or upload for it gets 409.
 from __future__ import annotations
 
 import io
+import math
 import secrets
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -24,14 +26,16 @@ from fastapi import APIRouter, Depends, Header, HTTPException, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, Response
 
-from annotation import RoundTaken, Store, WorkspaceError
+from annotation import RoundInfo, RoundTaken, Store, WorkspaceError
+from annotation.store import LOCAL_TRAINER
 from app.model_slot import ModelSlot
 from app.rounds import (
     items, plan_round, publish_round, round_due, round_finished, round_started, validation_masks,
 )
 from app.status import write_remote_status
 from app.trainer import workspace_pixels
-from model.adasam import CHECKPOINT_FORMAT, CheckpointError, read_checkpoint
+from model.adasam import CHECKPOINT_FORMAT, CheckpointError, load_checkpoint, read_checkpoint
+from model.backbones import backbone_view
 from model.atomic import save_torch
 
 API = "/api/trainer"
@@ -47,6 +51,13 @@ class TrainerAPI:
     def __init__(self, store: Store, slot: ModelSlot, round_every: int, steps: int, accept_rounds: bool) -> None:
         self.store, self.slot, self.round_every, self.steps = store, slot, round_every, steps
         self.accept_rounds = accept_rounds
+        self.publishing = threading.Lock()  # one upload checked at a time: no two publish one round
+        for left in (Path(store.root) / "models").glob(".upload-*"):  # by a server killed mid-upload
+            left.unlink(missing_ok=True)
+        if accept_rounds:  # a round the workspace's own trainer left running will never finish now
+            for rnd in store.rounds():
+                if rnd.status == "running" and rnd.owner == LOCAL_TRAINER:
+                    store.finish_round(rnd.id, "cancelled", error="the server now takes rounds from remote trainers")
 
     def pixels(self, image_id: int) -> np.ndarray:
         return workspace_pixels(self.store, image_id)
@@ -110,8 +121,7 @@ class TrainerAPI:
             plan = plan_round(store, round_id, labels)
             images = {str(i): store.image(i).sha256 for i in plan.image_ids()}
         except Exception as exc:
-            store.finish_round(round_id, "failed", error=f"planning the round: {type(exc).__name__}: {exc}"[:500],
-                               who=name)
+            self._fail(round_id, name, labels, f"planning the round: {type(exc).__name__}: {exc}")
             raise
         write_remote_status(store.root, trainer=name, round=round_id, step=0, total=self.steps)
         return {"round": round_id, "plan": plan.to_json(), "images": images, "steps": self.steps,
@@ -148,10 +158,7 @@ class TrainerAPI:
     def failed(self, round_id: int, report: dict[str, Any], name: str) -> dict[str, Any]:
         """{"error": text}: the trainer could not finish; the round is recorded as failed, the serving model stays."""
         rnd = self._own(round_id, name)
-        error = f"trainer {name!r}: {str(report.get('error', 'no reason given'))}"[:500]
-        self.store.finish_round(round_id, "failed", error=error, who=name)
-        round_finished(self.store, rnd.labels_used)
-        write_remote_status(self.store.root)
+        self._fail(round_id, name, rnd.labels_used, f"trainer {name!r}: {report.get('error', 'no reason given')}")
         return {"ok": True}
 
     async def upload(self, round_id: int, request: Request, name: str) -> dict[str, Any]:
@@ -172,37 +179,64 @@ class TrainerAPI:
 
     # -- checks ----------------------------------------------------------------------------------------------------
 
-    def _own(self, round_id: int, name: str):
+    def _own(self, round_id: int, name: str) -> RoundInfo:
+        """The round, its claim renewed, if it is running and `name`'s; else 409."""
+        if not self.accept_rounds:
+            raise HTTPException(409, "this server trains its rounds itself (start it with --remote-trainers)")
         try:
             return self.store.touch_round(round_id, name)
         except RoundTaken as exc:
             raise HTTPException(409, str(exc)) from None
 
+    def _fail(self, round_id: int, name: str, labels: int, error: str) -> None:
+        """Record `name`'s round as failed; the next waits for new labels (or Retrain now), as after a local
+        failure. Nothing if the round is no longer `name`'s."""
+        store = self.store
+        try:
+            with store.transaction():  # one step: no claim sees the round finished but the labels not yet counted
+                store.finish_round(round_id, "failed", error=error[:500], who=name, owner=name)
+                round_finished(store, labels)
+        except RoundTaken:
+            return
+        write_remote_status(store.root)
+
     def _publish(self, round_id: int, name: str, received: Path) -> dict[str, Any]:
-        store, base = self.store, self.slot.base
-        try:
-            payload = self._checked(received)
-        except CheckpointError as exc:
-            rnd = self._own(round_id, name)
-            store.finish_round(round_id, "failed", error=f"upload from {name!r} refused: {exc}"[:500], who=name)
-            round_finished(store, rnd.labels_used)
-            write_remote_status(store.root)
-            raise HTTPException(422, str(exc)) from None
-        clean = received.with_suffix(".pt")  # rewritten by the server: only what a model needs
-        try:
+        with self.publishing:
+            rnd = self._own(round_id, name)  # again, now that no other upload can be between this and the end
+            try:
+                payload = self._checked(received)
+            except CheckpointError as exc:
+                self._fail(round_id, name, rnd.labels_used, f"upload from {name!r} refused: {exc}")
+                raise HTTPException(422, str(exc)) from None
+            try:
+                return self._publish_checked(rnd, name, payload, received.with_suffix(".pt"))
+            except RoundTaken as exc:
+                raise HTTPException(409, str(exc)) from None
+            except HTTPException:
+                raise
+            except Exception as exc:
+                self._fail(round_id, name, rnd.labels_used, f"checking the upload: {type(exc).__name__}: {exc}")
+                raise
+
+    def _publish_checked(self, rnd: RoundInfo, name: str, payload: dict[str, Any], clean: Path) -> dict[str, Any]:
+        """Score the upload on the server's validation set against the serving model, register it, end the round."""
+        store = self.store
+        try:  # rewritten by the server: only what a model needs
             save_torch({key: payload[key] for key in ("format", "config", "state", "backbone_identity")}, clean)
             masks = validation_masks(store)
             val = items(self.slot.cache, self.pixels, sorted(masks), masks)
-            rnd = self._own(round_id, name)
             reported = payload.get("metrics") if isinstance(payload.get("metrics"), dict) else {}
-            metrics = {k: v for k, v in reported.items() if k in UPLOAD_METRICS and isinstance(v, (int, float))}
-            verdict = publish_round(store, base, round_id, clean, val, {**metrics, "round": round_id,
-                                                                         "trainer": name})
+            metrics = {k: v for k, v in reported.items() if k in UPLOAD_METRICS and isinstance(v, (int, float))
+                       and math.isfinite(v)}
+            self._own(rnd.id, name)
+            verdict = publish_round(store, self.slot.base, rnd.id, clean, val,
+                                    {**metrics, "round": rnd.id, "trainer": name})
         finally:
             clean.unlink(missing_ok=True)
-        store.finish_round(round_id, "done", val_dice=verdict.val_dice, model_version=verdict.version,
-                           note=verdict.note, who=name)
-        round_finished(store, rnd.labels_used)
+        with store.transaction():
+            store.finish_round(rnd.id, "done", val_dice=verdict.val_dice, model_version=verdict.version,
+                               note=verdict.note, who=name, owner=name)
+            round_finished(store, rnd.labels_used)
         write_remote_status(store.root)
         return {"version": verdict.version, "published": verdict.published, "val_dice": verdict.val_dice,
                 "note": verdict.note}
@@ -218,6 +252,12 @@ class TrainerAPI:
                                   f"{self.slot.base.identity}")
         if config.method != "adasam" or not isinstance(payload.get("state"), dict):
             raise CheckpointError("not an ADA-SAM round model")
+        try:  # the weights must fit this backbone's model (names and shapes)
+            load_checkpoint(path, backbone_view(self.slot.base))
+        except CheckpointError:
+            raise
+        except Exception as exc:
+            raise CheckpointError(f"weights do not fit this model ({type(exc).__name__})") from None
         return payload
 
 

@@ -3,8 +3,9 @@
 A workspace of the data folder with a seeded 10% of the pool's true masks saved (as if annotated). The server's own
 trainer runs one round in-process (`BackgroundTrainer.train_round`, re-scoring left out); then a real `adasam serve
 --remote-trainers --no-trainer` serves the same workspace state and a `RemoteTrainer` in this process, talking HTTP
-over loopback, runs two rounds: the first with an empty image mirror (every image downloaded) from no model, the
-second with the mirror full, from the first round's model. Each phase is timed by wrapping the client's calls:
+over loopback, runs two rounds: the first with an empty image mirror (every image of its plan downloaded: masked,
+tagged, validation and the round's sample of unlabeled images) from no model, the second from the first round's
+model, downloading only the images the first did not have (another unlabeled sample). Each phase is timed by wrapping the client's calls:
 claim (the plan), image downloads (count, MB), the start model's download, training, and the upload with the
 server's check (validation Dice of the new model and, from the second round on, the serving one's).
 
@@ -121,7 +122,7 @@ def main() -> int:
         first = remote_round(trainer, remote_store)
         remote_store.set_setting(RETRAIN_REQUESTED, True)  # a second round without new labels
         second = remote_round(trainer, remote_store)
-        images = len(remote_store.image_ids(split="pool")) + len(remote_store.image_ids(split="val"))  # a plan's
+        images = len(remote_store.image_ids(split="pool")) + len(remote_store.image_ids(split="val"))  # plans' source
     finally:
         server.stop()
     settings = {k: v for k, v in vars(args).items() if k not in ("json", "cache")}  # no paths of this machine

@@ -20,11 +20,12 @@ from fastapi.testclient import TestClient
 from annotation import RoundTaken, Store, WorkspaceError
 from app.cli import main
 from app.model_slot import ModelSlot
-from app.remote_trainer import RemoteTrainer, RoundLost, TrainerClient
+from app.remote_trainer import RemoteError, RemoteTrainer, RoundLost, TrainerClient
 from app.rounds import RoundPlan, items, plan_round, round_score, val_summary, validation_masks
 from app.status import read_remote_status
 from app.trainer import workspace_pixels
 from app.trainer_api import API, TrainerAPI
+from app.testing import free_port
 from app_fixtures import Server, label, make_workspace, wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -44,7 +45,8 @@ def api(workspace):
     tokens = {name: store.add_trainer_token(name) for name in ("gpu1", "gpu2")}
     slot = ModelSlot(store, "micro_random", workspace.parent / "cache")
     app = FastAPI(routes=TrainerAPI(store, slot, round_every=2, steps=6, accept_rounds=True).router().routes)
-    yield {"store": store, "slot": slot, "tokens": tokens, "http": TestClient(app), "root": workspace.parent}
+    yield {"store": store, "slot": slot, "tokens": tokens, "http": TestClient(app), "app": app,
+           "root": workspace.parent}
     store.close()
 
 
@@ -54,7 +56,7 @@ def call(api, method: str, path: str, trainer: str | None = "gpu1", **kwargs):
 
 
 def client(api, trainer: str = "gpu1") -> TrainerClient:
-    return TrainerClient("http://testserver", api["tokens"][trainer], http=api["http"])
+    return TrainerClient("http://testserver", api["tokens"][trainer], http=TestClient(api["app"]))
 
 
 def state(store: Store) -> tuple:
@@ -97,6 +99,17 @@ def test_a_round_has_one_owner_until_it_falls_silent(workspace):
         with pytest.raises(RoundTaken):
             store.claim_round(4, "gpu1", lease_seconds=0.0)
         assert store.rounds(local)[0].status == "running"
+
+
+def test_only_the_owner_of_a_running_round_may_finish_it(workspace):
+    with Store(workspace) as store:
+        round_id = store.claim_round(4, "gpu1")
+        with pytest.raises(RoundTaken):
+            store.finish_round(round_id, "done", owner="gpu2")
+        store.finish_round(round_id, "failed", owner="gpu1")
+        with pytest.raises(RoundTaken):  # finished: not again, not even by its owner
+            store.finish_round(round_id, "done", owner="gpu1")
+        assert store.rounds(round_id)[0].status == "failed"
 
 
 # -- the endpoints ------------------------------------------------------------------------------------------------
@@ -173,6 +186,17 @@ def test_a_bad_upload_is_refused_and_its_round_recorded_as_failed(api, tmp_path)
 
     label(store, 2)
     round_id = call(api, "POST", "/rounds").json()["round"]
+    payload = torch.load(tmp_path / "other.pt", weights_only=True)
+    payload["backbone_identity"] = slot.base.identity
+    name = next(iter(payload["state"]))
+    payload["state"][name] = torch.zeros(3, 1, 7)  # a tensor of the wrong shape
+    torch.save(payload, tmp_path / "misfit.pt")
+    response = call(api, "POST", f"/rounds/{round_id}/model", content=(tmp_path / "misfit.pt").read_bytes())
+    assert response.status_code == 422 and "do not fit" in response.json()["detail"]
+    assert store.rounds(round_id)[0].status == "failed"
+
+    label(store, 2)
+    round_id = call(api, "POST", "/rounds").json()["round"]
     torch.save({"format": 2, "config": {"backbone": "micro_random"}, "state": {}, "x": Code()}, tmp_path / "evil.pt")
     response = call(api, "POST", f"/rounds/{round_id}/model", content=(tmp_path / "evil.pt").read_bytes())
     assert response.status_code == 422 and not (tmp_path / "pwned").exists() and not store.models()
@@ -192,6 +216,9 @@ def test_a_remote_round_is_checked_on_the_servers_validation_set_and_swapped_in(
     assert rnd.val_dice == pytest.approx(round_score(val_summary(slot.base, model.checkpoint_path, val)))
     assert slot.refresh() and slot.version == "r0001"  # served from the next request on
     assert len(list((api["root"] / "mirror" / "images").glob("*.npy"))) == len(store.images())  # all in the plan
+
+    again = call(api, "POST", f"/rounds/{rnd.id}/model", content=Path(model.checkpoint_path).read_bytes())
+    assert again.status_code == 409 and [m.version for m in store.models()] == ["r0001"]  # one upload per round
 
     label(store, 2)
     downloads = []
@@ -285,3 +312,32 @@ def test_serve_with_remote_trainers_publishes_their_rounds_and_rescores_the_pool
     finally:
         server.stop()
     assert "Traceback" not in (tmp_path / "serve.log").read_text()
+
+
+def test_figures_a_trainer_reports_about_validation_are_not_taken(api, tmp_path):
+    store, slot = api["store"], api["slot"]
+    round_id = call(api, "POST", "/rounds").json()["round"]
+    from model.adasam import AdaSamConfig, build_adasam, save_checkpoint
+    from model.backbones import backbone_view
+
+    model = build_adasam(AdaSamConfig(backbone="micro_random"), backbone_view(slot.base))
+    save_checkpoint(model, tmp_path / "model.pt", {"metrics": {"dice_lesion": 0.99, "train_seconds": float("inf"),
+                                                               "steps": 6}})
+    answer = call(api, "POST", f"/rounds/{round_id}/model", content=(tmp_path / "model.pt").read_bytes()).json()
+    metrics = store.model(answer["version"]).metrics
+    assert metrics["dice_lesion"] == answer["val_dice"] != 0.99 and metrics["steps"] == 6
+    assert "train_seconds" not in metrics  # not a finite number: dropped
+
+
+def test_a_revoked_trainer_stops_and_one_that_cannot_reach_the_server_waits(api):
+    store = api["store"]
+    trainer = RemoteTrainer(client(api), "micro_random", api["root"] / "trainer-cache", api["root"] / "mirror")
+    store.revoke_trainer_token("gpu1")
+    with pytest.raises(RemoteError, match="401"):
+        trainer.run(rounds=1, poll_s=0)
+    said = []
+    offline = RemoteTrainer(TrainerClient(f"http://127.0.0.1:{free_port()}", "token"), "micro_random",
+                            api["root"] / "trainer-cache", api["root"] / "mirror",
+                            say=lambda line: said.append(line) or offline.stop.set())
+    assert offline.run(rounds=1, poll_s=0) == 0 and "cannot reach" in said[0]
+    assert not store.rounds()

@@ -145,7 +145,8 @@ def test_remote_trainer_quick(tmp_path):
     run_quick("remote_trainer.py", "--json", str(tmp_path / "remote_trainer.json"))
     data = load(tmp_path / "remote_trainer.json")
     cold, warm = data["remote_round_cold_mirror"], data["remote_round_warm_mirror"]
-    assert cold["calls"]["image"]["calls"] == data["config"]["images"] and "image" not in warm["calls"]
+    assert cold["calls"]["image"]["calls"] == data["config"]["images"]  # a small pool: every image in the plan
+    assert "image" not in warm["calls"]  # ... and in the mirror for the next round
     assert "model" not in cold["calls"] and warm["calls"]["model"]["calls"] == 1  # round 2 starts from round 1's
     for run in (data["local_round"], cold, warm):
         assert is_number(run["round_s"]) and is_number(run["train_s"]) and is_number(run["val_dice"])
