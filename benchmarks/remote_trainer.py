@@ -5,9 +5,10 @@ trainer runs one round in-process (`BackgroundTrainer.train_round`, re-scoring l
 --remote-trainers --no-trainer` serves the same workspace state and a `RemoteTrainer` in this process, talking HTTP
 over loopback, runs two rounds: the first with an empty image mirror (every image of its plan downloaded: masked,
 tagged, validation and the round's sample of unlabeled images) from no model, the second from the first round's
-model, downloading only the images the first did not have (another unlabeled sample). Each phase is timed by wrapping the client's calls:
-claim (the plan), image downloads (count, MB), the start model's download, training, and the upload with the
-server's check (validation Dice of the new model and, from the second round on, the serving one's).
+model, downloading only the images the first did not have (another unlabeled sample). Each phase is timed by
+wrapping the client's calls: claim (the plan), image downloads (count, MB), the start model's download, training,
+and the upload with the server's check (validation Dice of the new model and, from the second round on, the
+serving one's).
 
 Both trainers read one warm embedding cache, so the figures are the protocol's overhead, not a second machine's
 encoder time (on a trainer without the embeddings add the encoder's seconds per image: benchmarks/speed.py).
