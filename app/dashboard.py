@@ -40,8 +40,8 @@ def dashboard(store: Store, slot: ModelSlot, round_every: int) -> dict[str, Any]
                        "labels": r.labels_used, "val_dice": _num(r.val_dice),
                        "presence_auc": _num(metrics.get("presence_auc")), "model": r.model_version or "",
                        "published": bool(model and model.published),
-                       "started": r.started_at[:19].replace("T", " "), "error": r.error or "",
-                       "note": r.note or ""})
+                       "started": r.started_at[:19].replace("T", " "), "trained_by": r.owner,
+                       "error": r.error or "", "note": r.note or ""})
     annotators = store.annotator_counts()
     reviews = store.review_dice()
     pool = store.split_states("pool")

@@ -52,6 +52,10 @@ class RoundLost(Exception):
     """The server gave this trainer's round to another (it fell silent too long) or ended it."""
 
 
+class Stopping(Exception):
+    """This trainer was asked to stop (SIGTERM, Ctrl+C) in the middle of a round."""
+
+
 class TrainerClient:
     """The trainer's HTTP calls to one annotation server (httpx), authenticated by its token."""
 
@@ -95,8 +99,8 @@ class TrainerClient:
     def progress(self, round_id: int, step: int, total: int) -> None:
         self._call("POST", f"/rounds/{round_id}/progress", json={"step": step, "total": total})
 
-    def failed(self, round_id: int, error: str) -> None:
-        self._call("POST", f"/rounds/{round_id}/failed", json={"error": error})
+    def failed(self, round_id: int, error: str, cancelled: bool = False) -> None:
+        self._call("POST", f"/rounds/{round_id}/failed", json={"error": error, "cancelled": cancelled})
 
     def upload(self, round_id: int, checkpoint: Path) -> dict[str, Any]:
         with open(checkpoint, "rb") as handle:
@@ -170,6 +174,9 @@ class RemoteTrainer:
                 metrics = {**sizes, "steps": int(answer["steps"]), "best_step": best.get("step"),
                            "train_seconds": round(time.monotonic() - started, 1), "ranks": self.ranks.world}
                 outcome = self._upload(plan.round_id, work, metrics)
+        except Stopping:  # raised on every rank alike: the decision was sent
+            self._report_failed(plan.round_id, "the trainer was stopped", cancelled=True)
+            self.say(f"round {plan.round_id} cancelled: this trainer was stopped")
         except RoundLost as exc:  # raised on every rank alike: the decision was sent
             self.say(f"round {plan.round_id} is no longer ours: {exc}")
         except RemoteError as exc:
@@ -211,12 +218,12 @@ class RemoteTrainer:
                  + (f"; {verdict['note']}" if verdict.get("note") else ""))
         return 1, ""
 
-    def _report_failed(self, round_id: int, error: str) -> None:
+    def _report_failed(self, round_id: int, error: str, cancelled: bool = False) -> None:
         """Rank 0: tell the server, if it can be told (the round is then not left running until its lease ends)."""
         if not self.ranks.main:
             return
         try:
-            self.client.failed(round_id, error)
+            self.client.failed(round_id, error, cancelled)
         except (RemoteError, RoundLost):
             pass
 
@@ -279,11 +286,11 @@ class RemoteTrainer:
                     self.client.progress(round_id, step, total)
                 except (RoundLost, RemoteError) as exc:
                     lost = str(exc)
-                if self.stop.is_set():
-                    lost = "this trainer was stopped"
-            lost = self.ranks.from_main(lost)
+            lost, stopping = self.ranks.from_main((lost, self.stop.is_set()))
             if lost:
                 raise RoundLost(lost)
+            if stopping:
+                raise Stopping()
 
         return report
 

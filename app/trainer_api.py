@@ -156,9 +156,18 @@ class TrainerAPI:
         return {"ok": True}
 
     def failed(self, round_id: int, report: dict[str, Any], name: str) -> dict[str, Any]:
-        """{"error": text}: the trainer could not finish; the round is recorded as failed, the serving model stays."""
+        """{"error": text}: the trainer could not finish; the round is recorded as failed, the serving model stays.
+        With "cancelled": true (the trainer was stopped) the round is cancelled instead and is due again at once."""
         rnd = self._own(round_id, name)
-        self._fail(round_id, name, rnd.labels_used, f"trainer {name!r}: {report.get('error', 'no reason given')}")
+        error = f"trainer {name!r}: {report.get('error', 'no reason given')}"
+        if report.get("cancelled") is True:
+            try:
+                self.store.finish_round(round_id, "cancelled", error=error[:500], who=name, owner=name)
+            except RoundTaken as exc:
+                raise HTTPException(409, str(exc)) from None
+            write_remote_status(self.store.root)
+        else:
+            self._fail(round_id, name, rnd.labels_used, error)
         return {"ok": True}
 
     async def upload(self, round_id: int, request: Request, name: str) -> dict[str, Any]:

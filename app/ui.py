@@ -357,7 +357,7 @@ def conflicts_line(conflicts: list[dict]) -> str:
 
 def rounds_table(rounds: list[dict]) -> Any:
     header = ["round", "status", "masks", "labels", "val_dice", "presence_auc", "model", "published", "started",
-              "error", "note"]
+              "trained_by", "error", "note"]
     return gr.Dataframe(value=[[r[k] for k in header] for r in reversed(rounds)] or None, headers=header)
 
 

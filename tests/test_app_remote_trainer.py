@@ -341,3 +341,19 @@ def test_a_revoked_trainer_stops_and_one_that_cannot_reach_the_server_waits(api)
                             say=lambda line: said.append(line) or offline.stop.set())
     assert offline.run(rounds=1, poll_s=0) == 0 and "cannot reach" in said[0]
     assert not store.rounds()
+
+
+def test_a_trainer_stopped_mid_round_cancels_it_and_the_round_is_due_again_at_once(api):
+    store = api["store"]
+    trainer = RemoteTrainer(client(api), "micro_random", api["root"] / "trainer-cache", api["root"] / "mirror")
+    real = trainer.client.progress
+
+    def stop_now(round_id, step, total):  # SIGTERM arriving during training
+        trainer.stop.set()
+        real(round_id, step, total)
+
+    trainer.client.progress = stop_now
+    assert trainer.run(rounds=1, poll_s=0) == 0
+    stopped = store.rounds()[-1]
+    assert stopped.status == "cancelled" and "stopped" in stopped.error and not store.models()
+    assert call(api, "POST", "/rounds", "gpu2").json()["round"] == stopped.id + 1  # no wait for new labels
