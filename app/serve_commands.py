@@ -206,6 +206,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
                                f"Choose another --port") from None
         print(f"ADA-SAM Studio: http://{args.host}:{args.port} (workspace {workspace}; Ctrl+C stops it and its "
               f"trainer)", flush=True)
+        if args.remote_trainers and args.no_trainer:
+            print("warning: --no-trainer: nothing embeds new images or re-scores the pool for the remote trainers' "
+                  "models, so the queue keeps its order", flush=True)
         if args.remote_trainers:
             print(f"rounds are trained remotely: `adasam trainer --server http://THIS-HOST:{args.port} --token FILE` "
                   f"with a token from `adasam trainer-token {workspace} NAME --out FILE`", flush=True)
