@@ -81,10 +81,12 @@ def register(sub) -> None:
     t.add_argument("--rounds", type=int, default=None, metavar="N", help="with --server: stop after N rounds")
     t.add_argument("--poll", type=float, default=None, metavar="S",
                    help="with --server: seconds between asking for a round (default 10)")
-    t.add_argument("--backbone", default="litemedsam")
-    t.add_argument("--cache", default=None)
-    t.add_argument("--round-every", type=int, default=10)
-    t.add_argument("--train-steps", type=int, default=ROUND_STEPS)
+    t.add_argument("--backbone", default="litemedsam",
+                   help="with --server: the server's backbone, on this machine (same weights; checked)")
+    t.add_argument("--cache", default=None, help="embedding cache folder (default ~/.cache/adasam/embeddings)")
+    t.add_argument("--round-every", type=int, default=10, help="local trainer only (a remote one follows the server)")
+    t.add_argument("--train-steps", type=int, default=ROUND_STEPS,
+                   help="local trainer only (a remote one trains the server's number of steps)")
     t.add_argument("--no-rounds", action="store_true", help=argparse.SUPPRESS)  # serve --remote-trainers
     t.add_argument("--parent-pid", type=int, default=None, help=argparse.SUPPRESS)
     t.set_defaults(func=cmd_trainer)
