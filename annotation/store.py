@@ -795,10 +795,14 @@ class Store:
         return token
 
     def revoke_trainer_token(self, name: str, who: str = "admin") -> None:
+        """From now on `name`'s token is refused; a round it is training is cancelled (it could not upload it any
+        more), so another trainer may take it at once."""
         with self.transaction() as conn:
             if not conn.execute("UPDATE trainer_tokens SET revoked_at = ? WHERE name = ? AND revoked_at IS NULL",
                                 (utc_now(), name)).rowcount:
                 raise WorkspaceError(f"no trainer token named {name!r} to revoke")
+            conn.execute("UPDATE training_rounds SET status = 'cancelled', ended_at = ?, error = ? WHERE owner = ?"
+                         " AND status = 'running'", (utc_now(), f"{name!r}'s token was revoked", name))
             self._log(conn, who, "revoke_trainer_token", {"name": name})
 
     def trainer_tokens(self) -> list[dict[str, Any]]:

@@ -73,8 +73,10 @@ def test_a_token_is_stored_only_as_a_hash_and_can_be_revoked_or_replaced(workspa
         assert token.encode() not in (workspace / "workspace.db").read_bytes()
         replaced = store.add_trainer_token("gpu1")
         assert store.trainer_for_token(token) is None and store.trainer_for_token(replaced) == "gpu1"
+        training = store.claim_round(4, "gpu1")
         store.revoke_trainer_token("gpu1")
         assert store.trainer_for_token(replaced) is None
+        assert store.rounds(training)[0].status == "cancelled"  # it could not upload that round any more
         assert [t["name"] for t in store.trainer_tokens()] == ["gpu1"] and store.trainer_tokens()[0]["revoked_at"]
         with pytest.raises(WorkspaceError):
             store.revoke_trainer_token("gpu1")  # nothing left to revoke
