@@ -75,13 +75,12 @@ class RoundPlan:
     unlabeled: list[int]
     val_masks: dict[int, np.ndarray]
     init: str | None = None  # the serving model's version the round starts from (None: a fresh model)
-    labels: int = 0
 
     def image_ids(self) -> list[int]:
         return sorted(set(self.masks) | set(self.tags) | set(self.unlabeled) | set(self.val_masks))
 
     def to_json(self) -> dict[str, Any]:
-        return {"round": self.round_id, "init": self.init, "labels": self.labels,
+        return {"round": self.round_id, "init": self.init,
                 "masks": {str(i): _mask_png(m) for i, m in self.masks.items()},
                 "tags": {str(i): bool(p) for i, p in self.tags.items()}, "unlabeled": list(self.unlabeled),
                 "val_masks": {str(i): _mask_png(m) for i, m in self.val_masks.items()}}
@@ -90,11 +89,10 @@ class RoundPlan:
     def from_json(cls, data: dict[str, Any]) -> "RoundPlan":
         return cls(int(data["round"]), {int(i): _png_mask(m) for i, m in data["masks"].items()},
                    {int(i): bool(p) for i, p in data["tags"].items()}, [int(i) for i in data["unlabeled"]],
-                   {int(i): _png_mask(m) for i, m in data["val_masks"].items()}, data.get("init"),
-                   int(data.get("labels", 0)))
+                   {int(i): _png_mask(m) for i, m in data["val_masks"].items()}, data.get("init"))
 
 
-def plan_round(store: Store, round_id: int, labels: int = 0) -> RoundPlan:
+def plan_round(store: Store, round_id: int) -> RoundPlan:
     """Every pool mask, every tag, a sample of unlabeled images (seeded by the round), the fixed validation set."""
     val_ids = set(fix_validation_set(store))
     masks = {info.id: store.read_mask(info, mask) for info, mask in store.labeled(split="pool")
@@ -106,8 +104,7 @@ def plan_round(store: Store, round_id: int, labels: int = 0) -> RoundPlan:
     sample = sorted(rng.choice(unlabeled, size=min(UNLABELED_SAMPLE, len(unlabeled)), replace=False).tolist()
                     ) if unlabeled else []
     serving = serving_model(store)
-    return RoundPlan(round_id, masks, tags, sample, validation_masks(store), serving.version if serving else None,
-                     labels)
+    return RoundPlan(round_id, masks, tags, sample, validation_masks(store), serving.version if serving else None)
 
 
 def validation_masks(store: Store) -> dict[int, np.ndarray]:

@@ -112,13 +112,14 @@ class TrainerAPI:
         reason = round_due(store, self.round_every)
         if reason:
             return {"round": None, "reason": reason}
+        labels = store.label_count("pool")
         try:
-            round_id = store.claim_round(store.label_count("pool"), name)
+            round_id = store.claim_round(labels, name)
         except RoundTaken as exc:
             raise HTTPException(409, str(exc)) from None
-        labels = round_started(store)
+        round_started(store)  # only now: a refused claim leaves a "Retrain now" standing
         try:
-            plan = plan_round(store, round_id, labels)
+            plan = plan_round(store, round_id)
             images = {str(i): store.image(i).sha256 for i in plan.image_ids()}
         except Exception as exc:
             self._fail(round_id, name, labels, f"planning the round: {type(exc).__name__}: {exc}")
