@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from model.adasam import AdaSam
+from model.openvino_decoder import OpenVinoDecoder, openvino_decoder
 from model.preprocess import Geometry, box_to_model, box_to_original, logits_to_original
 from model.uncertainty import (Uncertainty, classifier_uncertainty, combined_uncertainty, mc_dropout_probability,
                                segmentation_uncertainty)
@@ -37,11 +38,15 @@ def valid_grid(geometries: list[Geometry], grid: int) -> torch.Tensor:
 
 
 class Predictor:
-    """Runs an AdaSam in eval mode; `refine` remembers the last image's features so each click costs one decode."""
+    """Runs an AdaSam in eval mode; `refine` remembers the last image's features so each click costs one decode.
+    On the CPU the automatic box prompts decode through OpenVINO (model/openvino_decoder.py, 3x PyTorch) unless
+    `openvino` is False; the decoder's weights are read when the first batch is predicted."""
 
-    def __init__(self, model: AdaSam, dropout_samples: int = 1) -> None:
+    def __init__(self, model: AdaSam, dropout_samples: int = 1, openvino: bool = True) -> None:
         self.model = model.eval()
         self.dropout_samples = dropout_samples
+        self.openvino = openvino
+        self._box_decoder: OpenVinoDecoder | None | bool = None  # None: not looked up yet; False: PyTorch
         self._embedding: torch.Tensor | None = None  # held, so `is` cannot match a recycled object
         self._features: torch.Tensor | None = None
 
@@ -64,7 +69,10 @@ class Predictor:
         valid_hw = [g.resized for g in geometries]
         boxes, fallbacks = model.auto_boxes(cams, valid_hw)
         with torch.no_grad():
-            mask_logits, _ = model.segment(features, boxes, model.auto_points(cams))
+            points = model.auto_points(cams)
+            decoder = self.box_decoder() if points is None else None
+            mask_logits, _ = (decoder(features, boxes) if decoder is not None else
+                              model.segment(features, boxes, points))
             if config.cascade:
                 mask_logits, _ = model.cascade(features, boxes, mask_logits, config.cascade)
         mask_logits, cams, probability = mask_logits.cpu(), cams.cpu(), probability.cpu()
@@ -88,6 +96,14 @@ class Predictor:
                 uncertainty=Uncertainty(float(cls_unc[i]), float(seg_unc),
                                         float(combined_uncertainty(probability[i], cls_unc[i], seg_unc)))))
         return out
+
+    def box_decoder(self) -> OpenVinoDecoder | None:
+        """The OpenVINO decoder of this model's (frozen) decoder weights, or None: decode with PyTorch."""
+        if self._box_decoder is None:
+            wanted = self.openvino and self.model.device.type == "cpu"
+            backbone = self.model.backbone
+            self._box_decoder = (wanted and openvino_decoder(backbone.mask_decoder, backbone.prompt_encoder)) or False
+        return self._box_decoder or None
 
     @torch.no_grad()
     def refine(self, embedding: torch.Tensor, geometry: Geometry, positive: list[tuple[float, float]] = (),

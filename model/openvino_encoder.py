@@ -4,7 +4,7 @@ Measured on 2 cores (benchmarks/speed.py, same run): LiteMedSAM 0.46-0.51 s per 
 for PyTorch (channels-last, eager or through torch.compile, which also pauses ~80 s first); 0.30 s against 0.59-0.63 s
 on an AVX-512 machine (70-74% of its float32 matmul peak), embeddings within 4e-6 of
 PyTorch's (the cache stores float16, whose rounding at the embeddings' scale is ~100x larger). OpenVINO reads the
-ONNX file itself, and is imported with its usage statistics off (`_import_openvino`): nothing in this tool may touch
+ONNX file itself, and is imported with its usage statistics off (`import_openvino`): nothing in this tool may touch
 the network.
 
 The ONNX file is written beside the backbone's cache entries, once per machine and backbone (~6 s for LiteMedSAM);
@@ -43,9 +43,7 @@ class OpenVinoEncoder:
     CPU. The graph takes one image at a time (TinyViT's export fixes the batch); calls from several threads queue."""
 
     def __init__(self, onnx_file: Path, threads: int | None = None) -> None:
-        core = _import_openvino().Core()
-        settings = {**OPENVINO_SETTINGS, "INFERENCE_NUM_THREADS": threads or torch.get_num_threads()}
-        self._compiled = core.compile_model(core.read_model(str(onnx_file)), "CPU", settings)
+        self._compiled = compile_onnx(onnx_file, threads)
         self._output = self._compiled.output(0)
         self._request = self._compiled.create_infer_request()
         self._lock = threading.Lock()
@@ -64,7 +62,14 @@ class OpenVinoEncoder:
         return self._request.infer({0: inputs})[self._output]
 
 
-def _import_openvino():
+def compile_onnx(path: Path, threads: int | None = None):
+    """An ONNX file compiled for the CPU with the tool's settings (float32, latency; PyTorch's thread count)."""
+    core = import_openvino().Core()
+    settings = {**OPENVINO_SETTINGS, "INFERENCE_NUM_THREADS": threads or torch.get_num_threads()}
+    return core.compile_model(core.read_model(str(path)), "CPU", settings)
+
+
+def import_openvino():
     """`openvino`, without its usage statistics. Importing the package imports its model converter, which starts
     `openvino_telemetry`: it writes ~/intel and looks a server up on the network (seen with strace). A None entry in
     sys.modules makes that import fail, and OpenVINO then uses its own do-nothing stub; the converter is not used."""

@@ -1,0 +1,90 @@
+"""model.openvino_decoder: box-prompted decoding under OpenVINO gives PyTorch's masks, for the weights it was given."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import model.openvino_decoder as openvino_module
+from model.adasam import AdaSamConfig, build_adasam
+from model.decoder import decode
+from model.inference import Predictor
+from model.openvino_decoder import OpenVinoDecoder, export_decoder, openvino_decoder, weights_identity
+from model_fixtures import lite_blob, micro_backbone, tiny_blob_items, shared_backbone, one_torch_thread  # noqa: F401
+
+
+def test_matches_pytorch_on_litemedsam(tmp_path):
+    """The real weights on a real embedding, several batch sizes from one export: logits within 1e-4 of their
+    scale, so every mask pixel agrees."""
+    lite = lite_blob()
+    backbone = lite["backbone"]
+    fast = OpenVinoDecoder(export_decoder(backbone.mask_decoder, backbone.prompt_encoder, tmp_path / "d.onnx"))
+    embedding = lite["embedding"]
+    boxes = torch.tensor([[30.0, 40.0, 160.0, 170.0], [0.0, 0.0, 256.0, 256.0], [90.0, 60.0, 130.0, 110.0]])
+    for count in (1, 3):
+        features = torch.stack([embedding, embedding.flip(-1), embedding * 0.9])[:count]
+        logits, iou = fast(features, boxes[:count])
+        with torch.no_grad():
+            reference, reference_iou = decode(backbone.mask_decoder, backbone.prompt_encoder, features,
+                                              boxes=boxes[:count])
+        assert logits.shape == reference.shape == (count, 1, 256, 256) and iou.shape == (count, 1)
+        assert (logits - reference).abs().max() < 1e-4 * reference.abs().max()
+        assert torch.equal(logits > 0, reference > 0)
+        torch.testing.assert_close(iou, reference_iou, atol=1e-4, rtol=0)
+
+
+def test_predictor_decodes_through_openvino_with_the_same_answers(monkeypatch):
+    calls = []
+    call = OpenVinoDecoder.__call__
+    monkeypatch.setattr(OpenVinoDecoder, "__call__", lambda self, *a: calls.append(len(a[0])) or call(self, *a))
+    backbone = shared_backbone("tiny_random")
+    model = build_adasam(AdaSamConfig(method="adasam", cam_threshold=0.0), backbone)
+    items = tiny_blob_items()
+    embeddings, geometries = torch.stack([i.embedding for i in items]), [i.geometry for i in items]
+    fast, plain = Predictor(model), Predictor(model, openvino=False)
+    fast_predictions, plain_predictions = fast.predict_batch(embeddings, geometries), plain.predict_batch(
+        embeddings, geometries)
+    assert calls == [len(items)]  # the fast path decoded the batch, once
+    assert isinstance(fast.box_decoder(), OpenVinoDecoder) and plain.box_decoder() is None
+    for a, b in zip(fast_predictions, plain_predictions):
+        assert np.array_equal(a.raw_mask, b.raw_mask) and a.raw_mask.any()
+        assert a.uncertainty.segmentation == pytest.approx(b.uncertainty.segmentation, abs=1e-4)
+
+
+def test_changed_decoder_weights_get_their_own_export():
+    """A decoder that training changed is never decoded with the graph of its old weights."""
+    backbone = micro_backbone(seed=3)
+    first = openvino_decoder(backbone.mask_decoder, backbone.prompt_encoder)
+    assert openvino_decoder(backbone.mask_decoder, backbone.prompt_encoder) is first  # same weights: built once
+    features = torch.randn(1, *backbone.embedding_shape, generator=torch.Generator().manual_seed(0))
+    box = torch.tensor([[20.0, 20.0, 200.0, 200.0]])
+    before = first(features, box)[0]
+    identity = weights_identity(backbone.mask_decoder, backbone.prompt_encoder)
+    with torch.no_grad():
+        backbone.mask_decoder.output_hypernetworks_mlps[0].layers[-1].bias.add_(0.5)
+    assert weights_identity(backbone.mask_decoder, backbone.prompt_encoder) != identity
+    second = openvino_decoder(backbone.mask_decoder, backbone.prompt_encoder)
+    assert second is not first
+    after = second(features, box)[0]
+    with torch.no_grad():
+        reference = decode(backbone.mask_decoder, backbone.prompt_encoder, features, boxes=box)[0]
+    assert not torch.allclose(before, after, atol=1e-3)
+    torch.testing.assert_close(after, reference, atol=1e-4 * float(reference.abs().max()), rtol=0)
+
+
+def test_a_decoder_openvino_cannot_build_falls_back_to_pytorch(monkeypatch):
+    def broken_export(*args, **kwargs):
+        raise RuntimeError("exporter broke")
+
+    backbone = micro_backbone(seed=4)  # weights no other test exported
+    monkeypatch.setattr(openvino_module, "export_decoder", broken_export)
+    model = build_adasam(AdaSamConfig(method="adasam"), backbone)
+    item = tiny_blob_items()[1]
+    predictor = Predictor(model)
+    embedding = torch.randn(*backbone.embedding_shape, generator=torch.Generator().manual_seed(1))
+    with pytest.warns(UserWarning, match="OpenVINO decoder unavailable.*exporter broke"):
+        prediction = predictor.predict(embedding, item.geometry)
+    assert predictor.box_decoder() is None
+    plain = Predictor(model, openvino=False).predict(embedding, item.geometry)
+    assert np.array_equal(prediction.raw_mask, plain.raw_mask)
+    assert openvino_module._BUILT[weights_identity(backbone.mask_decoder, backbone.prompt_encoder)] is False
