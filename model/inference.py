@@ -15,6 +15,9 @@ from model.uncertainty import (Uncertainty, classifier_uncertainty, combined_unc
                                segmentation_uncertainty)
 
 
+DECODE_WITH_OPENVINO = True  # benchmarks/round_cost.py turns it off to time the PyTorch decoder
+
+
 @dataclass
 class Prediction:
     """What the model proposes for one image, in original pixel coordinates."""
@@ -40,12 +43,12 @@ def valid_grid(geometries: list[Geometry], grid: int) -> torch.Tensor:
 class Predictor:
     """Runs an AdaSam in eval mode; `refine` remembers the last image's features so each click costs one decode.
     On the CPU the automatic box prompts decode through OpenVINO (model/openvino_decoder.py, 3x PyTorch) unless
-    `openvino` is False; the decoder's weights are read when the first batch is predicted."""
+    `openvino` is False (default: DECODE_WITH_OPENVINO); the decoder's weights are read at the first batch."""
 
-    def __init__(self, model: AdaSam, dropout_samples: int = 1, openvino: bool = True) -> None:
+    def __init__(self, model: AdaSam, dropout_samples: int = 1, openvino: bool | None = None) -> None:
         self.model = model.eval()
         self.dropout_samples = dropout_samples
-        self.openvino = openvino
+        self.openvino = DECODE_WITH_OPENVINO if openvino is None else openvino
         self._box_decoder: OpenVinoDecoder | None | bool = None  # None: not looked up yet; False: PyTorch
         self._embedding: torch.Tensor | None = None  # held, so `is` cannot match a recycled object
         self._features: torch.Tensor | None = None

@@ -150,3 +150,22 @@ def test_remote_trainer_quick(tmp_path):
     assert "model" not in cold["calls"] and warm["calls"]["model"]["calls"] == 1  # round 2 starts from round 1's
     for run in (data["local_round"], cold, warm):
         assert is_number(run["round_s"]) and is_number(run["train_s"]) and is_number(run["val_dice"])
+
+
+def test_round_cost_quick(tmp_path):
+    run_quick("round_cost.py", "--json", str(tmp_path / "round_cost.json"))
+    first, second = load(tmp_path / "round_cost.json")["rounds"]
+    assert first["phases"]["train_steps"]["calls"] == second["phases"]["train_steps"]["calls"] == 4
+    assert first["phases"]["publish_check"]["calls"] == 1  # nothing serves yet: only the new model is scored
+    assert second["phases"]["publish_check"]["calls"] == 2 and second["labels"] == first["labels"] + 2
+    for run in (first, second):
+        assert run["phases"]["rescore"]["calls"] == 1 and is_number(run["val_dice"])
+        assert 0 <= run["other_s"] < run["total_s"]
+
+
+def test_first_round_quick(tmp_path):
+    run_quick("first_round.py", "--json", str(tmp_path / "first_round.json"))
+    runs = load(tmp_path / "first_round.json")["runs"]
+    assert [run["labels"] for run in runs] == [3, 6]
+    for run in runs:
+        assert run["masks"] + run["no_finding"] == run["labels"] and is_number(run["val_dice"])

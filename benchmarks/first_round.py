@@ -1,0 +1,97 @@
+"""Issue 10, item 8: how many labels the first round needs, measured rather than guessed.
+
+A fresh workspace per (labels, seed): the oracle labels the first K images the queue hands it before any model
+exists (the seeded shuffle, so about one in three BUSI images is "no finding"), then the app's own
+`BackgroundTrainer` trains the first round from no model (60 steps, re-scoring left out) and the figures are the
+round's own: validation Dice as served (lesion images, presence-gated), Dice over every val image, presence AUC.
+The first round should start once more labels stop changing what it learns much.
+
+    python benchmarks/first_round.py --data ../shared/datasets/busi --json benchmarks/results/first_round.json
+    python benchmarks/first_round.py --quick     # micro backbone, generated data: checks the script, not figures
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def first_round(args, folder, source: Path, truth: dict, labels: int, seed: int, scratch: Path) -> dict:
+    from active_learning import annotate, new_workspace
+
+    from app.trainer import BackgroundTrainer
+
+    workspace = scratch / f"ws_{labels}_{seed}"
+    store = new_workspace(source, workspace, seed)
+    labelled = annotate(store, truth, labels)
+    bt = BackgroundTrainer(workspace, args.backbone, args.cache, round_every=1, steps=args.steps)
+    bt.rescore = lambda *a, **k: None  # the round alone
+    bt.embed_new()
+    started = time.perf_counter()
+    bt.train_round()
+    seconds = time.perf_counter() - started
+    latest, model = store.latest_round(), store.latest_model()
+    if latest is None or latest.status != "done":
+        raise RuntimeError(f"first round at {labels} labels failed: {latest.error if latest else 'none ran'}")
+    metrics = model.metrics
+    result = {"labels": labelled, "seed": seed, "masks": metrics.get("n_masks"), "no_finding": metrics.get("n_empty"),
+              "val_dice": latest.val_dice, "val_dice_all": metrics.get("dice_all"),
+              "presence_auc": metrics.get("presence_auc"), "round_s": round(seconds, 1)}
+    bt.store.close()
+    store.close()
+    shutil.rmtree(workspace, ignore_errors=True)
+    return result
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", default=str(ROOT.parent / "shared" / "datasets" / "busi"))
+    parser.add_argument("--backbone", default="litemedsam")
+    parser.add_argument("--cache", default=str(Path.home() / ".cache" / "adasam" / "embeddings"))
+    parser.add_argument("--labels", type=int, nargs="+", default=[5, 10, 20, 40])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    parser.add_argument("--steps", type=int, default=60, help="steps of the first round (the app's default)")
+    parser.add_argument("--json", default=str(ROOT / "benchmarks" / "results" / "first_round.json"))
+    parser.add_argument("--quick", action="store_true")
+    args = parser.parse_args()
+    scratch = Path(tempfile.mkdtemp(prefix="adasam-first-round-"))
+    if args.quick:
+        from model.testing import write_blob_dataset
+
+        args.data = str(write_blob_dataset(scratch / "data", n=24, negatives=4, size=(48, 56)))
+        args.backbone, args.cache, args.steps, args.labels, args.seeds = "micro_random", str(scratch / "cache"), 4, [
+            3, 6], [0]
+        if args.json == parser.get_default("json"):
+            args.json = str(scratch / "first_round.json")
+    from active_learning import stage_source
+
+    from model.dataset import SPLIT_SEED, load_data_folder
+    from model.preprocess import read_mask
+
+    folder = load_data_folder(args.data, seed=SPLIT_SEED)
+    source = stage_source(folder, scratch)
+    truth = {s.id: (read_mask(s.mask_path) if s.mask_path else None) for s in folder.split("pool")}
+    runs = []
+    for seed in args.seeds:
+        for labels in args.labels:
+            runs.append(first_round(args, folder, source, truth, labels, seed, scratch))
+            print(json.dumps(runs[-1]), flush=True)
+    settings = {k: v for k, v in vars(args).items() if k not in ("json", "cache")}  # no paths of this machine
+    results = {"config": {**settings, "data": os.path.relpath(args.data, ROOT), "cpu_count": os.cpu_count(),
+                          "machine": platform.processor() or platform.machine()}, "runs": runs}
+    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.json).write_text(json.dumps(results, indent=2))
+    shutil.rmtree(scratch, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
