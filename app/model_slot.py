@@ -35,6 +35,7 @@ class ModelSlot:
         self.model: AdaSam = build_adasam(AdaSamConfig(backbone=backbone, method="supervised", cascade=0),
                                           backbone_view(self.base)).eval()
         self.predictor = Predictor(self.model)
+        self.predictor.box_decoder()  # the frozen decoder's OpenVINO export (~1.6 s) now, not in a person's request
         self.metrics: dict[str, Any] = {}
         self._embeddings: OrderedDict[int, tuple[torch.Tensor, Geometry]] = OrderedDict()
         self.unusable: str | None = None  # why the newest published model cannot be served, if it cannot

@@ -74,13 +74,21 @@ class LocationClassifier(nn.Module):
 
     def location_logits(self, features: torch.Tensor) -> torch.Tensor:
         """B x C x h x w features -> B x h x w logits of "the target is here"."""
-        x = self.reduce(torch.cat([features, position_channels(features)], 1))
+        x = self.reduce[2](self.reduce[1](self._reduce_conv(features)))
         for block in self.context:
             x = x + block(x)
         for size, block in zip(self.PYRAMID, self.pyramid):
             summary = block(F.adaptive_avg_pool2d(x, size))
             x = x + F.interpolate(summary, size=x.shape[-2:], mode="bilinear", align_corners=False)
         return self.out(self.dropout(x))[:, 0]
+
+    def _reduce_conv(self, features: torch.Tensor) -> torch.Tensor:
+        """The first 1x1 convolution over [features, position channels], without building that concatenation: its
+        position part is the same for every image of the batch, so it is computed once (a third of the head's
+        inference time went to copying the concatenated B x 258 x 64 x 64 tensor)."""
+        conv, dim = self.reduce[0], features.shape[1]
+        position = F.conv2d(position_channels(features[:1]), conv.weight[:, dim:], conv.bias)
+        return F.conv2d(features, conv.weight[:, :dim]) + position
 
     def pool(self, location_logits: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
         """B x h x w location logits -> B x 2 image logits (smooth maximum over the valid, unpadded locations)."""

@@ -10,6 +10,7 @@ from app import trainer as trainer_module
 from app.auth import AuthFileError, hash_password, read_users, verify_password, write_user
 from app.status import LABELS_AT_LAST_ROUND, VALIDATION_IDS, read_status
 from app.model_slot import ModelSlot
+from app.rounds import FIRST_ROUND_LABELS, round_due
 from app.studio import Studio
 from app.trainer import BackgroundTrainer
 from app.validation import VAL_MIN_LABELS, fix_validation_set
@@ -45,6 +46,26 @@ def test_round_publishes_a_model_and_rescores_the_pool(workspace):
     assert store.get_setting(VALIDATION_IDS) == [info.id for info in store.images(split="val")]
     assert store.get_setting(LABELS_AT_LAST_ROUND) == 3 and not bt.due()
     assert not (workspace / "models" / "training").exists()
+
+
+def test_the_first_round_comes_after_five_labels_then_every_round_every(tmp_path):
+    """Before any model there is no proposal at all, and a first round from 5 labels measured as good as one from
+    10-20 on BUSI: the first round does not wait for `round_every`; the ones after it do."""
+    workspace = make_workspace(tmp_path, n=40, n_val=3)
+    bt = BackgroundTrainer(workspace, "micro_random", tmp_path / "cache", round_every=10, steps=2)
+    store = bt.store
+    label(store, FIRST_ROUND_LABELS - 1)
+    assert round_due(store, 10) == "next round after 1 more labels (or Retrain now)" and not bt.due()
+    label(store, 1)
+    assert bt.due()
+    bt.train_round()
+    assert store.rounds()[-1].status == "done" and store.get_setting(LABELS_AT_LAST_ROUND) == FIRST_ROUND_LABELS
+    label(store, FIRST_ROUND_LABELS)
+    assert round_due(store, 10) == "next round after 5 more labels (or Retrain now)" and not bt.due()
+    label(store, 5)
+    assert bt.due()
+    assert round_due(store, 3) is None and round_due(store, 20) is not None  # a smaller or larger --round-every
+    bt.store.close()
 
 
 def test_failed_round_is_recorded_and_the_last_model_keeps_serving(workspace, monkeypatch):

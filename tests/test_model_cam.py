@@ -7,7 +7,7 @@ import torch
 
 from model.adasam import AdaSam, AdaSamConfig, whole_box
 from model.cam import activation_map, cam_peaks, cam_to_box, central_box
-from model.heads import LocationClassifier, SharedAdapter
+from model.heads import LocationClassifier, SharedAdapter, position_channels
 from model.losses import map_loss
 from model_fixtures import micro_backbone, one_torch_thread  # noqa: F401 (autouse)
 
@@ -168,3 +168,13 @@ def test_auto_boxes_cam_or_whole_image():
     assert fallbacks == [False, False]
     np.testing.assert_allclose(boxes.numpy(), np.stack([whole_box((64, 50)), whole_box((40, 64))]))
     assert whole_box((40, 64)).tolist() == [0, 0, 64, 40]
+
+
+def test_the_first_convolution_reads_features_and_position_as_one_concatenation_would():
+    """The head never builds [features, position channels]: its two-part convolution must equal the one over them."""
+    head = LocationClassifier(32, dropout=0.0)
+    with torch.no_grad():
+        head.reduce[0].bias.normal_()
+    features = torch.randn(3, 32, 16, 16)
+    concatenated = head.reduce[0](torch.cat([features, position_channels(features)], 1))
+    torch.testing.assert_close(head._reduce_conv(features), concatenated, atol=1e-5, rtol=1e-5)
