@@ -11,6 +11,7 @@ import numpy as np
 
 from annotation import Store
 from app.model_slot import ModelSlot
+from app.rounds import FIRST_ROUND_LABELS, serving_model
 from app.status import (DEFAULT_TARGET_DICE, QUEUE_STRATEGY, TARGET_DICE, VALIDATION_IDS, VALIDATION_SOURCE,
                         WORKSPACE_NOTE, read_remote_status, read_status)
 from model.learning_curve import MIN_POINTS, project
@@ -59,7 +60,9 @@ def dashboard(store: Store, slot: ModelSlot, round_every: int) -> dict[str, Any]
         "effort": {"reviews": len(reviews), "mean_dice": _num(float(np.mean(reviews)) if reviews else None),
                    "unchanged": sum(1 for d in reviews if d is not None and d >= 0.999)},
         "training": {"status": status, "line": trainer_line(status, read_remote_status(store.root)),
-                     "round_every": round_every, "latest_round": rounds[-1] if rounds else None},
+                     "round_every": round_every, "latest_round": rounds[-1] if rounds else None,
+                     "first_round": FIRST_ROUND_LABELS if (round_every > FIRST_ROUND_LABELS
+                                                           and serving_model(store) is None) else None},
         "projection": projection(store, rounds),
         "queue": {"left": pool_unlabeled, "scored_by_model": scored, "leased": counts.leased,
                   "strategy": strategy_line(store), "model": store.queue_model(),

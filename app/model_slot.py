@@ -55,8 +55,10 @@ class ModelSlot:
         if self.unusable:  # e.g. trained by an earlier version: keep serving what we have until the next round
             return False
         model, _ = load_checkpoint(info.checkpoint_path, backbone_view(self.base))
+        predictor = Predictor(model)
+        predictor.box_decoder()  # a decoder this process has not exported yet: exported before taking the lock
         with self.lock:
-            self.model, self.predictor = model.eval(), Predictor(model)
+            self.model, self.predictor = model.eval(), predictor
             self.version, self.metrics = info.version, dict(info.metrics)
         return True
 

@@ -37,20 +37,19 @@ from model.train import Trainer, TrainConfig, TrainingData, build_training_model
 PUBLISH_TOLERANCE = 0.02  # a round is published unless its val Dice is more than this below the serving model's on
 # the same images: two checkpoints of one BUSI run 50 steps apart differ by about 0.03 on 78 val images, so a
 # smaller margin would hold back rounds for noise, a larger one let a real drop through
-FIRST_ROUND_LABELS = 5  # the first round comes this early (when --round-every is larger): on BUSI a first round from
-# 5 labels scored val Dice 0.58 in both seeds measured, no worse than one from 10 or 20 (0.40-0.55; 40: 0.66), and
-# before it an annotator gets no proposal at all (benchmarks/first_round.py, benchmarks/README.md)
+FIRST_ROUND_LABELS = 5  # while no model serves, a round comes this early (when --round-every is larger): on BUSI a
+# first round from 5 labels scored val Dice 0.58 in both seeds measured, no worse than one from 10 or 20 (0.40-0.55;
+# 40: 0.63), and before it an annotator gets no proposal at all (benchmarks/first_round.py, benchmarks/README.md)
 UNLABELED_SAMPLE = 128  # unlabeled images per round (embeddings are held in memory: ~4 MB each for LiteMedSAM)
 
 Pixels = Callable[[int], np.ndarray]  # image id -> float32 pixels, as the embedding cache is keyed by
 
 
 def round_due(store: Store, round_every: int) -> str | None:
-    """None when a round should start now (`round_every` new labels, FIRST_ROUND_LABELS before any round has
-    finished, or "Retrain now"), else why not."""
-    last = store.get_setting(LABELS_AT_LAST_ROUND)
-    needed = round_every if last is not None else min(round_every, FIRST_ROUND_LABELS)
-    new = store.label_count("pool") - int(last or 0)
+    """None when a round should start now (`round_every` new labels, FIRST_ROUND_LABELS while no model serves, or
+    "Retrain now"), else why not. New labels count from the last finished round, failed ones too: no retry loop."""
+    needed = round_every if serving_model(store) is not None else min(round_every, FIRST_ROUND_LABELS)
+    new = store.label_count("pool") - int(store.get_setting(LABELS_AT_LAST_ROUND, 0))
     if not (store.get_setting(RETRAIN_REQUESTED) or new >= needed):
         return f"next round after {needed - new} more labels (or Retrain now)"
     if not store.image_ids(split="pool", state="masked"):

@@ -46,7 +46,8 @@ def register(sub) -> None:
     p.add_argument("--backbone", default="litemedsam",
                    help="litemedsam (default), sam_vit_b:/path.pth, or micro_random for tests and demos")
     p.add_argument("--cache", default=None, help="embedding cache folder (default ~/.cache/adasam/embeddings)")
-    p.add_argument("--round-every", type=int, default=10, metavar="N", help="train after N new labels (default 10)")
+    p.add_argument("--round-every", type=int, default=10, metavar="N",
+                   help="train after N new labels (default 10; the first round after 5)")
     p.add_argument("--train-steps", type=int, default=ROUND_STEPS,
                    help=f"training steps per round, each from the last round's model (default {ROUND_STEPS}; "
                         "LiteMedSAM on 2 CPU cores: about 1.5 s a step)")

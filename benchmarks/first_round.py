@@ -1,7 +1,7 @@
 """Issue 10, item 8: how many labels the first round needs, measured rather than guessed.
 
 A fresh workspace per (labels, seed): the oracle labels the first K images the queue hands it before any model
-exists (the seeded shuffle, so about one in three BUSI images is "no finding"), then the app's own
+exists (the seeded shuffle, so about one in six BUSI images is "no finding"), then the app's own
 `BackgroundTrainer` trains the first round from no model (60 steps, re-scoring left out) and the figures are the
 round's own: validation Dice as served (lesion images, presence-gated), Dice over every val image, presence AUC.
 The first round should start once more labels stop changing what it learns much.
@@ -24,7 +24,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def first_round(args, folder, source: Path, truth: dict, labels: int, seed: int, scratch: Path) -> dict:
+def first_round(args, source: Path, truth: dict, labels: int, seed: int, scratch: Path) -> dict:
     from active_learning import annotate, new_workspace
 
     from app.trainer import BackgroundTrainer
@@ -82,7 +82,7 @@ def main() -> int:
     runs = []
     for seed in args.seeds:
         for labels in args.labels:
-            runs.append(first_round(args, folder, source, truth, labels, seed, scratch))
+            runs.append(first_round(args, source, truth, labels, seed, scratch))
             print(json.dumps(runs[-1]), flush=True)
     settings = {k: v for k, v in vars(args).items() if k not in ("json", "cache")}  # no paths of this machine
     results = {"config": {**settings, "data": os.path.relpath(args.data, ROOT), "cpu_count": os.cpu_count(),

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -72,10 +73,7 @@ class Predictor:
         valid_hw = [g.resized for g in geometries]
         boxes, fallbacks = model.auto_boxes(cams, valid_hw)
         with torch.no_grad():
-            points = model.auto_points(cams)
-            decoder = self.box_decoder() if points is None else None
-            mask_logits, _ = (decoder(features, boxes) if decoder is not None else
-                              model.segment(features, boxes, points))
+            mask_logits = self._decode(features, boxes, model.auto_points(cams))
             if config.cascade:
                 mask_logits, _ = model.cascade(features, boxes, mask_logits, config.cascade)
         mask_logits, cams, probability = mask_logits.cpu(), cams.cpu(), probability.cpu()
@@ -99,6 +97,19 @@ class Predictor:
                 uncertainty=Uncertainty(float(cls_unc[i]), float(seg_unc),
                                         float(combined_uncertainty(probability[i], cls_unc[i], seg_unc)))))
         return out
+
+    def _decode(self, features: torch.Tensor, boxes: torch.Tensor,
+                points: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor:
+        """The automatic prompts' mask logits: box prompts through OpenVINO where it runs (and keeps running), else
+        PyTorch."""
+        decoder = self.box_decoder() if points is None else None
+        if decoder is not None:
+            try:
+                return decoder(features, boxes)[0]
+            except Exception as exc:  # noqa: BLE001 - a failing runtime must not stop proposals: PyTorch still works
+                warnings.warn(f"OpenVINO decoder failed ({type(exc).__name__}: {exc}); decoding with PyTorch")
+                self._box_decoder = False
+        return self.model.segment(features, boxes, points)[0]
 
     def box_decoder(self) -> OpenVinoDecoder | None:
         """The OpenVINO decoder of this model's (frozen) decoder weights, or None: decode with PyTorch."""

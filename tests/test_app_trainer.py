@@ -10,6 +10,7 @@ from app import trainer as trainer_module
 from app.auth import AuthFileError, hash_password, read_users, verify_password, write_user
 from app.status import LABELS_AT_LAST_ROUND, VALIDATION_IDS, read_status
 from app.model_slot import ModelSlot
+from app.dashboard import dashboard
 from app.rounds import FIRST_ROUND_LABELS, round_due
 from app.studio import Studio
 from app.trainer import BackgroundTrainer
@@ -54,12 +55,25 @@ def test_the_first_round_comes_after_five_labels_then_every_round_every(tmp_path
     workspace = make_workspace(tmp_path, n=40, n_val=3)
     bt = BackgroundTrainer(workspace, "micro_random", tmp_path / "cache", round_every=10, steps=2)
     store = bt.store
+    slot = ModelSlot(store, "micro_random", tmp_path / "cache")
+    assert dashboard(store, slot, 10)["training"]["first_round"] == FIRST_ROUND_LABELS  # said on the dashboard
+    assert dashboard(store, slot, 3)["training"]["first_round"] is None  # --round-every 3 comes sooner anyway
     label(store, FIRST_ROUND_LABELS - 1)
     assert round_due(store, 10) == "next round after 1 more labels (or Retrain now)" and not bt.due()
     label(store, 1)
     assert bt.due()
+    real_train = bt._train
+    bt._train = lambda round_id: (_ for _ in ()).throw(RuntimeError("first round broke"))
+    bt.train_round()  # fails: no model serves, so the next try waits for 5 new labels, not 10, nor none
+    assert store.rounds()[-1].status == "failed" and store.latest_model() is None and not bt.due()
+    label(store, FIRST_ROUND_LABELS - 1)
+    assert not bt.due()
+    label(store, 1)
+    assert bt.due()
+    bt._train = real_train
     bt.train_round()
-    assert store.rounds()[-1].status == "done" and store.get_setting(LABELS_AT_LAST_ROUND) == FIRST_ROUND_LABELS
+    assert store.rounds()[-1].status == "done" and store.get_setting(LABELS_AT_LAST_ROUND) == 2 * FIRST_ROUND_LABELS
+    assert dashboard(store, slot, 10)["training"]["first_round"] is None  # a model serves: every 10 from now on
     label(store, FIRST_ROUND_LABELS)
     assert round_due(store, 10) == "next round after 5 more labels (or Retrain now)" and not bt.due()
     label(store, 5)
