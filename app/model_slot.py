@@ -35,7 +35,6 @@ class ModelSlot:
         self.model: AdaSam = build_adasam(AdaSamConfig(backbone=backbone, method="supervised", cascade=0),
                                           backbone_view(self.base)).eval()
         self.predictor = Predictor(self.model)
-        self.predictor.box_decoder()  # the frozen decoder's OpenVINO export (~1.6 s) now, not in a person's request
         self.metrics: dict[str, Any] = {}
         self._embeddings: OrderedDict[int, tuple[torch.Tensor, Geometry]] = OrderedDict()
         self.unusable: str | None = None  # why the newest published model cannot be served, if it cannot
@@ -55,10 +54,8 @@ class ModelSlot:
         if self.unusable:  # e.g. trained by an earlier version: keep serving what we have until the next round
             return False
         model, _ = load_checkpoint(info.checkpoint_path, backbone_view(self.base))
-        predictor = Predictor(model)
-        predictor.box_decoder()  # a decoder this process has not exported yet: exported before taking the lock
         with self.lock:
-            self.model, self.predictor = model.eval(), predictor
+            self.model, self.predictor = model.eval(), Predictor(model)
             self.version, self.metrics = info.version, dict(info.metrics)
         return True
 

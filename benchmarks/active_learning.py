@@ -27,6 +27,7 @@ import json
 import math
 import multiprocessing
 import os
+import platform
 import shutil
 import sys
 import tempfile
@@ -90,6 +91,38 @@ def new_workspace(source: Path, path: Path, seed: int, strategy: str = DEFAULT_S
     if summary.skipped:
         print(f"import skipped {len(summary.skipped)} files, e.g. {summary.skipped[0]}")
     return store
+
+
+def benchmark_parser(doc: str, json_name: str) -> argparse.ArgumentParser:
+    """The options every workspace benchmark takes: --data, --backbone, --cache, --json, --quick."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", default=str(ROOT.parent / "shared" / "datasets" / "busi"))
+    parser.add_argument("--backbone", default="litemedsam")
+    parser.add_argument("--cache", default=str(Path.home() / ".cache" / "adasam" / "embeddings"))
+    parser.add_argument("--json", default=str(ROOT / "benchmarks" / "results" / json_name))
+    parser.add_argument("--quick", action="store_true", help="micro backbone, generated data: checks the script")
+    return parser
+
+
+def quick_setup(args: argparse.Namespace, parser: argparse.ArgumentParser, scratch: Path, **overrides) -> None:
+    """--quick: generated blob data, the micro backbone, a scratch cache (and JSON, unless one was named), plus the
+    script's own smaller settings."""
+    from model.testing import write_blob_dataset
+
+    args.data = str(write_blob_dataset(scratch / "data", n=24, negatives=4, size=(48, 56)))
+    args.backbone, args.cache = "micro_random", str(scratch / "cache")
+    for name, value in overrides.items():
+        setattr(args, name, value)
+    if args.json == parser.get_default("json"):
+        args.json = str(scratch / Path(args.json).name)
+
+
+def run_config(args: argparse.Namespace, **extra) -> dict:
+    """A run's settings for its JSON, with the data folder relative to the repository and no other path of this
+    machine, and the machine's kind."""
+    settings = {k: v for k, v in vars(args).items() if k not in ("json", "cache")}
+    return {**settings, "data": os.path.relpath(args.data, ROOT), "cpu_count": os.cpu_count(),
+            "machine": platform.processor() or platform.machine(), **extra}
 
 
 def oracle_workspace(data: str | Path, out: Path, fraction: float, seed: int = 0) -> tuple[Store, DataFolder, set]:

@@ -11,17 +11,13 @@ The first round should start once more labels stop changing what it learns much.
 """
 from __future__ import annotations
 
-import argparse
 import json
-import os
-import platform
 import shutil
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def first_round(args, source: Path, truth: dict, labels: int, seed: int, scratch: Path) -> dict:
@@ -52,26 +48,16 @@ def first_round(args, source: Path, truth: dict, labels: int, seed: int, scratch
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", default=str(ROOT.parent / "shared" / "datasets" / "busi"))
-    parser.add_argument("--backbone", default="litemedsam")
-    parser.add_argument("--cache", default=str(Path.home() / ".cache" / "adasam" / "embeddings"))
+    from active_learning import benchmark_parser, quick_setup, run_config, stage_source
+
+    parser = benchmark_parser(__doc__, "first_round.json")
     parser.add_argument("--labels", type=int, nargs="+", default=[5, 10, 20, 40])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--steps", type=int, default=60, help="steps of the first round (the app's default)")
-    parser.add_argument("--json", default=str(ROOT / "benchmarks" / "results" / "first_round.json"))
-    parser.add_argument("--quick", action="store_true")
     args = parser.parse_args()
     scratch = Path(tempfile.mkdtemp(prefix="adasam-first-round-"))
     if args.quick:
-        from model.testing import write_blob_dataset
-
-        args.data = str(write_blob_dataset(scratch / "data", n=24, negatives=4, size=(48, 56)))
-        args.backbone, args.cache, args.steps, args.labels, args.seeds = "micro_random", str(scratch / "cache"), 4, [
-            3, 6], [0]
-        if args.json == parser.get_default("json"):
-            args.json = str(scratch / "first_round.json")
-    from active_learning import stage_source
+        quick_setup(args, parser, scratch, steps=4, labels=[3, 6], seeds=[0])
 
     from model.dataset import SPLIT_SEED, load_data_folder
     from model.preprocess import read_mask
@@ -84,9 +70,7 @@ def main() -> int:
         for labels in args.labels:
             runs.append(first_round(args, source, truth, labels, seed, scratch))
             print(json.dumps(runs[-1]), flush=True)
-    settings = {k: v for k, v in vars(args).items() if k not in ("json", "cache")}  # no paths of this machine
-    results = {"config": {**settings, "data": os.path.relpath(args.data, ROOT), "cpu_count": os.cpu_count(),
-                          "machine": platform.processor() or platform.machine()}, "runs": runs}
+    results = {"config": run_config(args), "runs": runs}
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(results, indent=2))
     shutil.rmtree(scratch, ignore_errors=True)

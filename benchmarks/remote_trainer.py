@@ -18,10 +18,8 @@ encoder time (on a trainer without the embeddings add the encoder's seconds per 
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -66,24 +64,15 @@ def remote_round(trainer, store) -> dict:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", default=str(ROOT.parent / "shared" / "datasets" / "busi"))
-    parser.add_argument("--backbone", default="litemedsam")
-    parser.add_argument("--cache", default=str(Path.home() / ".cache" / "adasam" / "embeddings"))
+    from active_learning import benchmark_parser, oracle_workspace, quick_setup, run_config
+
+    parser = benchmark_parser(__doc__, "remote_trainer.json")
     parser.add_argument("--masks", type=float, default=0.1)
     parser.add_argument("--steps", type=int, default=60, help="steps per round (the app's default)")
-    parser.add_argument("--json", default=str(ROOT / "benchmarks" / "results" / "remote_trainer.json"))
-    parser.add_argument("--quick", action="store_true")
     args = parser.parse_args()
     scratch = Path(tempfile.mkdtemp(prefix="adasam-remote-"))
     if args.quick:
-        from model.testing import write_blob_dataset
-
-        args.data = str(write_blob_dataset(scratch / "data", n=24, negatives=4, size=(48, 56)))
-        args.backbone, args.cache, args.steps, args.masks = "micro_random", str(scratch / "cache"), 6, 0.3
-        if args.json == parser.get_default("json"):
-            args.json = str(scratch / "remote_trainer.json")
-    from active_learning import oracle_workspace
+        quick_setup(args, parser, scratch, steps=6, masks=0.3)
 
     from annotation import Store
     from app.remote_trainer import RemoteTrainer, TrainerClient
@@ -126,10 +115,7 @@ def main() -> int:
         images = len(remote_store.image_ids(split="pool")) + len(remote_store.image_ids(split="val"))  # plans' source
     finally:
         server.stop()
-    settings = {k: v for k, v in vars(args).items() if k not in ("json", "cache")}  # no paths of this machine
-    results = {"config": {**settings, "data": os.path.relpath(args.data, ROOT), "cpu_count": os.cpu_count(),
-                          "machine": platform.processor() or platform.machine(), "images": images,
-                          "masks": len(chosen)},
+    results = {"config": run_config(args, images=images, masks=len(chosen)),
                "embed_workspace_s": embed_s, "local_round": local, "remote_round_cold_mirror": first,
                "remote_round_warm_mirror": second}
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)

@@ -4,19 +4,15 @@ A workspace of the data folder with a seeded 10% of the pool's true masks saved 
 `BackgroundTrainer`: round 1 from no model, then the oracle labels `--more` images in the queue's order and round 2
 warm-starts from round 1's model, as in the app. Each phase is timed by wrapping the code that does it: training
 steps, the validation passes inside training (student and EMA teacher), threshold calibration, the publish check
-(the new model's and the serving model's validation Dice) and re-scoring the pool. `--pytorch-decoder` decodes with
-PyTorch instead of OpenVINO (model/openvino_decoder.py), for the before/after figure.
+(the new model's and the serving model's validation Dice) and re-scoring the pool.
 
     python benchmarks/round_cost.py --data ../shared/datasets/busi --json benchmarks/results/round_cost.json
     python benchmarks/round_cost.py --quick     # micro backbone, generated data: checks the script, not figures
 """
 from __future__ import annotations
 
-import argparse
 import importlib
 import json
-import os
-import platform
 import shutil
 import sys
 import tempfile
@@ -25,7 +21,6 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Callable
 
-ROOT = Path(__file__).resolve().parents[1]
 PHASES = {  # phase name -> (module, owner, attribute) whose calls it is
     "train_steps": ("model.train", "Trainer", "train_step"),
     "val_in_training": ("model.train", "Trainer", "validate"),
@@ -58,32 +53,20 @@ def time_phases(log: dict) -> Callable[[], None]:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", default=str(ROOT.parent / "shared" / "datasets" / "busi"))
-    parser.add_argument("--backbone", default="litemedsam")
-    parser.add_argument("--cache", default=str(Path.home() / ".cache" / "adasam" / "embeddings"))
+    from active_learning import annotate, benchmark_parser, oracle_workspace, quick_setup, run_config
+
+    parser = benchmark_parser(__doc__, "round_cost.json")
     parser.add_argument("--masks", type=float, default=0.1)
     parser.add_argument("--more", type=int, default=10, help="labels added before round 2 (the app's round_every)")
     parser.add_argument("--steps", type=int, default=60, help="steps per round (the app's default)")
-    parser.add_argument("--pytorch-decoder", action="store_true", help="decode with PyTorch, not OpenVINO")
-    parser.add_argument("--json", default=str(ROOT / "benchmarks" / "results" / "round_cost.json"))
-    parser.add_argument("--quick", action="store_true")
     args = parser.parse_args()
     scratch = Path(tempfile.mkdtemp(prefix="adasam-round-cost-"))
     if args.quick:
-        from model.testing import write_blob_dataset
+        quick_setup(args, parser, scratch, steps=4, masks=0.3, more=2)
 
-        args.data = str(write_blob_dataset(scratch / "data", n=24, negatives=4, size=(48, 56)))
-        args.backbone, args.cache, args.steps, args.masks, args.more = "micro_random", str(scratch / "cache"), 4, 0.3, 2
-        if args.json == parser.get_default("json"):
-            args.json = str(scratch / "round_cost.json")
-    from active_learning import annotate, oracle_workspace
-
-    import model.inference
     from app.trainer import BackgroundTrainer
     from model.preprocess import read_mask
 
-    model.inference.DECODE_WITH_OPENVINO = not args.pytorch_decoder
     store, folder, chosen = oracle_workspace(args.data, scratch, args.masks)
     truth = {s.id: (read_mask(s.mask_path) if s.mask_path else None) for s in folder.split("pool")}
     bt = BackgroundTrainer(scratch / "workspace", args.backbone, args.cache, round_every=1, steps=args.steps)
@@ -110,10 +93,7 @@ def main() -> int:
                        "other_s": round(total - sum(v["seconds"] for v in log.values()), 1),
                        "val_dice": latest.val_dice, "pool_images": len(store.image_ids(split="pool"))})
         print(json.dumps(rounds[-1]), flush=True)
-    settings = {k: v for k, v in vars(args).items() if k not in ("json", "cache")}  # no paths of this machine
-    results = {"config": {**settings, "data": os.path.relpath(args.data, ROOT), "cpu_count": os.cpu_count(),
-                          "machine": platform.processor() or platform.machine(), "masks_saved": len(chosen)},
-               "embed_workspace_s": embed_s, "rounds": rounds}
+    results = {"config": run_config(args, masks_saved=len(chosen)), "embed_workspace_s": embed_s, "rounds": rounds}
     bt.store.close()
     store.close()
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)

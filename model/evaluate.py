@@ -25,16 +25,15 @@ class Item:
 
 
 def evaluate(model: AdaSam, items: list[Item], prompt: str = "auto", batch_size: int = 8,
-             with_hd95: bool = True, openvino: bool | None = None) -> tuple[dict, list[dict]]:
+             with_hd95: bool = True) -> tuple[dict, list[dict]]:
     """(summary, per-image rows). `prompt="auto"`: nothing from the ground truth touches the prompt; `"oracle"`:
-    the ground-truth box prompts lesion images (an upper bound, labelled so). `openvino`: as `Predictor`'s (False
-    for a decoder in training, whose every evaluation would need an export of its own)."""
+    the ground-truth box prompts lesion images (an upper bound, labelled so)."""
     if prompt not in ("auto", "oracle"):
         raise ValueError(f"prompt must be auto or oracle, not {prompt!r}")
     items = [i for i in items if i.mask is not None]
     if not items:
         raise ValueError("no image with a ground-truth mask to evaluate")
-    predictor = Predictor(model, openvino=openvino)
+    predictor = Predictor(model)
     rows = []
     for start in range(0, len(items), batch_size):
         chunk = items[start:start + batch_size]

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import math
-import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -10,13 +9,9 @@ import torch
 import torch.nn.functional as F
 
 from model.adasam import AdaSam
-from model.openvino_decoder import OpenVinoDecoder, openvino_decoder
 from model.preprocess import Geometry, box_to_model, box_to_original, logits_to_original
 from model.uncertainty import (Uncertainty, classifier_uncertainty, combined_uncertainty, mc_dropout_probability,
                                segmentation_uncertainty)
-
-
-DECODE_WITH_OPENVINO = True  # benchmarks/round_cost.py turns it off to time the PyTorch decoder
 
 
 @dataclass
@@ -42,15 +37,11 @@ def valid_grid(geometries: list[Geometry], grid: int) -> torch.Tensor:
 
 
 class Predictor:
-    """Runs an AdaSam in eval mode; `refine` remembers the last image's features so each click costs one decode.
-    On the CPU the automatic box prompts decode through OpenVINO (model/openvino_decoder.py, 3x PyTorch) unless
-    `openvino` is False (default: DECODE_WITH_OPENVINO); the decoder's weights are read at the first batch."""
+    """Runs an AdaSam in eval mode; `refine` remembers the last image's features so each click costs one decode."""
 
-    def __init__(self, model: AdaSam, dropout_samples: int = 1, openvino: bool | None = None) -> None:
+    def __init__(self, model: AdaSam, dropout_samples: int = 1) -> None:
         self.model = model.eval()
         self.dropout_samples = dropout_samples
-        self.openvino = DECODE_WITH_OPENVINO if openvino is None else openvino
-        self._box_decoder: OpenVinoDecoder | None | bool = None  # None: not looked up yet; False: PyTorch
         self._embedding: torch.Tensor | None = None  # held, so `is` cannot match a recycled object
         self._features: torch.Tensor | None = None
 
@@ -73,7 +64,7 @@ class Predictor:
         valid_hw = [g.resized for g in geometries]
         boxes, fallbacks = model.auto_boxes(cams, valid_hw)
         with torch.no_grad():
-            mask_logits = self._decode(features, boxes, model.auto_points(cams))
+            mask_logits, _ = model.segment(features, boxes, model.auto_points(cams))
             if config.cascade:
                 mask_logits, _ = model.cascade(features, boxes, mask_logits, config.cascade)
         mask_logits, cams, probability = mask_logits.cpu(), cams.cpu(), probability.cpu()
@@ -97,27 +88,6 @@ class Predictor:
                 uncertainty=Uncertainty(float(cls_unc[i]), float(seg_unc),
                                         float(combined_uncertainty(probability[i], cls_unc[i], seg_unc)))))
         return out
-
-    def _decode(self, features: torch.Tensor, boxes: torch.Tensor,
-                points: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor:
-        """The automatic prompts' mask logits: box prompts through OpenVINO where it runs (and keeps running), else
-        PyTorch."""
-        decoder = self.box_decoder() if points is None else None
-        if decoder is not None:
-            try:
-                return decoder(features, boxes)[0]
-            except Exception as exc:  # noqa: BLE001 - a failing runtime must not stop proposals: PyTorch still works
-                warnings.warn(f"OpenVINO decoder failed ({type(exc).__name__}: {exc}); decoding with PyTorch")
-                self._box_decoder = False
-        return self.model.segment(features, boxes, points)[0]
-
-    def box_decoder(self) -> OpenVinoDecoder | None:
-        """The OpenVINO decoder of this model's (frozen) decoder weights, or None: decode with PyTorch."""
-        if self._box_decoder is None:
-            wanted = self.openvino and self.model.device.type == "cpu"
-            backbone = self.model.backbone
-            self._box_decoder = (wanted and openvino_decoder(backbone.mask_decoder, backbone.prompt_encoder)) or False
-        return self._box_decoder or None
 
     @torch.no_grad()
     def refine(self, embedding: torch.Tensor, geometry: Geometry, positive: list[tuple[float, float]] = (),

@@ -1,7 +1,9 @@
-"""OpenVINO on the CPU for the frozen parts of a backbone (its encoder: model/openvino_encoder.py; its box-prompted
-decoder: model/openvino_decoder.py): graphs exported from PyTorch to ONNX, compiled with one set of settings, run
-from any thread. OpenVINO reads the ONNX files itself and is imported with its usage statistics off
-(`import_openvino`): nothing in this tool may touch the network."""
+"""OpenVINO on the CPU for the frozen parts of a backbone (today its encoder: model/openvino_encoder.py): graphs
+exported from PyTorch to ONNX, compiled with one set of settings, run from any thread. OpenVINO reads the ONNX files
+itself and is imported with its usage statistics off (`import_openvino`): nothing in this tool may touch the network.
+
+Not its mask decoder (tried 2026-12-03, benchmarks/README.md): decoding alone was 3x faster, but in a process that
+then trains, every PyTorch training step after an OpenVINO decode ran ~30% slower (the encoder does not do this)."""
 from __future__ import annotations
 
 import sys

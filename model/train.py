@@ -291,10 +291,9 @@ class Trainer:
         self.kept = self.model
         if not self.data.val:
             return {}
-        openvino = False if self.decoder_trained else None  # a changing decoder: no export per evaluation
-        summary, _ = evaluate(self.model.eval(), self.data.val, with_hd95=False, openvino=openvino)
+        summary, _ = evaluate(self.model.eval(), self.data.val, with_hd95=False)
         if self.teacher is not None:
-            teacher_summary, _ = evaluate(self.teacher.eval(), self.data.val, with_hd95=False, openvino=openvino)
+            teacher_summary, _ = evaluate(self.teacher.eval(), self.data.val, with_hd95=False)
             if self.val_score(teacher_summary) > self.val_score(summary):
                 self.kept, summary = self.teacher, {**teacher_summary, "ema": True}
         return summary

@@ -297,17 +297,3 @@ def test_adasam_keeps_the_pretrained_decoder_unless_asked(pool, tmp_path):
         assert _states_equal(decoder, trainer.model.backbone.mask_decoder.state_dict()) != train_decoder
         assert not _states_equal(adapter, trainer.model.adapter.state_dict())  # the feedback path trains
 
-
-@pytest.mark.parametrize("method, train_decoder, exports", [("adasam", False, 1), ("adasam", True, 0),
-                                                             ("supervised", False, 0)])
-def test_validation_decodes_through_openvino_only_for_a_frozen_decoder(tmp_path, pool, monkeypatch, method,
-                                                                     train_decoder, exports):
-    """A decoder in training changes between evaluations: exporting it for each would cost more than it saves."""
-    import model.inference as inference
-
-    looked_up = []
-    real = inference.openvino_decoder
-    monkeypatch.setattr(inference, "openvino_decoder", lambda *a: looked_up.append(1) or real(*a))
-    trainer = _trainer(tmp_path, _data(pool, with_val=True), steps=2, method=method, train_decoder=train_decoder)
-    trainer.validate()
-    assert len(looked_up) == exports * (2 if trainer.teacher is not None else 1)
