@@ -43,7 +43,7 @@ class CompiledGraph:
 
 
 def export_onnx(module: torch.nn.Module, example: tuple[torch.Tensor, ...], path: Path, input_names: list[str],
-                output_names: list[str], dynamic_axes: dict | None = None) -> Path:
+                output_names: list[str]) -> Path:
     """Export `module` in eval mode (every submodule's own mode is restored after) to ONNX at `path`, atomically.
     Exports queue: the exporter keeps global state."""
     modes = [(m, m.training) for m in module.modules()]
@@ -53,7 +53,7 @@ def export_onnx(module: torch.nn.Module, example: tuple[torch.Tensor, ...], path
             with torch.no_grad():
                 atomic_write(path, lambda handle: torch.onnx.export(
                     module.eval(), example, handle, input_names=input_names, output_names=output_names,
-                    dynamic_axes=dynamic_axes, dynamo=False, opset_version=17))
+                    dynamo=False, opset_version=17))
         finally:
             for m, training in modes:
                 m.training = training
