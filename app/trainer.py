@@ -4,14 +4,15 @@ never waits on it.
 Its loop: embed images that have no cached embedding yet; finish re-scoring the pool for the newest model; start a
 training round once `round_every` new labels have come in (app.rounds.FIRST_ROUND_LABELS while no model serves) or
 someone pressed "Retrain now". A round trains ADA-SAM semi-supervised, warm-started from the last model, on every
-mask, tag and (a sample of the) unlabeled images, evaluates on the fixed validation set, and publishes a new version atomically (checkpoint renamed into
-WORKSPACE/models/, then registered in the store) unless its validation Dice is more than PUBLISH_TOLERANCE below the
-serving model's on the same images: then it is registered unpublished, the old model keeps serving and the round's
-note (on the dashboard) says why. The server notices the new version between requests; the trainer
-re-scores the pool's uncertainty in chunks so the queue follows it. A failed round is recorded with its error and
-the last good model keeps serving. SIGTERM (or the server disappearing) stops it between steps: the round is marked
-cancelled, its progress stays in WORKSPACE/models/training/ and the next start resumes it. What a round trains on and
-the check before publishing are app/rounds.py's, shared with trainers on other machines (app/trainer_api.py).
+mask, tag and (a sample of the) unlabeled images, evaluates on the fixed validation set, and publishes a new version
+atomically (checkpoint renamed into WORKSPACE/models/, then registered in the store) unless its validation Dice is
+more than PUBLISH_TOLERANCE below the serving model's on the same images: then it is registered unpublished, the old
+model keeps serving and the round's note (on the dashboard) says why. The server notices the new version between
+requests; the trainer re-scores the pool's uncertainty in chunks so the queue follows it. A failed round is recorded
+with its error and the last good model keeps serving. SIGTERM (or the server disappearing) stops it between steps: the
+round is marked cancelled, its progress stays in WORKSPACE/models/training/ and the next start resumes it. What a
+round trains on and the check before publishing are app/rounds.py's, shared with trainers on other machines
+(app/trainer_api.py).
 """
 from __future__ import annotations
 
