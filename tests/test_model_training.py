@@ -296,4 +296,3 @@ def test_adasam_keeps_the_pretrained_decoder_unless_asked(pool, tmp_path):
         trainer.train_step()
         assert _states_equal(decoder, trainer.model.backbone.mask_decoder.state_dict()) != train_decoder
         assert not _states_equal(adapter, trainer.model.adapter.state_dict())  # the feedback path trains
-
