@@ -663,11 +663,13 @@ class Store:
             conn.executemany("UPDATE images SET priority = ? WHERE id = ?",
                              [(row["uncertainty"], row["image_id"]) for row in rows])
 
-    def unscored_ids(self, model_version: str) -> list[int]:
-        """Unlabeled pool images `model_version` has no prediction for yet, in id order."""
+    def unscored_ids(self, model_version: str, with_masks: bool = False) -> list[int]:
+        """Unlabeled pool images `model_version` has no prediction for yet, in id order; `with_masks`: also those
+        whose prediction lacks the segmentation uncertainty (scored by the classifier alone)."""
+        lacking = " AND segmentation_uncertainty IS NOT NULL" if with_masks else ""
         return [row[0] for row in self.conn.execute(
             "SELECT id FROM images WHERE split = 'pool' AND state = 'unlabeled' AND id NOT IN"
-            " (SELECT image_id FROM predictions WHERE model_version = ?) ORDER BY id", (model_version,))]
+            f" (SELECT image_id FROM predictions WHERE model_version = ?{lacking}) ORDER BY id", (model_version,))]
 
     def pool_predictions(self, model_version: str) -> list[PredictionRecord]:
         """A model's predictions for every unlabeled pool image it has scored (what a strategy ranks), by image id."""

@@ -216,7 +216,7 @@ def cmd_score(args: argparse.Namespace) -> int:
     ranks = join(default_device())
     try:
         scorer = BackgroundTrainer(args.workspace, args.backbone, args.cache or DEFAULT_CACHE_DIR)
-        ids = ranks.from_main(scorer.store.unscored_ids(latest.version))  # one list, shared out
+        ids = ranks.from_main(scorer.unscored_ids(latest.version))  # one list, shared out
         started = time.time()
         scorer.rescore(latest.version, ranks.share(ids), rank=False)
         ranks.barrier()

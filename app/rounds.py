@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 import io
 import math
 import os
@@ -178,6 +179,7 @@ def publish_round(store: Store, base: Backbone, round_id: int, checkpoint: Path,
     if val:
         summary = val_summary(base, checkpoint, val)
         metrics.update({k: _clean(summary.get(k)) for k in ("dice_lesion", "dice_all", "presence_auc", "n_lesion")})
+        metrics["val_digest"] = validation_digest(val)
         val_dice = round_score(summary)
         if serving is not None and val_dice is not None:
             check()
@@ -205,9 +207,13 @@ def val_summary(base: Backbone, checkpoint: str | Path, val: list[Item]) -> dict
 
 def publish_verdict(base: Backbone, serving: ModelInfo, new_score: float, val: list[Item]) -> tuple[bool, str]:
     """Whether a round's model may replace the serving one, and why: not if its val Dice is more than
-    PUBLISH_TOLERANCE below the serving model's, measured now on the same images (the validation set may have
-    grown since the serving model was scored)."""
-    old_score = round_score(val_summary(base, serving.checkpoint_path, val))
+    PUBLISH_TOLERANCE below the serving model's on the same images. The serving model's figure from when it was
+    published is used while the validation images and masks are unchanged since (same digest); else it is measured
+    again now (the validation set may have grown, or a mask been corrected)."""
+    if serving.metrics.get("val_digest") == validation_digest(val):
+        old_score = round_score(serving.metrics)
+    else:
+        old_score = round_score(val_summary(base, serving.checkpoint_path, val))
     name = serving.version
     if old_score is None:
         return True, f"{name} has no validation score to compare with"
@@ -215,6 +221,16 @@ def publish_verdict(base: Backbone, serving: ModelInfo, new_score: float, val: l
     if new_score >= old_score - PUBLISH_TOLERANCE:
         return True, compared
     return False, f"not published, {name} keeps serving: {compared} (tolerance {PUBLISH_TOLERANCE})"
+
+
+def validation_digest(val: list[Item]) -> str:
+    """A fingerprint of the validation images and their masks: equal digests mean a model's val figures still hold."""
+    digest = hashlib.sha256()
+    for item in sorted(val, key=lambda i: str(i.id)):
+        mask = np.asarray(item.mask, bool)
+        digest.update(f"{item.id}:{mask.shape};".encode())
+        digest.update(np.packbits(mask).tobytes())
+    return digest.hexdigest()[:32]
 
 
 def round_score(summary: dict) -> float | None:

@@ -43,10 +43,10 @@ from model.backbones import backbone_view, build_backbone
 from model.cache import EmbeddingCache, content_hash
 from model.evaluate import Item
 from model.inference import Predictor
-from model.strategies import DEFAULT_STRATEGY, Candidate, get_strategy
+from model.strategies import DEFAULT_STRATEGY, Candidate, Strategy, get_strategy
 from model.strategies.vectors import image_vector
 from model.train import Trainer, TrainingData
-from model.uncertainty import Uncertainty
+from model.uncertainty import Uncertainty, combined_uncertainty
 
 SCORE_CHUNK = 16  # small enough that a stop request is answered within seconds
 
@@ -242,28 +242,32 @@ class BackgroundTrainer:
 
     # -- re-scoring the pool -----------------------------------------------------------------------------------
 
+    def strategy(self) -> Strategy:
+        """The workspace's active-learning strategy (`adasam serve --strategy`; default combined)."""
+        return get_strategy(self.store.get_setting(QUEUE_STRATEGY) or DEFAULT_STRATEGY)
+
+    def unscored_ids(self, version: str) -> list[int]:
+        """The unlabeled pool images `version` still has to score for the workspace's strategy."""
+        return self.store.unscored_ids(version, with_masks=self.strategy().reads_masks)
+
     def rescore(self, version: str, ids: list[int] | None = None, rank: bool = True) -> None:
-        """Score every unlabeled pool image `version` has not scored yet, or `ids` (a torchrun rank's share: `adasam
-        score`), in chunks, each recorded as it is done, so a stopped trainer resumes where it was; then, with
-        `rank`, let the workspace's strategy order the queue."""
+        """Score every unlabeled pool image `version` has not scored yet for the workspace's strategy, or `ids` (a
+        torchrun rank's share: `adasam score`), in chunks, each recorded as it is done, so a stopped trainer resumes
+        where it was; then, with `rank`, let the strategy order the queue. The decoder runs only for a strategy
+        that reads the mask's uncertainty; switching to one later scores the masks then."""
         store = self.store
-        ids = store.unscored_ids(version) if ids is None else ids
+        ids = self.unscored_ids(version) if ids is None else ids
         if ids:
             model, _ = load_checkpoint(store.model(version).checkpoint_path, backbone_view(self.base))
             predictor = Predictor(model)
+            score = _scored_with_masks if self.strategy().reads_masks else _scored_by_classifier
             started = time.monotonic()
             for start in range(0, len(ids), SCORE_CHUNK):
                 self.check()
                 self.status(state="scoring", model=version, done=start, total=len(ids),
                             eta_s=_eta(started, start, len(ids)))
                 chunk = self.items(ids[start:start + SCORE_CHUNK])
-                predictions = predictor.predict_batch(torch.stack([i.embedding for i in chunk]),
-                                                      [i.geometry for i in chunk])
-                store.record_predictions(version, [
-                    PredictionRecord(int(item.id), p.uncertainty.combined, p.probability, tuple(map(float, p.box)),
-                                     classifier_uncertainty=p.uncertainty.classifier,
-                                     segmentation_uncertainty=p.uncertainty.segmentation)
-                    for item, p in zip(chunk, predictions)])
+                store.record_predictions(version, score(predictor, chunk))
             self.status(state="idle", message=f"{version} scored {len(ids)} pool images", force=True)
         if rank:
             self.rank_queue(version)
@@ -272,11 +276,10 @@ class BackgroundTrainer:
         """Order the queue by the workspace's strategy (QUEUE_STRATEGY, default combined) over `version`'s
         predictions; redone whenever the model, the strategy or the number of labels changed since the last time."""
         store = self.store
-        name = store.get_setting(QUEUE_STRATEGY) or DEFAULT_STRATEGY
-        ranking = (version, name, self.labels())
+        strategy = self.strategy()
+        ranking = (version, strategy.name, self.labels())
         if self._ranked_for == ranking or store.queue_model() != version:
             return
-        strategy = get_strategy(name)
         predictions = store.pool_predictions(version)
         candidates = [Candidate(p.image_id, p.probability, Uncertainty(
             _known(p.classifier_uncertainty), _known(p.segmentation_uncertainty), p.uncertainty))
@@ -299,8 +302,25 @@ class BackgroundTrainer:
         return np.stack([self._vectors[i] for i in ids]) if ids else np.zeros((0, self.base.embedding_shape[0]))
 
 
+def _scored_with_masks(predictor: Predictor, chunk: list[Item]) -> list[PredictionRecord]:
+    predictions = predictor.predict_batch(torch.stack([i.embedding for i in chunk]), [i.geometry for i in chunk])
+    return [PredictionRecord(int(item.id), p.uncertainty.combined, p.probability, tuple(map(float, p.box)),
+                             classifier_uncertainty=p.uncertainty.classifier,
+                             segmentation_uncertainty=p.uncertainty.segmentation)
+            for item, p in zip(chunk, predictions)]
+
+
+def _scored_by_classifier(predictor: Predictor, chunk: list[Item]) -> list[PredictionRecord]:
+    """No decoder: the segmentation part stays unknown (NULL), and the combined figure counts the classifier's."""
+    presences = predictor.presence_batch(torch.stack([i.embedding for i in chunk]), [i.geometry for i in chunk])
+    return [PredictionRecord(int(item.id), combined_uncertainty(p.probability, p.classifier_uncertainty, 0.0),
+                             p.probability, tuple(map(float, p.box)), classifier_uncertainty=p.classifier_uncertainty)
+            for item, p in zip(chunk, presences)]
+
+
 def _known(value: float | None) -> float:
-    """A part of the uncertainty a prediction recorded before the parts were stored: rank it as certain."""
+    """A part of the uncertainty a prediction does not have (recorded before the parts were stored, or scored by the
+    classifier alone for a strategy that does not read it): rank it as certain."""
     return 0.0 if value is None else value
 
 
@@ -313,6 +333,12 @@ def _eta(started: float, done: int, total: int) -> float | None:
     if done <= 0:
         return None
     return (time.monotonic() - started) / done * (total - done)
+
+
+def trainer_threads() -> int:
+    """Threads the trainer process computes with: every core but one, left to the server, whose requests a person
+    waits on."""
+    return max(1, (os.cpu_count() or 2) - 1)
 
 
 def run_trainer(workspace: str | Path, backbone: str, cache_dir: str | Path, round_every: int, steps: int,
@@ -335,8 +361,7 @@ def run_trainer(workspace: str | Path, backbone: str, cache_dir: str | Path, rou
                 said = True
             if stop.wait(1.0) or (parent_pid is not None and os.getppid() != parent_pid):
                 return 0
-    cores = os.cpu_count() or 2
-    torch.set_num_threads(max(1, cores - 1))  # leave a core to the server, whose requests a person waits on
+    torch.set_num_threads(trainer_threads())
     os.nice(5)
     trainer = BackgroundTrainer(workspace, backbone, cache_dir, round_every, steps, parent_pid,
                                 train_rounds=train_rounds)

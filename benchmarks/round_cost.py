@@ -2,7 +2,8 @@
 
 A workspace of the data folder with a seeded 10% of the pool's true masks saved (as if annotated), the app's own
 `BackgroundTrainer`: round 1 from no model, then the oracle labels `--more` images in the queue's order and round 2
-warm-starts from round 1's model, as in the app. Each phase is timed by wrapping the code that does it: training
+warm-starts from round 1's model, as in the app, with the threads `adasam trainer` computes with beside the server
+(every core but one). Each phase is timed by wrapping the code that does it: training
 steps, the validation passes inside training (student and EMA teacher), threshold calibration, the publish check
 (the new model's and the serving model's validation Dice) and re-scoring the pool.
 
@@ -64,8 +65,12 @@ def main() -> int:
     if args.quick:
         quick_setup(args, parser, scratch, steps=4, masks=0.3, more=2)
 
-    from app.trainer import BackgroundTrainer
+    import torch
+
+    from app.trainer import BackgroundTrainer, trainer_threads
     from model.preprocess import read_mask
+
+    torch.set_num_threads(trainer_threads())  # as `adasam trainer` runs beside the server
 
     store, folder, chosen = oracle_workspace(args.data, scratch, args.masks)
     truth = {s.id: (read_mask(s.mask_path) if s.mask_path else None) for s in folder.split("pool")}
@@ -93,7 +98,8 @@ def main() -> int:
                        "other_s": round(total - sum(v["seconds"] for v in log.values()), 1),
                        "val_dice": latest.val_dice, "pool_images": len(store.image_ids(split="pool"))})
         print(json.dumps(rounds[-1]), flush=True)
-    results = {"config": run_config(args, masks_saved=len(chosen)), "embed_workspace_s": embed_s, "rounds": rounds}
+    results = {"config": run_config(args, masks_saved=len(chosen), torch_threads=torch.get_num_threads()),
+               "embed_workspace_s": embed_s, "rounds": rounds}
     bt.store.close()
     store.close()
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)

@@ -18,7 +18,7 @@ import torch
 
 from model.adasam import AdaSam
 from model.evaluate import Item, evaluate
-from model.inference import valid_grid
+from model.inference import Predictor
 
 CAM_THRESHOLDS = (0.2, 0.3, 0.4, 0.5)
 PRESENCE_DEFAULT = 0.5  # the highest presence threshold calibration may choose
@@ -63,13 +63,11 @@ def calibrate_presence(model: AdaSam, val: list[Item]) -> dict:
                                    "at_default": round(scores[PRESENCE_DEFAULT], 4)}}
 
 
-@torch.no_grad()
 def presence_probabilities(model: AdaSam, items: list[Item], batch_size: int = 32) -> np.ndarray:
     """P(target present) per image: the classifier alone (no decoder), as the predictor computes it."""
-    out = []
+    predictor, out = Predictor(model), []
     for start in range(0, len(items), batch_size):
         chunk = items[start:start + batch_size]
-        embeddings = torch.stack([i.embedding for i in chunk]).to(model.device)
-        _, logits = model.cam(model.features(embeddings), valid_grid([i.geometry for i in chunk], embeddings.shape[-1]))
-        out.append(logits.softmax(1)[:, 1].cpu())
-    return torch.cat(out).numpy()
+        out += [p.probability for p in predictor.presence_batch(torch.stack([i.embedding for i in chunk]),
+                                                                [i.geometry for i in chunk])]
+    return np.array(out)

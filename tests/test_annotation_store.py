@@ -243,6 +243,9 @@ def test_the_reads_the_trainer_needs(store):
     store.register_model("v1", "v1.pt")
     store.record_predictions("v1", [PredictionRecord(ids[5], 0.5), PredictionRecord(ids[1], 0.5)])
     assert store.unscored_ids("v1") == [ids[3], ids[6], ids[7]]  # unlabeled pool images only
+    assert store.unscored_ids("v1", with_masks=True) == [ids[3], ids[5], ids[6], ids[7]]  # ids[5]: no mask figure
+    store.record_predictions("v1", [PredictionRecord(ids[6], 0.4, segmentation_uncertainty=0.3)])
+    assert store.unscored_ids("v1", with_masks=True) == [ids[3], ids[5], ids[7]]
 
 
 def test_the_reads_the_dashboard_needs(store):

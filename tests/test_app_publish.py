@@ -12,8 +12,9 @@ from annotation import schema
 from app import rounds as rounds_module
 from app.model_slot import ModelSlot
 from app.studio import Studio
-from app.rounds import PUBLISH_TOLERANCE
+from app.rounds import PUBLISH_TOLERANCE, items, validation_digest, validation_masks
 from app.trainer import BackgroundTrainer
+from app.validation import fix_validation_set
 from app.ui import dice_curve_svg, figures_html, rounds_table
 from app_fixtures import label, make_workspace
 
@@ -44,11 +45,20 @@ def score_by_checkpoint(monkeypatch, serving: float, new: float) -> list[str]:
     return scored
 
 
+def correct_a_validation_mask(store: Store) -> None:
+    """Someone redraws a validation mask: figures measured before no longer hold."""
+    image_id = fix_validation_set(store)[0]
+    mask = store.load_mask(image_id)
+    mask[:2] = ~mask[:2]
+    store.save_mask(image_id, mask, "reviewer")
+
+
 def test_a_round_worse_on_validation_keeps_the_old_model_serving(trainer, monkeypatch):
     store = trainer.store
     scored = score_by_checkpoint(monkeypatch, serving=0.80, new=0.80 - PUBLISH_TOLERANCE - 0.01)
     slot = ModelSlot(store, "micro_random", trainer.root.parent / "cache")
     queue_before = store.queue_model()
+    correct_a_validation_mask(store)
     label(store, 3)
     trainer.train_round()
     assert scored == ["model.pt", "r0001.pt"]  # both judged now, on the same validation images
@@ -79,6 +89,7 @@ def test_a_round_worse_on_validation_keeps_the_old_model_serving(trainer, monkey
 def test_a_round_within_the_tolerance_is_published_and_rescored(trainer, monkeypatch):
     store = trainer.store
     score_by_checkpoint(monkeypatch, serving=0.80, new=0.80 - PUBLISH_TOLERANCE + 0.005)
+    correct_a_validation_mask(store)
     label(store, 3)
     trainer.train_round()
     rnd = store.rounds()[-1]
@@ -87,6 +98,27 @@ def test_a_round_within_the_tolerance_is_published_and_rescored(trainer, monkeyp
     assert store.latest_model().version == "r0002" and store.queue_model() == "r0002"
     assert store.queue_model() == "r0002"
     assert all(store.prediction(i.id, "r0002") is not None for i in store.images(split="pool", state="unlabeled"))
+
+
+def test_the_serving_models_figure_is_reused_while_the_validation_set_is_unchanged(trainer, monkeypatch):
+    """Re-measuring the serving model on the same images and masks would repeat its publish-time figure; once a
+    validation mask changes, it is measured again."""
+    store = trainer.store
+    stored = store.model("r0001").metrics
+    masks = validation_masks(store)
+    assert stored["val_digest"] == validation_digest(items(trainer.cache, trainer.pixels, sorted(masks), masks))
+    serving_figure = stored["dice_lesion"]
+    scored = score_by_checkpoint(monkeypatch, serving=0.80, new=serving_figure + 0.01)
+    label(store, 3)
+    trainer.train_round()
+    assert scored == ["model.pt"]
+    assert store.rounds()[-1].note.startswith(
+        f"validation Dice {serving_figure + 0.01:.3f} against {serving_figure:.3f} for r0001")
+    correct_a_validation_mask(store)
+    label(store, 3)
+    trainer.train_round()
+    assert scored == ["model.pt", "model.pt", "r0002.pt"]
+    assert "against 0.800 for r0002" in store.rounds()[-1].note
 
 
 def test_an_old_workspace_gains_the_publish_columns_with_its_models_published(tmp_path, monkeypatch):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from annotation import Store
 from app import trainer as trainer_module
@@ -283,6 +284,48 @@ def test_the_workspace_strategy_orders_the_queue_and_follows_new_labels(workspac
     after = queue_priorities()
     assert after == pytest.approx(coreset_priorities())
     assert after != pytest.approx({i: expected[i] for i in after})  # not the ranking from before the label
+
+
+def test_a_strategy_that_does_not_read_masks_scores_the_pool_without_the_decoder(workspace, monkeypatch):
+    """Re-scoring for classifier, coreset or random needs no mask: the decoder is skipped (nine tenths of the cost).
+    Switching to a strategy that reads the mask scores the masks then, and the queue follows them."""
+    from annotation import next_task, release_lease
+    from app.status import QUEUE_STRATEGY
+    from model.adasam import load_checkpoint
+    from model.backbones import backbone_view
+    from model.inference import Predictor
+
+    bt = make_trainer(workspace)
+    store = bt.store
+    store.set_setting(QUEUE_STRATEGY, "classifier")
+    label(store, 3)
+    bt.embed_new()
+    bt.train_round()  # publishes, then re-scores the pool for the classifier strategy
+    version = store.latest_model().version
+    unlabeled = store.image_ids(split="pool", state="unlabeled")
+    scored = {p.image_id: p for p in store.pool_predictions(version)}
+    assert sorted(scored) == unlabeled and all(p.segmentation_uncertainty is None for p in scored.values())
+    model, _ = load_checkpoint(store.model(version).checkpoint_path, backbone_view(bt.base))
+    chunk = bt.items(unlabeled)
+    full = Predictor(model).predict_batch(torch.stack([i.embedding for i in chunk]), [i.geometry for i in chunk])
+    for image_id, p in zip(unlabeled, full):  # the same classifier figures as a full prediction's
+        assert scored[image_id].probability == pytest.approx(p.probability, abs=1e-6)
+        assert scored[image_id].classifier_uncertainty == pytest.approx(p.uncertainty.classifier, abs=1e-6)
+        assert scored[image_id].box == pytest.approx(tuple(p.box), abs=1e-4)
+
+    decoded = []
+    real = Predictor.predict_batch
+    monkeypatch.setattr(Predictor, "predict_batch", lambda self, e, g: decoded.append(len(g)) or real(self, e, g))
+    store.set_setting(QUEUE_STRATEGY, "segmentation")
+    bt.rescore(version)
+    assert sum(decoded) == len(unlabeled)
+    masks = {p.image_id: p.segmentation_uncertainty for p in store.pool_predictions(version)}
+    assert masks == pytest.approx({i: p.uncertainty.segmentation for i, p in zip(unlabeled, full)}, abs=1e-5)
+    first = next_task(store, "ann").image.id
+    release_lease(store, "ann", first)
+    assert first == max(masks, key=masks.get)
+    bt.rescore(version)
+    assert sum(decoded) == len(unlabeled)  # scored once
 
 
 def test_the_dashboard_names_the_strategy_ordering_the_queue(tmp_path):
