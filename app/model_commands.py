@@ -53,8 +53,9 @@ def register(sub) -> None:
     sc = sub.add_parser("score", help="score a workspace's unlabeled pool with its latest model and order the queue",
                         description="What the background trainer does after each round, as a command: every "
                                     "unlabeled pool image the workspace's latest published model has not scored yet "
-                                    "is scored (probability, uncertainty, proposal) and the queue is ordered by the "
-                                    "workspace's strategy. Started by torchrun, the images are split across the "
+                                    "is scored (probability, uncertainty, prompt box; the mask's uncertainty only "
+                                    "for a strategy that reads it) and the queue is ordered by the workspace's "
+                                    "strategy. Started by torchrun, the images are split across the "
                                     "processes; process 0 orders the queue once all are done.")
     sc.add_argument("workspace")
     sc.add_argument("--backbone", default="litemedsam", help="the backbone the workspace's models were trained on")

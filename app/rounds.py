@@ -41,6 +41,8 @@ PUBLISH_TOLERANCE = 0.02  # a round is published unless its val Dice is more tha
 FIRST_ROUND_LABELS = 5  # while no model serves, a round comes this early (when --round-every is larger): on BUSI a
 # first round from 5 labels scored val Dice 0.58 in both seeds measured, no worse than one from 10 or 20 (0.40-0.55;
 # 40: 0.63), and before it an annotator gets no proposal at all (benchmarks/first_round.py, benchmarks/README.md)
+SCORE_VERSION = 1  # bump when how a round's val figure is computed changes (model.evaluate, round_score): figures
+# stored by earlier versions then stop standing in for a new measurement in the publish check
 UNLABELED_SAMPLE = 128  # unlabeled images per round (embeddings are held in memory: ~4 MB each for LiteMedSAM)
 
 Pixels = Callable[[int], np.ndarray]  # image id -> float32 pixels, as the embedding cache is keyed by
@@ -179,7 +181,7 @@ def publish_round(store: Store, base: Backbone, round_id: int, checkpoint: Path,
     if val:
         summary = val_summary(base, checkpoint, val)
         metrics.update({k: _clean(summary.get(k)) for k in ("dice_lesion", "dice_all", "presence_auc", "n_lesion")})
-        metrics["val_digest"] = validation_digest(val)
+        metrics["val_digest"] = validation_digest(val, base)
         val_dice = round_score(summary)
         if serving is not None and val_dice is not None:
             check()
@@ -210,7 +212,7 @@ def publish_verdict(base: Backbone, serving: ModelInfo, new_score: float, val: l
     PUBLISH_TOLERANCE below the serving model's on the same images. The serving model's figure from when it was
     published is used while the validation images and masks are unchanged since (same digest); else it is measured
     again now (the validation set may have grown, or a mask been corrected)."""
-    if serving.metrics.get("val_digest") == validation_digest(val):
+    if serving.metrics.get("val_digest") == validation_digest(val, base):
         old_score = round_score(serving.metrics)
     else:
         old_score = round_score(val_summary(base, serving.checkpoint_path, val))
@@ -223,9 +225,10 @@ def publish_verdict(base: Backbone, serving: ModelInfo, new_score: float, val: l
     return False, f"not published, {name} keeps serving: {compared} (tolerance {PUBLISH_TOLERANCE})"
 
 
-def validation_digest(val: list[Item]) -> str:
-    """A fingerprint of the validation images and their masks: equal digests mean a model's val figures still hold."""
-    digest = hashlib.sha256()
+def validation_digest(val: list[Item], base: Backbone) -> str:
+    """A fingerprint of what a model's val figure depends on besides the model: the validation image ids and masks,
+    the backbone's weights and how a round is scored (SCORE_VERSION). Equal digests: the stored figure still holds."""
+    digest = hashlib.sha256(f"{SCORE_VERSION};{base.identity};".encode())
     for item in sorted(val, key=lambda i: str(i.id)):
         mask = np.asarray(item.mask, bool)
         digest.update(f"{item.id}:{mask.shape};".encode())

@@ -256,11 +256,13 @@ class BackgroundTrainer:
         where it was; then, with `rank`, let the strategy order the queue. The decoder runs only for a strategy
         that reads the mask's uncertainty; switching to one later scores the masks then."""
         store = self.store
-        ids = self.unscored_ids(version) if ids is None else ids
+        strategy = self.strategy()  # read once: a switch meanwhile is picked up by the next call
+        if ids is None:
+            ids = store.unscored_ids(version, with_masks=strategy.reads_masks)
         if ids:
             model, _ = load_checkpoint(store.model(version).checkpoint_path, backbone_view(self.base))
             predictor = Predictor(model)
-            score = _scored_with_masks if self.strategy().reads_masks else _scored_by_classifier
+            score = _scored_with_masks if strategy.reads_masks else _scored_by_classifier
             started = time.monotonic()
             for start in range(0, len(ids), SCORE_CHUNK):
                 self.check()
@@ -268,15 +270,17 @@ class BackgroundTrainer:
                             eta_s=_eta(started, start, len(ids)))
                 chunk = self.items(ids[start:start + SCORE_CHUNK])
                 store.record_predictions(version, score(predictor, chunk))
+                self._ranked_for = None  # recording copied raw figures into the queue's order: rank again
             self.status(state="idle", message=f"{version} scored {len(ids)} pool images", force=True)
         if rank:
-            self.rank_queue(version)
+            self.rank_queue(version, strategy)
 
-    def rank_queue(self, version: str) -> None:
-        """Order the queue by the workspace's strategy (QUEUE_STRATEGY, default combined) over `version`'s
-        predictions; redone whenever the model, the strategy or the number of labels changed since the last time."""
+    def rank_queue(self, version: str, strategy: Strategy | None = None) -> None:
+        """Order the queue by `strategy` (default: the workspace's, QUEUE_STRATEGY) over `version`'s predictions;
+        redone whenever the model, the strategy, the number of labels or the predictions changed since the last
+        time."""
         store = self.store
-        strategy = self.strategy()
+        strategy = strategy or self.strategy()
         ranking = (version, strategy.name, self.labels())
         if self._ranked_for == ranking or store.queue_model() != version:
             return

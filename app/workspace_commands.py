@@ -133,4 +133,6 @@ def _status(args: argparse.Namespace) -> int:
 
 
 def _metrics(metrics: dict) -> str:
-    return ", ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in sorted(metrics.items()))
+    """A model's figures on one line (not its validation fingerprint, which means nothing to a person)."""
+    return ", ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in sorted(metrics.items())
+                     if k != "val_digest")

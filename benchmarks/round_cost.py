@@ -5,7 +5,8 @@ A workspace of the data folder with a seeded 10% of the pool's true masks saved 
 warm-starts from round 1's model, as in the app, with the threads `adasam trainer` computes with beside the server
 (every core but one). Each phase is timed by wrapping the code that does it: training
 steps, the validation passes inside training (student and EMA teacher), threshold calibration, the publish check
-(the new model's and the serving model's validation Dice) and re-scoring the pool.
+(the new model's validation Dice, and the serving model's unless its figure from when it was published still
+holds) and re-scoring the pool.
 
     python benchmarks/round_cost.py --data ../shared/datasets/busi --json benchmarks/results/round_cost.json
     python benchmarks/round_cost.py --quick     # micro backbone, generated data: checks the script, not figures

@@ -74,7 +74,7 @@ class Predictor:
         return features, cams, probability, boxes, fallbacks
 
     def presence_batch(self, embeddings: torch.Tensor, geometries: list[Geometry]) -> list[Presence]:
-        """What the classifier alone says of each image, without running the decoder (a tenth of the cost):
+        """What the classifier alone says of each image, without the decoder (most of a prediction's cost):
         enough for the active-learning strategies that do not read the mask."""
         _, _, probability, boxes, _ = self._presence(embeddings, geometries)
         probability = probability.cpu()

@@ -3,6 +3,7 @@ than PUBLISH_TOLERANCE below the serving model's on the same images; otherwise t
 queue keeps its ranking and the dashboard says why."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -106,7 +107,8 @@ def test_the_serving_models_figure_is_reused_while_the_validation_set_is_unchang
     store = trainer.store
     stored = store.model("r0001").metrics
     masks = validation_masks(store)
-    assert stored["val_digest"] == validation_digest(items(trainer.cache, trainer.pixels, sorted(masks), masks))
+    val = items(trainer.cache, trainer.pixels, sorted(masks), masks)
+    assert stored["val_digest"] == validation_digest(val, trainer.base)
     serving_figure = stored["dice_lesion"]
     scored = score_by_checkpoint(monkeypatch, serving=0.80, new=serving_figure + 0.01)
     label(store, 3)
@@ -119,6 +121,18 @@ def test_the_serving_models_figure_is_reused_while_the_validation_set_is_unchang
     trainer.train_round()
     assert scored == ["model.pt", "model.pt", "r0002.pt"]
     assert "against 0.800 for r0002" in store.rounds()[-1].note
+
+
+def test_a_serving_model_without_a_stored_digest_is_measured_again(trainer, monkeypatch):
+    """A model published before figures were fingerprinted (or by another version of the scoring): no reuse."""
+    store = trainer.store
+    metrics = {k: v for k, v in store.model("r0001").metrics.items() if k != "val_digest"}
+    store.conn.execute("UPDATE models SET metrics = ? WHERE version = 'r0001'", (json.dumps(metrics),))
+    store.conn.commit()
+    scored = score_by_checkpoint(monkeypatch, serving=0.80, new=0.81)
+    label(store, 3)
+    trainer.train_round()
+    assert scored == ["model.pt", "r0001.pt"] and "against 0.800 for r0001" in store.rounds()[-1].note
 
 
 def test_an_old_workspace_gains_the_publish_columns_with_its_models_published(tmp_path, monkeypatch):

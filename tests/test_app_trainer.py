@@ -287,7 +287,7 @@ def test_the_workspace_strategy_orders_the_queue_and_follows_new_labels(workspac
 
 
 def test_a_strategy_that_does_not_read_masks_scores_the_pool_without_the_decoder(workspace, monkeypatch):
-    """Re-scoring for classifier, coreset or random needs no mask: the decoder is skipped (nine tenths of the cost).
+    """Re-scoring for classifier, coreset or random needs no mask: the decoder is skipped (most of the cost).
     Switching to a strategy that reads the mask scores the masks then, and the queue follows them."""
     from annotation import next_task, release_lease
     from app.status import QUEUE_STRATEGY
@@ -321,6 +321,9 @@ def test_a_strategy_that_does_not_read_masks_scores_the_pool_without_the_decoder
     assert sum(decoded) == len(unlabeled)
     masks = {p.image_id: p.segmentation_uncertainty for p in store.pool_predictions(version)}
     assert masks == pytest.approx({i: p.uncertainty.segmentation for i, p in zip(unlabeled, full)}, abs=1e-5)
+    priorities = dict(store.conn.execute(
+        "SELECT id, priority FROM images WHERE split = 'pool' AND state = 'unlabeled'"))
+    assert priorities == pytest.approx(masks)  # the queue is ordered by the mask figures just scored
     first = next_task(store, "ann").image.id
     release_lease(store, "ann", first)
     assert first == max(masks, key=masks.get)

@@ -61,6 +61,8 @@ def test_active_learning_quick(tmp_path):
         curve = runs[0]["curve"]
         assert curve and [p["labels"] for p in curve] == sorted(p["labels"] for p in curve)
         assert all(is_number(p["dice_lesion"]) and 0 < p["fraction"] <= 0.3 + 1e-9 for p in curve)
+        assert all(p["round_s"] > 0 and 1 <= p["best_step"] <= data["config"]["steps"] for p in curve)
+    assert data["config"]["threads"] == max(1, (os.cpu_count() or 1) // 2)  # cores shared by the 2 jobs
     assert data["reference"][0]["curve"] and data["reference"][0]["strategy"] == "full"
     for strategy in data["strategies"]:
         summary = data["summary"][strategy]

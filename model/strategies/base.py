@@ -27,11 +27,11 @@ RankFunction = Callable[[list[Candidate], "np.ndarray | None", "np.ndarray | Non
 class Strategy:
     """A named way to order the pool: higher priority is asked first; ties fall back to the workspace's seeded
     random order. `uses_vectors`: rank needs image vectors (model.strategies.vectors) of candidates and labels.
-    `reads_masks`: rank reads the segmentation uncertainty, so scoring the pool for it runs the mask decoder (about
-    nine tenths of scoring's cost); the others are served by the classifier alone."""
+    `reads_masks`: rank reads the segmentation uncertainty, so scoring the pool for it runs the mask decoder (most of
+    scoring's cost); False: the classifier alone serves it (a strategy says so explicitly: unsure means decode)."""
 
     name: str
     summary: str
     rank: RankFunction
     uses_vectors: bool = False
-    reads_masks: bool = False
+    reads_masks: bool = True

@@ -11,4 +11,4 @@ def rank(candidates: list[Candidate], vectors: np.ndarray | None = None,
     return np.array([c.uncertainty.classifier for c in candidates], dtype=float)
 
 
-STRATEGY = Strategy("classifier", "presence classifier entropy", rank)
+STRATEGY = Strategy("classifier", "presence classifier entropy", rank, reads_masks=False)

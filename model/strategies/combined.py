@@ -11,4 +11,4 @@ def rank(candidates: list[Candidate], vectors: np.ndarray | None = None,
     return np.array([c.uncertainty.combined for c in candidates], dtype=float)
 
 
-STRATEGY = Strategy("combined", "classifier and mask uncertainty", rank, reads_masks=True)
+STRATEGY = Strategy("combined", "classifier and mask uncertainty", rank)

@@ -45,4 +45,5 @@ def _distances(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.sqrt(np.maximum(squared, 0))
 
 
-STRATEGY = Strategy("coreset", "k-center greedy on image embeddings (diversity)", rank, uses_vectors=True)
+STRATEGY = Strategy("coreset", "k-center greedy on image embeddings (diversity)", rank, uses_vectors=True,
+                    reads_masks=False)

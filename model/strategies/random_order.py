@@ -11,4 +11,4 @@ def rank(candidates: list[Candidate], vectors: np.ndarray | None = None,
     return np.zeros(len(candidates))
 
 
-STRATEGY = Strategy("random", "seeded random order", rank)
+STRATEGY = Strategy("random", "seeded random order", rank, reads_masks=False)

@@ -11,4 +11,4 @@ def rank(candidates: list[Candidate], vectors: np.ndarray | None = None,
     return np.array([c.uncertainty.segmentation for c in candidates], dtype=float)
 
 
-STRATEGY = Strategy("segmentation", "mask pixel entropy", rank, reads_masks=True)
+STRATEGY = Strategy("segmentation", "mask pixel entropy", rank)
