@@ -437,7 +437,7 @@ def main() -> int:
         args.reference_rounds = max(1, math.floor((args.stop - args.start) / args.step + 1e-9) + 1)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    config = {k: v for k, v in vars(args).items() if k not in ("out",)}
+    config = {k: v for k, v in run_config(args).items() if k != "out"}  # no path of this machine
     results: dict = {"config": {**config, "split": "test", "prompt": "auto"},
                      "strategies": {s: [] for s in args.strategies}, "reference": [], "failures": []}
     if args.report_only:
