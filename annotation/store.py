@@ -681,10 +681,10 @@ class Store:
                                  None if row["box"] is None else tuple(json.loads(row["box"])), None,
                                  row["classifier_uncertainty"], row["segmentation_uncertainty"]) for row in rows]
 
-    def set_priorities(self, model_version: str, priorities: dict[int, float]) -> bool:
+    def set_priorities(self, model_version: str | None, priorities: dict[int, float]) -> bool:
         """Order the queue by `priorities` (image id -> priority, higher asked first; images left out keep theirs),
-        as a strategy ranked the pool for `model_version`. False, and nothing changes, if that model does not
-        order the queue (a newer one took over meanwhile)."""
+        as a strategy ranked the pool for `model_version` (None: before any model orders the queue). False, and
+        nothing changes, if that model does not order the queue (a newer one took over meanwhile)."""
         with self.transaction() as conn:
             if self.queue_model() != model_version:
                 return False

@@ -43,7 +43,7 @@ from model.backbones import backbone_view, build_backbone
 from model.cache import EmbeddingCache, content_hash
 from model.evaluate import Item
 from model.inference import Predictor
-from model.strategies import DEFAULT_STRATEGY, Candidate, Strategy, get_strategy
+from model.strategies import DEFAULT_STRATEGY, Candidate, Strategy, coreset, get_strategy
 from model.strategies.vectors import image_vector
 from model.train import Trainer, TrainingData
 from model.uncertainty import Uncertainty, combined_uncertainty
@@ -294,6 +294,24 @@ class BackgroundTrainer:
             labeled = self.vectors(store.image_ids(split="pool", labeled=True))
         priorities = strategy.rank(candidates, vectors, labeled)
         if store.set_priorities(version, {c.image_id: float(p) for c, p in zip(candidates, priorities)}):
+            self._ranked_for = ranking
+
+    def rank_cold_start(self) -> None:
+        """Before the first model: order the pool by k-center greedy on the image vectors (the coreset strategy needs
+        no model), so the first masks spread over the data instead of following the seeded shuffle. Ranked again
+        when the pool grows; the first model's predictions replace it."""
+        store = self.store
+        if store.queue_model() is not None:
+            return
+        ids = [i for i in store.image_ids(split="pool", labeled=False) if i in self._embedded]
+        labeled = [i for i in store.image_ids(split="pool", labeled=True) if i in self._embedded]
+        ranking = ("cold start", len(ids) + len(labeled))
+        if not ids or self._ranked_for == ranking:
+            return
+        unknown = Uncertainty(0.0, 0.0, 0.0)
+        priorities = coreset.rank([Candidate(i, None, unknown) for i in ids], self.vectors(ids),
+                                  self.vectors(labeled) if labeled else None)
+        if store.set_priorities(None, {i: float(p) for i, p in zip(ids, priorities)}):
             self._ranked_for = ranking
 
     def vectors(self, ids: list[int]) -> np.ndarray:

@@ -286,6 +286,43 @@ def test_the_workspace_strategy_orders_the_queue_and_follows_new_labels(workspac
     assert after != pytest.approx({i: expected[i] for i in after})  # not the ranking from before the label
 
 
+def test_before_the_first_model_the_queue_spreads_over_the_pool_and_the_first_model_takes_over(workspace):
+    from annotation import next_task
+    from model.strategies import Candidate, get_strategy
+    from model.uncertainty import Uncertainty
+
+    bt = make_trainer(workspace)
+    store = bt.store
+    bt.embed_new()
+    bt.rank_cold_start()
+    pool = store.image_ids(split="pool")
+    vectors = bt.vectors(pool)
+    expected = get_strategy("coreset").rank([Candidate(i, None, Uncertainty(0, 0, 0)) for i in pool], vectors, None)
+    handed = []
+    for k in range(FIRST_ROUND_LABELS):
+        image_id = next_task(store, "ann").image.id
+        handed.append(image_id)
+        info = store.image(image_id)
+        mask = np.zeros((info.height, info.width), bool)
+        mask[10:40, 20:60] = k != 1
+        store.save_mask(image_id, mask, "ann") if mask.any() else store.mark_no_finding(image_id, "ann")
+    assert handed == [pool[k] for k in np.argsort(-expected, kind="stable")[:FIRST_ROUND_LABELS]]
+    nearest_the_mean = pool[int(np.argmin(((vectors - vectors.mean(0)) ** 2).sum(1)))]
+    assert handed[0] == nearest_the_mean  # the most typical image first, then each the farthest from those before
+    assert bt.due()
+    bt.train_round()
+    version = store.latest_model().version
+    bt.rescore(version)
+
+    def queue_priorities() -> dict[int, float]:
+        return dict(store.conn.execute("SELECT id, priority FROM images WHERE split = 'pool' AND state = 'unlabeled'"))
+
+    predicted = {p.image_id: p.uncertainty for p in store.pool_predictions(version)}
+    assert store.queue_model() == version and queue_priorities() == pytest.approx(predicted)  # the model's order
+    bt.rank_cold_start()  # a model orders the queue now: the cold start leaves it alone
+    assert queue_priorities() == pytest.approx(predicted)
+
+
 def test_a_strategy_that_does_not_read_masks_scores_the_pool_without_the_decoder(workspace, monkeypatch):
     """Re-scoring for classifier, coreset or random needs no mask: the decoder is skipped (most of the cost).
     Switching to a strategy that reads the mask scores the masks then, and the queue follows them."""
