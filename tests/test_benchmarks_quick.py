@@ -56,7 +56,7 @@ def test_active_learning_quick(tmp_path):
     run_quick("active_learning.py", "--out", str(tmp_path), "--jobs", "2")  # curves in parallel processes
     data = load(tmp_path / "active_learning.json")
     assert set(data) >= {"config", "strategies", "reference", "summary", "table"} and data["failures"] == []
-    assert set(data["strategies"]) == {"classifier", "segmentation", "combined", "coreset", "random"}
+    assert set(data["strategies"]) == {"classifier", "segmentation", "combined", "coreset", "typiclust", "random"}
     for runs in data["strategies"].values():
         curve = runs[0]["curve"]
         assert curve and [p["labels"] for p in curve] == sorted(p["labels"] for p in curve)

@@ -70,3 +70,29 @@ def test_strategies_are_chosen_by_name():
     assert all(name == strategy.name for name, strategy in STRATEGIES.items())
     with pytest.raises(UnknownStrategy, match="choose one of combined"):
         get_strategy("entropyy")
+
+
+def test_typiclust_asks_first_for_a_typical_image_of_a_cluster_without_labels(monkeypatch):
+    from model.strategies import typiclust
+
+    monkeypatch.setattr(typiclust, "LOOK_AHEAD", 1)  # as many clusters as labels + 1: here the three groups
+    rng = np.random.default_rng(1)
+    centres = np.array([[1.0, 0, 0], [0, 1.0, 0], [0, 0, 1.0]])
+    vectors = np.concatenate([c + 0.05 * rng.normal(size=(10, 3)) for c in centres])
+    pool = candidates([0] * 30, [0] * 30, [0] * 30)
+    first = order(typiclust.rank(pool, vectors, centres[:2] + 0.01))[0]  # a label in each of the first two groups
+    third = vectors[20:30]
+    spread = np.linalg.norm(third[:, None] - third[None], axis=2).mean(1)
+    assert first == 20 + int(np.argmin(spread))  # the unlabeled group's most central member, not an edge of it
+
+    monkeypatch.setattr(typiclust, "LOOK_AHEAD", 3)
+    vectors[9] = [0.6, 0.6, 0.0]  # an outlier between the first two groups
+    no_labels = order(typiclust.rank(pool, vectors, None))
+    assert sorted(i // 10 for i in no_labels[:3]) == [0, 1, 2]  # one typical image of each group first
+    assert 9 not in no_labels[:6]
+
+
+def test_typiclust_needs_one_vector_per_candidate():
+    with pytest.raises(ValueError, match="one image vector per candidate"):
+        get_strategy("typiclust").rank(candidates([0], [0], [0]), None, None)
+    assert get_strategy("typiclust").rank([], np.zeros((0, 2)), None).shape == (0,)

@@ -2,11 +2,12 @@
 model's view of the unlabeled pool into one priority per image, and the queue asks for the highest first."""
 from __future__ import annotations
 
-from model.strategies import classifier, combined, coreset, random_order, segmentation
+from model.strategies import classifier, combined, coreset, random_order, segmentation, typiclust
 from model.strategies.base import Candidate, Strategy
 
 STRATEGIES: dict[str, Strategy] = {s.name: s for s in (
-    combined.STRATEGY, classifier.STRATEGY, segmentation.STRATEGY, coreset.STRATEGY, random_order.STRATEGY)}
+    combined.STRATEGY, classifier.STRATEGY, segmentation.STRATEGY, coreset.STRATEGY, typiclust.STRATEGY,
+    random_order.STRATEGY)}
 DEFAULT_STRATEGY = "combined"
 
 
