@@ -9,19 +9,16 @@ from __future__ import annotations
 
 import numpy as np
 
-from model.strategies.base import Candidate, Strategy
+from model.strategies.base import Candidate, Strategy, image_vectors
 
 MAX_PICKS = 2000
 
 
 def rank(candidates: list[Candidate], vectors: np.ndarray | None = None,
          labeled: np.ndarray | None = None) -> np.ndarray:
-    n = len(candidates)
+    vectors, n = image_vectors("coreset", candidates, vectors), len(candidates)
     if n == 0:
         return np.zeros(0)
-    if vectors is None or len(vectors) != n:
-        raise ValueError("coreset needs one image vector per candidate")
-    vectors = np.asarray(vectors, dtype=np.float64)
     distance = (_distances(vectors, np.asarray(labeled, dtype=np.float64)).min(1)
                 if labeled is not None and len(labeled) else None)
     priority = np.zeros(n)

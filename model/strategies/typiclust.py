@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 from sklearn.cluster import KMeans
 
-from model.strategies.base import Candidate, Strategy
+from model.strategies.base import Candidate, Strategy, image_vectors
 
 LOOK_AHEAD = 20  # clusters beyond the labels: about one round's labels (the queue is re-ranked after each round)
 MAX_CLUSTERS = 500  # the paper's cap
@@ -22,13 +22,11 @@ MAX_PICKS = 2000  # ordered picks (each recomputes one cluster's typicality); th
 
 def rank(candidates: list[Candidate], vectors: np.ndarray | None = None,
          labeled: np.ndarray | None = None) -> np.ndarray:
-    n = len(candidates)
+    vectors, n = image_vectors("typiclust", candidates, vectors), len(candidates)
     if n == 0:
         return np.zeros(0)
-    if vectors is None or len(vectors) != n:
-        raise ValueError("typiclust needs one image vector per candidate")
     labeled = np.zeros((0, np.shape(vectors)[1])) if labeled is None else np.asarray(labeled, np.float64)
-    points = np.concatenate([np.asarray(vectors, np.float64), labeled])
+    points = np.concatenate([vectors, labeled])
     k = min(len(labeled) + LOOK_AHEAD, MAX_CLUSTERS, len(points))
     cluster = KMeans(k, n_init=1, random_state=0).fit_predict(points) if k > 1 else np.zeros(len(points), int)
     sizes = np.bincount(cluster, minlength=k)
