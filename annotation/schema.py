@@ -43,7 +43,7 @@ CREATE TABLE images (
     window_width REAL,
     invert INTEGER NOT NULL DEFAULT 0,                -- DICOM MONOCHROME1: high values display dark
     state TEXT NOT NULL DEFAULT 'unlabeled' CHECK (state IN ('unlabeled', 'masked', 'no_finding')),
-    priority REAL,                                    -- the current model's uncertainty (NULL: not scored)
+    priority REAL,                                    -- the current model's uncertainty or strategy rank (NULL: none)
     shuffle_key INTEGER NOT NULL,                     -- seeded random order: before any model, and for ties
     imported_at TEXT NOT NULL
 );

@@ -43,7 +43,7 @@ from model.backbones import backbone_view, build_backbone
 from model.cache import EmbeddingCache, content_hash
 from model.evaluate import Item
 from model.inference import Predictor
-from model.strategies import DEFAULT_STRATEGY, Candidate, Strategy, coreset, get_strategy
+from model.strategies import DEFAULT_STRATEGY, Candidate, Strategy, get_strategy
 from model.strategies.vectors import image_vector
 from model.train import Trainer, TrainingData
 from model.uncertainty import Uncertainty, combined_uncertainty
@@ -299,7 +299,8 @@ class BackgroundTrainer:
     def rank_cold_start(self) -> None:
         """Before the first model: order the pool by k-center greedy on the image vectors (the coreset strategy needs
         no model), so the first masks spread over the data instead of following the seeded shuffle. Ranked again
-        when the pool grows; the first model's predictions replace it."""
+        when the pool grows; the first model's predictions replace it. Measured worse than the shuffle on BUSI
+        (benchmarks/README.md), so only `benchmarks/active_learning.py --cold-start coreset` calls it."""
         store = self.store
         if store.queue_model() is not None:
             return
@@ -309,7 +310,7 @@ class BackgroundTrainer:
         if not ids or self._ranked_for == ranking:
             return
         unknown = Uncertainty(0.0, 0.0, 0.0)
-        priorities = coreset.rank([Candidate(i, None, unknown) for i in ids], self.vectors(ids),
+        priorities = get_strategy("coreset").rank([Candidate(i, None, unknown) for i in ids], self.vectors(ids),
                                   self.vectors(labeled) if labeled else None)
         if store.set_priorities(None, {i: float(p) for i, p in zip(ids, priorities)}):
             self._ranked_for = ranking

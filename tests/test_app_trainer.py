@@ -24,6 +24,11 @@ def workspace(tmp_path):
     return make_workspace(tmp_path, n=16, n_val=3)
 
 
+def queue_priorities(store: Store) -> dict[int, float]:
+    """Unlabeled pool image id -> the priority the queue orders it by."""
+    return dict(store.conn.execute("SELECT id, priority FROM images WHERE split = 'pool' AND state = 'unlabeled'"))
+
+
 def make_trainer(workspace, steps: int = 6) -> BackgroundTrainer:
     return BackgroundTrainer(workspace, "micro_random", workspace.parent / "cache", round_every=3, steps=steps)
 
@@ -272,16 +277,13 @@ def test_the_workspace_strategy_orders_the_queue_and_follows_new_labels(workspac
         ranked = get_strategy("coreset").rank(pool, bt.vectors([p.image_id for p in pool]), bt.vectors(labeled))
         return {p.image_id: float(v) for p, v in zip(pool, ranked)}
 
-    def queue_priorities() -> dict[int, float]:
-        return dict(store.conn.execute("SELECT id, priority FROM images WHERE split = 'pool' AND state = 'unlabeled'"))
-
     expected = coreset_priorities()
-    assert queue_priorities() == pytest.approx(expected)
+    assert queue_priorities(store) == pytest.approx(expected)
     assert first_in_queue() == max(expected, key=expected.get)
     store.mark_no_finding(first_in_queue(), "ann")  # a new label moves every coreset priority: ranked again
     labeled = [i.id for i in store.images(split="pool") if i.state != "unlabeled"]
     bt.rescore(version)
-    after = queue_priorities()
+    after = queue_priorities(store)
     assert after == pytest.approx(coreset_priorities())
     assert after != pytest.approx({i: expected[i] for i in after})  # not the ranking from before the label
 
@@ -309,18 +311,23 @@ def test_before_the_first_model_the_queue_spreads_over_the_pool_and_the_first_mo
     assert handed == [pool[k] for k in np.argsort(-expected, kind="stable")[:FIRST_ROUND_LABELS]]
     nearest_the_mean = pool[int(np.argmin(((vectors - vectors.mean(0)) ** 2).sum(1)))]
     assert handed[0] == nearest_the_mean  # the most typical image first, then each the farthest from those before
+    labeled = bt.vectors(handed)
+    unlabeled = [i for i in pool if i not in handed]
+    farthest = unlabeled[int(np.argmax([np.linalg.norm(labeled - v, axis=1).min() for v in bt.vectors(unlabeled)]))]
+    restarted = make_trainer(workspace)  # a new trainer process ranks afresh, from the labels given so far
+    restarted.embed_new()
+    restarted.rank_cold_start()
+    assert max(queue_priorities(store), key=queue_priorities(store).get) == farthest
+    restarted.store.close()
     assert bt.due()
     bt.train_round()
     version = store.latest_model().version
     bt.rescore(version)
 
-    def queue_priorities() -> dict[int, float]:
-        return dict(store.conn.execute("SELECT id, priority FROM images WHERE split = 'pool' AND state = 'unlabeled'"))
-
     predicted = {p.image_id: p.uncertainty for p in store.pool_predictions(version)}
-    assert store.queue_model() == version and queue_priorities() == pytest.approx(predicted)  # the model's order
+    assert store.queue_model() == version and queue_priorities(store) == pytest.approx(predicted)  # the model's
     bt.rank_cold_start()  # a model orders the queue now: the cold start leaves it alone
-    assert queue_priorities() == pytest.approx(predicted)
+    assert queue_priorities(store) == pytest.approx(predicted)
 
 
 def test_a_strategy_that_does_not_read_masks_scores_the_pool_without_the_decoder(workspace, monkeypatch):

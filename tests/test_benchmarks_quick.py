@@ -6,6 +6,7 @@ in a subprocess on one torch thread, as a user would start it, with its output i
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import shutil
@@ -62,11 +63,13 @@ def test_active_learning_quick(tmp_path):
         assert curve and [p["labels"] for p in curve] == sorted(p["labels"] for p in curve)
         assert all(is_number(p["dice_lesion"]) and 0 < p["fraction"] <= 0.3 + 1e-9 for p in curve)
         assert all(p["round_s"] > 0 and 1 <= p["best_step"] <= data["config"]["steps"] for p in curve)
+        assert all(is_number(p["serving_val_dice"]) for p in curve)
     assert data["config"]["threads"] == max(1, (os.cpu_count() or 1) // 2)  # cores shared by the 2 jobs
     assert data["reference"][0]["curve"] and data["reference"][0]["strategy"] == "full"
     for strategy in data["strategies"]:
         summary = data["summary"][strategy]
-        assert is_number(summary["auc_mean"]) and "labels_to_95_per_seed" in summary
+        assert is_number(summary["auc_mean"]) and is_number(summary["val_auc_mean"])
+        assert "labels_to_95_per_seed" in summary
     check = data["projection_check"]  # fitted up to 10% of the pool: the quick run has no round that early
     assert check["fit_upto"] == 0.1 and set(check["strategies"]) == set(data["strategies"])
     assert "Dashboard projection check" in data["table"]
@@ -172,3 +175,17 @@ def test_first_round_quick(tmp_path):
     assert [run["labels"] for run in runs] == [3, 6]
     for run in runs:
         assert run["masks"] + run["no_finding"] == run["labels"] and is_number(run["val_dice"])
+
+
+def test_the_serving_val_figure_is_rebuilt_by_the_publish_rule():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("active_learning", ROOT / "benchmarks" / "active_learning.py")
+    active_learning = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(active_learning)
+    points = [{"val_dice": v} for v in (0.50, 0.60, 0.55, 0.57, None, 0.30)]
+    points[3]["serving_val_dice"] = 0.6  # recorded: wins over the rule
+    rebuilt = active_learning.serving_val(points)
+    assert rebuilt[:4] == [0.50, 0.60, 0.60, 0.6]  # 0.55 is more than 0.02 below 0.60: held back
+    assert math.isnan(rebuilt[4])  # no val figure: published unmeasured
+    assert rebuilt[5] == 0.30  # after an unmeasured model, the next one publishes

@@ -66,7 +66,7 @@ def test_image_vectors_ignore_padding_and_have_unit_length():
 
 def test_strategies_are_chosen_by_name():
     assert DEFAULT_STRATEGY in STRATEGIES
-    assert {"random", "classifier", "segmentation", "combined", "coreset"} <= set(STRATEGIES)
+    assert {"random", "classifier", "segmentation", "combined", "coreset", "typiclust"} <= set(STRATEGIES)
     assert all(name == strategy.name for name, strategy in STRATEGIES.items())
     with pytest.raises(UnknownStrategy, match="choose one of combined"):
         get_strategy("entropyy")
@@ -96,3 +96,14 @@ def test_typiclust_needs_one_vector_per_candidate():
     with pytest.raises(ValueError, match="one image vector per candidate"):
         get_strategy("typiclust").rank(candidates([0], [0], [0]), None, None)
     assert get_strategy("typiclust").rank([], np.zeros((0, 2)), None).shape == (0,)
+
+
+def test_typiclust_ranks_duplicates_and_treats_no_labels_as_none():
+    rank = get_strategy("typiclust").rank
+    vectors = np.repeat(np.eye(3), [8, 8, 1], axis=0)  # two groups of identical images and one lone image
+    pool = candidates([0] * 17, [0] * 17, [0] * 17)
+    first = order(rank(pool, vectors, None))
+    assert sorted(i // 8 for i in first[:2]) == [0, 1]  # one of each group first: the lone image (a cluster under
+    # MIN_CLUSTER_SIZE) comes after them
+    assert np.array_equal(rank(pool, vectors, None), rank(pool, vectors, np.zeros((0, 3))))
+    assert np.array_equal(rank(pool, vectors, None), rank(pool, vectors, []))

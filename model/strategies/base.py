@@ -37,7 +37,7 @@ class Strategy:
     reads_masks: bool = True
 
 
-def image_vectors(name: str, candidates: list[Candidate], vectors: "np.ndarray | None") -> np.ndarray:
+def image_vectors(name: str, candidates: list[Candidate], vectors: np.ndarray | None) -> np.ndarray:
     """A diversity strategy's candidate vectors as float64, N x D; a clear error when they do not match."""
     if vectors is None or len(vectors) != len(candidates):
         raise ValueError(f"{name} needs one image vector per candidate")

@@ -16,9 +16,10 @@ MAX_PICKS = 2000
 
 def rank(candidates: list[Candidate], vectors: np.ndarray | None = None,
          labeled: np.ndarray | None = None) -> np.ndarray:
-    vectors, n = image_vectors("coreset", candidates, vectors), len(candidates)
+    n = len(candidates)
     if n == 0:
         return np.zeros(0)
+    vectors = image_vectors("coreset", candidates, vectors)
     distance = (_distances(vectors, np.asarray(labeled, dtype=np.float64)).min(1)
                 if labeled is not None and len(labeled) else None)
     priority = np.zeros(n)

@@ -3,32 +3,42 @@
 At small budgets the most informative image is a typical one, not an uncertain or outlying one: the pool (labeled
 and unlabeled) is cut by k-means into as many clusters as there are labels plus one round's worth, and the queue
 asks, cluster by cluster, from the clusters with the fewest labels and the largest first, for the cluster's most
-typical unlabeled image (the inverse mean distance to its nearest neighbours inside the cluster). Like coreset it
-needs no model output, so it works before the first round, and with any share of target-free images.
+typical unlabeled image (the inverse mean distance to its nearest neighbours inside the cluster); then round after
+round over the same order. Like coreset it needs no model output and holds with any share of target-free images
+(in the app it ranks once a model has scored the pool; before that the seeded shuffle or the cold start decides).
 """
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
-from sklearn.cluster import KMeans
 
 from model.strategies.base import Candidate, Strategy, image_vectors
 
-LOOK_AHEAD = 20  # clusters beyond the labels: about one round's labels (the queue is re-ranked after each round)
+LOOK_AHEAD = 20  # clusters beyond the labels: the picks one ranking must spread (the queue is re-ranked when labels
+# come in, but a busy trainer or several annotators take a round's worth from one ranking)
 MAX_CLUSTERS = 500  # the paper's cap
-MIN_CLUSTER_SIZE = 5  # smaller clusters are outliers: asked for last
+MIN_CLUSTER_SIZE = 5  # smaller clusters are outliers: last in each pass over the clusters
 NEIGHBOURS = 20
 MAX_PICKS = 2000  # ordered picks (each recomputes one cluster's typicality); the rest follow by typicality
 
 
 def rank(candidates: list[Candidate], vectors: np.ndarray | None = None,
          labeled: np.ndarray | None = None) -> np.ndarray:
-    vectors, n = image_vectors("typiclust", candidates, vectors), len(candidates)
+    from sklearn.cluster import KMeans  # here: listing the strategies (the command line) stays cheap
+    from sklearn.exceptions import ConvergenceWarning
+
+    n = len(candidates)
     if n == 0:
         return np.zeros(0)
-    labeled = np.zeros((0, np.shape(vectors)[1])) if labeled is None else np.asarray(labeled, np.float64)
+    vectors = image_vectors("typiclust", candidates, vectors)
+    no_labels = labeled is None or len(labeled) == 0
+    labeled = np.zeros((0, vectors.shape[1])) if no_labels else np.asarray(labeled, np.float64)
     points = np.concatenate([vectors, labeled])
-    k = min(len(labeled) + LOOK_AHEAD, MAX_CLUSTERS, len(points))
-    cluster = KMeans(k, n_init=1, random_state=0).fit_predict(points) if k > 1 else np.zeros(len(points), int)
+    k = min(len(labeled) + LOOK_AHEAD, MAX_CLUSTERS, len(np.unique(points, axis=0)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)  # near-duplicate images: fewer clusters than asked
+        cluster = KMeans(k, n_init=1, random_state=0).fit_predict(points) if k > 1 else np.zeros(len(points), int)
     sizes = np.bincount(cluster, minlength=k)
     covered = np.bincount(cluster[n:], minlength=k)  # labels per cluster
     free = cluster[:n].copy()  # the candidates' clusters; -1 once picked
