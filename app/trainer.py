@@ -243,7 +243,7 @@ class BackgroundTrainer:
     # -- re-scoring the pool -----------------------------------------------------------------------------------
 
     def strategy(self) -> Strategy:
-        """The workspace's active-learning strategy (`adasam serve --strategy`; default combined)."""
+        """The workspace's active-learning strategy (`adasam serve --strategy`; else DEFAULT_STRATEGY)."""
         return get_strategy(self.store.get_setting(QUEUE_STRATEGY) or DEFAULT_STRATEGY)
 
     def unscored_ids(self, version: str) -> list[int]:

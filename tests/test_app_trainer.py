@@ -262,8 +262,10 @@ def test_the_workspace_strategy_orders_the_queue_and_follows_new_labels(workspac
         release_lease(store, "ann", image_id)
         return image_id
 
+    store.set_setting(QUEUE_STRATEGY, "combined")
+    bt.rescore(version)
     scored = store.pool_predictions(version)
-    assert first_in_queue() == max(scored, key=lambda p: p.uncertainty).image_id  # default: combined
+    assert first_in_queue() == max(scored, key=lambda p: p.uncertainty).image_id
     store.set_setting(QUEUE_STRATEGY, "classifier")
     bt.rescore(version)  # nothing new to score, but the strategy changed: the queue is ranked again
     assert first_in_queue() == max(scored, key=lambda p: p.classifier_uncertainty).image_id
@@ -291,10 +293,12 @@ def test_the_workspace_strategy_orders_the_queue_and_follows_new_labels(workspac
 def test_before_the_first_model_the_queue_spreads_over_the_pool_and_the_first_model_takes_over(workspace):
     from annotation import next_task
     from model.strategies import Candidate, get_strategy
+    from app.status import QUEUE_STRATEGY
     from model.uncertainty import Uncertainty
 
     bt = make_trainer(workspace)
     store = bt.store
+    store.set_setting(QUEUE_STRATEGY, "combined")  # after the first model: its uncertainties order the queue
     bt.embed_new()
     bt.rank_cold_start()
     pool = store.image_ids(split="pool")
@@ -377,11 +381,13 @@ def test_a_strategy_that_does_not_read_masks_scores_the_pool_without_the_decoder
 
 def test_the_dashboard_names_the_strategy_ordering_the_queue(tmp_path):
     from app.status import QUEUE_STRATEGY
+    from model.strategies import DEFAULT_STRATEGY
 
     with Store(make_workspace(tmp_path, n=4, n_val=1)) as store:
         studio = Studio(store, ModelSlot(store, "micro_random", tmp_path / "cache"))
         queue = studio.dashboard()["queue"]
-        assert queue["strategy"].startswith("combined (") and queue["ordered_by"].startswith("seeded random order")
+        assert queue["strategy"].startswith(f"{DEFAULT_STRATEGY} (")
+        assert queue["ordered_by"].startswith("seeded random order")
         store.set_setting(QUEUE_STRATEGY, "coreset")
         queue = studio.dashboard()["queue"]
         assert queue["strategy"].startswith("coreset (k-center") and "then coreset (k-center" in queue["ordered_by"]

@@ -1,4 +1,5 @@
-"""random: every image ties, so the queue's seeded shuffle decides (the baseline every other strategy must beat)."""
+"""random: every image ties, so the queue's seeded shuffle decides: the baseline every other strategy must beat, and
+the default while none does (benchmarks/README.md, issue 12)."""
 from __future__ import annotations
 
 import numpy as np
