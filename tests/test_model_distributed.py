@@ -121,12 +121,14 @@ def test_embed_refuses_a_folder_that_is_neither(tmp_path):
 def test_score_splits_the_unscored_pool_across_ranks_and_orders_the_queue(tmp_path):
     from annotation import Store, import_sources, next_task
     from app.seed import write_phantoms
+    from app.status import QUEUE_STRATEGY
     from app.testing import make_workspace
     from app.trainer import BackgroundTrainer
     from app_fixtures import label
 
     workspace = make_workspace(tmp_path, n=10, n_val=3)
     trainer = BackgroundTrainer(workspace, "micro_random", tmp_path / "cache", round_every=3, steps=4)
+    trainer.store.set_setting(QUEUE_STRATEGY, "combined")  # a strategy that orders by the scores
     label(trainer.store, 3)
     trainer.train_round()  # publishes r0001 and scores today's pool
     version = trainer.store.latest_model().version
