@@ -15,7 +15,7 @@ from app.rounds import FIRST_ROUND_LABELS, serving_model
 from app.status import (DEFAULT_TARGET_DICE, QUEUE_STRATEGY, TARGET_DICE, VALIDATION_IDS, VALIDATION_SOURCE,
                         WORKSPACE_NOTE, read_remote_status, read_status)
 from model.learning_curve import MIN_POINTS, project
-from model.strategies import DEFAULT_STRATEGY, get_strategy
+from model.strategies import DEFAULT_STRATEGY, get_strategy, random_order
 
 
 def strategy_line(store: Store) -> str:
@@ -28,10 +28,13 @@ def order_line(store: Store) -> str:
     model = store.queue_model()
     if model:
         return f"{strategy_line(store)}, model {model}"
-    return f"seeded random order (no model yet; then {strategy_line(store)})"
+    strategy = get_strategy(store.get_setting(QUEUE_STRATEGY) or DEFAULT_STRATEGY)
+    if strategy is random_order.STRATEGY:
+        return "seeded random order"
+    return f"seeded random order until the first model, then {strategy_line(store)}"
 
-def dashboard(store: Store, slot: ModelSlot, round_every: int) -> dict[str, Any]:
-    """Everything the dashboard tab shows, as plain data."""
+def dashboard(store: Store, slot: ModelSlot, round_every: int, local_trainer: bool = True) -> dict[str, Any]:
+    """Everything the dashboard tab shows, as plain data (`local_trainer`: False under `adasam serve --no-trainer`)."""
     counts = store.counts()
     rounds = []
     for r in store.rounds():
@@ -59,7 +62,7 @@ def dashboard(store: Store, slot: ModelSlot, round_every: int) -> dict[str, Any]
         "annotators": annotators,
         "effort": {"reviews": len(reviews), "mean_dice": _num(float(np.mean(reviews)) if reviews else None),
                    "unchanged": sum(1 for d in reviews if d is not None and d >= 0.999)},
-        "training": {"status": status, "line": trainer_line(status, read_remote_status(store.root)),
+        "training": {"status": status, "line": trainer_line(status, read_remote_status(store.root), local_trainer),
                      "round_every": round_every, "latest_round": rounds[-1] if rounds else None,
                      "first_round": FIRST_ROUND_LABELS if (round_every > FIRST_ROUND_LABELS
                                                            and serving_model(store) is None) else None},
@@ -106,14 +109,16 @@ def projection(store: Store, rounds: list[dict]) -> dict[str, Any]:
             f"the fitted curve levels off at {fit.plateau:.3f}, below the target"}
 
 
-def trainer_line(status: dict[str, Any], remote: dict[str, Any] | None = None) -> str:
+def trainer_line(status: dict[str, Any], remote: dict[str, Any] | None = None, local_trainer: bool = True) -> str:
     """One sentence on what the background trainer is doing (and a trainer on another machine, from what it last
-    reported: `remote`)."""
+    reported: `remote`). Without a local trainer (`local_trainer` False) its status file, if any, is an old one."""
     if remote and remote.get("round") is not None:
         ago = time.time() - remote.get("updated", 0)
         line = (f"round {remote['round']} training on {remote.get('trainer')}: step {remote.get('step')}/"
                 f"{remote.get('total')} (reported {ago:.0f} s ago)")
-        return f"{line} · {trainer_line(status)}"
+        return f"{line} · {trainer_line(status, local_trainer=local_trainer)}"
+    if not local_trainer:
+        return "trainer: none on this server (adasam serve --no-trainer)"
     if not status:
         return "trainer: starting"
     if time.time() - status.get("updated", 0) > 120 and status.get("state") not in ("stopped",):

@@ -171,7 +171,7 @@ class RemoteTrainer:
             started = time.monotonic()
             best = trainer.run(progress=self._reporter(plan.round_id))
             if self.ranks.main:
-                metrics = {**sizes, "steps": int(answer["steps"]), "best_step": best.get("step"),
+                metrics = {**sizes, "steps": trainer.config.steps, "best_step": best.get("step"),
                            "train_seconds": round(time.monotonic() - started, 1), "ranks": self.ranks.world}
                 outcome = self._upload(plan.round_id, work, metrics)
         except Stopping:  # raised on every rank alike: the decision was sent

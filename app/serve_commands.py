@@ -183,7 +183,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         else:
             print(f"{workspace} has no images yet: import some with `adasam import {workspace} FOLDER`")
     slot = ModelSlot(store, args.backbone, _cache_dir(args.cache))
-    studio = Studio(store, slot, args.round_every, max_points=args.max_points or MAX_POINTS)
+    studio = Studio(store, slot, args.round_every, max_points=args.max_points or MAX_POINTS,
+                    local_trainer=not args.no_trainer)
     trainer_api = TrainerAPI(store, slot, args.round_every, args.train_steps, accept_rounds=args.remote_trainers)
     trainer = None if args.no_trainer else TrainerSupervisor(_trainer_command(args, workspace), workspace)
     if trainer is not None:

@@ -110,10 +110,12 @@ def _is_number(value: Any) -> bool:
 class Studio:
     """Annotator actions on one workspace; thread-safe (Store is, model calls are serialised)."""
 
-    def __init__(self, store: Store, slot: ModelSlot, round_every: int = 10, max_points: int = MAX_POINTS) -> None:
+    def __init__(self, store: Store, slot: ModelSlot, round_every: int = 10, max_points: int = MAX_POINTS,
+                 local_trainer: bool = True) -> None:
         self.store = store
         self.slot = slot
         self.round_every = round_every
+        self.local_trainer = local_trainer  # False under `adasam serve --no-trainer`: no trainer status to show
         self.max_points = max_points
         self._handouts: dict[str, Handout] = {}  # token -> showing, oldest first
         self._by_annotator: dict[str, collections.deque[str]] = {}
@@ -321,7 +323,7 @@ class Studio:
 
     def dashboard(self) -> dict[str, Any]:
         """Everything the dashboard tab shows, as plain data (app.dashboard)."""
-        return dashboard.dashboard(self.store, self.slot, self.round_every)
+        return dashboard.dashboard(self.store, self.slot, self.round_every, self.local_trainer)
 
     # -- what each annotator was shown ---------------------------------------------------------------------------
 
@@ -394,7 +396,8 @@ class Studio:
 
     def _header(self, annotator: str) -> dict[str, Any]:
         pool = self.store.split_states("pool")
-        trainer = dashboard.trainer_line(read_status(self.store.root), read_remote_status(self.store.root))
+        trainer = dashboard.trainer_line(read_status(self.store.root), read_remote_status(self.store.root),
+                                          self.local_trainer)
         return {"annotator": annotator, "done": pool.get("masked", 0) + pool.get("no_finding", 0),
                 "left": pool.get("unlabeled", 0), "model": self.slot.version, "model_note": self.slot.note(),
                 "workspace_note": self.store.get_setting(WORKSPACE_NOTE, ""), "trainer": trainer}

@@ -216,7 +216,7 @@ class BackgroundTrainer:
             self.check()
 
         best = trainer.run(progress=progress)
-        metrics = {**sizes, "steps": self.steps, "round": round_id, "best_step": best.get("step"),
+        metrics = {**sizes, "steps": trainer.config.steps, "round": round_id, "best_step": best.get("step"),
                    "train_seconds": round(time.monotonic() - started, 1)}
         verdict = publish_round(self.store, self.base, round_id, self.work / "model.pt", data.val, metrics,
                                 check=self.check)

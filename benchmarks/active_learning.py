@@ -43,6 +43,7 @@ from annotation import Store, import_sources, next_task, skip
 from annotation.store import QUEUE_SEED
 from app import trainer as trainer_module
 from app.rounds import PUBLISH_TOLERANCE, round_score
+from app.serve_commands import ROUND_STEPS
 from app.status import QUEUE_STRATEGY
 from model.adasam import load_checkpoint
 from model.backbones import backbone_view
@@ -439,7 +440,7 @@ def main() -> int:
     parser.add_argument("--stop", type=float, default=0.30)
     parser.add_argument("--fit-upto", type=float, default=FIT_UPTO,
                         help="check the dashboard's learning-curve projection as made at this fraction labelled")
-    parser.add_argument("--steps", type=int, default=60, help="training steps per round (the app's default)")
+    parser.add_argument("--steps", type=int, default=ROUND_STEPS, help="training steps per round (the app's default)")
     parser.add_argument("--cold-start", choices=["shuffle", "coreset"], default="shuffle",
                         help="the first labels before any model: the queue's seeded shuffle, or k-center on embeddings")
     parser.add_argument("--reference-rounds", type=int, default=None,

@@ -121,7 +121,8 @@ def main() -> int:
     parser.add_argument("--cache", default=str(Path.home() / ".cache" / "adasam" / "embeddings"))
     parser.add_argument("--steps", type=int, default=None, help="adasam training steps (default: the CLI's)")
     parser.add_argument("--unet-size", type=int, default=256)
-    parser.add_argument("--unet-steps", type=int, default=1000)
+    parser.add_argument("--unet-steps", type=int, default=None,
+                        help="cap on U-Net steps (default: UNetConfig's; val stops it earlier)")
     parser.add_argument("--unet-batch", type=int, default=4)
     parser.add_argument("--jobs", type=int, default=1, help="runs at a time (e.g. several on one GPU)")
     parser.add_argument("--report-only", action="store_true", help="redo table and plot from --out's JSON")
@@ -130,7 +131,7 @@ def main() -> int:
 
     from unet_baseline import UNetConfig
 
-    unet = UNetConfig(size=args.unet_size, steps=args.unet_steps, batch=args.unet_batch)
+    unet = UNetConfig(size=args.unet_size, steps=args.unet_steps or UNetConfig.steps, batch=args.unet_batch)
     inprocess = False
     if args.quick:  # every code path in about a minute: in-process CLI calls skip ~6 s of imports each
         from model.testing import write_blob_dataset

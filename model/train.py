@@ -341,12 +341,19 @@ class Trainer:
         while self.step < cfg.steps and not self.stalled:
             losses_since.append(self.train_step())
             if progress:
-                progress(self.step, cfg.steps)
+                try:
+                    progress(self.step, cfg.steps)
+                except BaseException:  # a stop between two steps (the background trainer's): resume from here
+                    if self.ranks.main:
+                        self.save_resume_state()
+                    raise
             if self.step % cfg.eval_every == 0 or self.step == cfg.steps:
                 if self.ranks.main:
                     self._evaluate_and_save(losses_since, started)
                 losses_since = []
                 self.best, self.history = self.ranks.from_main((self.best, self.history))  # one stopping rule
+        if self.ranks.main and not self.stalled and (not self.history or self.history[-1]["step"] != self.step):
+            self._evaluate_and_save(losses_since, started)  # stopped just before its last evaluation, resumed after
         if self.ranks.main:
             self.calibrate_best()
         self.ranks.barrier()  # model.pt is final when any rank returns

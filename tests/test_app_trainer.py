@@ -110,7 +110,7 @@ def test_failed_round_is_recorded_and_the_last_model_keeps_serving(workspace, mo
 
 
 def test_stopped_round_is_cancelled_and_resumes_on_restart(workspace):
-    bt = make_trainer(workspace, steps=8)  # checkpoints every 2 steps
+    bt = make_trainer(workspace, steps=8)  # validated (and last.pt written) at steps 4 and 8
     label(bt.store, 3)
     original = bt.check
 
@@ -129,7 +129,7 @@ def test_stopped_round_is_cancelled_and_resumes_on_restart(workspace):
     again = make_trainer(workspace, steps=8)
     assert again.due()  # a cancelled round does not count as done
     again.train_round()
-    assert again.store.rounds()[-1].status == "done" and again.resumed_from == 4
+    assert again.store.rounds()[-1].status == "done" and again.resumed_from == 5  # where it stopped, not at 4
     assert again.store.latest_model().version == "r0002"  # versions are named after their round
 
 
@@ -387,11 +387,26 @@ def test_the_dashboard_names_the_strategy_ordering_the_queue(tmp_path):
         studio = Studio(store, ModelSlot(store, "micro_random", tmp_path / "cache"))
         queue = studio.dashboard()["queue"]
         assert queue["strategy"].startswith(f"{DEFAULT_STRATEGY} (")
-        assert queue["ordered_by"].startswith("seeded random order")
+        store.set_setting(QUEUE_STRATEGY, "random")
+        assert studio.dashboard()["queue"]["ordered_by"] == "seeded random order"  # said once, not twice
         store.set_setting(QUEUE_STRATEGY, "coreset")
         queue = studio.dashboard()["queue"]
-        assert queue["strategy"].startswith("coreset (k-center") and "then coreset (k-center" in queue["ordered_by"]
+        assert queue["strategy"].startswith("coreset (k-center")
+        assert queue["ordered_by"].startswith("seeded random order until the first model, then coreset (k-center")
         studio.close()
+
+
+def test_without_a_local_trainer_the_dashboard_says_so_instead_of_starting(tmp_path):
+    from app.status import write_status
+
+    with Store(make_workspace(tmp_path, n=4, n_val=1)) as store:
+        slot = ModelSlot(store, "micro_random", tmp_path / "cache")
+        assert dashboard(store, slot, 10)["training"]["line"] == "trainer: starting"  # no status written yet
+        write_status(store.root, state="training", round=3, step=5, total=60)  # an old run's file
+        quiet = Studio(store, slot, local_trainer=False)  # adasam serve --no-trainer
+        assert quiet.dashboard()["training"]["line"] == "trainer: none on this server (adasam serve --no-trainer)"
+        assert quiet.task("ann")["trainer"] == quiet.dashboard()["training"]["line"]  # the Annotate tab's header too
+        quiet.close()
 
 
 def test_the_dashboard_projects_the_masks_needed_for_the_target_dice(tmp_path):

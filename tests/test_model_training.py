@@ -209,6 +209,37 @@ def test_resume_gives_the_same_weights(pool, tmp_path):
     assert _states_equal(last_straight["teacher"], last_second["teacher"])
 
 
+def test_a_run_stopped_between_steps_resumes_there_and_still_validates_its_last_step(pool, tmp_path):
+    """A stop raised by the progress callback (the background trainer's) saves the resume state at that step; one
+    at the very last step, before its evaluation, leaves that evaluation to the resumed run."""
+
+    class Stop(Exception):
+        pass
+
+    def stop_at(step):
+        def progress(done, total):
+            if done == step:
+                raise Stop
+        return progress
+
+    data = _data(pool, with_val=True)
+    first = _trainer(tmp_path, data, steps=4, eval_every=2)
+    with pytest.raises(Stop):
+        first.run(progress=stop_at(3))
+    assert [r["step"] for r in first.history] == [2]
+    again = _trainer(tmp_path, data, steps=4, eval_every=2)
+    again.load_resume_state(tmp_path / "last.pt")
+    assert again.step == 3  # not 2, the last evaluation
+    with pytest.raises(Stop):
+        again.run(progress=stop_at(4))
+    last = _trainer(tmp_path, data, steps=4, eval_every=2)
+    last.load_resume_state(tmp_path / "last.pt")
+    assert last.step == 4 and [r["step"] for r in last.history] == [2]
+    best = last.run()
+    assert [r["step"] for r in last.history] == [2, 4] and best["step"] in (2, 4)
+    assert torch.load(tmp_path / "model.pt", weights_only=False)["step"] == best["step"]
+
+
 def test_each_method_gets_its_model_from_one_rule(pool):
     items, _ = pool
     positives = [i for i in items if i.mask.any()]

@@ -1,0 +1,66 @@
+"""The U-Net reference of benchmarks/unet_baseline.py: trained until val stops improving (the rule every method has)
+and on augmented copies whose masks stay on their images."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from unet_baseline import UNetConfig, augmentation, augmented, stalled, train_unet  # noqa: E402
+
+from model.testing import write_blob_dataset  # noqa: E402
+
+
+def test_stopping_rule_is_the_trainers():
+    history = [{"step": 1}, {"step": 2}, {"step": 3}, {"step": 4}]
+    assert not stalled(history, best_step=2, patience=3)  # two evaluations since the best
+    assert stalled(history, best_step=1, patience=3)
+    assert not stalled(history, best_step=1, patience=0)  # 0: run every step of the cap
+
+
+def test_augmented_masks_stay_on_their_images():
+    images = torch.zeros(6, 1, 64, 64)
+    images[:, :, 18:42, 14:30] = 0.8  # an asymmetric bright block, and its mask
+    masks = (images > 0).float()
+    transform = augmentation(seed=3, size=64)
+    out_images, out_masks = augmented(transform, images, masks)
+    assert type(out_images) is torch.Tensor and out_images.shape == images.shape
+    assert set(out_masks.unique().tolist()) <= {0.0, 1.0}
+    moved = 0
+    for image, mask, original in zip(out_images, out_masks, masks):
+        bright = image > 0.3
+        overlap = (bright & (mask > 0)).sum() / (bright | (mask > 0)).sum()
+        assert overlap > 0.9  # the block and its mask moved together
+        moved += not torch.equal(mask, original)
+    assert moved >= 3  # most draws change the image (affine with probability 0.8, flip 0.5)
+    again, _ = augmented(augmentation(seed=3, size=64), images, masks)
+    assert torch.equal(again, out_images)  # seeded
+
+
+def test_unet_trains_until_val_stops_improving(tmp_path, monkeypatch):
+    import unet_baseline
+
+    real_score, val_scores = unet_baseline.score, iter([0.5, 0.7, 0.7, 0.6, 0.65, 0.9])
+
+    def scripted(net, split, with_hd95):  # val figures as scripted; the final test figure as measured
+        return real_score(net, split, with_hd95) if with_hd95 else {"n_lesion": 1, "dice_lesion": next(val_scores)}
+
+    monkeypatch.setattr(unet_baseline, "score", scripted)
+    data = write_blob_dataset(tmp_path / "data", n=18, negatives=4)
+    config = UNetConfig(size=32, channels=(4, 8, 16), steps=60, batch=4, eval_every=2, patience=2)
+    result = train_unet(str(data), 1.0, 0, tmp_path / "run", config)
+    assert [r["score"] for r in result["val_history"]] == [0.5, 0.7, 0.7, 0.6, 0.65]  # 0.9 never reached
+    assert result["best_step"] == 6  # the later of the two 0.7s
+    assert result["stopped_at"] == 10  # two evaluations without a better score after step 6
+    assert (tmp_path / "run" / "eval_auto.json").is_file() and 0 <= result["dice_all"] <= 1
+
+
+@pytest.mark.parametrize("augment", [True, False])
+def test_unet_runs_with_and_without_augmentation(tmp_path, augment):
+    data = write_blob_dataset(tmp_path / "data", n=12, negatives=3)
+    config = UNetConfig(size=32, channels=(4, 8, 16), steps=4, batch=4, eval_every=2, augment=augment)
+    result = train_unet(str(data), 1.0, 0, tmp_path / "run", config)
+    assert result["unet"]["augment"] is augment and result["stopped_at"] == 4
