@@ -5,7 +5,8 @@ Measures (medians; peak memory of each step as the process's resident-set high-w
   compared against,
 - encoder seconds per image through each runtime (PyTorch default, channels-last, torch.compile with its compile
   time; OpenVINO on the exported ONNX graph, the cache's, with its export and compile time) and each one's fraction
-  of that roofline at 75 GFLOP per 256 px LiteMedSAM image (issue 14's goal: >= 80%),
+  of that roofline at 75 GFLOP per 256 px LiteMedSAM image (issue 14's goal: >= 80%); on a CPU with native bf16
+  also OpenVINO in bf16 against the bf16 product's roofline, with its embeddings' relative error (not used),
 - automatic prediction (adapter + CAM + decoder + cascade) and click-refine milliseconds on a cached embedding,
 - one training step, and per image through the decoder (masked + unlabeled images of a step),
 - a full retrain round of the app's trainer at 10% masks once embeddings are cached (goal <= 5 min), and re-scoring
@@ -89,6 +90,7 @@ def matmul(repeats: int) -> dict:
     two. On an AVX-512 CPU OpenVINO's reaches about twice PyTorch's (360 against 184 GFLOP/s on 2026-12-03): a
     roofline from PyTorch alone would put OpenVINO's encoder above 100% of it."""
     from model.openvino_encoder import OpenVinoEncoder
+    from model.openvino_runtime import cpu_has_bf16
 
     a = torch.randn(2048, 2048)
     seconds = median_seconds(lambda: a @ a, repeats, warmup=2)
@@ -97,18 +99,21 @@ def matmul(repeats: int) -> dict:
     with torch.no_grad():
         torch.onnx.export(product, (a,), str(scratch / "matmul.onnx"), dynamo=False, opset_version=17)
     openvino = OpenVinoEncoder(scratch / "matmul.onnx")  # same settings as the encoder's: float32, 2 threads
+    bf16 = OpenVinoEncoder(scratch / "matmul.onnx", precision="bf16") if cpu_has_bf16() else None
     shutil.rmtree(scratch)
     array = a.numpy()
     ov_seconds = median_seconds(lambda: openvino.infer(array), repeats, warmup=2)
     flop = 2 * 2048 ** 3
     by_runtime = {"pytorch": flop / seconds / 1e9, "openvino": flop / ov_seconds / 1e9}
+    bf16_gflops = None if bf16 is None else flop / median_seconds(lambda: bf16.infer(array), repeats, warmup=2) / 1e9
     return {"seconds": min(seconds, ov_seconds), "gflops": max(by_runtime.values()), "gflops_by_runtime": by_runtime,
-            "threads": torch.get_num_threads()}
+            "gflops_bf16": bf16_gflops, "threads": torch.get_num_threads()}
 
 
-def encoder(backbone, repeats: int, matmul_gflops: float) -> dict:
+def encoder(backbone, repeats: int, matmul_gflops: float, bf16_gflops: float | None = None) -> dict:
     """Seconds per image through each runtime, in one run: PyTorch (default layout, channels-last, torch.compile)
-    and OpenVINO on the exported ONNX graph (what the embedding cache uses on the CPU)."""
+    and OpenVINO on the exported ONNX graph (what the embedding cache uses on the CPU); where the CPU computes bf16
+    natively, also OpenVINO in bf16 (not used by the tool: its embeddings are ~6% off), against its own roofline."""
     from model.openvino_encoder import OpenVinoEncoder, export_encoder
 
     image = torch.rand(1, 3, backbone.image_size, backbone.image_size)
@@ -128,9 +133,16 @@ def encoder(backbone, repeats: int, matmul_gflops: float) -> dict:
     started = time.perf_counter()
     openvino = OpenVinoEncoder(onnx)
     out["openvino_compile_s"] = time.perf_counter() - started
+    bf16 = OpenVinoEncoder(onnx, precision="bf16") if bf16_gflops else None
     shutil.rmtree(scratch)
     runs = {"default": lambda: default_layout.encode(image), "channels_last": lambda: backbone.encode(cl_image),
             "compiled": lambda: backbone.encode(cl_image, compiled), "openvino": lambda: openvino(image)}
+    if bf16 is not None:
+        runs["openvino_bf16"] = lambda: bf16(image)
+        with torch.inference_mode():
+            reference = default_layout.encode(image)
+            out["bf16_relative_error"] = float((bf16(image) - reference).norm() / reference.norm())
+            out["openvino_relative_error"] = float((openvino(image) - reference).norm() / reference.norm())
     times: dict[str, list[float]] = {name: [] for name in runs}
     with torch.inference_mode():
         for fn in runs.values():
@@ -147,6 +159,8 @@ def encoder(backbone, repeats: int, matmul_gflops: float) -> dict:
     if backbone.name == "litemedsam":  # the 75 GFLOP count is LiteMedSAM's; other backbones get no roofline figure
         for name in runtimes:
             out[f"roofline_fraction_{name}"] = ENCODER_GFLOP / out[f"s_per_image_{name}"] / matmul_gflops
+        if bf16 is not None:  # against the bf16 product's own roofline
+            out["roofline_fraction_openvino_bf16"] = ENCODER_GFLOP / out["s_per_image_openvino_bf16"] / bf16_gflops
         out["gflops"] = ENCODER_GFLOP / out["s_per_image"]
         out["roofline_fraction"] = out["gflops"] / matmul_gflops
         out["goal_s_per_image_at_80pct"] = ENCODER_GFLOP / (0.8 * matmul_gflops)
@@ -241,7 +255,8 @@ def main() -> int:
                                 "threads": torch.get_num_threads(), "data": os.path.relpath(args.data, ROOT)}}
     timed("matmul", results, lambda: matmul(args.repeats))
     model = build_adasam(AdaSamConfig(backbone=args.backbone)).eval()
-    timed("encoder", results, lambda: encoder(model.backbone, args.repeats, results["matmul"]["gflops"]))
+    timed("encoder", results, lambda: encoder(model.backbone, args.repeats, results["matmul"]["gflops"],
+                                              results["matmul"]["gflops_bf16"]))
     if args.encoder_only:
         return write_results(results, args.json, scratch)
     rng = np.random.default_rng(0)
@@ -279,6 +294,13 @@ def summary(r: dict) -> str:
         rows.append((f"encoder per image, {name}", f"{1000 * e[f's_per_image_{name}']:.1f} ms"
                      + ("" if fraction is None else f" ({100 * fraction:.0f}% of the roofline)"), e["peak_rss_mb"]))
     rows.append(("encoder, best", f"{1000 * e['s_per_image']:.1f} ms (roofline {roof})", e["peak_rss_mb"]))
+    if "s_per_image_openvino_bf16" in e:
+        fraction = e.get("roofline_fraction_openvino_bf16")
+        rows.append((f"encoder per image, openvino bf16 (not used: embeddings {100 * e['bf16_relative_error']:.1f}% "
+                     f"off; bf16 matmul {r['matmul']['gflops_bf16']:.0f} GFLOP/s)",
+                     f"{1000 * e['s_per_image_openvino_bf16']:.1f} ms"
+                     + ("" if fraction is None else f" ({100 * fraction:.0f}% of the bf16 roofline)"),
+                     e["peak_rss_mb"]))
     if "retrain_round" in r:
         rows += _rest_rows(r)
     lines = [f"## Speed ({r['config']['backbone']}, {r['config']['threads']} threads)", "",

@@ -83,6 +83,12 @@ def test_speed_quick(tmp_path):
     data = load(out)
     assert set(data) >= {"config", "matmul", "encoder", "decoder", "train_step", "retrain_round", "summary"}
     assert data["matmul"]["gflops"] > 0 and data["encoder"]["s_per_image"] > 0
+    from model.openvino_runtime import cpu_has_bf16
+
+    assert (data["matmul"]["gflops_bf16"] is not None) == cpu_has_bf16()  # measured wherever the CPU has bf16
+    if cpu_has_bf16():
+        assert data["encoder"]["s_per_image_openvino_bf16"] > 0 and data["encoder"]["bf16_relative_error"] >= 0
+        assert "openvino bf16" in data["summary"]
     assert data["decoder"]["predict_ms"] > 0 and data["decoder"]["refine_ms"] > 0
     assert data["train_step"]["step_s"] > 0 and data["train_step"]["batch"]["masked_through_decoder"] > 0
     rr = data["retrain_round"]
