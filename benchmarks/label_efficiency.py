@@ -45,6 +45,8 @@ ABLATIONS = {  # label -> extra arguments on top of "ADA-SAM tags all"
     "CAM threshold fixed at 0.4": ["--cam-threshold", "0.4"],
     "CAM threshold fixed at 0.5": ["--cam-threshold", "0.5"],
 }
+METHOD_NAMES = {"supervised": "supervised", "meanteacher": "mean teacher", "unet": "U-Net (MONAI, from scratch)",
+                "adasam": "ADA-SAM tags all", "adasam-masked": "ADA-SAM tags masked"}  # --methods NAME -> label
 REFERENCE = "ADA-SAM tags all"  # the ablations' reference (its CAM threshold is picked on val)
 PRETRAINED = "pretrained zero-shot (whole-image box)"
 KEYS = ["dice_lesion", "dice_all", "presence_auc", "hd95_lesion", "train_seconds"]
@@ -84,10 +86,14 @@ def evaluate(setup: Setup, model: str, out: Path) -> dict:
     return result
 
 
+def run_folder(setup: Setup, name: str, fraction: float, seed: int) -> Path:
+    slug = "".join(c if c.isalnum() else "_" for c in name.lower()).strip("_")
+    return setup.out / "runs" / f"{slug}_{fraction:g}_seed{seed}"
+
+
 def run(setup: Setup, name: str, fraction: float, seed: int, extra: list[str] | None) -> dict:
     """Train (unless done) and evaluate one method at one mask fraction and seed."""
-    slug = "".join(c if c.isalnum() else "_" for c in name.lower()).strip("_")
-    run_dir = setup.out / "runs" / f"{slug}_{fraction:g}_seed{seed}"
+    run_dir = run_folder(setup, name, fraction, seed)
     if extra is None:
         from unet_baseline import train_unet
 
@@ -116,6 +122,8 @@ def main() -> int:
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "label_efficiency"))
     parser.add_argument("--fractions", type=float, nargs="+", default=[0.05, 0.1, 0.2, 0.5, 1.0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--methods", nargs="+", choices=list(METHOD_NAMES), default=list(METHOD_NAMES),
+                        help="a subset of the methods (the ablations run with adasam)")
     parser.add_argument("--ablation-fraction", type=float, default=0.1)
     parser.add_argument("--backbone", default="litemedsam")
     parser.add_argument("--cache", default=str(Path.home() / ".cache" / "adasam" / "embeddings"))
@@ -159,11 +167,17 @@ def main() -> int:
                      "ablations": {label: {} for label in ABLATIONS}, "failures": []}
     setup.results["pretrained"] = evaluate(setup, f"pretrained:{args.backbone}", setup.out / "runs" / "pretrained")
     tasks = []  # seed-major: an interrupted benchmark still holds complete comparisons
+    chosen = {METHOD_NAMES[name] for name in args.methods}
+
+    def wanted(method: str, label: str, fraction: float, seed: int) -> bool:
+        """Chosen methods run; the others' finished runs are read back, so the table holds every run on disk."""
+        return method in chosen or (run_folder(setup, label, fraction, seed) / "eval_auto.json").exists()
+
     for seed in args.seeds:
         tasks += [("runs", label, fraction, seed, extra) for fraction in args.fractions
-                  for label, extra in METHODS.items()]
+                  for label, extra in METHODS.items() if wanted(label, label, fraction, seed)]
         tasks += [("ablations", label, args.ablation_fraction, seed, METHODS[REFERENCE] + extra)
-                  for label, extra in ABLATIONS.items()]
+                  for label, extra in ABLATIONS.items() if wanted(REFERENCE, label, args.ablation_fraction, seed)]
     with concurrent.futures.ThreadPoolExecutor(max(1, args.jobs)) as workers:  # each run is a subprocess
         futures = {workers.submit(run, setup, label, fraction, seed, extra): (group, label, fraction, seed)
                    for group, label, fraction, seed, extra in tasks}

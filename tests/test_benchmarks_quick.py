@@ -51,6 +51,12 @@ def test_label_efficiency_quick(tmp_path):
     assert is_number(data["pretrained"]["dice_lesion"]) and data["failures"] == []
     assert "| supervised |" in data["table"] and (tmp_path / "label_efficiency.md").is_file()
     assert (tmp_path / "label_efficiency.png").is_file()
+    shutil.rmtree(tmp_path / "runs" / "u_net__monai__from_scratch_1_seed0")
+    result = run_quick("label_efficiency.py", "--out", str(tmp_path), "--methods", "unet")  # one method again
+    assert "# U-Net masks 1 seed 0" in result.stdout and "adasam train" not in result.stdout  # only it trains
+    again = load(tmp_path / "label_efficiency.json")
+    assert set(again["runs"]) == set(data["runs"]) and again["runs"]["supervised"] == data["runs"]["supervised"]
+    assert len(again["ablations"]) == 6  # the other methods' finished runs are read back, not dropped
 
 
 def test_active_learning_quick(tmp_path):
