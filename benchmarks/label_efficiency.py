@@ -161,6 +161,7 @@ def main() -> int:
         return 0
     setup.results = {"config": {"data": args.data, "fractions": args.fractions, "seeds": args.seeds,
                                 "ablation_fraction": args.ablation_fraction, "backbone": args.backbone,
+                                "methods": args.methods,
                                 "steps": args.steps or "CLI default", "unet": unet.__dict__, "quick": args.quick,
                                 "split": "test", "prompt": "auto"},
                      "pretrained": {}, "runs": {label: {} for label in METHODS},
@@ -170,8 +171,10 @@ def main() -> int:
     chosen = {METHOD_NAMES[name] for name in args.methods}
 
     def wanted(method: str, label: str, fraction: float, seed: int) -> bool:
-        """Chosen methods run; the others' finished runs are read back, so the table holds every run on disk."""
-        return method in chosen or (run_folder(setup, label, fraction, seed) / "eval_auto.json").exists()
+        """Chosen methods run; the others' trained runs are read back (and evaluated if they were not yet), so the
+        table holds every run on disk."""
+        folder = run_folder(setup, label, fraction, seed)
+        return method in chosen or (folder / "eval_auto.json").exists() or (folder / "summary.json").exists()
 
     for seed in args.seeds:
         tasks += [("runs", label, fraction, seed, extra) for fraction in args.fractions

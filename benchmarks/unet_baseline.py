@@ -72,11 +72,11 @@ def augmentation(seed: int, size: int):
 
     keys = ["image", "mask"]
     return Compose([
-        RandAffined(keys, prob=0.8, rotate_range=math.radians(15), scale_range=0.15, translate_range=0.1 * size,
-                    mode=("bilinear", "nearest"), padding_mode="zeros"),
+        RandAffined(keys, prob=0.8, rotate_range=math.radians(15), scale_range=(0.15, 0.15),
+                    translate_range=(0.1 * size, 0.1 * size), mode=("bilinear", "nearest"), padding_mode="zeros"),
         RandFlipd(keys, prob=0.5, spatial_axis=1),
         RandAdjustContrastd("image", prob=0.3, gamma=(0.7, 1.5)),
-        RandGaussianNoised("image", prob=0.2, std=0.03),
+        RandGaussianNoised("image", prob=0.2, std=0.03),  # std drawn from U(0, 0.03)
     ]).set_random_state(seed=seed)
 
 
@@ -122,8 +122,12 @@ def score(net: torch.nn.Module, split: Split, with_hd95: bool) -> dict:
 def train_unet(data: str, fraction: float, seed: int, out: Path, config: UNetConfig) -> dict:
     """Train, pick the step with the best val lesion Dice, score test; writes and returns out/eval_auto.json."""
     result_path = out / "eval_auto.json"
+    settings = {**config.__dict__, "channels": list(config.channels)}
     if result_path.exists():
-        return json.loads(result_path.read_text())
+        done = json.loads(result_path.read_text())
+        if done.get("unet") == settings:
+            return done
+        print(f"{out}: trained with other settings ({done.get('unet')}); training again", flush=True)
     started = time.time()
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
@@ -170,7 +174,7 @@ def train_unet(data: str, fraction: float, seed: int, out: Path, config: UNetCon
     result.update({"split": "test", "method": "unet", "masks": fraction, "seed": seed, "n_masked": len(train.ids),
                    "best_step": best["step"], "stopped_at": step, "val_history": history,
                    "train_seconds": time.time() - started,
-                   "unet": {**config.__dict__, "channels": list(config.channels)}})
+                   "unet": settings})
     out.mkdir(parents=True, exist_ok=True)
     result_path.write_text(json.dumps(result, indent=2, default=float))
     return result

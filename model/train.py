@@ -340,24 +340,31 @@ class Trainer:
         losses_since: list[dict] = []
         while self.step < cfg.steps and not self.stalled:
             losses_since.append(self.train_step())
-            if progress:
-                try:
-                    progress(self.step, cfg.steps)
-                except BaseException:  # a stop between two steps (the background trainer's): resume from here
-                    if self.ranks.main:
-                        self.save_resume_state()
-                    raise
             if self.step % cfg.eval_every == 0 or self.step == cfg.steps:
                 if self.ranks.main:
                     self._evaluate_and_save(losses_since, started)
                 losses_since = []
                 self.best, self.history = self.ranks.from_main((self.best, self.history))  # one stopping rule
-        if self.ranks.main and not self.stalled and (not self.history or self.history[-1]["step"] != self.step):
-            self._evaluate_and_save(losses_since, started)  # stopped just before its last evaluation, resumed after
+            if progress:
+                try:
+                    progress(self.step, cfg.steps)
+                except BaseException:  # a stop after a step (the background trainer's): resume from this step
+                    self._save_on_stop()
+                    raise
         if self.ranks.main:
             self.calibrate_best()
         self.ranks.barrier()  # model.pt is final when any rank returns
         return self.best
+
+    def _save_on_stop(self) -> None:
+        """last.pt at the step a stop came after (rank 0); a failure to write it is logged, never raised over the
+        stop itself."""
+        if not self.ranks.main:
+            return
+        try:
+            self.save_resume_state()
+        except Exception as exc:  # noqa: BLE001 - the stop is what the caller must see
+            self.log(json.dumps({"resume_state_not_saved": f"{type(exc).__name__}: {exc}", "step": self.step}))
 
     def _evaluate_and_save(self, losses_since: list[dict], started: float) -> None:
         """Validate, log, keep the best weights in model.pt and write last.pt (rank 0's job)."""

@@ -209,9 +209,9 @@ def test_resume_gives_the_same_weights(pool, tmp_path):
     assert _states_equal(last_straight["teacher"], last_second["teacher"])
 
 
-def test_a_run_stopped_between_steps_resumes_there_and_still_validates_its_last_step(pool, tmp_path):
-    """A stop raised by the progress callback (the background trainer's) saves the resume state at that step; one
-    at the very last step, before its evaluation, leaves that evaluation to the resumed run."""
+def test_a_stopped_run_resumes_from_the_step_it_stopped_after(pool, tmp_path):
+    """A stop raised by the progress callback (the background trainer's) comes after the step's evaluation, if one
+    was due, and saves the resume state at that step: a resumed run loses no step and skips no evaluation."""
 
     class Stop(Exception):
         pass
@@ -222,22 +222,39 @@ def test_a_run_stopped_between_steps_resumes_there_and_still_validates_its_last_
                 raise Stop
         return progress
 
+    def resumed():
+        trainer = _trainer(tmp_path, data, steps=4, eval_every=2)
+        trainer.load_resume_state(tmp_path / "last.pt")
+        return trainer
+
     data = _data(pool, with_val=True)
-    first = _trainer(tmp_path, data, steps=4, eval_every=2)
     with pytest.raises(Stop):
-        first.run(progress=stop_at(3))
-    assert [r["step"] for r in first.history] == [2]
-    again = _trainer(tmp_path, data, steps=4, eval_every=2)
-    again.load_resume_state(tmp_path / "last.pt")
-    assert again.step == 3  # not 2, the last evaluation
+        _trainer(tmp_path, data, steps=4, eval_every=2).run(progress=stop_at(2))  # an evaluation step
+    again = resumed()
+    assert again.step == 2 and [r["step"] for r in again.history] == [2]  # evaluated before it stopped
     with pytest.raises(Stop):
-        again.run(progress=stop_at(4))
-    last = _trainer(tmp_path, data, steps=4, eval_every=2)
-    last.load_resume_state(tmp_path / "last.pt")
-    assert last.step == 4 and [r["step"] for r in last.history] == [2]
+        again.run(progress=stop_at(3))
+    last = resumed()
+    assert last.step == 3 and [r["step"] for r in last.history] == [2]  # not back at 2, the last evaluation
     best = last.run()
     assert [r["step"] for r in last.history] == [2, 4] and best["step"] in (2, 4)
     assert torch.load(tmp_path / "model.pt", weights_only=False)["step"] == best["step"]
+
+
+def test_a_stop_is_not_hidden_by_a_failed_save(pool, tmp_path, monkeypatch):
+    class Stop(Exception):
+        pass
+
+    def stop(done, total):
+        raise Stop
+
+    trainer = _trainer(tmp_path, _data(pool), steps=4)
+    logged = []
+    trainer.log = logged.append
+    monkeypatch.setattr(trainer, "save_resume_state", lambda: (_ for _ in ()).throw(OSError("disk full")))
+    with pytest.raises(Stop):
+        trainer.run(progress=stop)
+    assert "disk full" in logged[-1]
 
 
 def test_each_method_gets_its_model_from_one_rule(pool):

@@ -40,6 +40,20 @@ def test_augmented_masks_stay_on_their_images():
     assert torch.equal(again, out_images)  # seeded
 
 
+def test_augmentation_shifts_both_ways():
+    """A block at the centre: rotation, scaling about the centre and the flip leave its centroid where it is, so
+    only the shift moves it, by up to 10% of the side along each axis (MONAI applies a single range to the first axis
+    alone: this catches it)."""
+    images = torch.zeros(40, 1, 64, 64)
+    images[:, :, 24:40, 26:38] = 1.0
+    _, masks = augmented(augmentation(seed=0, size=64), images, images.clone())
+    rows, cols = torch.meshgrid(torch.arange(64.0), torch.arange(64.0), indexing="ij")
+    weight = masks[:, 0].sum((1, 2))
+    row_centroid, col_centroid = ((masks[:, 0] * g).sum((1, 2)) / weight for g in (rows, cols))
+    assert row_centroid.std() > 1.5 and col_centroid.std() > 1.5  # uniform +-6.4 px: sd ~3.7 when drawn
+    assert (row_centroid - 31.5).abs().max() < 8 and (col_centroid - 31.5).abs().max() < 8
+
+
 def test_unet_trains_until_val_stops_improving(tmp_path, monkeypatch):
     import unet_baseline
 
