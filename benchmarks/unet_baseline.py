@@ -41,6 +41,8 @@ class UNetConfig:
     lr: float = 1e-3
     eval_every: int = 100
     patience: int = TrainConfig.patience  # evaluations without a better val score before stopping: every method's rule
+    min_steps: int = 1500  # patience counts evaluations after this step only: a from-scratch U-Net can predict nothing
+    # for a while (256 px, 10% masks: val 0 from step 300, stopped at 600); every 128 px BUSI run's best came later
     augment: bool = True
 
 
@@ -146,7 +148,7 @@ def train_unet(data: str, fraction: float, seed: int, out: Path, config: UNetCon
     best = {"score": -math.inf, "step": 0, "state": None}
     history = []
     step = 0
-    while step < config.steps and not stalled(history, best["step"], config.patience):
+    while step < config.steps and not stalled(history, max(best["step"], config.min_steps), config.patience):
         step += 1
         net.train()
         index = torch.as_tensor(rng.choice(len(train.ids), size=min(config.batch, len(train.ids)), replace=False))
@@ -180,9 +182,10 @@ def train_unet(data: str, fraction: float, seed: int, out: Path, config: UNetCon
     return result
 
 
-def stalled(history: list[dict], best_step: int, patience: int) -> bool:
-    """`patience` evaluations in a row after the best one: the stopping rule of model.train.Trainer.stalled."""
-    return bool(patience) and sum(r["step"] > best_step for r in history) >= patience
+def stalled(history: list[dict], since: int, patience: int) -> bool:
+    """`patience` evaluations in a row after step `since` (the best one's, or the floor `min_steps` while the best
+    came before it): the stopping rule of model.train.Trainer.stalled."""
+    return bool(patience) and sum(r["step"] > since for r in history) >= patience
 
 
 def main() -> int:

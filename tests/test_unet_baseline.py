@@ -3,6 +3,7 @@ and on augmented copies whose masks stay on their images."""
 from __future__ import annotations
 
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -16,9 +17,9 @@ from model.testing import write_blob_dataset  # noqa: E402
 
 def test_stopping_rule_is_the_trainers():
     history = [{"step": 1}, {"step": 2}, {"step": 3}, {"step": 4}]
-    assert not stalled(history, best_step=2, patience=3)  # two evaluations since the best
-    assert stalled(history, best_step=1, patience=3)
-    assert not stalled(history, best_step=1, patience=0)  # 0: run every step of the cap
+    assert not stalled(history, since=2, patience=3)  # two evaluations since the best
+    assert stalled(history, since=1, patience=3)
+    assert not stalled(history, since=1, patience=0)  # 0: run every step of the cap
 
 
 def test_augmented_masks_stay_on_their_images():
@@ -64,11 +65,14 @@ def test_unet_trains_until_val_stops_improving(tmp_path, monkeypatch):
 
     monkeypatch.setattr(unet_baseline, "score", scripted)
     data = write_blob_dataset(tmp_path / "data", n=18, negatives=4)
-    config = UNetConfig(size=32, channels=(4, 8, 16), steps=60, batch=4, eval_every=2, patience=2)
+    config = UNetConfig(size=32, channels=(4, 8, 16), steps=60, batch=4, eval_every=2, patience=2, min_steps=0)
     result = train_unet(str(data), 1.0, 0, tmp_path / "run", config)
     assert [r["score"] for r in result["val_history"]] == [0.5, 0.7, 0.7, 0.6, 0.65]  # 0.9 never reached
     assert result["best_step"] == 6  # the later of the two 0.7s
     assert result["stopped_at"] == 10  # two evaluations without a better score after step 6
+    val_scores = iter([0.5, 0.4, 0.3, 0.9, 0.8, 0.7])  # without a floor: stopped at step 6, best 0.5
+    floored = train_unet(str(data), 1.0, 0, tmp_path / "floored", replace(config, min_steps=7))
+    assert floored["best_step"] == 8 and floored["stopped_at"] == 12  # patience counted after step 7 only
     assert (tmp_path / "run" / "eval_auto.json").is_file() and 0 <= result["dice_all"] <= 1
 
 
