@@ -348,7 +348,7 @@ class Trainer:
             if progress:
                 try:
                     progress(self.step, cfg.steps)
-                except BaseException:  # a stop after a step (the background trainer's): resume from this step
+                except Exception:  # a stop after a step (the background trainer's): resume from this step
                     self._save_on_stop()
                     raise
         if self.ranks.main:
