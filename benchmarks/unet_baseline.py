@@ -6,8 +6,9 @@ A library U-Net (not hand written) so nobody can say the baseline was weakened. 
 is the maximum pixel probability (AUC) and the mask is empty when nothing passes 0.5, i.e. presence = mask non-empty.
 
 Trained to convergence by the budget rule every method has (model.train): evaluate on val every `eval_every` steps
-and stop after `patience` evaluations without a better score (the later of equals wins), `steps` being only a cap;
-with MONAI's random affine, flip, contrast and noise augmentation of each training image and its mask.
+and stop after `patience` evaluations without a better score (the later of equals wins), `steps` being only a cap
+and `min_steps` a floor; with MONAI's random affine, flip, contrast and noise augmentation of each training image and
+its mask.
 
     python benchmarks/unet_baseline.py --data ../shared/datasets/busi --masks 0.1 --seed 0 --out DIR [--size 128]
 """
@@ -36,7 +37,7 @@ from model.train import TrainConfig
 class UNetConfig:
     size: int = 256
     channels: tuple[int, ...] = (16, 32, 64, 128, 256)
-    steps: int = 30000  # a cap: training stops when val stops improving (~1.3 s per step of 4 at 256 px on 2 cores)
+    steps: int = 30000  # a cap: training stops when val stops improving (a step of 4: ~0.13 s at 256 px on 2 cores)
     batch: int = 4
     lr: float = 1e-3
     eval_every: int = 100
