@@ -15,12 +15,17 @@ from app.rounds import FIRST_ROUND_LABELS, serving_model
 from app.status import (DEFAULT_TARGET_DICE, QUEUE_STRATEGY, TARGET_DICE, VALIDATION_IDS, VALIDATION_SOURCE,
                         WORKSPACE_NOTE, read_remote_status, read_status)
 from model.learning_curve import MIN_POINTS, project
-from model.strategies import DEFAULT_STRATEGY, get_strategy, random_order
+from model.strategies import DEFAULT_STRATEGY, Strategy, get_strategy, random_order
+
+
+def workspace_strategy(store: Store) -> Strategy:
+    """The workspace's active-learning strategy (`adasam serve --strategy`; else DEFAULT_STRATEGY)."""
+    return get_strategy(store.get_setting(QUEUE_STRATEGY) or DEFAULT_STRATEGY)
 
 
 def strategy_line(store: Store) -> str:
     """The workspace's active-learning strategy, as the dashboard names it."""
-    strategy = get_strategy(store.get_setting(QUEUE_STRATEGY) or DEFAULT_STRATEGY)
+    strategy = workspace_strategy(store)
     return f"{strategy.name} ({strategy.summary})"
 
 def order_line(store: Store) -> str:
@@ -28,8 +33,7 @@ def order_line(store: Store) -> str:
     model = store.queue_model()
     if model:
         return f"{strategy_line(store)}, model {model}"
-    strategy = get_strategy(store.get_setting(QUEUE_STRATEGY) or DEFAULT_STRATEGY)
-    if strategy is random_order.STRATEGY:
+    if workspace_strategy(store) is random_order.STRATEGY:
         return "seeded random order"
     return f"seeded random order until the first model, then {strategy_line(store)}"
 
