@@ -6,7 +6,8 @@ Methods x mask fractions x seeds, every figure on the test split with fully auto
 - mean teacher (`--method meanteacher`: supervised + EMA-teacher consistency on unlabeled images, no classifier/CAM),
 - U-Net from scratch (MONAI, benchmarks/unet_baseline.py) on exactly the same masks,
 - ADA-SAM with `--tags all` and `--tags masked`.
-Ablations at 10% (ADA-SAM, tags all): `--freeze-adapter`, `--no-unlabeled`, `--prompt whole`, `--cam-threshold`.
+Ablations at 10% (ADA-SAM, tags all; `--ablations` picks some): `--freeze-adapter`, `--no-unlabeled`, `--prompt
+whole`, `--cam-threshold`.
 
 The adasam runs go through the `adasam` command line (a subprocess each, or in-process with --quick); `val` picks
 every checkpoint, `test` is only read by the evaluation. Resumable: a run whose eval_auto.json exists is skipped.
@@ -45,6 +46,12 @@ ABLATIONS = {  # label -> extra arguments on top of "ADA-SAM tags all"
     "CAM threshold fixed at 0.4": ["--cam-threshold", "0.4"],
     "CAM threshold fixed at 0.5": ["--cam-threshold", "0.5"],
 }
+ABLATION_NAMES = {"no-feedback": "no gradient feedback (--freeze-adapter)",  # --ablations NAME -> label
+                  "no-unlabeled": "no unlabeled images (--no-unlabeled)",
+                  "no-cam-prompt": "no CAM prompts (--prompt whole)",
+                  "cam-threshold-0.3": "CAM threshold fixed at 0.3",
+                  "cam-threshold-0.4": "CAM threshold fixed at 0.4",
+                  "cam-threshold-0.5": "CAM threshold fixed at 0.5"}
 METHOD_NAMES = {"supervised": "supervised", "meanteacher": "mean teacher", "unet": "U-Net (MONAI, from scratch)",
                 "adasam": "ADA-SAM tags all", "adasam-masked": "ADA-SAM tags masked"}  # --methods NAME -> label
 REFERENCE = "ADA-SAM tags all"  # the ablations' reference (its CAM threshold is picked on val)
@@ -124,6 +131,8 @@ def main() -> int:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--methods", nargs="+", choices=list(METHOD_NAMES), default=list(METHOD_NAMES),
                         help="a subset of the methods (the ablations run with adasam)")
+    parser.add_argument("--ablations", nargs="*", choices=list(ABLATION_NAMES), default=list(ABLATION_NAMES),
+                        help="the ablations run with adasam (a subset; none: no ablation)")
     parser.add_argument("--ablation-fraction", type=float, default=0.1)
     parser.add_argument("--backbone", default="litemedsam")
     parser.add_argument("--cache", default=str(Path.home() / ".cache" / "adasam" / "embeddings"))
@@ -161,7 +170,7 @@ def main() -> int:
         return 0
     setup.results = {"config": {"data": args.data, "fractions": args.fractions, "seeds": args.seeds,
                                 "ablation_fraction": args.ablation_fraction, "backbone": args.backbone,
-                                "methods": args.methods,
+                                "methods": args.methods, "ablations": args.ablations,
                                 "steps": args.steps or "CLI default", "unet": unet.__dict__, "quick": args.quick,
                                 "split": "test", "prompt": "auto"},
                      "pretrained": {}, "runs": {label: {} for label in METHODS},
@@ -169,18 +178,20 @@ def main() -> int:
     setup.results["pretrained"] = evaluate(setup, f"pretrained:{args.backbone}", setup.out / "runs" / "pretrained")
     tasks = []  # seed-major: an interrupted benchmark still holds complete comparisons
     chosen = {METHOD_NAMES[name] for name in args.methods}
+    chosen_ablations = {ABLATION_NAMES[name] for name in args.ablations} if REFERENCE in chosen else set()
 
-    def wanted(method: str, label: str, fraction: float, seed: int) -> bool:
-        """Chosen methods run; the others' trained runs are read back (and evaluated if they were not yet), so the
-        table holds every run on disk."""
+    def wanted(label: str, fraction: float, seed: int) -> bool:
+        """Chosen methods and ablations run; the others' trained runs are read back (and evaluated if they were not
+        yet), so the table holds every run on disk."""
         folder = run_folder(setup, label, fraction, seed)
-        return method in chosen or (folder / "eval_auto.json").exists() or (folder / "summary.json").exists()
+        return (label in chosen or label in chosen_ablations or (folder / "eval_auto.json").exists()
+                or (folder / "summary.json").exists())
 
     for seed in args.seeds:
         tasks += [("runs", label, fraction, seed, extra) for fraction in args.fractions
-                  for label, extra in METHODS.items() if wanted(label, label, fraction, seed)]
+                  for label, extra in METHODS.items() if wanted(label, fraction, seed)]
         tasks += [("ablations", label, args.ablation_fraction, seed, METHODS[REFERENCE] + extra)
-                  for label, extra in ABLATIONS.items() if wanted(REFERENCE, label, args.ablation_fraction, seed)]
+                  for label, extra in ABLATIONS.items() if wanted(label, args.ablation_fraction, seed)]
     with concurrent.futures.ThreadPoolExecutor(max(1, args.jobs)) as workers:  # each run is a subprocess
         futures = {workers.submit(run, setup, label, fraction, seed, extra): (group, label, fraction, seed)
                    for group, label, fraction, seed, extra in tasks}

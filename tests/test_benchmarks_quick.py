@@ -60,6 +60,16 @@ def test_label_efficiency_quick(tmp_path):
         if label != "U-Net (MONAI, from scratch)":
             assert again["runs"][label] == by_fraction
     assert again["ablations"] == data["ablations"]
+    for name in ("no_unlabeled_images____no_unlabeled", "no_gradient_feedback____freeze_adapter"):
+        shutil.rmtree(tmp_path / "runs" / f"{name}_0.5_seed0")
+    result = run_quick("label_efficiency.py", "--out", str(tmp_path), "--methods", "adasam",
+                       "--ablations", "no-unlabeled")  # one ablation again
+    trained = [line for line in result.stdout.splitlines() if line.startswith("$ adasam train")]
+    assert len(trained) == 1 and "--no-unlabeled" in trained[0]
+    third = load(tmp_path / "label_efficiency.json")
+    assert "no gradient feedback (--freeze-adapter)" not in {k for k, v in third["ablations"].items() if v}
+    assert set(third["ablations"]["no unlabeled images (--no-unlabeled)"]) == {"0.5"}
+    assert third["runs"]["ADA-SAM tags all"] == data["runs"]["ADA-SAM tags all"]
 
 
 def test_active_learning_quick(tmp_path):
