@@ -38,20 +38,14 @@ METHODS = {  # label -> extra `adasam train` arguments (None: the MONAI U-Net)
     "ADA-SAM tags all": ["--method", "adasam", "--tags", "all"],
     "ADA-SAM tags masked": ["--method", "adasam", "--tags", "masked"],
 }
-ABLATIONS = {  # label -> extra arguments on top of "ADA-SAM tags all"
-    "no gradient feedback (--freeze-adapter)": ["--freeze-adapter"],
-    "no unlabeled images (--no-unlabeled)": ["--no-unlabeled"],
-    "no CAM prompts (--prompt whole)": ["--prompt", "whole"],
-    "CAM threshold fixed at 0.3": ["--cam-threshold", "0.3"],
-    "CAM threshold fixed at 0.4": ["--cam-threshold", "0.4"],
-    "CAM threshold fixed at 0.5": ["--cam-threshold", "0.5"],
+ABLATIONS = {  # --ablations NAME -> (label, extra arguments on top of "ADA-SAM tags all")
+    "no-feedback": ("no gradient feedback (--freeze-adapter)", ["--freeze-adapter"]),
+    "no-unlabeled": ("no unlabeled images (--no-unlabeled)", ["--no-unlabeled"]),
+    "no-cam-prompt": ("no CAM prompts (--prompt whole)", ["--prompt", "whole"]),
+    "cam-threshold-0.3": ("CAM threshold fixed at 0.3", ["--cam-threshold", "0.3"]),
+    "cam-threshold-0.4": ("CAM threshold fixed at 0.4", ["--cam-threshold", "0.4"]),
+    "cam-threshold-0.5": ("CAM threshold fixed at 0.5", ["--cam-threshold", "0.5"]),
 }
-ABLATION_NAMES = {"no-feedback": "no gradient feedback (--freeze-adapter)",  # --ablations NAME -> label
-                  "no-unlabeled": "no unlabeled images (--no-unlabeled)",
-                  "no-cam-prompt": "no CAM prompts (--prompt whole)",
-                  "cam-threshold-0.3": "CAM threshold fixed at 0.3",
-                  "cam-threshold-0.4": "CAM threshold fixed at 0.4",
-                  "cam-threshold-0.5": "CAM threshold fixed at 0.5"}
 METHOD_NAMES = {"supervised": "supervised", "meanteacher": "mean teacher", "unet": "U-Net (MONAI, from scratch)",
                 "adasam": "ADA-SAM tags all", "adasam-masked": "ADA-SAM tags masked"}  # --methods NAME -> label
 REFERENCE = "ADA-SAM tags all"  # the ablations' reference (its CAM threshold is picked on val)
@@ -131,7 +125,7 @@ def main() -> int:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--methods", nargs="+", choices=list(METHOD_NAMES), default=list(METHOD_NAMES),
                         help="a subset of the methods (the ablations run with adasam)")
-    parser.add_argument("--ablations", nargs="*", choices=list(ABLATION_NAMES), default=list(ABLATION_NAMES),
+    parser.add_argument("--ablations", nargs="*", choices=list(ABLATIONS), default=list(ABLATIONS),
                         help="the ablations run with adasam (a subset; none: no ablation)")
     parser.add_argument("--ablation-fraction", type=float, default=0.1)
     parser.add_argument("--backbone", default="litemedsam")
@@ -174,11 +168,11 @@ def main() -> int:
                                 "steps": args.steps or "CLI default", "unet": unet.__dict__, "quick": args.quick,
                                 "split": "test", "prompt": "auto"},
                      "pretrained": {}, "runs": {label: {} for label in METHODS},
-                     "ablations": {label: {} for label in ABLATIONS}, "failures": []}
+                     "ablations": {label: {} for label, _ in ABLATIONS.values()}, "failures": []}
     setup.results["pretrained"] = evaluate(setup, f"pretrained:{args.backbone}", setup.out / "runs" / "pretrained")
     tasks = []  # seed-major: an interrupted benchmark still holds complete comparisons
     chosen = {METHOD_NAMES[name] for name in args.methods}
-    chosen_ablations = {ABLATION_NAMES[name] for name in args.ablations} if REFERENCE in chosen else set()
+    chosen_ablations = {ABLATIONS[name][0] for name in args.ablations} if REFERENCE in chosen else set()
 
     def wanted(label: str, fraction: float, seed: int) -> bool:
         """Chosen methods and ablations run; the others' trained runs are read back (and evaluated if they were not
@@ -191,7 +185,7 @@ def main() -> int:
         tasks += [("runs", label, fraction, seed, extra) for fraction in args.fractions
                   for label, extra in METHODS.items() if wanted(label, fraction, seed)]
         tasks += [("ablations", label, args.ablation_fraction, seed, METHODS[REFERENCE] + extra)
-                  for label, extra in ABLATIONS.items() if wanted(label, args.ablation_fraction, seed)]
+                  for label, extra in ABLATIONS.values() if wanted(label, args.ablation_fraction, seed)]
     with concurrent.futures.ThreadPoolExecutor(max(1, args.jobs)) as workers:  # each run is a subprocess
         futures = {workers.submit(run, setup, label, fraction, seed, extra): (group, label, fraction, seed)
                    for group, label, fraction, seed, extra in tasks}
