@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from model.dataset import SPLIT_SEED, Sample, load_data_folder, masked_ids
-from model.metrics import dice, hd95, nanmean, presence_auc
+from model.metrics import dice, hd95, summarise
 from model.preprocess import read_image, read_mask
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -81,12 +81,7 @@ def score(predictions: Path, truth: dict[str, np.ndarray]) -> dict:
         lesion = bool(mask.any())
         rows.append({"lesion": lesion, "probability": float(probabilities[1].max()), "dice": dice(prediction, mask),
                      "hd95": hd95(prediction, mask) if lesion else float("nan")})
-    lesion_rows = [r for r in rows if r["lesion"]]
-    dice_lesion = nanmean([r["dice"] for r in lesion_rows])
-    return {"n_images": len(rows), "n_lesion": len(lesion_rows), "dice_lesion": dice_lesion,
-            "dice_lesion_ungated": dice_lesion, "dice_all": float(np.mean([r["dice"] for r in rows])),
-            "presence_auc": presence_auc([r["probability"] for r in rows], [r["lesion"] for r in rows]),
-            "hd95_lesion": nanmean([r["hd95"] for r in lesion_rows])}
+    return summarise(rows)
 
 
 def main() -> int:

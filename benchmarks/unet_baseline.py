@@ -28,7 +28,7 @@ import torch.nn.functional as F
 
 from model.dataset import SPLIT_SEED, Sample, load_data_folder, masked_ids
 from model.device import default_device, module_device
-from model.metrics import dice, hd95, nanmean, presence_auc
+from model.metrics import dice, hd95, summarise
 from model.preprocess import normalise_intensity, read_image, read_mask
 from model.train import TrainConfig
 
@@ -114,12 +114,7 @@ def score(net: torch.nn.Module, split: Split, with_hd95: bool) -> dict:
             lesion = bool(truth.any())
             rows.append({"lesion": lesion, "probability": float(prob.max()), "dice": dice(prediction, truth),
                          "hd95": hd95(prediction, truth) if (with_hd95 and lesion) else math.nan})
-    lesion_rows = [r for r in rows if r["lesion"]]
-    dice_lesion = nanmean([r["dice"] for r in lesion_rows])
-    return {"n_images": len(rows), "n_lesion": len(lesion_rows), "dice_lesion": dice_lesion,
-            "dice_lesion_ungated": dice_lesion, "dice_all": float(np.mean([r["dice"] for r in rows])),
-            "presence_auc": presence_auc([r["probability"] for r in rows], [r["lesion"] for r in rows]),
-            "hd95_lesion": nanmean([r["hd95"] for r in lesion_rows])}
+    return summarise(rows)
 
 
 def train_unet(data: str, fraction: float, seed: int, out: Path, config: UNetConfig) -> dict:

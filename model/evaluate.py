@@ -9,7 +9,7 @@ import torch
 
 from model.adasam import AdaSam
 from model.inference import Predictor
-from model.metrics import box_iou, dice, hd95, nanmean, presence_auc
+from model.metrics import box_iou, dice, hd95, nanmean, summarise
 from model.preprocess import Geometry, box_to_model, box_to_original, logits_to_original, mask_box
 
 
@@ -53,16 +53,12 @@ def evaluate(model: AdaSam, items: list[Item], prompt: str = "auto", batch_size:
     lesion_rows = [r for r in rows if r["lesion"]]
     summary = {
         "prompt": prompt if prompt == "auto" else "oracle (ground-truth box: an upper bound, not automatic)",
-        "n_images": len(rows), "n_lesion": len(lesion_rows),
-        "dice_lesion": nanmean([r["dice"] for r in lesion_rows]),
-        "dice_lesion_ungated": nanmean([r["dice_ungated"] for r in lesion_rows]),
-        "dice_all": float(np.mean([r["dice"] for r in rows])),
-        "presence_auc": presence_auc([r["probability"] for r in rows], [r["lesion"] for r in rows])
-        if model.config.method != "supervised" and model.config.has_negatives else math.nan,
-        "hd95_lesion": nanmean([r["hd95"] for r in lesion_rows]),
+        **summarise(rows),
         "prompt_box_iou_lesion": nanmean([r["box_iou"] for r in lesion_rows]),
         "prompt_fallback_rate": float(np.mean([r["box_fallback"] for r in rows])),
     }
+    if model.config.method == "supervised" or not model.config.has_negatives:
+        summary["presence_auc"] = math.nan  # no presence head, or nothing it could tell apart
     return summary, rows
 
 

@@ -52,3 +52,15 @@ def presence_auc(scores: list[float], labels: list[bool]) -> float:
 def nanmean(values: list[float]) -> float:
     finite = [v for v in values if not math.isnan(v)]
     return float(np.mean(finite)) if finite else math.nan
+
+
+def summarise(rows: list[dict]) -> dict:
+    """The figures every method reports (`adasam evaluate`, the U-Net and nnU-Net references), from per-image rows
+    with `lesion`, `probability`, `dice`, `hd95` and, for a presence-gated mask, `dice_ungated`."""
+    lesion_rows = [r for r in rows if r["lesion"]]
+    return {"n_images": len(rows), "n_lesion": len(lesion_rows),
+            "dice_lesion": nanmean([r["dice"] for r in lesion_rows]),
+            "dice_lesion_ungated": nanmean([r.get("dice_ungated", r["dice"]) for r in lesion_rows]),
+            "dice_all": float(np.mean([r["dice"] for r in rows])),
+            "presence_auc": presence_auc([r["probability"] for r in rows], [r["lesion"] for r in rows]),
+            "hd95_lesion": nanmean([r["hd95"] for r in lesion_rows])}

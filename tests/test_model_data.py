@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from model.dataset import DataError, load_data_folder, seeded_split
-from model.metrics import box_iou, dice, hd95, nanmean, presence_auc
+from model.metrics import box_iou, dice, hd95, nanmean, presence_auc, summarise
 from model_fixtures import one_torch_thread, write_blob_dataset, write_blob_folder  # noqa: F401 (autouse)
 
 
@@ -135,3 +135,16 @@ def test_hd95_presence_auc_nanmean():
     assert presence_auc([0.1, 0.8, 0.9], [True, True, False]) == 0.0
     assert math.isnan(presence_auc([0.5, 0.6], [True, True]))
     assert nanmean([1.0, math.nan, 3.0]) == 2.0 and math.isnan(nanmean([math.nan]))
+
+
+def test_summarise_scores_lesions_apart_and_keeps_the_ungated_dice():
+    rows = [{"lesion": True, "probability": 0.9, "dice": 0.8, "dice_ungated": 0.8, "hd95": 4.0},
+            {"lesion": True, "probability": 0.3, "dice": 0.0, "dice_ungated": 0.6, "hd95": math.nan},  # gated away
+            {"lesion": False, "probability": 0.2, "dice": 1.0, "dice_ungated": 0.0, "hd95": math.nan}]
+    summary = summarise(rows)
+    assert (summary["n_images"], summary["n_lesion"]) == (3, 2)
+    assert summary["dice_lesion"] == pytest.approx(0.4) and summary["dice_lesion_ungated"] == pytest.approx(0.7)
+    assert summary["dice_all"] == pytest.approx(0.6) and summary["hd95_lesion"] == 4.0
+    assert summary["presence_auc"] == 1.0
+    ungated = summarise([{k: v for k, v in r.items() if k != "dice_ungated"} for r in rows])
+    assert ungated["dice_lesion_ungated"] == ungated["dice_lesion"]  # a method without a gate
