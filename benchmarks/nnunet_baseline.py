@@ -2,13 +2,14 @@
 S` uses, its checkpoint picked on our val split, scored on test with model.metrics as every other method.
 
 nnU-Net is driven through its own command line (`nnUNetv2_plan_and_preprocess`, `nnUNetv2_train`,
-`nnUNetv2_predict`), installed separately (`pip install nnunetv2`, in this environment or another one whose bin/
-folder `--nnunet-bin` names): it is not a dependency of the tool. The cases are written as the tool's nnU-Net export
-writes them (grey NIfTI, x, y, 1, identity affine); fold 0 of a `splits_final.json` trains on the masked pool
-images and validates on val, so nnU-Net's own "best" checkpoint is chosen on val. The training length is nnU-Net's
-trainer (`nnUNetTrainer`: 1000 epochs of 250 iterations; `nnUNetTrainer_50epochs` and the other shipped variants
-shorten it): say which one a figure had. Presence is the largest foreground probability (AUC) and the mask is
-nnU-Net's own segmentation, so presence = mask non-empty, as for the U-Net baseline.
+`nnUNetv2_predict`), which the test extras install beside this Python (`bash scripts/install.sh --test`; another
+installation: `--nnunet-bin DIR`); the tool itself does not need it. Each run has its own nnU-Net folders (`--work`,
+by default .tmp/nnunet/<masks>_seed<seed>), so runs never see each other's dataset. The cases are written as the
+tool's nnU-Net export writes them (grey NIfTI, x, y, 1, identity affine); fold 0 of a `splits_final.json` trains on
+the masked pool images and validates on val, so nnU-Net's own "best" checkpoint is chosen on val. The training
+length is nnU-Net's trainer (`nnUNetTrainer`: 1000 epochs of 250 iterations; `nnUNetTrainer_50epochs` and the other
+shipped variants shorten it): say which one a figure had. Presence is the largest foreground probability (AUC) and
+the mask is nnU-Net's own segmentation, so presence = mask non-empty, as for the U-Net baseline.
 
     python benchmarks/nnunet_baseline.py --data ../shared/datasets/busi --masks 0.1 --seed 0 --out DIR \
         [--trainer nnUNetTrainer_50epochs] [--device cpu|cuda] [--nnunet-bin DIR] [--work DIR]
@@ -48,7 +49,8 @@ def write_case(sample: Sample, images: Path, labels: Path | None) -> np.ndarray:
     return mask
 
 
-def prepare(data: str, fraction: float, seed: int, raw: Path, name: str) -> tuple[list[str], list[str], dict]:
+def prepare(data: str, fraction: float, seed: int, raw: Path,
+            name: str) -> tuple[list[str], list[str], dict[str, np.ndarray]]:
     """nnUNet_raw/<name>: the masked pool images and val as imagesTr/labelsTr, test as imagesTs. Returns the train
     ids, the val ids and the test masks by id."""
     folder = load_data_folder(data, seed=SPLIT_SEED)
@@ -68,6 +70,14 @@ def prepare(data: str, fraction: float, seed: int, raw: Path, name: str) -> tupl
                "numTraining": len(train) + len(val), "file_ending": ".nii.gz"}
     (root / "dataset.json").write_text(json.dumps(dataset, indent=1))
     return [s.id for s in train], [s.id for s in val], truth
+
+
+def write_splits(preprocessed: Path, name: str, train: list[str], val: list[str]) -> Path:
+    """Fold 0 = our split, where nnUNetv2_train looks for it: its best checkpoint is then chosen on our val (without
+    the file nnU-Net would make its own 5-fold split of the training cases, val among them)."""
+    path = preprocessed / name / "splits_final.json"
+    path.write_text(json.dumps([{"train": train, "val": val}], indent=1))
+    return path
 
 
 def score(predictions: Path, truth: dict[str, np.ndarray]) -> dict:
@@ -92,27 +102,28 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--trainer", default="nnUNetTrainer", help="an nnU-Net trainer class (sets the epochs)")
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
-    parser.add_argument("--nnunet-bin", default=None, help="folder holding the nnUNetv2_* commands (default: PATH)")
-    parser.add_argument("--work", default=str(ROOT / ".tmp" / "nnunet"), help="nnUNet_raw/preprocessed/results")
+    parser.add_argument("--nnunet-bin", default=str(Path(sys.executable).parent),
+                        help="folder holding the nnUNetv2_* commands (default: this Python's)")
+    parser.add_argument("--work", default=None, help="this run's nnUNet_raw/preprocessed/results (default: "
+                        ".tmp/nnunet/<masks>_seed<seed>)")
     parser.add_argument("--dataset-id", type=int, default=990)
     args = parser.parse_args()
 
     def command(tool: str) -> str:
-        found = shutil.which(tool, path=args.nnunet_bin or os.environ.get("PATH"))
+        found = shutil.which(tool, path=args.nnunet_bin)
         if found is None:
-            parser.error(f"{tool} not found: pip install nnunetv2 (or pass --nnunet-bin DIR)")
+            parser.error(f"{tool} not in {args.nnunet_bin}: pip install nnunetv2 there, or pass --nnunet-bin DIR")
         return found
 
-    work = Path(args.work)
+    work = Path(args.work or ROOT / ".tmp" / "nnunet" / f"{args.masks:g}_seed{args.seed}")
     env = {**os.environ, "nnUNet_raw": str(work / "raw"), "nnUNet_preprocessed": str(work / "preprocessed"),
            "nnUNet_results": str(work / "results"), "nnUNet_n_proc_DA": os.environ.get("nnUNet_n_proc_DA", "2")}
-    name = f"Dataset{args.dataset_id:03d}_BUSI{round(args.masks * 100)}s{args.seed}"
+    name = f"Dataset{args.dataset_id:03d}_{Path(args.data).resolve().name}"
     started = time.time()
     train_ids, val_ids, truth = prepare(args.data, args.masks, args.seed, work / "raw", name)
     subprocess.run([command("nnUNetv2_plan_and_preprocess"), "-d", str(args.dataset_id), "-c", "2d", "-np", "2",
-                    "--verify_dataset_integrity"], env=env, check=True)
-    splits = [{"train": train_ids, "val": val_ids}]  # fold 0: our split, so val picks nnU-Net's best checkpoint
-    (work / "preprocessed" / name / "splits_final.json").write_text(json.dumps(splits, indent=1))
+                    "-npfp", "2", "--verify_dataset_integrity"], env=env, check=True)
+    write_splits(work / "preprocessed", name, train_ids, val_ids)
     subprocess.run([command("nnUNetv2_train"), str(args.dataset_id), "2d", "0", "-tr", args.trainer,
                     "-device", args.device], env=env, check=True)
     trained = time.time()

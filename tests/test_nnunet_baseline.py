@@ -10,7 +10,7 @@ import nibabel as nib
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-from nnunet_baseline import prepare, score  # noqa: E402
+from nnunet_baseline import prepare, score, write_splits  # noqa: E402
 
 from model.dataset import SPLIT_SEED, load_data_folder, masked_ids  # noqa: E402
 from model.preprocess import read_mask  # noqa: E402
@@ -39,7 +39,7 @@ def write_prediction(folder: Path, case: str, mask: np.ndarray, probability: flo
     """What nnUNetv2_predict writes for a case: the segmentation as read, and softmax probabilities (C x 1 x H x W)."""
     nib.save(nib.Nifti1Image(np.ascontiguousarray(mask.astype(np.uint8).T[:, :, None]), np.eye(4)),
              folder / f"{case}.nii.gz")
-    foreground = np.where(mask, probability, 1 - probability)[None].astype(np.float32)
+    foreground = np.where(mask, probability, 0.01)[None].astype(np.float32)  # the peak is `probability`
     np.savez(folder / f"{case}.npz", probabilities=np.stack([1 - foreground, foreground]))
 
 
@@ -56,7 +56,7 @@ def test_score_reads_predictions_in_the_orientation_they_were_written(tmp_path):
     empty.mkdir()
     for case, mask in truth.items():
         write_prediction(perfect, case, mask, probability=0.9 if mask.any() else 0.2 + 0.1 * rng.random())
-        write_prediction(empty, case, np.zeros_like(mask), probability=0.9)
+        write_prediction(empty, case, np.zeros_like(mask), probability=0.01)
 
     good = score(perfect, truth)
     assert (good["n_images"], good["n_lesion"]) == (4, 3)
@@ -64,3 +64,52 @@ def test_score_reads_predictions_in_the_orientation_they_were_written(tmp_path):
     assert good["presence_auc"] == 1.0
     bad = score(empty, truth)
     assert bad["dice_lesion"] == 0.0 and bad["dice_all"] == 0.25  # only the target-free case is right
+    assert bad["presence_auc"] == 0.5  # the same foreground peak everywhere
+
+
+def test_the_split_file_is_where_nnunet_reads_fold_0(tmp_path):
+    (tmp_path / "Dataset990_x").mkdir()
+    path = write_splits(tmp_path, "Dataset990_x", ["a", "b"], ["c"])
+    assert path == tmp_path / "Dataset990_x" / "splits_final.json"  # nnUNetTrainer.do_split's file
+    assert json.loads(path.read_text()) == [{"train": ["a", "b"], "val": ["c"]}]
+
+
+def test_a_run_drives_nnunet_through_its_commands_in_its_own_folders(tmp_path, monkeypatch):
+    import nnunet_baseline
+
+    data = write_blob_dataset(tmp_path / "data", n=12, size=(32, 40))
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for tool in ("nnUNetv2_plan_and_preprocess", "nnUNetv2_train", "nnUNetv2_predict"):
+        (bin_dir / tool).write_text("#!/bin/sh\nexit 1\n")  # found by name; never run
+        (bin_dir / tool).chmod(0o755)
+    calls = []
+
+    def fake_run(command, env, check):  # what nnU-Net would leave behind, from what the command says
+        calls.append((Path(command[0]).name, command[1:], env))
+        if command[0].endswith("plan_and_preprocess"):
+            (Path(env["nnUNet_preprocessed"]) / name).mkdir(parents=True)
+        if command[0].endswith("predict"):
+            images, out = Path(command[command.index("-i") + 1]), Path(command[command.index("-o") + 1])
+            out.mkdir(parents=True)
+            for image in images.iterdir():
+                grey = np.asarray(nib.load(image).dataobj)[:, :, 0].T
+                write_prediction(out, image.name.removesuffix("_0000.nii.gz"), np.zeros(grey.shape, bool), 0.01)
+
+    name = f"Dataset990_{data.name}"
+    monkeypatch.setattr(nnunet_baseline.subprocess, "run", fake_run)
+    monkeypatch.setattr(sys, "argv", ["nnunet_baseline.py", "--data", str(data), "--masks", "0.5", "--seed", "1",
+                                      "--out", str(tmp_path / "out"), "--work", str(tmp_path / "work"),
+                                      "--nnunet-bin", str(bin_dir), "--trainer", "nnUNetTrainer_5epochs"])
+    assert nnunet_baseline.main() == 0
+
+    assert [c[0] for c in calls] == ["nnUNetv2_plan_and_preprocess", "nnUNetv2_train", "nnUNetv2_predict"]
+    assert all(c[2]["nnUNet_preprocessed"] == str(tmp_path / "work" / "preprocessed") for c in calls)
+    assert calls[1][1] == ["990", "2d", "0", "-tr", "nnUNetTrainer_5epochs", "-device", "cpu"]
+    assert "checkpoint_best.pth" in calls[2][1]  # the checkpoint val chose
+    splits = json.loads((tmp_path / "work" / "preprocessed" / name / "splits_final.json").read_text())
+    folder = load_data_folder(data, seed=SPLIT_SEED)
+    assert set(splits[0]["train"]) == masked_ids(folder.split("pool"), 0.5, 1)
+    result = json.loads((tmp_path / "out" / "eval_auto.json").read_text())
+    assert result["n_images"] == len(folder.split("test")) and result["trainer"] == "nnUNetTrainer_5epochs"
+    assert result["dice_lesion"] == 0.0  # the empty predictions, scored
