@@ -34,7 +34,7 @@ from app.rounds import (
 )
 from app.status import write_remote_status
 from app.trainer import workspace_pixels
-from model.adasam import CHECKPOINT_FORMAT, CheckpointError, load_checkpoint, read_checkpoint
+from model.adasam import CHECKPOINT_FORMAT, CheckpointError, live_encoder_problem, load_checkpoint, read_checkpoint
 from model.backbones import backbone_view
 from model.atomic import save_torch
 
@@ -262,6 +262,8 @@ class TrainerAPI:
                                   f"{self.slot.base.identity}")
         if config.method != "adasam" or not isinstance(payload.get("state"), dict):
             raise CheckpointError("not an ADA-SAM round model")
+        if live_encoder_problem(config):
+            raise CheckpointError(live_encoder_problem(config))
         try:  # the weights must fit this backbone's model (names and shapes)
             load_checkpoint(path, backbone_view(self.slot.base))
         except CheckpointError:

@@ -50,7 +50,8 @@ class AdaSamConfig:
 
 
 class AdaSam(nn.Module):
-    """Works on image embeddings (cached, or computed live when the encoder carries LoRA)."""
+    """Works on image embeddings: cached ones, or, when the encoder carries LoRA and so trains, on preprocessed images
+    that `embed` encodes at every use (model.cache.model_inputs gives each model the inputs it reads)."""
 
     def __init__(self, config: AdaSamConfig, backbone: Backbone) -> None:
         super().__init__()
@@ -78,9 +79,31 @@ class AdaSam(nn.Module):
     def device(self) -> torch.device:
         return self.backbone.device
 
-    def features(self, embeddings: torch.Tensor) -> torch.Tensor:
-        """Cached embeddings (on any device) -> adapted features on the model's device."""
-        return self.adapter(embeddings.to(self.device))
+    @property
+    def grid(self) -> int:
+        """Side of the embedding grid the adapter, the classifier and its map work on."""
+        return self.backbone.embedding_shape[-1]
+
+    @property
+    def encodes_live(self) -> bool:
+        """Whether the encoder trains (LoRA), so the model reads preprocessed images, not cached embeddings."""
+        return bool(self.config.encoder_lora)
+
+    def train(self, mode: bool = True) -> "AdaSam":
+        """The encoder stays in eval mode (its batch norms keep their pretrained statistics) even while LoRA trains."""
+        super().train(mode)
+        self.backbone.image_encoder.eval()
+        return self
+
+    def embed(self, inputs: torch.Tensor) -> torch.Tensor:
+        """The model's inputs (on any device) -> embeddings on its device: cached embeddings pass through, images in
+        [0, 1] (B x 3 x S x S, model.preprocess) are encoded when the encoder trains."""
+        inputs = inputs.to(self.device)
+        return self.backbone.encode(inputs) if self.encodes_live else inputs
+
+    def features(self, inputs: torch.Tensor) -> torch.Tensor:
+        """The model's inputs -> adapted features on its device."""
+        return self.adapter(self.embed(inputs))
 
     def segment(self, features: torch.Tensor, boxes: torch.Tensor | None = None,
                 points: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -200,12 +223,22 @@ def checkpoint_problem(path: str | Path) -> str | None:
         return f"{path}: {exc.strerror}"
     if key not in _PROBLEMS:
         try:
-            found = read_checkpoint(path)[1].get("format")
-            _PROBLEMS[key] = None if found == CHECKPOINT_FORMAT else (
-                f"{path.name}: checkpoint format {found}, this version reads {CHECKPOINT_FORMAT}")
+            _, payload, config = read_checkpoint(path)
+            found = payload.get("format")
+            problem = (f"checkpoint format {found}, this version reads {CHECKPOINT_FORMAT}"
+                       if found != CHECKPOINT_FORMAT else live_encoder_problem(config))
+            _PROBLEMS[key] = f"{path.name}: {problem}" if problem else None
         except CheckpointError as exc:
             _PROBLEMS[key] = str(exc)
     return _PROBLEMS[key]
+
+
+def live_encoder_problem(config: AdaSamConfig) -> str | None:
+    """Why the web app cannot serve this model, if its encoder trained (LoRA): the app works on cached embeddings of
+    the frozen encoder, and a model that encodes each image itself would also change the shared encoder's weights."""
+    if config.encoder_lora:
+        return "trained with encoder LoRA (adasam train --encoder-lora): the app serves frozen-encoder models only"
+    return None
 
 
 _PROBLEMS: dict[tuple[str, int], str | None] = {}

@@ -129,6 +129,31 @@ class EmbeddingCache:
         return None
 
 
+class PreprocessedImages:
+    """EmbeddingCache's reading interface for a model whose encoder trains (encoder LoRA): no embedding stays valid,
+    so each image's model input is the preprocessed image itself, which `AdaSam.embed` encodes at every use."""
+
+    encoded = 0  # nothing is ever encoded here
+
+    def __init__(self, backbone: Backbone) -> None:
+        self.backbone = backbone
+
+    def get(self, image: np.ndarray) -> tuple[torch.Tensor, Geometry]:
+        return preprocess_image(image, self.backbone.image_size)
+
+    def get_many(self, images: Iterable[np.ndarray | str | Path], progress: bool = True,
+                 description: str = "") -> list[tuple[torch.Tensor, Geometry]]:
+        return [self.get(read_image(i) if isinstance(i, (str, Path)) else i) for i in images]
+
+    def fill(self, images: list[np.ndarray], ranks: Ranks, description: str = "") -> None:
+        """Nothing to fill: every rank preprocesses what it reads."""
+
+
+def model_inputs(backbone: Backbone, encoder_lora: int, root: str | Path = DEFAULT_CACHE_DIR):
+    """Where a model's inputs come from: the embedding cache for a frozen encoder, the images for one with LoRA."""
+    return PreprocessedImages(backbone) if encoder_lora else EmbeddingCache(root, backbone)
+
+
 @torch.inference_mode()
 def encode_batch(backbone: Backbone, images: torch.Tensor,
                  encoder: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:

@@ -15,10 +15,10 @@ from model.preprocess import Geometry, box_to_model, box_to_original, logits_to_
 
 @dataclass
 class Item:
-    """One image as training and evaluation see it: its cached embedding plus whatever labels exist."""
+    """One image as training and evaluation see it: its model input plus whatever labels exist."""
 
     id: str
-    embedding: torch.Tensor  # C x h x w
+    embedding: torch.Tensor  # the cached C x h x w embedding; with encoder LoRA the 3 x S x S preprocessed image
     geometry: Geometry
     mask: np.ndarray | None = None  # bool H x W at original size; None = no mask
     tag: bool | None = None  # image-level target present / absent; None = unknown

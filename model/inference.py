@@ -60,7 +60,7 @@ class Predictor:
     def _presence(self, embeddings: torch.Tensor, geometries: list[Geometry]):
         """The decoder-free part of a prediction: (features, maps, P(target present), prompt boxes, fallbacks)."""
         model, config = self.model, self.model.config
-        valid = valid_grid(geometries, embeddings.shape[-1])
+        valid = valid_grid(geometries, model.grid)
         with torch.no_grad():
             features = model.features(embeddings)
             cams, logits = model.cam(features, valid)

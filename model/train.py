@@ -160,6 +160,7 @@ class Trainer:
         return masks if size == self.size else (F.interpolate(masks, size=(size, size), mode="area") >= 0.5).float()
 
     def _embeddings(self, items: list[Item]) -> torch.Tensor:
+        """The items' model inputs (cached embeddings, or preprocessed images when the encoder trains) on the device."""
         return torch.stack([i.embedding for i in items]).to(self.model.device).float()
 
     def _ramp(self) -> float:
@@ -200,7 +201,7 @@ class Trainer:
         losses = {}
         batch = self._pick(self.data.masked, cfg.batch_cam)
         mirror = self.rng.random(len(batch)) < 0.5  # the map is a convolution: a mirrored image is a new example
-        grid = batch[0].embedding.shape[-1]
+        grid = model.grid
         batch, mirror, weight = self._share(batch, mirror)
 
         def flip(x: torch.Tensor) -> torch.Tensor:
@@ -255,12 +256,12 @@ class Trainer:
         perturb_seed = int(self.rng.integers(2**31))
         if not batch:
             return None
-        embeddings = self._embeddings(batch)
-        valid = valid_grid([i.geometry for i in batch], embeddings.shape[-1]).to(embeddings.device)
+        inputs = self._embeddings(batch)
+        valid = valid_grid([i.geometry for i in batch], self.model.grid).to(self.model.device)
         with torch.no_grad():
-            teacher_map, _ = self.teacher.cam(self.teacher.features(embeddings), valid)
-        student = self.model.classifier.location_logits(self.model.features(self._perturbed(embeddings,
-                                                                                            perturb_seed)))
+            teacher_map, _ = self.teacher.cam(self.teacher.features(inputs), valid)
+        perturbed = self._perturbed(self.model.embed(inputs), perturb_seed)  # the embedding is perturbed, not the image
+        student = self.model.classifier.location_logits(self.model.adapter(perturbed))
         return weight * map_consistency_loss(student, teacher_map, valid)
 
     def _decoder_consistency(self) -> torch.Tensor | None:
@@ -269,11 +270,12 @@ class Trainer:
         perturb_seed = int(self.rng.integers(2**31))
         if not batch:
             return None
-        embeddings = self._embeddings(batch)
+        inputs = self._embeddings(batch)
         boxes = torch.as_tensor(np.stack([whole_box(i.geometry.resized) for i in batch]))
         with torch.no_grad():
-            teacher_masks = torch.sigmoid(self.teacher.segment(self.teacher.features(embeddings), boxes)[0])
-        student, _ = self.model.segment(self.model.features(self._perturbed(embeddings, perturb_seed)), boxes)
+            teacher_masks = torch.sigmoid(self.teacher.segment(self.teacher.features(inputs), boxes)[0])
+        perturbed = self._perturbed(self.model.embed(inputs), perturb_seed)
+        student, _ = self.model.segment(self.model.adapter(perturbed), boxes)
         return weight * consistency_loss(student, teacher_masks)
 
     @torch.no_grad()

@@ -204,6 +204,22 @@ def test_a_bad_upload_is_refused_and_its_round_recorded_as_failed(api, tmp_path)
     assert response.status_code == 422 and not (tmp_path / "pwned").exists() and not store.models()
 
 
+def test_an_upload_whose_encoder_trained_is_refused(api, tmp_path):
+    """A model trained with encoder LoRA reads images, not the server's cached embeddings: it cannot be served."""
+    from model.adasam import AdaSamConfig, build_adasam, save_checkpoint
+    from model.backbones import backbone_view
+
+    round_id = call(api, "POST", "/rounds").json()["round"]
+    model = build_adasam(AdaSamConfig(backbone="micro_random"), backbone_view(api["slot"].base))
+    save_checkpoint(model, tmp_path / "frozen.pt")
+    payload = torch.load(tmp_path / "frozen.pt", weights_only=True)
+    payload["config"]["encoder_lora"] = 4
+    torch.save(payload, tmp_path / "lora.pt")
+    response = call(api, "POST", f"/rounds/{round_id}/model", content=(tmp_path / "lora.pt").read_bytes())
+    assert response.status_code == 422 and "encoder LoRA" in response.json()["detail"]
+    assert not api["store"].models() and api["store"].rounds(round_id)[0].status == "failed"
+
+
 def test_a_remote_round_is_checked_on_the_servers_validation_set_and_swapped_in(api):
     store, slot = api["store"], api["slot"]
     trainer = RemoteTrainer(client(api), "micro_random", api["root"] / "trainer-cache", api["root"] / "mirror")

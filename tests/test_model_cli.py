@@ -160,6 +160,29 @@ def test_predict_writes_masks_and_overlays(run, data, cache, tmp_path):
         assert all(0 <= v <= 1 for v in row["uncertainty"].values())
 
 
+def test_encoder_lora_trains_the_encoder_on_images_and_evaluates_without_the_cache(data, tmp_path):
+    """`--encoder-lora`: no embedding is cached or read (the encoder trains), the LoRA weights move from their
+    identity start, and evaluate and predict encode the images through the trained encoder."""
+    cache, folder = tmp_path / "cache", tmp_path / "run"
+    code, out, err = run_cli("train", "--data", data, "--out", folder, "--backbone", "tiny_random", "--steps", 3,
+                             "--cache", cache, "--masks", 0.5, "--seed", 0, "--encoder-lora", 2)
+    assert code == 0, err
+    summary = json.loads((folder / "summary.json").read_text())
+    assert summary["model_config"]["encoder_lora"] == 2 and summary["embeddings_computed"] == 0
+    ups = {k: v for k, v in torch.load(folder / "last.pt", weights_only=False)["state"].items()
+           if k.startswith("backbone.image_encoder.") and k.endswith("_up.weight")}
+    assert ups and any(v.abs().sum() > 0 for v in ups.values())  # they start at zero
+    path = tmp_path / "eval.json"
+    code, out, err = run_cli("evaluate", "--data", data, "--model", folder, "--split", "test", "--json", path,
+                             "--cache", cache)
+    assert code == 0, err
+    assert json.loads(path.read_text())["n_images"] == 2
+    code, out, err = run_cli("predict", "--model", folder, data / "images" / f"{IDS[0]}.png", "--out",
+                             tmp_path / "pred", "--cache", cache)
+    assert code == 0, err
+    assert not list(cache.rglob("*.pt")), "an encoder that trains must not fill the embedding cache"
+
+
 # -- bad input --------------------------------------------------------------------------------------------------------
 
 @pytest.fixture
@@ -220,6 +243,14 @@ def test_no_masked_image_contains_the_target(tmp_path):
     data = write_blob_folder(tmp_path / "blank", [False] * 6, size=(30, 30))
     code, _, err = _train(data, tmp_path / "run", tmp_path / "cache", "--masks", 1.0)
     _assert_refused(code, err, "train", "containing the target", "--masks", progress=True)
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("extra, needle", [(["--encoder-lora", "-1"], "rank >= 1"),
+                                           (["--encoder-lora", "2", "--method", "supervised"], "keep it frozen")])
+def test_encoder_lora_refusals(small, tmp_path, extra, needle):
+    code, _, err = _train(small, tmp_path / "run", tmp_path / "cache", *extra)
+    _assert_refused(code, err, "train", "--encoder-lora" if needle == "rank >= 1" else "encoder", needle)
     assert not (tmp_path / "run").exists()
 
 

@@ -111,3 +111,25 @@ def test_adasam_with_encoder_lora_keeps_lora_in_its_checkpoint(tmp_path):
     assert payload["config"]["encoder_lora"] == 2
     for key in lora_keys:
         assert torch.equal(loaded.get_parameter(key), model.get_parameter(key)), key
+
+
+def test_the_encoder_keeps_eval_mode_while_the_model_trains():
+    """Its batch norms keep the pretrained statistics: LoRA adapts attention, not normalisation."""
+    model = build_adasam(AdaSamConfig(backbone="tiny_random", encoder_lora=2)).train()
+    assert model.training and model.adapter.training and not model.backbone.image_encoder.training
+    assert not any(m.training for m in model.backbone.image_encoder.modules())
+
+
+def test_with_encoder_lora_the_model_reads_images_and_the_segmentation_loss_reaches_the_encoder():
+    model = build_adasam(AdaSamConfig(backbone="tiny_random", encoder_lora=2))
+    images = torch.rand(2, 3, 256, 256, generator=torch.Generator().manual_seed(1))
+    embeddings = model.embed(images)
+    assert tuple(embeddings.shape[1:]) == model.backbone.embedding_shape
+    frozen = build_adasam(AdaSamConfig(backbone="tiny_random"))
+    assert frozen.embed(embeddings) is not None and torch.equal(frozen.embed(embeddings), embeddings)
+    box = torch.tensor([[40.0, 40.0, 200.0, 200.0]] * 2)
+    logits, _ = model.segment(model.features(images), box)
+    logits.mean().backward()
+    down = [p for n, p in model.named_parameters() if n.endswith("q_down.weight")]
+    up = [p for n, p in model.named_parameters() if n.endswith("q_up.weight")]
+    assert down and all(p.grad is not None for p in up) and any(p.grad.abs().sum() > 0 for p in up)

@@ -181,6 +181,10 @@ def test_load_checkpoint_errors(tmp_path):
     with pytest.raises(CheckpointError, match=r"checkpoint format 1, this one reads 2\); train it again"):
         load_checkpoint(tmp_path / "old.pt")
     assert checkpoint_problem(tmp_path / "old.pt") == "old.pt: checkpoint format 1, this version reads 2"
+    payload["config"]["encoder_lora"] = 2  # the app cannot serve a model whose encoder trained
+    torch.save(payload, tmp_path / "lora.pt")
+    assert checkpoint_problem(tmp_path / "lora.pt") == ("lora.pt: trained with encoder LoRA (adasam train "
+                                                        "--encoder-lora): the app serves frozen-encoder models only")
 
 
 def test_resume_gives_the_same_weights(pool, tmp_path):
