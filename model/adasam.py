@@ -90,7 +90,9 @@ class AdaSam(nn.Module):
         return bool(self.config.encoder_lora)
 
     def train(self, mode: bool = True) -> "AdaSam":
-        """The encoder stays in eval mode (its batch norms keep their pretrained statistics) even while LoRA trains."""
+        """The encoder stays in eval mode, its batch norms on their pretrained statistics: while LoRA trains it, and
+        when it is frozen and shared with the backbone that fills the embedding cache (backbone_view), which in train
+        mode would compute, and cache, other embeddings after every round."""
         super().train(mode)
         self.backbone.image_encoder.eval()
         return self
