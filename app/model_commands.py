@@ -31,7 +31,7 @@ def register(sub) -> None:
                        "4 validations in a row, 50 steps apart, bring no better val Dice)")
     train.add_argument("--encoder-lora", type=int, default=0, metavar="RANK",
                        help="LoRA rank on the encoder's attention: the encoder trains, so every step encodes its "
-                            "images (a GPU's work: 0.37 s a step on an H200, minutes on 2 CPU cores)")
+                            "images (a GPU's work: 0.37 s a step on an H200 with TF32, minutes on 2 CPU cores)")
     train.add_argument("--cam-threshold", type=float, default=None,
                        help="fix the CAM threshold (default: the best of 0.2-0.5 on val, 0.4 without val images)")
     train.add_argument("--no-unlabeled", action="store_true", help="ablation: ignore the unlabeled images")

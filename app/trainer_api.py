@@ -262,8 +262,9 @@ class TrainerAPI:
                                   f"{self.slot.base.identity}")
         if config.method != "adasam" or not isinstance(payload.get("state"), dict):
             raise CheckpointError("not an ADA-SAM round model")
-        if live_encoder_problem(config):
-            raise CheckpointError(live_encoder_problem(config))
+        problem = live_encoder_problem(config)
+        if problem:
+            raise CheckpointError(problem)
         try:  # the weights must fit this backbone's model (names and shapes)
             load_checkpoint(path, backbone_view(self.slot.base))
         except CheckpointError:

@@ -34,13 +34,10 @@ sys.path.insert(0, str(ROOT))
 
 def adasam_main(argv: list[str]) -> int:
     """`adasam train|evaluate|embed ...` with only the model commands registered (no web or workspace imports)."""
-    import torch
-
     from app.errors import CommandError
     from app.model_commands import register
 
-    if torch.cuda.is_available():  # TF32 matmuls: both variants alike, about 3x fp32 on an H100/H200
-        torch.set_float32_matmul_precision("high")
+    tf32()
 
     parser = argparse.ArgumentParser(prog="adasam")
     register(parser.add_subparsers(dest="command", required=True))
@@ -50,6 +47,14 @@ def adasam_main(argv: list[str]) -> int:
     except CommandError as exc:
         print(f"adasam {args.command}: error: {exc}", file=sys.stderr)
         return 2
+
+
+def tf32() -> None:
+    """TF32 matmuls on a GPU, for both variants alike (about 3x fp32 on an H100/H200); nothing on a CPU."""
+    import torch
+
+    if torch.cuda.is_available():
+        torch.set_float32_matmul_precision("high")
 
 
 def variants(rank: int) -> dict[str, list[str]]:
@@ -132,15 +137,12 @@ def score(args, results: list[dict]) -> None:
 def step_timing(args, steps: int) -> dict:
     """Seconds per training step of each variant alone on the device (10% masks, seed 0; a few warm-up steps
     first), the cost a lead would pay per step of `adasam train`, with and without `--encoder-lora`."""
-    import torch
-
     from model.backbones import build_backbone
     from model.cache import model_inputs
     from model.dataset import SPLIT_SEED, load_data_folder, load_items, masked_ids
     from model.train import TrainConfig, Trainer, TrainingData, build_training_model, model_config
 
-    if torch.cuda.is_available():
-        torch.set_float32_matmul_precision("high")
+    tf32()
     pool = load_data_folder(args.data, seed=SPLIT_SEED).split("pool")
     chosen = masked_ids(pool, 0.1, 0)
     timings = {}

@@ -17,6 +17,8 @@ import argparse
 import io
 import lzma
 import shutil
+import subprocess
+import sys
 import tarfile
 from pathlib import Path
 
@@ -77,9 +79,19 @@ def main() -> int:
     (out / f"busi{args.size}.tar.xz").write_bytes(lzma.compress(resized_folder_tar(Path(args.data), args.size),
                                                                 preset=9))
     total = sum(p.stat().st_size for p in out.rglob("*") if p.is_file()) / 1e6
-    print(f"{out}: {total:.1f} MB (the lease takes {LIMIT_MB:.1f} MB with the working tree)")
+    tracked = sum(p.stat().st_size for p in map(Path, _tracked_files()) if p.is_file()) / 1e6
+    print(f"{out}: {total:.1f} MB, with the working tree {total + tracked:.1f} MB (the lease takes {LIMIT_MB:.1f})")
+    if total + tracked > LIMIT_MB:
+        print("too large for one lease: use a smaller --size", file=sys.stderr)
+        return 1
     print(COMMAND.format(args=args.run_args))
     return 0
+
+
+def _tracked_files() -> list[str]:
+    """The repository's tracked files (they travel with every lease call)."""
+    listing = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, text=True, check=True)
+    return [str(ROOT / name) for name in listing.stdout.split("\0") if name]
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from model.atomic import save_torch
-from model.backbones import Backbone, build_backbone
+from model.backbones import Backbone, backbone_view, build_backbone
 from model.cam import activation_map, cam_peaks, cam_to_box, central_box
 from model.decoder import decode
 from model.heads import LocationClassifier, SharedAdapter
@@ -55,6 +55,8 @@ class AdaSam(nn.Module):
 
     def __init__(self, config: AdaSamConfig, backbone: Backbone) -> None:
         super().__init__()
+        if config.encoder_lora:  # LoRA rewrites the encoder: never the one a cache's backbone shares
+            backbone = backbone_view(backbone, own_encoder=True)
         self.config = config
         self.backbone = backbone
         dim = backbone.embedding_shape[0]

@@ -66,10 +66,12 @@ class Backbone(nn.Module):
         return (self.image_encoder if encoder is None else encoder)(x)
 
 
-def backbone_view(base: Backbone) -> Backbone:
+def backbone_view(base: Backbone, own_encoder: bool = False) -> Backbone:
     """A backbone sharing the frozen encoders with `base` but owning its mask decoder, so loading a new model's
-    decoder weights never changes the one still serving."""
-    view = Backbone(base.name, base.identity, base.image_encoder, base.prompt_encoder,
+    decoder weights never changes the one still serving; `own_encoder`: a copy of the image encoder too, for a model
+    whose LoRA rewrites it (the shared one fills the embedding cache)."""
+    encoder = copy.deepcopy(base.image_encoder) if own_encoder else base.image_encoder
+    view = Backbone(base.name, base.identity, encoder, base.prompt_encoder,
                     copy.deepcopy(base.mask_decoder), base.image_size, base.pixel_scale,
                     tuple(base.pixel_mean.flatten().tolist()), tuple(base.pixel_std.flatten().tolist()))
     return view.to(base.device)  # its pixel buffers are new: put them beside the shared weights

@@ -1,4 +1,4 @@
-"""Fully automatic prediction and click/box refinement on cached embeddings."""
+"""Fully automatic prediction and click/box refinement on cached embeddings (images for an encoder-LoRA model)."""
 from __future__ import annotations
 
 import math

@@ -1,4 +1,5 @@
-"""Semi-supervised ADA-SAM training (and the decoder-only baselines) on cached embeddings.
+"""Semi-supervised ADA-SAM training (and the decoder-only baselines) on cached embeddings (on images when LoRA trains
+the encoder: AdaSam.embed).
 
 ADA-SAM, per step, from four pools of images:
 - masked (with or without the target): the classifier's map is supervised location by location by the mask at map
@@ -35,7 +36,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from model.adasam import AdaSam, AdaSamConfig, build_adasam, load_checkpoint, save_checkpoint, whole_box
+from model.adasam import (AdaSam, AdaSamConfig, CheckpointError, build_adasam, load_checkpoint, read_checkpoint,
+                          save_checkpoint, whole_box)
 from model.calibrate import calibrate, calibrate_presence
 from model.distributed import Ranks
 from model.evaluate import Item, evaluate
@@ -247,7 +249,7 @@ class Trainer:
     def _perturbed(self, embeddings: torch.Tensor, seed: int) -> torch.Tensor:
         noise = torch.randn(embeddings.shape, generator=torch.Generator().manual_seed(seed))
         return (F.dropout2d(embeddings, self.config.perturb_dropout)
-                + self.config.perturb_noise * embeddings.std() * noise.to(embeddings.device))
+                + self.config.perturb_noise * embeddings.std().detach() * noise.to(embeddings.device))
 
     def _map_consistency(self) -> torch.Tensor | None:
         """The student's map on a perturbed embedding agrees with the EMA teacher's map on the clean one (None: this
@@ -322,6 +324,7 @@ class Trainer:
 
     def load_resume_state(self, path: Path) -> None:
         payload = torch.load(path, map_location="cpu", weights_only=False)
+        _same_encoder(AdaSamConfig.from_dict(payload["config"]), self.model.config, f"{path}")
         self.model.load_state_dict(payload["state"], strict=False)
         self.optimizer.load_state_dict(payload["optimizer"])
         if self.teacher is not None and "teacher" in payload:
@@ -424,10 +427,22 @@ def build_training_model(config: AdaSamConfig, seed: int, backbone=None, init: s
     """A fresh model (seeded), or one warm-started from an earlier model's trainable weights (`init`)."""
     torch.manual_seed(seed)
     if init is not None:
+        _, _, earlier = read_checkpoint(init)
+        _same_encoder(earlier, config, f"{init}")
         model, _ = load_checkpoint(init, backbone)
         model.config = config
         return model
     return build_adasam(config, backbone)
+
+
+def _same_encoder(earlier: AdaSamConfig, config: AdaSamConfig, source: str) -> None:
+    """A run starts or resumes from weights of the same encoder setting (frozen, or LoRA of the same rank): LoRA
+    weights cannot be carried into another rank or dropped without the model changing under them."""
+    if earlier.encoder_lora != config.encoder_lora:
+        def name(rank: int) -> str:
+            return f"encoder LoRA rank {rank}" if rank else "the frozen encoder"
+        raise CheckpointError(f"{source}: trained with {name(earlier.encoder_lora)}, this run asks for "
+                              f"{name(config.encoder_lora)} (--encoder-lora); use the same setting or start afresh")
 
 
 def model_config(method: str, backbone: str, data: TrainingData, **settings) -> AdaSamConfig:

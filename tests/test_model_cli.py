@@ -168,7 +168,7 @@ def test_encoder_lora_trains_the_encoder_on_images_and_evaluates_without_the_cac
                              "--cache", cache, "--masks", 0.5, "--seed", 0, "--encoder-lora", 2)
     assert code == 0, err
     summary = json.loads((folder / "summary.json").read_text())
-    assert summary["model_config"]["encoder_lora"] == 2 and summary["embeddings_computed"] == 0
+    assert summary["model_config"]["encoder_lora"] == 2
     ups = {k: v for k, v in torch.load(folder / "last.pt", weights_only=False)["state"].items()
            if k.startswith("backbone.image_encoder.") and k.endswith("_up.weight")}
     assert ups and any(v.abs().sum() > 0 for v in ups.values())  # they start at zero
@@ -181,6 +181,19 @@ def test_encoder_lora_trains_the_encoder_on_images_and_evaluates_without_the_cac
                              tmp_path / "pred", "--cache", cache)
     assert code == 0, err
     assert not list(cache.rglob("*.pt")), "an encoder that trains must not fill the embedding cache"
+
+
+def test_a_run_starts_or_resumes_only_from_the_same_encoder_setting(run, data, cache, tmp_path):
+    """LoRA weights cannot be carried into a frozen-encoder run (or another rank), nor dropped on resume: refused in
+    one line, before anything is written."""
+    code, _, err = run_cli("train", "--data", data, "--out", tmp_path / "warm", "--backbone", "tiny_random",
+                           "--steps", 2, "--cache", cache, "--masks", 0.5, "--init", run["folder"],
+                           "--encoder-lora", 2)
+    _assert_refused(code, err, "train", "trained with the frozen encoder", "encoder LoRA rank 2", progress=True)
+    assert not (tmp_path / "warm").exists()
+    code, _, err = run_cli("train", "--data", data, "--out", run["folder"], "--backbone", "tiny_random",
+                           "--steps", 2, "--cache", cache, "--masks", 0.5, "--encoder-lora", 2)
+    _assert_refused(code, err, "train", "last.pt", "trained with the frozen encoder", progress=True)
 
 
 # -- bad input --------------------------------------------------------------------------------------------------------

@@ -126,10 +126,28 @@ def test_with_encoder_lora_the_model_reads_images_and_the_segmentation_loss_reac
     embeddings = model.embed(images)
     assert tuple(embeddings.shape[1:]) == model.backbone.embedding_shape
     frozen = build_adasam(AdaSamConfig(backbone="tiny_random"))
-    assert frozen.embed(embeddings) is not None and torch.equal(frozen.embed(embeddings), embeddings)
+    assert torch.equal(frozen.embed(embeddings), embeddings)
     box = torch.tensor([[40.0, 40.0, 200.0, 200.0]] * 2)
     logits, _ = model.segment(model.features(images), box)
     logits.mean().backward()
     down = [p for n, p in model.named_parameters() if n.endswith("q_down.weight")]
     up = [p for n, p in model.named_parameters() if n.endswith("q_up.weight")]
     assert down and all(p.grad is not None for p in up) and any(p.grad.abs().sum() > 0 for p in up)
+
+
+def test_lora_never_rewrites_an_encoder_it_shares():
+    """A LoRA model gets its own copy of the encoder: the base that fills the embedding cache keeps its own weights."""
+    from model.backbones import backbone_view
+
+    base = build_backbone("tiny_random")
+    image = torch.rand(1, 3, 256, 256, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        before = base.encode(image)
+    model = build_adasam(AdaSamConfig(backbone="tiny_random", encoder_lora=2), backbone_view(base))
+    assert any(isinstance(m, LoRAQKV) for m in model.backbone.image_encoder.modules())
+    assert not any(isinstance(m, LoRAQKV) for m in base.image_encoder.modules())
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if name.endswith("_up.weight"):
+                parameter.normal_()
+        torch.testing.assert_close(base.encode(image), before)
