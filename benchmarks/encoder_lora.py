@@ -204,8 +204,8 @@ def _cell(rows: list[dict], key: str) -> str:
     values = [r[key] for r in rows if r.get(key) is not None]
     if not values:
         return "-"
-    mean = statistics.fmean(values)
-    return f"{mean:.3f} ± {statistics.stdev(values):.3f}" if len(values) > 1 else f"{mean:.3f}"
+    mean = statistics.fmean(values)  # sd over seeds with ddof 0, as label_efficiency.py's tables report it
+    return f"{mean:.3f} ± {statistics.pstdev(values):.3f}" if len(values) > 1 else f"{mean:.3f}"
 
 
 def main() -> int:

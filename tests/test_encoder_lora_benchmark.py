@@ -53,7 +53,7 @@ def test_table_gives_mean_and_sd_per_variant_and_marks_cut_runs():
                  "error": "no model.pt"})
     lines = table(rows).splitlines()
     frozen = next(line for line in lines if line.startswith("| frozen encoder | 0.1 "))
-    assert "0.650 ± 0.071" in frozen and "| 0,1 |" in frozen and "400, 400" in frozen
+    assert "0.650 ± 0.050" in frozen and "| 0,1 |" in frozen and "400, 400" in frozen
     unscored = next(line for line in lines if line.startswith("| encoder LoRA rank 8 | 0.1 "))
     assert "| - |" in unscored and "0 (cut)" in unscored
     assert "| encoder LoRA rank 8 | 1 | 0.680 |" in table(rows)
