@@ -119,6 +119,7 @@ def score(args, results: list[dict]) -> None:
     from model.dataset import SPLIT_SEED, load_data_folder, load_items
     from model.evaluate import evaluate
 
+    tf32()  # as in training (and as this session's lease scored)
     samples = [s for s in load_data_folder(args.data, seed=SPLIT_SEED).split("test") if s.mask_path is not None]
     for result in results:
         folder = Path(result["folder"])
