@@ -57,6 +57,16 @@ def tf32() -> None:
         torch.set_float32_matmul_precision("high")
 
 
+def live_precision() -> str:
+    """What the LoRA runs' live encoder computes in on this machine (model.adasam.live_encoder_precision)."""
+    import torch
+
+    from model.adasam import live_encoder_precision
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return "bf16 autocast" if isinstance(live_encoder_precision(device), torch.autocast) else "float32 (TF32 on a GPU)"
+
+
 def variants(rank: int) -> dict[str, list[str]]:
     return {"frozen encoder": [], f"encoder LoRA rank {rank}": ["--encoder-lora", str(rank)]}
 
@@ -235,8 +245,9 @@ def main() -> int:
         print(json.dumps({"embedding": embedding}), flush=True)
         timings = step_timing(args, args.step_timing)
         Path(args.out).mkdir(parents=True, exist_ok=True)
-        (Path(args.out) / "step_timing.json").write_text(json.dumps({"embedding": embedding, "step_seconds": timings,
-                                                                     "steps": args.step_timing}, indent=2))
+        (Path(args.out) / "step_timing.json").write_text(json.dumps(
+            {"embedding": embedding, "step_seconds": timings, "steps": args.step_timing,
+             "live_encoder_precision": live_precision()}, indent=2))
         return 0
     if args.quick:
         from model.testing import write_blob_dataset
@@ -259,7 +270,8 @@ def main() -> int:
 
     def write() -> None:
         report = {"data": args.data, "backbone": args.backbone, "rank": args.rank, "deadline_s": args.deadline_s,
-                  "embedding": embedding, "wall_s": time.time() - started, "runs": results}
+                  "live_encoder_precision": live_precision(), "embedding": embedding,
+                  "wall_s": time.time() - started, "runs": results}
         (out / "encoder_lora.json").write_text(json.dumps(report, indent=2))
 
     write()  # the training figures, should scoring not finish

@@ -12,7 +12,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
-from encoder_lora import stop, table  # noqa: E402
+from encoder_lora import live_precision, stop, table  # noqa: E402
 
 
 def _run(folder: Path, seconds: float, records: list[dict], summary: dict | None = None) -> dict:
@@ -57,3 +57,10 @@ def test_table_gives_mean_and_sd_per_variant_and_marks_cut_runs():
     unscored = next(line for line in lines if line.startswith("| encoder LoRA rank 8 | 0.1 "))
     assert "| - |" in unscored and "0 (cut)" in unscored
     assert "| encoder LoRA rank 8 | 1 | 0.680 |" in table(rows)
+
+
+def test_the_report_names_the_live_encoders_precision(monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert live_precision() == "float32 (TF32 on a GPU)"
