@@ -1,16 +1,20 @@
-"""One-off: neck embedding + two intermediate TinyViT outputs for BUSI pool and val (never test), fp16 on disk."""
+"""One-off (run from the repository root: PYTHONPATH=. python THIS_FILE [THREADS]): neck embedding + two
+intermediate TinyViT outputs for BUSI pool and val (never test), fp16 on disk."""
+import tempfile
 import sys, time, torch
 from pathlib import Path
 from model.backbones import build_backbone
 from model.dataset import load_data_folder
 from model.preprocess import read_image, preprocess_image
+DATA = Path(__file__).resolve().parents[4] / "shared" / "datasets" / "busi"  # ../shared beside the repo
+SCRATCH = Path(tempfile.gettempdir()) / "probe"  # features (3.6 GB), run folders, results.jsonl
 torch.set_num_threads(int(sys.argv[1]) if len(sys.argv) > 1 else 2)
-out = Path("/tmp/probe/feats"); out.mkdir(parents=True, exist_ok=True)
+out = SCRATCH / "feats"; out.mkdir(parents=True, exist_ok=True)
 b = build_backbone("litemedsam"); enc = b.image_encoder.eval()
 grabbed = {}
 enc.layers[1].register_forward_hook(lambda m, i, o: grabbed.__setitem__("l1", o))
 enc.layers[2].register_forward_hook(lambda m, i, o: grabbed.__setitem__("l2", o))
-data = load_data_folder("/work/shared/datasets/busi")
+data = load_data_folder(str(DATA))
 samples = [s for s in data.samples if s.split in ("pool", "val")]
 todo = [s for s in samples if not (out / f"{s.id}.pt").exists()]
 print(len(samples), "samples,", len(todo), "to do", flush=True)

@@ -1,8 +1,10 @@
-"""One-off probe (kept for reproducibility, not part of the tool; run from the repository root after extract.py):
+"""One-off probe (kept for reproducibility, not part of the tool; run from the repository root after extract.py,
+as `PYTHONPATH=. python THIS_FILE l1|l2|emb SEED [THREADS] [cheap|full]`):
 does the map head tell lesions apart better when it also reads an intermediate TinyViT output?
 
 Real Trainer, map head + tags only (freeze_adapter, no unlabeled: the cheap protocol), 10% masks, val-picked.
 The decoder always reads the 256-channel neck embedding; the classifier reads [embedding, extra]."""
+import tempfile
 import json, sys, time
 from pathlib import Path
 import torch
@@ -13,6 +15,8 @@ from model.evaluate import Item, evaluate
 from model.heads import LocationClassifier
 from model.preprocess import Geometry, read_mask
 from model.train import TrainConfig, Trainer, TrainingData
+DATA = Path(__file__).resolve().parents[4] / "shared" / "datasets" / "busi"  # ../shared beside the repo
+SCRATCH = Path(tempfile.gettempdir()) / "probe"  # features (3.6 GB), run folders, results.jsonl
 
 variant, seed = sys.argv[1], int(sys.argv[2])
 torch.set_num_threads(int(sys.argv[3]) if len(sys.argv) > 3 else 2)
@@ -32,8 +36,8 @@ class ProbeSam(AdaSam):
         return super().segment(features[:, :256], boxes, points)
 
 
-data = load_data_folder("/work/shared/datasets/busi")
-feats = Path("/tmp/probe/feats")
+data = load_data_folder(str(DATA))
+feats = SCRATCH / "feats"
 pool, val = data.split("pool"), data.split("val")
 stats = {}
 if EXTRA:
@@ -67,7 +71,7 @@ model.classifier = LocationClassifier(dim, dropout=0.3)
 model.adapter = SplitAdapter(model.adapter, 256)
 cheap = mode == "cheap"
 cfg = TrainConfig(seed=seed, calibrate=False, freeze_adapter=cheap, use_unlabeled=not cheap)
-out = Path(f"/tmp/probe/runs/{mode}_{variant}_seed{seed}"); out.mkdir(parents=True, exist_ok=True)
+out = SCRATCH / "runs" / f"{mode}_{variant}_seed{seed}"; out.mkdir(parents=True, exist_ok=True)
 log = open(out / "train.log", "w")
 t0 = time.time()
 trainer = Trainer(model, cfg, TrainingData(masked, tagged, unlabeled if not cheap else [], val_items), out,
@@ -83,5 +87,5 @@ result = {"variant": variant, "seed": seed, "mode": mode, "best_step": best["ste
           "held_pool_lesion_dice_ungated": summary["dice_lesion_ungated"], "n_held": len(held_lesion),
           "history": history, "train_s": train_s}
 print(json.dumps(result))
-with open("/tmp/probe/results.jsonl", "a") as f:
+with open(SCRATCH / "results.jsonl", "a") as f:
     f.write(json.dumps(result) + "\n")
