@@ -62,9 +62,10 @@ def live_precision() -> str:
     import torch
 
     from model.adasam import live_encoder_precision
+    from model.device import default_device  # the device the runs use (ADASAM_DEVICE included)
 
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return "bf16 autocast" if isinstance(live_encoder_precision(device), torch.autocast) else "float32 (TF32 on a GPU)"
+    on_bf16 = isinstance(live_encoder_precision(default_device()), torch.autocast)
+    return "bf16 autocast" if on_bf16 else "float32 (TF32 on a GPU)"
 
 
 def variants(rank: int) -> dict[str, list[str]]:
