@@ -175,6 +175,7 @@ def train_unet(data: str, fraction: float, seed: int, out: Path, config: UNetCon
                    "unet": settings})
     out.mkdir(parents=True, exist_ok=True)
     result_path.write_text(json.dumps(result, indent=2, default=float))
+    torch.save(best["state"], out / "unet.pt")  # the val-picked weights, for probes that reuse the U-Net's maps
     return result
 
 
