@@ -32,6 +32,10 @@ def register(sub) -> None:
     train.add_argument("--encoder-lora", type=int, default=0, metavar="RANK",
                        help="LoRA rank on the encoder's attention: the encoder trains, so every step encodes its "
                             "images (a GPU's work: 0.37 s a step on an H200 with TF32, minutes on 2 CPU cores)")
+    train.add_argument("--image-view", action="store_true",
+                       help="the classifier also reads the image: a U-Net at 128 px, trained first on the masked "
+                            "images with augmentation, whose map is averaged with the CAM that prompts SAM (minutes "
+                            "more on 2 CPU cores; the web app does not serve such models yet)")
     train.add_argument("--cam-threshold", type=float, default=None,
                        help="fix the CAM threshold (default: the best of 0.2-0.5 on val, 0.4 without val images)")
     train.add_argument("--no-unlabeled", action="store_true", help="ablation: ignore the unlabeled images")
@@ -100,6 +104,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise CommandError(f"--encoder-lora must be a rank >= 1 (0: frozen encoder), got {args.encoder_lora}")
     if args.encoder_lora and args.method != "adasam":
         raise CommandError("--encoder-lora trains ADA-SAM's encoder; the decoder-only baselines keep it frozen")
+    if args.image_view and (args.method != "adasam" or args.encoder_lora or args.prompt != "cam"):
+        raise CommandError("--image-view adds to ADA-SAM's CAM prompt: not with --method other than adasam, "
+                           "--encoder-lora or --prompt whole")
     ranks = join(default_device())  # one process, or one of torchrun's: rank 0 validates, writes and prints
     try:
         return _train(args, folder, pool, val, build_backbone(args.backbone), ranks)
@@ -119,8 +126,8 @@ def _train(args: argparse.Namespace, folder, pool: list, val: list, backbone, ra
     say(f"data: {len(pool)} pool ({len(chosen)} masked, seed {args.seed}), {len(val)} val; split from "
           f"{folder.split_source}; test split untouched" + (f"; {ranks.world} ranks" if ranks.joined else ""))
     cache = model_inputs(backbone, args.encoder_lora, args.cache or DEFAULT_CACHE_DIR)
-    pool_items = load_items(pool, cache, ranks=ranks)
-    val_items = load_items(val, cache, ranks=ranks)
+    pool_items = load_items(pool, cache, ranks=ranks, with_images=args.image_view)
+    val_items = load_items(val, cache, ranks=ranks, with_images=args.image_view)
     masked, unlabeled, tagged = [], [], []
     for item in pool_items:
         if item.id in chosen:
@@ -136,6 +143,8 @@ def _train(args: argparse.Namespace, folder, pool: list, val: list, backbone, ra
     settings = {"cam_threshold": args.cam_threshold} if args.cam_threshold is not None else {}
     if args.encoder_lora:
         settings["encoder_lora"] = args.encoder_lora
+    if args.image_view:
+        settings["image_view"] = True
     config = model_config(args.method, args.backbone, data, **settings,
                           **({"prompt": "whole"} if args.prompt == "whole" else {}))
     if args.method == "adasam" and not config.has_negatives:
@@ -265,7 +274,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         raise CommandError(f"{args.data}: no image with a mask in split {args.split!r}")
     model = load_model(args.model)
     items = load_items(samples, model_inputs(model.backbone, model.config.encoder_lora,
-                                             args.cache or DEFAULT_CACHE_DIR))
+                                             args.cache or DEFAULT_CACHE_DIR), with_images=model.config.image_view)
     started = time.time()
     summary, rows = evaluate(model, items, prompt=args.prompt)
     summary.update({"split": args.split, "model": str(args.model), "method": model.config.method,
@@ -304,6 +313,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from PIL import Image
 
     from model.cache import DEFAULT_CACHE_DIR, model_inputs
+    from model.image_view import image_input
     from model.inference import Predictor
     from model.overlay import cam_overlay
     from model.preprocess import read_image
@@ -318,7 +328,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     tmp.mkdir(parents=True)
     rows = []
     for path, image, (embedding, geometry) in zip(args.images, images, cache.get_many(images)):
-        p = predictor.predict(embedding, geometry)
+        p = predictor.predict(embedding, geometry, image_input(image) if model.config.image_view else None)
         stem = Path(path).stem
         Image.fromarray((p.mask * 255).astype(np.uint8)).save(tmp / f"{stem}_mask.png")
         Image.fromarray(cam_overlay(image, p.cam, p.mask, p.box)).save(tmp / f"{stem}_cam.png")

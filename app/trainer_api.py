@@ -34,7 +34,7 @@ from app.rounds import (
 )
 from app.status import write_remote_status
 from app.trainer import workspace_pixels
-from model.adasam import CHECKPOINT_FORMAT, CheckpointError, live_encoder_problem, load_checkpoint, read_checkpoint
+from model.adasam import CHECKPOINT_FORMAT, CheckpointError, serving_problem, load_checkpoint, read_checkpoint
 from model.backbones import backbone_view
 from model.atomic import save_torch
 
@@ -262,7 +262,7 @@ class TrainerAPI:
                                   f"{self.slot.base.identity}")
         if config.method != "adasam" or not isinstance(payload.get("state"), dict):
             raise CheckpointError("not an ADA-SAM round model")
-        problem = live_encoder_problem(config)
+        problem = serving_problem(config)
         if problem:
             raise CheckpointError(problem)
         try:  # the weights must fit this backbone's model (names and shapes)

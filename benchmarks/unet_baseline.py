@@ -24,12 +24,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
+from model import image_view
 from model.dataset import SPLIT_SEED, Sample, load_data_folder, masked_ids
-from model.device import default_device, module_device
+from model.device import default_device
+from model.image_view import (ImageViewTraining, fit, image_input, lesion_dice, mask_target, probabilities,
+                              to_original)
 from model.metrics import dice, hd95, summarise
-from model.preprocess import normalise_intensity, read_image, read_mask
+from model.preprocess import read_image, read_mask
 from model.train import TrainConfig
 
 
@@ -60,60 +62,24 @@ def load_split(samples: list[Sample], size: int) -> Split:
     for s in samples:
         image = read_image(s.image_path)
         mask = read_mask(s.mask_path, image.shape[:2])
-        grey = torch.from_numpy(normalise_intensity(image)[:1])[None]
-        images.append(F.interpolate(grey, size=(size, size), mode="bilinear", align_corners=False, antialias=True)[0])
-        target = torch.from_numpy(mask.astype(np.float32))[None, None]
-        targets.append(F.interpolate(target, size=(size, size), mode="nearest")[0])
+        images.append(image_input(image, size))
+        targets.append(mask_target(mask, size))
         masks.append(mask)
     return Split(torch.stack(images), torch.stack(targets), masks, [s.id for s in samples])
 
 
-def augmentation(seed: int, size: int):
-    """Random affine (rotation up to 15 degrees, scale +-15%, shift up to 10% of the side), horizontal flip, contrast
-    and noise: MONAI's transforms, applied to one C x S x S image and its mask together, seeded."""
-    from monai.transforms import (Compose, RandAdjustContrastd, RandAffined, RandFlipd, RandGaussianNoised)
-
-    keys = ["image", "mask"]
-    return Compose([
-        RandAffined(keys, prob=0.8, rotate_range=math.radians(15), scale_range=(0.15, 0.15),
-                    translate_range=(0.1 * size, 0.1 * size), mode=("bilinear", "nearest"), padding_mode="zeros"),
-        RandFlipd(keys, prob=0.5, spatial_axis=1),
-        RandAdjustContrastd("image", prob=0.3, gamma=(0.7, 1.5)),
-        RandGaussianNoised("image", prob=0.2, std=0.03),  # std drawn from U(0, 0.03)
-    ]).set_random_state(seed=seed)
-
-
-def augmented(transform, images: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """A batch through `transform`, image by image (each gets its own draw)."""
-    out = [transform({"image": x, "mask": y}) for x, y in zip(images, targets)]
-    plain = [tuple(torch.as_tensor(o[key]).as_subclass(torch.Tensor) for key in ("image", "mask"))
-             for o in out]  # MONAI returns MetaTensors
-    images = torch.stack([x.float().clamp(0, 1) for x, _ in plain])
-    return images, torch.stack([(y > 0.5).float() for _, y in plain])
-
-
 def build_unet(config: UNetConfig) -> torch.nn.Module:
-    from monai.networks.nets import UNet
-
-    return UNet(spatial_dims=2, in_channels=1, out_channels=1, channels=config.channels,
-                strides=(2,) * (len(config.channels) - 1), num_res_units=2)
+    return image_view.build_unet(config.channels)
 
 
-@torch.no_grad()
 def score(net: torch.nn.Module, split: Split, with_hd95: bool) -> dict:
     """The same figures `adasam evaluate` reports (prompt-related ones do not apply to a U-Net)."""
-    net.eval()
     rows = []
-    device = module_device(net)
-    for start in range(0, len(split.ids), 16):
-        probs = torch.sigmoid(net(split.images[start:start + 16].to(device))).cpu()
-        for k, prob in enumerate(probs):
-            truth = split.masks[start + k]
-            full = F.interpolate(prob[None], size=truth.shape, mode="bilinear", align_corners=False)[0, 0]
-            prediction = (full > 0.5).numpy()
-            lesion = bool(truth.any())
-            rows.append({"lesion": lesion, "probability": float(prob.max()), "dice": dice(prediction, truth),
-                         "hd95": hd95(prediction, truth) if (with_hd95 and lesion) else math.nan})
+    for prob, truth in zip(probabilities(net, split.images), split.masks):
+        prediction = (to_original(prob, truth.shape) > 0.5).numpy()
+        lesion = bool(truth.any())
+        rows.append({"lesion": lesion, "probability": float(prob.max()), "dice": dice(prediction, truth),
+                     "hd95": hd95(prediction, truth) if (with_hd95 and lesion) else math.nan})
     return summarise(rows)
 
 
@@ -128,61 +94,24 @@ def train_unet(data: str, fraction: float, seed: int, out: Path, config: UNetCon
         print(f"{out}: trained with other settings ({done.get('unet')}); training again", flush=True)
     started = time.time()
     torch.manual_seed(seed)
-    rng = np.random.default_rng(seed)
     folder = load_data_folder(data, seed=SPLIT_SEED)
     chosen = masked_ids(folder.split("pool"), fraction, seed)
     train = load_split([s for s in folder.split("pool") if s.id in chosen], config.size)
     val = load_split([s for s in folder.split("val") if s.mask_path], config.size)
     test = load_split([s for s in folder.split("test") if s.mask_path], config.size)
-    from monai.losses import DiceCELoss
-
-    device = default_device()
-    net = build_unet(config).to(device)
-    loss_fn = DiceCELoss(sigmoid=True)
-    optimizer = torch.optim.Adam(net.parameters(), lr=config.lr)
-    transform = augmentation(seed, config.size) if config.augment else None
-    best = {"score": -math.inf, "step": 0, "state": None}
-    history = []
-    step = 0
-    while step < config.steps and not stalled(history, max(best["step"], config.min_steps), config.patience):
-        step += 1
-        net.train()
-        index = torch.as_tensor(rng.choice(len(train.ids), size=min(config.batch, len(train.ids)), replace=False))
-        x, y = train.images[index], train.targets[index]
-        if transform is not None:
-            x, y = augmented(transform, x, y)
-        else:
-            flip = torch.as_tensor(rng.random(len(index)) < 0.5)
-            x = torch.where(flip[:, None, None, None], x.flip(-1), x)
-            y = torch.where(flip[:, None, None, None], y.flip(-1), y)
-        loss = loss_fn(net(x.to(device)), y.to(device))
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        if step % config.eval_every == 0 or step == config.steps:
-            summary = score(net, val, with_hd95=False) if val.ids else {}
-            value = summary.get("dice_lesion", float(step)) if summary.get("n_lesion") else summary.get(
-                "dice_all", float(step))
-            history.append({"step": step, "score": value})
-            if value >= best["score"]:  # the later of equals, as model.train
-                state = {k: v.detach().clone() for k, v in net.state_dict().items()}
-                best = {"score": value, "step": step, "state": state}
-    net.load_state_dict(best["state"])
+    net = build_unet(config).to(default_device())
+    training = ImageViewTraining(steps=config.steps, batch=config.batch, lr=config.lr, eval_every=config.eval_every,
+                                 patience=config.patience, min_steps=config.min_steps, augment=config.augment)
+    fitted = fit(net, train.images, train.targets, lambda: lesion_dice(net, val.images, val.masks), training, seed)
     result = score(net, test, with_hd95=True)
     result.update({"split": "test", "method": "unet", "masks": fraction, "seed": seed, "n_masked": len(train.ids),
-                   "best_step": best["step"], "stopped_at": step, "val_history": history,
-                   "train_seconds": time.time() - started,
+                   "best_step": fitted["best_step"], "stopped_at": fitted["stopped_at"],
+                   "val_history": fitted["history"], "train_seconds": time.time() - started,
                    "unet": settings})
     out.mkdir(parents=True, exist_ok=True)
     result_path.write_text(json.dumps(result, indent=2, default=float))
-    torch.save(best["state"], out / "unet.pt")  # the val-picked weights, for probes that reuse the U-Net's maps
+    torch.save(net.state_dict(), out / "unet.pt")  # the val-picked weights, for probes that reuse the U-Net's maps
     return result
-
-
-def stalled(history: list[dict], since: int, patience: int) -> bool:
-    """`patience` evaluations in a row after step `since` (the best one's, or the floor `min_steps` while the best
-    came before it): the stopping rule of model.train.Trainer.stalled."""
-    return bool(patience) and sum(r["step"] > since for r in history) >= patience
 
 
 def main() -> int:

@@ -9,13 +9,14 @@ import numpy as np
 import torch
 from torch import nn
 
+from model import image_view
 from model.atomic import save_torch
 from model.backbones import Backbone, backbone_view, build_backbone
 from model.cam import activation_map, cam_peaks, cam_to_box, central_box
 from model.decoder import decode
 from model.heads import LocationClassifier, SharedAdapter
 from model.lora import apply_lora
-from model.preprocess import mask_box
+from model.preprocess import Geometry, mask_box
 
 CHECKPOINT_FORMAT = 2  # 2: the classifier reads position channels and a pooling pyramid (format 1 models: retrain)
 
@@ -37,6 +38,7 @@ class AdaSamConfig:
     # 0.035 val lesion Dice on BUSI at 10% masks: 0.728 -> 0.692)
     presence_threshold: float = 0.5  # below it the automatic mask is empty ("no finding")
     encoder_lora: int = 0  # LoRA rank on the encoder's attention (0 = frozen encoder, cached embeddings)
+    image_view: bool = False  # the classifier also reads the image (model.image_view): its map joins the CAM's
     has_negatives: bool = True  # False: the data had no target-absent image; presence is then assumed
 
     @property
@@ -63,6 +65,7 @@ class AdaSam(nn.Module):
         dim = backbone.embedding_shape[0]
         self.adapter = SharedAdapter(dim, config.adapter_hidden)
         self.classifier = LocationClassifier(dim, dropout=config.classifier_dropout)
+        self.image_view = image_view.build_unet() if config.image_view else None
         for parameter in backbone.parameters():
             parameter.requires_grad_(False)
         for parameter in backbone.mask_decoder.parameters():
@@ -122,6 +125,16 @@ class AdaSam(nn.Module):
         """(B x h x w map in [0, 1] that prompts the decoder, B x 2 presence logits)."""
         return activation_map(self.classifier, features, valid)
 
+    def prompt_maps(self, cams: torch.Tensor, images: torch.Tensor | None, geometries: list[Geometry]) -> torch.Tensor:
+        """The maps whose boxes prompt the decoder: the CAM, averaged with the image view's map when the model has
+        one (`images`: B x 1 x S x S, model.image_view.image_input; required then)."""
+        if self.image_view is None:
+            return cams
+        if images is None:
+            raise ValueError("this model's classifier also reads the image (image view): pass the images")
+        seen = image_view.on_grid(image_view.probabilities(self.image_view, images), geometries, self.grid)
+        return (cams + seen.to(cams.device)) / 2
+
     def auto_boxes(self, cams: torch.Tensor, valid_hw: list[tuple[int, int]]) -> tuple[torch.Tensor, list[bool]]:
         """The automatic prompt for each image: its CAM box (adasam) or the whole image (supervised)."""
         boxes, fallbacks = [], []
@@ -167,7 +180,8 @@ class AdaSam(nn.Module):
         """The weights training may change (adapter, classifier, decoder, LoRA): the frozen encoder is not stored,
         it comes from the backbone checkpoint. The decoder is stored even when a run kept it frozen, so a model
         warm-started from one with a trained decoder keeps it."""
-        names = {n for n, p in self.named_parameters() if p.requires_grad or n.startswith("backbone.mask_decoder.")}
+        kept = ("backbone.mask_decoder.", "image_view.")  # also when frozen: a warm start must keep them
+        names = {n for n, p in self.named_parameters() if p.requires_grad or n.startswith(kept)}
         return {k: v.detach().cpu().clone() for k, v in self.state_dict().items() if k in names}
 
 
@@ -243,18 +257,21 @@ def checkpoint_problem(path: str | Path) -> str | None:
             _, payload, config = read_checkpoint(path)
             found = payload.get("format")
             problem = (f"checkpoint format {found}, this version reads {CHECKPOINT_FORMAT}"
-                       if found != CHECKPOINT_FORMAT else live_encoder_problem(config))
+                       if found != CHECKPOINT_FORMAT else serving_problem(config))
             _PROBLEMS[key] = f"{path.name}: {problem}" if problem else None
         except CheckpointError as exc:
             _PROBLEMS[key] = str(exc)
     return _PROBLEMS[key]
 
 
-def live_encoder_problem(config: AdaSamConfig) -> str | None:
-    """Why the web app cannot serve this model, if its encoder trained (LoRA): the app works on cached embeddings of
-    the frozen encoder, and a model that encodes each image itself would also change the shared encoder's weights."""
+def serving_problem(config: AdaSamConfig) -> str | None:
+    """Why the web app cannot serve this model, if it cannot: an encoder that trained (LoRA; the app works on cached
+    embeddings of the frozen encoder, and a model that encodes each image itself would also change the shared
+    encoder's weights), or an image view (the app's predictions pass embeddings only, for now)."""
     if config.encoder_lora:
         return "trained with encoder LoRA (adasam train --encoder-lora): the app serves frozen-encoder models only"
+    if config.image_view:
+        return "trained with an image view (adasam train --image-view): the app does not serve such models yet"
     return None
 
 

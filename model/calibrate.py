@@ -14,10 +14,9 @@ missed target costs a drawing while a false proposal costs one key press.
 from __future__ import annotations
 
 import numpy as np
-import torch
 
 from model.adasam import AdaSam
-from model.evaluate import Item, evaluate
+from model.evaluate import Item, batch_inputs, evaluate
 from model.inference import Predictor
 
 CAM_THRESHOLDS = (0.2, 0.3, 0.4, 0.5)
@@ -68,6 +67,5 @@ def presence_probabilities(model: AdaSam, items: list[Item], batch_size: int = 3
     predictor, out = Predictor(model), []
     for start in range(0, len(items), batch_size):
         chunk = items[start:start + batch_size]
-        out += [p.probability for p in predictor.presence_batch(torch.stack([i.embedding for i in chunk]),
-                                                                [i.geometry for i in chunk])]
+        out += [p.probability for p in predictor.presence_batch(*batch_inputs(chunk))]
     return np.array(out)

@@ -13,6 +13,7 @@ import numpy as np
 
 from model.distributed import Ranks
 from model.evaluate import Item
+from model.image_view import image_input
 from model.manifest import parse_has_lesion
 from model.preprocess import ImageReadError, read_image, read_mask
 
@@ -114,9 +115,10 @@ def _read_manifest(path: Path) -> dict[str, dict]:
 __all__ = ["DataFolder", "Sample", "DataError", "ImageReadError", "load_data_folder", "seeded_split"]
 
 
-def load_items(samples, cache, with_masks: bool = True, ranks: Ranks = Ranks()) -> list:
+def load_items(samples, cache, with_masks: bool = True, ranks: Ranks = Ranks(), with_images: bool = False) -> list:
     """Read, check and embed samples -> evaluate.Item list (raises ImageReadError on a bad file). Under torchrun the
-    cache's misses are encoded across the ranks first."""
+    cache's misses are encoded across the ranks first. `with_images`: each item also holds the image view's input
+    (model.image_view)."""
     images = [read_image(s.image_path) for s in samples]
     masks = [read_mask(s.mask_path, image.shape[:2]) if (with_masks and s.mask_path) else None
              for s, image in zip(samples, images)]
@@ -127,6 +129,9 @@ def load_items(samples, cache, with_masks: bool = True, ranks: Ranks = Ranks()) 
     for sample, mask, (embedding, geometry) in zip(samples, masks, embedded):
         tag = sample.has_lesion if sample.has_lesion is not None else (bool(mask.any()) if mask is not None else None)
         items.append(Item(sample.id, embedding, geometry, mask, tag))
+    if with_images:
+        for item, image in zip(items, images):
+            item.image = image_input(image)
     return items
 
 

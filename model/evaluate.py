@@ -22,6 +22,14 @@ class Item:
     geometry: Geometry
     mask: np.ndarray | None = None  # bool H x W at original size; None = no mask
     tag: bool | None = None  # image-level target present / absent; None = unknown
+    image: torch.Tensor | None = None  # 1 x S x S grey image for a model with an image view (model.image_view)
+
+
+def batch_inputs(items: list[Item]) -> tuple[torch.Tensor, list[Geometry], torch.Tensor | None]:
+    """What a Predictor reads for these items: stacked inputs, geometries, and stacked images where all have one."""
+    images = [i.image for i in items]
+    return (torch.stack([i.embedding for i in items]), [i.geometry for i in items],
+            torch.stack(images) if images and all(x is not None for x in images) else None)
 
 
 def evaluate(model: AdaSam, items: list[Item], prompt: str = "auto", batch_size: int = 8,
@@ -37,7 +45,7 @@ def evaluate(model: AdaSam, items: list[Item], prompt: str = "auto", batch_size:
     rows = []
     for start in range(0, len(items), batch_size):
         chunk = items[start:start + batch_size]
-        predictions = predictor.predict_batch(torch.stack([i.embedding for i in chunk]), [i.geometry for i in chunk])
+        predictions = predictor.predict_batch(*batch_inputs(chunk))
         if prompt == "oracle":
             predictions = [_oracle(model, item, p) for item, p in zip(chunk, predictions)]
         for item, p in zip(chunk, predictions):

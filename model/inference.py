@@ -54,16 +54,18 @@ class Predictor:
         self._embedding: torch.Tensor | None = None  # held, so `is` cannot match a recycled object
         self._features: torch.Tensor | None = None
 
-    def predict(self, embedding: torch.Tensor, geometry: Geometry) -> Prediction:
-        return self.predict_batch(embedding[None], [geometry])[0]
+    def predict(self, embedding: torch.Tensor, geometry: Geometry, image: torch.Tensor | None = None) -> Prediction:
+        return self.predict_batch(embedding[None], [geometry], None if image is None else image[None])[0]
 
-    def _presence(self, embeddings: torch.Tensor, geometries: list[Geometry]):
-        """The decoder-free part of a prediction: (features, maps, P(target present), prompt boxes, fallbacks)."""
+    def _presence(self, embeddings: torch.Tensor, geometries: list[Geometry], images: torch.Tensor | None):
+        """The decoder-free part of a prediction: (features, maps, P(target present), prompt boxes, fallbacks).
+        `images` (B x 1 x S x S): required by a model with an image view, whose map joins the CAM's."""
         model, config = self.model, self.model.config
         valid = valid_grid(geometries, model.grid)
         with torch.no_grad():
             features = model.features(embeddings)
             cams, logits = model.cam(features, valid)
+            cams = model.prompt_maps(cams, images, geometries)
         if self.dropout_samples > 1:
             probability = mc_dropout_probability(model.classifier, features, self.dropout_samples, valid)
         else:
@@ -73,17 +75,19 @@ class Predictor:
         boxes, fallbacks = model.auto_boxes(cams, [g.resized for g in geometries])
         return features, cams, probability, boxes, fallbacks
 
-    def presence_batch(self, embeddings: torch.Tensor, geometries: list[Geometry]) -> list[Presence]:
+    def presence_batch(self, embeddings: torch.Tensor, geometries: list[Geometry],
+                       images: torch.Tensor | None = None) -> list[Presence]:
         """What the classifier alone says of each image, without the decoder (most of a prediction's cost):
         enough for the active-learning strategies that do not read the mask."""
-        _, _, probability, boxes, _ = self._presence(embeddings, geometries)
+        _, _, probability, boxes, _ = self._presence(embeddings, geometries, images)
         probability = probability.cpu()
         return [Presence(float(p), float(classifier_uncertainty(p)), box_to_original(box.numpy(), g))
                 for p, box, g in zip(probability, boxes, geometries)]
 
-    def predict_batch(self, embeddings: torch.Tensor, geometries: list[Geometry]) -> list[Prediction]:
+    def predict_batch(self, embeddings: torch.Tensor, geometries: list[Geometry],
+                      images: torch.Tensor | None = None) -> list[Prediction]:
         model, config = self.model, self.model.config
-        features, cams, probability, boxes, fallbacks = self._presence(embeddings, geometries)
+        features, cams, probability, boxes, fallbacks = self._presence(embeddings, geometries, images)
         with torch.no_grad():
             mask_logits, _ = model.segment(features, boxes, model.auto_points(cams))
             if config.cascade:

@@ -28,7 +28,7 @@ import json
 import math
 import time
 import weakref
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -41,6 +41,7 @@ from model.adasam import (AdaSam, AdaSamConfig, CheckpointError, build_adasam, l
 from model.calibrate import calibrate, calibrate_presence
 from model.distributed import Ranks
 from model.evaluate import Item, evaluate
+from model.image_view import ImageViewTraining, fit, lesion_dice, mask_target
 from model.inference import valid_grid
 from model.losses import consistency_loss, map_consistency_loss, map_loss, segmentation_loss
 from model.preprocess import mask_box, preprocess_mask
@@ -72,6 +73,7 @@ class TrainConfig:
     train_decoder: bool = False  # ADA-SAM: also train the mask decoder (the baselines always do)
     freeze_adapter: bool = False  # ablation: no gradient feedback through the shared module
     calibrate: bool = True  # after training, pick the CAM threshold on val (model.calibrate); False: keep it
+    image_view: ImageViewTraining = field(default_factory=ImageViewTraining)  # a model with an image view: its budget
 
 
 @dataclass
@@ -129,6 +131,7 @@ class Trainer:
         self.step = 0
         self.best = {"score": -math.inf, "step": 0}
         self.history: list[dict] = []
+        self.image_view_report: dict | None = None  # set once the image view has trained (Trainer.train_image_view)
 
     @property
     def _semi_supervised(self) -> bool:
@@ -317,7 +320,8 @@ class Trainer:
     def save_resume_state(self) -> None:
         extra = {"step": self.step, "optimizer": self.optimizer.state_dict(), "best": self.best,
                  "history": self.history, "rng": self.rng.bit_generator.state,
-                 "torch_rng": torch.random.get_rng_state(), "train_config": asdict(self.config)}
+                 "torch_rng": torch.random.get_rng_state(), "train_config": asdict(self.config),
+                 "image_view": self.image_view_report}
         if self.teacher is not None:
             extra["teacher"] = self.teacher.trainable_state()
         save_checkpoint(self.model, self.out / "last.pt", extra)
@@ -330,6 +334,7 @@ class Trainer:
         if self.teacher is not None and "teacher" in payload:
             self.teacher.load_state_dict(payload["teacher"], strict=False)
         self.step, self.best, self.history = payload["step"], payload["best"], payload["history"]
+        self.image_view_report = payload.get("image_view")
         self.rng.bit_generator.state = payload["rng"]
         torch.random.set_rng_state(payload["torch_rng"])
 
@@ -339,8 +344,41 @@ class Trainer:
         since_best = [r for r in self.history if r["step"] > self.best["step"]]
         return bool(self.config.patience) and len(since_best) >= self.config.patience
 
+    def train_image_view(self) -> None:
+        """First, when the model has an image view: train it alone on the masked images (with augmentation) until its
+        own val Dice stops improving, then keep it fixed while the rest trains (the maps it adds are then what val
+        picks checkpoints and thresholds by). Done once per run: a resumed run finds it done in last.pt."""
+        view = self.model.image_view
+        if view is None or self.image_view_report is not None:
+            return
+        missing = [i.id for i in self.data.masked + self.data.val if i.image is None]
+        if missing:
+            raise ValueError(f"the image view needs the images: {len(missing)} items lack one (load_items with_images)")
+        report = None
+        if self.ranks.main:
+            started = time.time()
+            val = [i for i in self.data.val if i.mask is not None]
+            val_images = torch.stack([i.image for i in val]) if val else None
+
+            def val_score() -> float:
+                return lesion_dice(view, val_images, [i.mask for i in val]) if val else math.nan
+
+            view.requires_grad_(True)
+            result = fit(view, torch.stack([i.image for i in self.data.masked]),
+                         torch.stack([mask_target(i.mask) for i in self.data.masked]), val_score,
+                         self.config.image_view, self.config.seed, log=lambda r: self.log(json.dumps(r)))
+            report = {"best_step": result["best_step"], "val_dice_lesion": result["score"],
+                      "stopped_at": result["stopped_at"], "seconds": round(time.time() - started, 1)}
+            self.log(json.dumps({"image_view": report}))
+        state = self.ranks.from_main(view.state_dict() if self.ranks.main else None)  # one view on every rank
+        for model in filter(None, (self.model, self.teacher)):
+            model.image_view.load_state_dict(state)
+            model.image_view.requires_grad_(False)
+        self.image_view_report = self.ranks.from_main(report)
+
     def run(self, progress: Callable[[int, int], None] | None = None) -> dict:
         cfg = self.config
+        self.train_image_view()
         started = time.time()
         losses_since: list[dict] = []
         while self.step < cfg.steps and not self.stalled:
@@ -359,6 +397,8 @@ class Trainer:
         if self.ranks.main:
             self.calibrate_best()
         self.ranks.barrier()  # model.pt is final when any rank returns
+        if self.image_view_report is not None:
+            self.best["image_view"] = self.image_view_report
         return self.best
 
     def _save_on_stop(self) -> None:

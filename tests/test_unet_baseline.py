@@ -1,5 +1,5 @@
-"""The U-Net reference of benchmarks/unet_baseline.py: trained until val stops improving (the rule every method has)
-and on augmented copies whose masks stay on their images."""
+"""The U-Net reference of benchmarks/unet_baseline.py (its training is model.image_view's): trained until val stops
+improving (the rule every method has) and on augmented copies whose masks stay on their images."""
 from __future__ import annotations
 
 import sys
@@ -10,8 +10,9 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-from unet_baseline import UNetConfig, augmentation, augmented, stalled, train_unet  # noqa: E402
+from unet_baseline import UNetConfig, train_unet  # noqa: E402
 
+from model.image_view import augmentation, augmented, stalled  # noqa: E402 (the U-Net's training lives there)
 from model.testing import write_blob_dataset  # noqa: E402
 
 
@@ -58,12 +59,9 @@ def test_augmentation_shifts_both_ways():
 def test_unet_trains_until_val_stops_improving(tmp_path, monkeypatch):
     import unet_baseline
 
-    real_score, val_scores = unet_baseline.score, iter([0.5, 0.7, 0.7, 0.6, 0.65, 0.9])
-
-    def scripted(net, split, with_hd95):  # val figures as scripted; the final test figure as measured
-        return real_score(net, split, with_hd95) if with_hd95 else {"n_lesion": 1, "dice_lesion": next(val_scores)}
-
-    monkeypatch.setattr(unet_baseline, "score", scripted)
+    val_scores = iter([0.5, 0.7, 0.7, 0.6, 0.65, 0.9])
+    # val figures as scripted; the final test figure as measured
+    monkeypatch.setattr(unet_baseline, "lesion_dice", lambda net, images, masks: next(val_scores))
     data = write_blob_dataset(tmp_path / "data", n=18, negatives=4)
     config = UNetConfig(size=32, channels=(4, 8, 16), steps=60, batch=4, eval_every=2, patience=2, min_steps=0)
     result = train_unet(str(data), 1.0, 0, tmp_path / "run", config)

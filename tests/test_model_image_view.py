@@ -1,0 +1,155 @@
+"""The classifier's image view (model.image_view): its map lands where the encoder saw the image, it joins the CAM
+that prompts SAM, it trains first and is then kept fixed, it survives checkpoints and resumes, `adasam train
+--image-view` runs end to end, and the web app refuses such a model."""
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+
+import model.train as train_module
+from app.cli import main as cli
+from model.adasam import AdaSamConfig, build_adasam, checkpoint_problem, load_checkpoint
+from model.evaluate import Item
+from model.image_view import ImageViewTraining, image_input, lesion_dice, mask_target, on_grid, probabilities
+from model.inference import Predictor, valid_grid
+from model.preprocess import Geometry, preprocess_image
+from model.train import TrainConfig, Trainer, TrainingData, build_training_model
+from model_fixtures import blob_image, micro_backbone, one_torch_thread, write_blob_folder  # noqa: F401 (autouse)
+
+QUICK_VIEW = ImageViewTraining(steps=40, eval_every=10, patience=2, min_steps=0)
+
+
+def view_items(backbone, n: int, negatives: int, seed: int, prefix: str) -> list[Item]:
+    """Blob images as items that carry both the embedding and the image view's input."""
+    from model.cache import encode_batch
+
+    rng = np.random.default_rng(seed)
+    pairs = [blob_image(rng, (48, 56), present=k >= negatives) for k in range(n)]
+    prepared = [preprocess_image(image, backbone.image_size) for image, _ in pairs]
+    embeddings = encode_batch(backbone, torch.stack([t for t, _ in prepared])).float()
+    return [Item(f"{prefix}{k}", embeddings[k].clone(), geometry, mask, bool(mask.any()), image_input(image))
+            for k, ((image, mask), (_, geometry)) in enumerate(zip(pairs, prepared))]
+
+
+@pytest.fixture(scope="module")
+def data():
+    backbone = micro_backbone()
+    pool, val = view_items(backbone, 12, 3, seed=1, prefix="b"), view_items(backbone, 4, 1, seed=2, prefix="v")
+    return TrainingData(masked=pool[:8], tagged=list(pool), unlabeled=pool[8:], val=val)
+
+
+def view_model(seed: int = 0):
+    return build_training_model(AdaSamConfig(backbone="micro", image_view=True), seed, micro_backbone())
+
+
+def test_on_grid_follows_the_encoders_frame():
+    """A 100 x 200 image fills rows 0-31 of the 64 x 64 grid (resized to 128 x 256, padded below): the top-left
+    quarter of the view's stretched map lands on rows 0-15, columns 0-31, and padding reads 0."""
+    probability = torch.zeros(1, 128, 128)
+    probability[0, :64, :64] = 1
+    grid = on_grid(probability, [Geometry(100, 200, 256)], 64)[0]
+    assert grid[:15, :31].min() > 0.9
+    assert grid[18:32].max() < 0.1 and grid[:32, 34:].max() < 0.1
+    assert grid[32:].abs().max() == 0
+
+
+def test_image_and_mask_are_stretched_alike():
+    image, mask = blob_image(np.random.default_rng(3), (60, 150))
+    x, y = image_input(image), mask_target(mask)
+    assert x.shape == y.shape == (1, 128, 128) and 0 <= float(x.min()) and float(x.max()) <= 1
+    assert float(x[y > 0].mean()) > float(x[y == 0].mean()) + 0.3  # the bright blob is where its mask is
+
+
+def test_the_view_joins_the_cam_and_needs_the_images(data):
+    model = view_model().eval()
+    items = data.val
+    embeddings, geometries = torch.stack([i.embedding for i in items]), [i.geometry for i in items]
+    images = torch.stack([i.image for i in items])
+    with torch.no_grad():
+        cams, _ = model.cam(model.features(embeddings), valid_grid(geometries, model.grid))
+    joined = model.prompt_maps(cams, images, geometries)
+    expected = (cams + on_grid(probabilities(model.image_view, images), geometries, model.grid)) / 2
+    assert torch.allclose(joined, expected)
+    with pytest.raises(ValueError, match="image view"):
+        model.prompt_maps(cams, None, geometries)
+    with pytest.raises(ValueError, match="image view"):
+        Predictor(model).predict_batch(embeddings, geometries)
+    assert len(Predictor(model).predict_batch(embeddings, geometries, images)) == len(items)
+    plain = build_adasam(AdaSamConfig(backbone="micro"), micro_backbone())
+    assert plain.image_view is None and plain.prompt_maps(cams, None, geometries) is cams
+
+
+def test_the_view_trains_first_then_stays_fixed_and_is_checkpointed(data, tmp_path):
+    model = view_model()
+    untrained = {k: v.clone() for k, v in model.image_view.state_dict().items()}
+    val_images, val_masks = torch.stack([i.image for i in data.val]), [i.mask for i in data.val]
+    untrained_dice = lesion_dice(model.image_view, val_images, val_masks)  # 0.17 here
+    config = TrainConfig(steps=4, eval_every=2, batch_masked=2, batch_unlabeled=2, batch_tagged=4, seed=0,
+                         image_view=QUICK_VIEW)
+    trainer = Trainer(model, config, data, tmp_path, log=lambda line: None)
+    trainer.train_image_view()
+    report = trainer.image_view_report
+    assert report["best_step"] in (10, 20, 30, 40) and report["stopped_at"] <= 40
+    after_view = {k: v.clone() for k, v in model.image_view.state_dict().items()}
+    assert any(not torch.equal(after_view[k], untrained[k]) for k in untrained)
+    assert lesion_dice(model.image_view, val_images, val_masks) == pytest.approx(report["val_dice_lesion"])
+    assert report["val_dice_lesion"] > untrained_dice + 0.15  # it learns the blobs (0.59 after 40 steps here)
+    assert all(torch.equal(v, after_view[k]) for k, v in trainer.teacher.image_view.state_dict().items())
+    best = trainer.run()
+    assert best["image_view"] == report
+    assert all(torch.equal(v, after_view[k]) for k, v in model.image_view.state_dict().items())  # kept fixed
+    loaded, _ = load_checkpoint(tmp_path / "model.pt", micro_backbone())
+    assert loaded.config.image_view
+    assert all(torch.equal(v, after_view[k]) for k, v in loaded.image_view.state_dict().items())
+    assert "image view" in checkpoint_problem(tmp_path / "model.pt")  # the app cannot serve it yet
+
+    resumed = Trainer(view_model(seed=1), config, data, tmp_path, log=lambda line: None)
+    resumed.load_resume_state(tmp_path / "last.pt")
+    resumed.train_image_view()  # done already: nothing trains, the view comes from last.pt
+    assert resumed.image_view_report == report
+    assert all(torch.equal(v, after_view[k]) for k, v in resumed.model.image_view.state_dict().items())
+
+
+def test_the_view_refuses_items_without_images(data, tmp_path):
+    bare = replace(data, masked=[replace(i, image=None) for i in data.masked])
+    trainer = Trainer(view_model(), TrainConfig(steps=2, image_view=QUICK_VIEW), bare, tmp_path,
+                      log=lambda line: None)
+    with pytest.raises(ValueError, match="lack one"):
+        trainer.train_image_view()
+
+
+def run_cli(*argv) -> tuple[int, str]:
+    err = io.StringIO()
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(err):
+        code = cli([str(a) for a in argv])
+    return code, err.getvalue()
+
+
+def test_train_evaluate_and_predict_with_an_image_view(tmp_path, monkeypatch):
+    real_fit = train_module.fit
+    monkeypatch.setattr(train_module, "fit", lambda net, images, targets, score, config, seed, log: real_fit(
+        net, images, targets, score, replace(config, steps=4, eval_every=2, min_steps=0), seed, log))
+    data = write_blob_folder(tmp_path / "data", [k not in (0, 5) for k in range(10)])
+    run, cache = tmp_path / "run", tmp_path / "cache"
+    code, err = run_cli("train", "--data", data, "--out", run, "--backbone", "tiny_random", "--steps", 2,
+                        "--cache", cache, "--masks", 0.5, "--image-view")
+    assert code == 0, err
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["model_config"]["image_view"] is True and summary["best"]["image_view"]["stopped_at"] == 4
+    code, err = run_cli("evaluate", "--data", data, "--model", run, "--split", "test", "--json",
+                        tmp_path / "eval.json", "--cache", cache)
+    assert code == 0, err
+    assert json.loads((tmp_path / "eval.json").read_text())["n_images"] == 2
+    code, err = run_cli("predict", "--model", run, data / "images" / "img_001.png", "--out", tmp_path / "pred",
+                        "--cache", cache)
+    assert code == 0, err
+    assert (tmp_path / "pred" / "img_001_mask.png").is_file()
+    code, err = run_cli("train", "--data", data, "--out", tmp_path / "no", "--backbone", "tiny_random",
+                        "--cache", cache, "--image-view", "--method", "supervised")
+    assert code != 0 and "--image-view" in err and not (tmp_path / "no").exists()
