@@ -34,7 +34,7 @@ from app.rounds import (
 )
 from app.status import write_remote_status
 from app.trainer import workspace_pixels
-from model.adasam import CHECKPOINT_FORMAT, CheckpointError, serving_problem, load_checkpoint, read_checkpoint
+from model.adasam import CHECKPOINT_FORMAT, CheckpointError, load_checkpoint, read_checkpoint, serving_problem
 from model.backbones import backbone_view
 from model.atomic import save_torch
 
