@@ -12,7 +12,7 @@ import numpy as np
 from annotation import Store
 from app.model_slot import ModelSlot
 from app.rounds import FIRST_ROUND_LABELS, serving_model
-from app.status import (DEFAULT_TARGET_DICE, QUEUE_STRATEGY, TARGET_DICE, VALIDATION_IDS, VALIDATION_SOURCE,
+from app.status import (DEFAULT_TARGET_DICE, IMAGE_VIEW, QUEUE_STRATEGY, TARGET_DICE, VALIDATION_IDS, VALIDATION_SOURCE,
                         WORKSPACE_NOTE, read_remote_status, read_status)
 from model.learning_curve import MIN_POINTS, project
 from model.strategies import DEFAULT_STRATEGY, Strategy, get_strategy, random_order
@@ -68,6 +68,7 @@ def dashboard(store: Store, slot: ModelSlot, round_every: int, local_trainer: bo
                    "unchanged": sum(1 for d in reviews if d is not None and d >= 0.999)},
         "training": {"status": status, "line": trainer_line(status, read_remote_status(store.root), local_trainer),
                      "round_every": round_every, "latest_round": rounds[-1] if rounds else None,
+                     "image_view": bool(store.get_setting(IMAGE_VIEW, False)),
                      "first_round": FIRST_ROUND_LABELS if (round_every > FIRST_ROUND_LABELS
                                                            and serving_model(store) is None) else None},
         "projection": projection(store, rounds),

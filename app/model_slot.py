@@ -15,6 +15,7 @@ from annotation import Store
 from model.adasam import AdaSam, AdaSamConfig, build_adasam, checkpoint_problem, load_checkpoint
 from model.backbones import backbone_view, build_backbone
 from model.cache import EmbeddingCache
+from model.image_view import image_input
 from model.inference import Predictor
 from model.preprocess import Geometry
 
@@ -70,6 +71,13 @@ class ModelSlot:
                 while len(self._embeddings) > 8:
                     self._embeddings.popitem(last=False)
             return hit
+
+    def image_input(self, image_id: int) -> torch.Tensor | None:
+        """What the serving model's image view reads of this image (model.image_view), or None for a model without
+        one. Call under `lock`, so the model cannot change between this and its prediction."""
+        if self.model.image_view is None:
+            return None
+        return image_input(self.store.load_image(image_id).astype(np.float32))
 
     def note(self) -> str:
         if not self.trained:

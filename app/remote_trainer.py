@@ -167,7 +167,7 @@ class RemoteTrainer:
             self.cache.fill([pixels(i) for i in plan.image_ids()], self.ranks)  # each rank embeds its share
             data, sizes = training_data(plan, self.cache, pixels)
             trainer = round_trainer(data, self.spec, self.base, plan.round_id, int(answer["steps"]), work, init,
-                                    self.ranks)
+                                    self.ranks, image_view=plan.image_view)
             started = time.monotonic()
             best = trainer.run(progress=self._reporter(plan.round_id))
             if self.ranks.main:

@@ -26,13 +26,14 @@ import numpy as np
 from PIL import Image
 
 from annotation import ModelInfo, Store, WorkspaceError
-from app.status import LABELS_AT_LAST_ROUND, RETRAIN_REQUESTED, TAG
+from app.status import IMAGE_VIEW, LABELS_AT_LAST_ROUND, RETRAIN_REQUESTED, TAG
 from app.validation import fix_validation_set
-from model.adasam import checkpoint_problem, load_checkpoint
+from model.adasam import checkpoint_problem, load_checkpoint, read_checkpoint
 from model.backbones import Backbone, backbone_view
 from model.cache import EmbeddingCache
 from model.distributed import Ranks
 from model.evaluate import Item, evaluate
+from model.image_view import ImageViewTraining, image_input
 from model.train import Trainer, TrainConfig, TrainingData, build_training_model, model_config
 
 PUBLISH_TOLERANCE = 0.02  # a round is published unless its val Dice is more than this below the serving model's on
@@ -44,6 +45,10 @@ FIRST_ROUND_LABELS = 5  # while no model serves, a round comes this early (when 
 SCORE_VERSION = 1  # bump when how a round's val figure is computed changes (model.evaluate, round_score): figures
 # stored by earlier versions then stop standing in for a new measurement in the publish check
 UNLABELED_SAMPLE = 128  # unlabeled images per round (embeddings are held in memory: ~4 MB each for LiteMedSAM)
+FRESH_IMAGE_VIEW = ImageViewTraining()  # a round that starts the image view: the full rule (it can predict nothing
+# for its first ~1000 steps, so patience counts from step 1500)
+WARM_IMAGE_VIEW = ImageViewTraining(min_steps=0, patience=2)  # a round whose start model has an image view goes on
+# training that view on the new masks until its val Dice stops improving for two evaluations (200 steps)
 
 Pixels = Callable[[int], np.ndarray]  # image id -> float32 pixels, as the embedding cache is keyed by
 
@@ -83,12 +88,13 @@ class RoundPlan:
     unlabeled: list[int]
     val_masks: dict[int, np.ndarray]
     init: str | None = None  # the serving model's version the round starts from (None: a fresh model)
+    image_view: bool = False  # train the classifier's image view too (model.image_view; `adasam serve --image-view`)
 
     def image_ids(self) -> list[int]:
         return sorted(set(self.masks) | set(self.tags) | set(self.unlabeled) | set(self.val_masks))
 
     def to_json(self) -> dict[str, Any]:
-        return {"round": self.round_id, "init": self.init,
+        return {"round": self.round_id, "init": self.init, "image_view": self.image_view,
                 "masks": {str(i): _mask_png(m) for i, m in self.masks.items()},
                 "tags": {str(i): bool(p) for i, p in self.tags.items()}, "unlabeled": list(self.unlabeled),
                 "val_masks": {str(i): _mask_png(m) for i, m in self.val_masks.items()}}
@@ -97,7 +103,8 @@ class RoundPlan:
     def from_json(cls, data: dict[str, Any]) -> "RoundPlan":
         return cls(int(data["round"]), {int(i): _png_mask(m) for i, m in data["masks"].items()},
                    {int(i): bool(p) for i, p in data["tags"].items()}, [int(i) for i in data["unlabeled"]],
-                   {int(i): _png_mask(m) for i, m in data["val_masks"].items()}, data.get("init"))
+                   {int(i): _png_mask(m) for i, m in data["val_masks"].items()}, data.get("init"),
+                   bool(data.get("image_view", False)))
 
 
 def plan_round(store: Store, round_id: int) -> RoundPlan:
@@ -112,7 +119,8 @@ def plan_round(store: Store, round_id: int) -> RoundPlan:
     sample = sorted(rng.choice(unlabeled, size=min(UNLABELED_SAMPLE, len(unlabeled)), replace=False).tolist()
                     ) if unlabeled else []
     serving = serving_model(store)
-    return RoundPlan(round_id, masks, tags, sample, validation_masks(store), serving.version if serving else None)
+    return RoundPlan(round_id, masks, tags, sample, validation_masks(store), serving.version if serving else None,
+                     bool(store.get_setting(IMAGE_VIEW, False)))
 
 
 def validation_masks(store: Store) -> dict[int, np.ndarray]:
@@ -129,9 +137,13 @@ def serving_model(store: Store) -> ModelInfo | None:
 
 def items(cache: EmbeddingCache, pixels: Pixels, ids: list[int], masks: dict[int, np.ndarray] | None = None,
           tags: dict[int, bool] | None = None) -> list[Item]:
+    """Workspace images as model inputs: the cached embedding, and the image view's input (128 px, 64 kB: cheap
+    enough to carry always, so a model with an image view can score and validate on any of them)."""
     masks, tags = masks or {}, tags or {}
-    embedded = cache.get_many([pixels(i) for i in ids], progress=False)
-    return [Item(str(i), emb, geo, masks.get(i), tags.get(i)) for i, (emb, geo) in zip(ids, embedded)]
+    loaded = [pixels(i) for i in ids]
+    embedded = cache.get_many(loaded, progress=False)
+    return [Item(str(i), emb, geo, masks.get(i), tags.get(i), image_input(image))
+            for i, (emb, geo), image in zip(ids, embedded, loaded)]
 
 
 def training_data(plan: RoundPlan, cache: EmbeddingCache, pixels: Pixels) -> tuple[TrainingData, dict[str, int]]:
@@ -151,12 +163,15 @@ def training_data(plan: RoundPlan, cache: EmbeddingCache, pixels: Pixels) -> tup
 
 
 def round_trainer(data: TrainingData, spec: str, base: Backbone, round_id: int, steps: int, work: Path,
-                  init: str | Path | None, ranks: Ranks = Ranks()) -> Trainer:
+                  init: str | Path | None, ranks: Ranks = Ranks(), image_view: bool = False) -> Trainer:
     """The Trainer of a round: ADA-SAM warm-started from `init` (the serving model's checkpoint), seeded by the
-    round, validated half-way and at the end, writing to `work`."""
-    config = model_config("adasam", spec, data)
+    round, validated half-way and at the end, writing to `work`; with `image_view`, the classifier's image view
+    trains first (from the serving model's view when it has one: WARM_IMAGE_VIEW)."""
+    config = model_config("adasam", spec, data, image_view=image_view)
     model = build_training_model(config, round_id, backbone_view(base), init=init)
-    train_config = TrainConfig(steps=steps, eval_every=max(1, steps // 2), seed=round_id)
+    warm_view = image_view and init is not None and read_checkpoint(init)[2].image_view
+    train_config = TrainConfig(steps=steps, eval_every=max(1, steps // 2), seed=round_id,
+                               image_view=WARM_IMAGE_VIEW if warm_view else FRESH_IMAGE_VIEW)
     return Trainer(model, train_config, data, work, log=lambda line: None, ranks=ranks)
 
 

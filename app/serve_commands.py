@@ -55,6 +55,10 @@ def register(sub) -> None:
                    help=f"active-learning strategy ordering the queue, kept with the workspace (default: the "
                         f"workspace's, at first {DEFAULT_STRATEGY}): " + "; ".join(
                             f"{s.name}: {s.summary}" for s in STRATEGIES.values()))
+    p.add_argument("--image-view", action=argparse.BooleanOptionalAction, default=None,
+                   help="rounds also train the classifier's image view (a U-Net on the image whose map joins the "
+                        "CAM: +0.046 BUSI test lesion Dice at 10%% masks, at about 5-12 min more for a first round on "
+                        "2 cores), kept with the workspace (default: the workspace's, at first off)")
     p.add_argument("--demo", action="store_true", help="fill an empty workspace with demo images (the default "
                                                       "workspace always is)")
     p.add_argument("--max-points", type=int, default=None, metavar="N",
@@ -162,7 +166,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from app.auth import checker, read_users
     from app.guard import Guard
     from app.seed import seed_workspace
-    from app.status import QUEUE_STRATEGY
+    from app.status import IMAGE_VIEW, QUEUE_STRATEGY
     from app.model_slot import ModelSlot
     from app.studio import MAX_POINTS, Studio
     from app.trainer_api import UPLOAD_PATH, TrainerAPI
@@ -173,6 +177,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     store = Store(workspace)
     if args.strategy and store.get_setting(QUEUE_STRATEGY) != args.strategy:
         store.set_setting(QUEUE_STRATEGY, args.strategy, who=args.annotator)  # the trainer re-ranks the queue
+    if args.image_view is not None and bool(store.get_setting(IMAGE_VIEW, False)) != args.image_view:
+        store.set_setting(IMAGE_VIEW, args.image_view, who=args.annotator)  # from the next round on
     released = release_all_leases(store)
     if released:
         print(f"released {released} image lease(s) left by an earlier server", flush=True)

@@ -149,7 +149,7 @@ class Studio:
         embedding, geometry = self.slot.embedding(image_id)
         with self.slot.lock:
             version, trained = self.slot.version, self.slot.trained
-            prediction = self.slot.predictor.predict(embedding, geometry)
+            prediction = self.slot.predictor.predict(embedding, geometry, self.slot.image_input(image_id))
         # Untrained, the backbone prompted by the whole image proposes a whole-image mask the annotator would have to
         # erase: propose nothing instead, with the box tool ready (one dragged box gives 0.908 Dice on BUSI).
         mask = prediction.mask if trained else np.zeros((info.height, info.width), bool)

@@ -41,11 +41,11 @@ from app.status import QUEUE_STRATEGY, write_status
 from model.adasam import checkpoint_problem, load_checkpoint
 from model.backbones import backbone_view, build_backbone
 from model.cache import EmbeddingCache, content_hash
-from model.evaluate import Item
+from model.evaluate import Item, batch_inputs
 from model.inference import Predictor
 from model.strategies import DEFAULT_STRATEGY, Candidate, Strategy, get_strategy
 from model.strategies.vectors import image_vector
-from model.train import Trainer, TrainingData
+from model.train import Trainer
 from model.uncertainty import Uncertainty, combined_uncertainty
 
 SCORE_CHUNK = 16  # small enough that a stop request is answered within seconds
@@ -172,9 +172,6 @@ class BackgroundTrainer:
         self.status(message=reason or "")
         return reason is None
 
-    def training_data(self, round_id: int) -> tuple[TrainingData, dict[str, int]]:
-        return training_data(plan_round(self.store, round_id), self.cache, self.pixels)
-
     def train_round(self) -> None:
         store = self.store
         labels = round_started(store)
@@ -203,11 +200,12 @@ class BackgroundTrainer:
 
     def _train(self, round_id: int) -> Verdict:
         """Train a round and register its model."""
-        data, sizes = self.training_data(round_id)
+        plan = plan_round(self.store, round_id)
+        data, sizes = training_data(plan, self.cache, self.pixels)
         self.check()
         previous = serving_model(self.store)
         trainer = round_trainer(data, self.spec, self.base, round_id, self.steps, self.work,
-                                init=previous.checkpoint_path if previous else None)
+                                init=previous.checkpoint_path if previous else None, image_view=plan.image_view)
         self._resume(trainer)
         started, first_step = time.monotonic(), trainer.step
 
@@ -215,9 +213,11 @@ class BackgroundTrainer:
             self.status(step=step, total=total, eta_s=_eta(started, step - first_step, total - first_step))
             self.check()
 
+        if plan.image_view and trainer.image_view_report is None:
+            self.status(message="training the image view first (then the steps)")
         best = trainer.run(progress=progress)
         metrics = {**sizes, "steps": trainer.config.steps, "round": round_id, "best_step": best.get("step"),
-                   "train_seconds": round(time.monotonic() - started, 1)}
+                   "train_seconds": round(time.monotonic() - started, 1), "image_view": best.get("image_view")}
         verdict = publish_round(self.store, self.base, round_id, self.work / "model.pt", data.val, metrics,
                                 check=self.check)
         shutil.rmtree(self.work, ignore_errors=True)
@@ -326,7 +326,7 @@ class BackgroundTrainer:
 
 
 def _scored_with_masks(predictor: Predictor, chunk: list[Item]) -> list[PredictionRecord]:
-    predictions = predictor.predict_batch(torch.stack([i.embedding for i in chunk]), [i.geometry for i in chunk])
+    predictions = predictor.predict_batch(*batch_inputs(chunk))
     return [PredictionRecord(int(item.id), p.uncertainty.combined, p.probability, tuple(map(float, p.box)),
                              classifier_uncertainty=p.uncertainty.classifier,
                              segmentation_uncertainty=p.uncertainty.segmentation)
@@ -335,7 +335,7 @@ def _scored_with_masks(predictor: Predictor, chunk: list[Item]) -> list[Predicti
 
 def _scored_by_classifier(predictor: Predictor, chunk: list[Item]) -> list[PredictionRecord]:
     """No decoder: the segmentation part stays unknown (NULL), and the combined figure counts the classifier's."""
-    presences = predictor.presence_batch(torch.stack([i.embedding for i in chunk]), [i.geometry for i in chunk])
+    presences = predictor.presence_batch(*batch_inputs(chunk))
     return [PredictionRecord(int(item.id), combined_uncertainty(p.probability, p.classifier_uncertainty, 0.0),
                              p.probability, tuple(map(float, p.box)), classifier_uncertainty=p.classifier_uncertainty)
             for item, p in zip(chunk, presences)]

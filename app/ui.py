@@ -313,7 +313,8 @@ def figures_html(data: dict) -> str:
     rows = [
         ("Serving", data["model"]["note"]),
         ("Training", data["training"]["line"] + f" (a round every {data['training']['round_every']} new labels"
-         + (f", the first after {first}" if (first := data["training"]["first_round"]) else "") + ")"),
+         + (f", the first after {first}" if (first := data["training"]["first_round"]) else "")
+         + ("; rounds train the image view too" if data["training"]["image_view"] else "") + ")"),
         ("Last round", "none yet" if last is None else
          f"#{last['round']} {last['status']}" + (f": {last['error']}" if last["error"] else "")
          + (f"; {last['note']}" if last["note"] else "")),

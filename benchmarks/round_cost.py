@@ -6,9 +6,10 @@ warm-starts from round 1's model, as in the app, with the threads `adasam traine
 (every core but one). Each phase is timed by wrapping the code that does it: training
 steps, the validation passes inside training (student and EMA teacher), threshold calibration, the publish check
 (the new model's validation Dice, and the serving model's unless its figure from when it was published still
-holds) and re-scoring the pool.
+holds) and re-scoring the pool; with `--image-view`, training the classifier's image view too.
 
     python benchmarks/round_cost.py --data ../shared/datasets/busi --json benchmarks/results/round_cost.json
+    python benchmarks/round_cost.py --data ../shared/datasets/busi --image-view --json FILE
     python benchmarks/round_cost.py --quick     # micro backbone, generated data: checks the script, not figures
 """
 from __future__ import annotations
@@ -24,6 +25,7 @@ from pathlib import Path
 from typing import Callable
 
 PHASES = {  # phase name -> (module, owner, attribute) whose calls it is
+    "image_view": ("model.train", "Trainer", "train_image_view"),
     "train_steps": ("model.train", "Trainer", "train_step"),
     "val_in_training": ("model.train", "Trainer", "validate"),
     "calibration": ("model.train", "Trainer", "calibrate_best"),
@@ -61,10 +63,17 @@ def main() -> int:
     parser.add_argument("--masks", type=float, default=0.1)
     parser.add_argument("--more", type=int, default=10, help="labels added before round 2 (the app's round_every)")
     parser.add_argument("--steps", type=int, default=60, help="steps per round (the app's default)")
+    parser.add_argument("--image-view", action="store_true", help="the workspace's rounds train the image view "
+                                                                  "(adasam serve --image-view)")
     args = parser.parse_args()
     scratch = Path(tempfile.mkdtemp(prefix="adasam-round-cost-"))
     if args.quick:
         quick_setup(args, parser, scratch, steps=4, masks=0.3, more=2)
+        from app import rounds
+        from model.image_view import ImageViewTraining
+
+        rounds.FRESH_IMAGE_VIEW = ImageViewTraining(steps=6, eval_every=2, min_steps=0)
+        rounds.WARM_IMAGE_VIEW = ImageViewTraining(steps=4, eval_every=2, min_steps=0)
 
     import torch
 
@@ -74,6 +83,10 @@ def main() -> int:
     torch.set_num_threads(trainer_threads())  # as `adasam trainer` runs beside the server
 
     store, folder, chosen = oracle_workspace(args.data, scratch, args.masks)
+    if args.image_view:
+        from app.status import IMAGE_VIEW
+
+        store.set_setting(IMAGE_VIEW, True)
     truth = {s.id: (read_mask(s.mask_path) if s.mask_path else None) for s in folder.split("pool")}
     bt = BackgroundTrainer(scratch / "workspace", args.backbone, args.cache, round_every=1, steps=args.steps)
     started = time.perf_counter()
@@ -97,7 +110,8 @@ def main() -> int:
         phases = {k: {"seconds": round(v["seconds"], 2), "calls": v["calls"]} for k, v in log.items()}
         rounds.append({"round": number, "labels": bt.labels(), "total_s": round(total, 1), "phases": phases,
                        "other_s": round(total - sum(v["seconds"] for v in log.values()), 1),
-                       "val_dice": latest.val_dice, "pool_images": len(store.image_ids(split="pool"))})
+                       "val_dice": latest.val_dice, "pool_images": len(store.image_ids(split="pool")),
+                       "image_view": store.latest_model().metrics.get("image_view")})
         print(json.dumps(rounds[-1]), flush=True)
     results = {"config": run_config(args, masks_saved=len(chosen), torch_threads=torch.get_num_threads()),
                "embed_workspace_s": embed_s, "rounds": rounds}

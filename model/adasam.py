@@ -267,11 +267,9 @@ def checkpoint_problem(path: str | Path) -> str | None:
 def serving_problem(config: AdaSamConfig) -> str | None:
     """Why the web app cannot serve this model, if it cannot: an encoder that trained (LoRA; the app works on cached
     embeddings of the frozen encoder, and a model that encodes each image itself would also change the shared
-    encoder's weights), or an image view (the app's predictions pass embeddings only, for now)."""
+    encoder's weights)."""
     if config.encoder_lora:
         return "trained with encoder LoRA (adasam train --encoder-lora): the app serves frozen-encoder models only"
-    if config.image_view:
-        return "trained with an image view (adasam train --image-view): the app does not serve such models yet"
     return None
 
 

@@ -41,7 +41,7 @@ from model.adasam import (AdaSam, AdaSamConfig, CheckpointError, build_adasam, l
 from model.calibrate import calibrate, calibrate_presence
 from model.distributed import Ranks
 from model.evaluate import Item, evaluate
-from model.image_view import ImageViewTraining, fit, lesion_dice, mask_target
+from model.image_view import ImageViewTraining, build_unet, fit, lesion_dice, mask_target
 from model.inference import valid_grid
 from model.losses import consistency_loss, map_consistency_loss, map_loss, segmentation_loss
 from model.preprocess import mask_box, preprocess_mask
@@ -471,6 +471,8 @@ def build_training_model(config: AdaSamConfig, seed: int, backbone=None, init: s
         _same_encoder(earlier, config, f"{init}")
         model, _ = load_checkpoint(init, backbone)
         model.config = config
+        if config.image_view != (model.image_view is not None):  # a view joins (fresh) or leaves the model
+            model.image_view = build_unet().to(model.device) if config.image_view else None
         return model
     return build_adasam(config, backbone)
 

@@ -22,7 +22,7 @@ from app.cli import main
 from app.model_slot import ModelSlot
 from app.remote_trainer import RemoteError, RemoteTrainer, RoundLost, TrainerClient
 from app.rounds import RoundPlan, items, plan_round, round_score, val_summary, validation_masks
-from app.status import read_remote_status
+from app.status import IMAGE_VIEW, read_remote_status
 from app.trainer import workspace_pixels
 from app.trainer_api import API, TrainerAPI
 from app.testing import free_port
@@ -140,7 +140,10 @@ def test_a_claim_hands_out_the_round_plan_and_a_second_trainer_waits(api):
     expected = plan_round(store, plan.round_id)
     assert sorted(plan.masks) == sorted(expected.masks) and plan.tags == expected.tags
     assert all(np.array_equal(plan.masks[i], expected.masks[i]) for i in plan.masks)
-    assert sorted(plan.val_masks) == [10, 11, 12] and plan.init is None
+    assert sorted(plan.val_masks) == [10, 11, 12] and plan.init is None and plan.image_view is False
+    store.set_setting(IMAGE_VIEW, True)  # adasam serve --image-view: remote rounds train the view too
+    assert RoundPlan.from_json(plan_round(store, plan.round_id).to_json()).image_view is True
+    store.set_setting(IMAGE_VIEW, False)
     assert answer["images"] == {str(i): store.image(i).sha256 for i in plan.image_ids()}
     assert answer["backbone"]["identity"] == api["slot"].base.identity
     pixels = np.load(io.BytesIO(call(api, "GET", "/images/1").content))

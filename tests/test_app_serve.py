@@ -17,7 +17,7 @@ import annotation
 from annotation import Store
 from app.auth import NAME_FAILURES
 from app.guard import ADDRESS_FAILURES, BROWSER_COOKIE
-from app.status import QUEUE_STRATEGY, read_status
+from app.status import IMAGE_VIEW, QUEUE_STRATEGY, read_status
 from app_fixtures import Server, auth_server, make_workspace, wait_for
 
 gradio_client = pytest.importorskip("gradio_client")
@@ -30,7 +30,8 @@ def leased(tmp_path_factory):
     workspace = make_workspace(root, n=8, n_val=2)
     with Store(workspace) as store:
         task = annotation.next_task(store, "alice")
-    srv = Server(workspace, root / "serve.log", "--no-trainer", "--max-request-mb", "1", "--strategy", "coreset")
+    srv = Server(workspace, root / "serve.log", "--no-trainer", "--max-request-mb", "1", "--strategy", "coreset",
+                 "--image-view")
     yield srv, task.image.id
     assert srv.stop() == 0
 
@@ -45,10 +46,11 @@ def test_leases_of_a_crashed_server_are_released_at_start(leased):
     assert "released 1 image lease" in srv.log.read_text()
 
 
-def test_the_strategy_given_at_start_stays_with_the_workspace(leased):
+def test_the_strategy_and_image_view_given_at_start_stay_with_the_workspace(leased):
     srv, _ = leased
     with Store(srv.workspace, create=False) as store:
         assert store.get_setting(QUEUE_STRATEGY) == "coreset"  # the trainer ranks by it, the dashboard names it
+        assert store.get_setting(IMAGE_VIEW) is True  # rounds train the image view from now on
 
 
 def _raw_request(srv: Server, head: str) -> str:

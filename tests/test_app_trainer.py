@@ -363,7 +363,7 @@ def test_a_strategy_that_does_not_read_masks_scores_the_pool_without_the_decoder
 
     decoded = []
     real = Predictor.predict_batch
-    monkeypatch.setattr(Predictor, "predict_batch", lambda self, e, g: decoded.append(len(g)) or real(self, e, g))
+    monkeypatch.setattr(Predictor, "predict_batch", lambda self, e, g, i: decoded.append(len(g)) or real(self, e, g, i))
     store.set_setting(QUEUE_STRATEGY, "segmentation")
     bt.rescore(version)
     assert sum(decoded) == len(unlabeled)
@@ -450,3 +450,41 @@ def test_the_trainer_imports_nothing_of_the_web_side():
     loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                             cwd=trainer_module.__file__.rsplit("/app/", 1)[0]).stdout.strip()
     assert loaded == "[]"
+
+
+def test_a_workspace_with_the_image_view_trains_serves_and_rescores_with_it(workspace, monkeypatch):
+    """`adasam serve --image-view`: the first round trains a fresh view, the next one goes on from the serving
+    model's (the warm budget); the server's proposals and the pool's re-scoring pass the images (a model with a view
+    refuses to predict without them)."""
+    from app import rounds
+    from app.status import IMAGE_VIEW
+    from model.adasam import checkpoint_problem, load_checkpoint
+    from model.image_view import ImageViewTraining
+
+    monkeypatch.setattr(rounds, "FRESH_IMAGE_VIEW", ImageViewTraining(steps=6, eval_every=2, patience=0, min_steps=0))
+    monkeypatch.setattr(rounds, "WARM_IMAGE_VIEW", ImageViewTraining(steps=4, eval_every=2, patience=0, min_steps=0))
+    bt = make_trainer(workspace, steps=2)
+    store = bt.store
+    store.set_setting(IMAGE_VIEW, True)
+    label(store, 3)
+    bt.train_round()
+    first = store.latest_model()
+    assert first.version == "r0001" and first.metrics["image_view"]["stopped_at"] == 6
+    assert checkpoint_problem(first.checkpoint_path) is None
+    assert all(store.prediction(info.id, "r0001") is not None for info in store.images(split="pool", state="unlabeled"))
+
+    slot = ModelSlot(store, "micro_random", workspace.parent / "cache")
+    studio = Studio(store, slot)
+    shown = studio.task("ann")
+    assert shown["model"] == "r0001" and shown["cam"].startswith("data:image/png")
+    view_before = load_checkpoint(first.checkpoint_path)[0].image_view.state_dict()
+
+    label(store, 3)
+    bt.train_round()
+    second = store.latest_model()
+    assert second.version == "r0002" and second.metrics["image_view"]["stopped_at"] == 4  # the warm budget
+    warm = load_checkpoint(second.checkpoint_path)[0].image_view.state_dict()
+    assert any(not torch.equal(v, view_before[k]) for k, v in warm.items())  # it went on training
+    assert studio.skip("ann", shown["view"])["model"] == "r0002"
+    assert dashboard(store, slot, 3)["training"]["image_view"] is True  # the dashboard says rounds train it
+    studio.close()

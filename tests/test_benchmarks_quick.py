@@ -183,9 +183,10 @@ def test_remote_trainer_quick(tmp_path):
 
 
 def test_round_cost_quick(tmp_path):
-    run_quick("round_cost.py", "--json", str(tmp_path / "round_cost.json"))
+    run_quick("round_cost.py", "--json", str(tmp_path / "round_cost.json"), "--image-view")
     first, second = load(tmp_path / "round_cost.json")["rounds"]
     assert first["phases"]["train_steps"]["calls"] == second["phases"]["train_steps"]["calls"] == 4
+    assert first["image_view"]["stopped_at"] == 6 and second["image_view"]["stopped_at"] == 4  # fresh, then warm
     assert first["phases"]["publish_check"]["calls"] == 1  # nothing serves yet: only the new model is scored
     # the validation set is unchanged since round 1: the serving model's figure from then is reused, not re-measured
     assert second["phases"]["publish_check"]["calls"] == 1 and second["labels"] == first["labels"] + 2

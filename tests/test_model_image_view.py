@@ -1,6 +1,6 @@
 """The classifier's image view (model.image_view): its map lands where the encoder saw the image, it joins the CAM
 that prompts SAM, it trains first and is then kept fixed, it survives checkpoints and resumes, `adasam train
---image-view` runs end to end, and the web app refuses such a model."""
+--image-view` runs end to end, and a model gains or drops a view when warm-started into a run that asks for one."""
 from __future__ import annotations
 
 import contextlib
@@ -14,7 +14,7 @@ import torch
 
 import model.train as train_module
 from app.cli import main as cli
-from model.adasam import AdaSamConfig, build_adasam, checkpoint_problem, load_checkpoint
+from model.adasam import AdaSamConfig, build_adasam, checkpoint_problem, load_checkpoint, save_checkpoint
 from model.evaluate import Item
 from model.image_view import ImageViewTraining, image_input, lesion_dice, mask_target, on_grid, probabilities
 from model.inference import Predictor, valid_grid
@@ -107,7 +107,7 @@ def test_the_view_trains_first_then_stays_fixed_and_is_checkpointed(data, tmp_pa
     loaded, _ = load_checkpoint(tmp_path / "model.pt", micro_backbone())
     assert loaded.config.image_view
     assert all(torch.equal(v, after_view[k]) for k, v in loaded.image_view.state_dict().items())
-    assert "image view" in checkpoint_problem(tmp_path / "model.pt")  # the app cannot serve it yet
+    assert checkpoint_problem(tmp_path / "model.pt") is None  # the web app serves it
 
     resumed = Trainer(view_model(seed=1), config, data, tmp_path, log=lambda line: None)
     resumed.load_resume_state(tmp_path / "last.pt")
@@ -153,3 +153,15 @@ def test_train_evaluate_and_predict_with_an_image_view(tmp_path, monkeypatch):
     code, err = run_cli("train", "--data", data, "--out", tmp_path / "no", "--backbone", "tiny_random",
                         "--cache", cache, "--image-view", "--method", "supervised")
     assert code != 0 and "--image-view" in err and not (tmp_path / "no").exists()
+
+
+def test_a_warm_start_gains_a_fresh_view_or_drops_one(tmp_path):
+    plain = build_adasam(AdaSamConfig(backbone="micro"), micro_backbone())
+    save_checkpoint(plain, tmp_path / "plain.pt")
+    gained = build_training_model(AdaSamConfig(backbone="micro", image_view=True), 0, micro_backbone(),
+                                  init=tmp_path / "plain.pt")
+    assert gained.image_view is not None and gained.config.image_view
+    assert all(torch.equal(v, plain.adapter.state_dict()[k]) for k, v in gained.adapter.state_dict().items())
+    save_checkpoint(gained, tmp_path / "view.pt")
+    dropped = build_training_model(AdaSamConfig(backbone="micro"), 0, micro_backbone(), init=tmp_path / "view.pt")
+    assert dropped.image_view is None and not any(k.startswith("image_view.") for k in dropped.trainable_state())
