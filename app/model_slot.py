@@ -72,12 +72,12 @@ class ModelSlot:
                     self._embeddings.popitem(last=False)
             return hit
 
-    def image_input(self, image_id: int) -> torch.Tensor | None:
-        """What the serving model's image view reads of this image (model.image_view), or None for a model without
-        one. Call under `lock`, so the model cannot change between this and its prediction."""
+    def image_input(self, pixels: np.ndarray) -> torch.Tensor | None:
+        """What the serving model's image view reads of an image's stored pixels (model.image_view), or None for a
+        model without one. Call under `lock`, so the model cannot change between this and its prediction."""
         if self.model.image_view is None:
             return None
-        return image_input(self.store.load_image(image_id).astype(np.float32))
+        return image_input(pixels.astype(np.float32))
 
     def note(self) -> str:
         if not self.trained:

@@ -147,13 +147,13 @@ class Studio:
     def _render(self, image_id: int) -> View:
         info = self.store.image(image_id)
         embedding, geometry = self.slot.embedding(image_id)
+        pixels = self.store.load_image(image_id)  # the stored values: the window sliders' range
         with self.slot.lock:
             version, trained = self.slot.version, self.slot.trained
-            prediction = self.slot.predictor.predict(embedding, geometry, self.slot.image_input(image_id))
+            prediction = self.slot.predictor.predict(embedding, geometry, self.slot.image_input(pixels))
         # Untrained, the backbone prompted by the whole image proposes a whole-image mask the annotator would have to
         # erase: propose nothing instead, with the box tool ready (one dragged box gives 0.908 Dice on BUSI).
         mask = prediction.mask if trained else np.zeros((info.height, info.width), bool)
-        pixels = self.store.load_image(image_id)  # the stored values: the window sliders' range
         payload = {
             "image_id": image_id, "name": info.name, "width": info.width, "height": info.height,
             "image": png_data_url(self.store.load_display(image_id, pixels=pixels)),
