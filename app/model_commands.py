@@ -35,7 +35,7 @@ def register(sub) -> None:
     train.add_argument("--image-view", action="store_true",
                        help="the classifier also reads the image: a U-Net at 128 px, trained first on the masked "
                             "images with augmentation, whose map is averaged with the CAM that prompts SAM (minutes "
-                            "more on 2 CPU cores; the web app does not serve such models yet)")
+                            "more on 2 CPU cores; the web app serves such models)")
     train.add_argument("--cam-threshold", type=float, default=None,
                        help="fix the CAM threshold (default: the best of 0.2-0.5 on val, 0.4 without val images)")
     train.add_argument("--no-unlabeled", action="store_true", help="ablation: ignore the unlabeled images")
