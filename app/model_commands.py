@@ -34,8 +34,10 @@ def register(sub) -> None:
                             "images (a GPU's work: 0.37 s a step on an H200 with TF32, minutes on 2 CPU cores)")
     train.add_argument("--image-view", action="store_true",
                        help="the classifier also reads the image: a U-Net at 128 px, trained first on the masked "
-                            "images with augmentation, whose map is averaged with the CAM that prompts SAM (minutes "
-                            "more on 2 CPU cores; the web app serves such models)")
+                            "images with augmentation, last again on the model's own proposals for the unlabeled "
+                            "ones; its map is averaged with the CAM that prompts SAM, and the model keeps it only if "
+                            "that beats the CAM alone on val (minutes more on 2 CPU cores; the web app serves such "
+                            "models)")
     train.add_argument("--cam-threshold", type=float, default=None,
                        help="fix the CAM threshold (default: the best of 0.2-0.5 on val, 0.4 without val images)")
     train.add_argument("--no-unlabeled", action="store_true", help="ablation: ignore the unlabeled images")

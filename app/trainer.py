@@ -217,7 +217,9 @@ class BackgroundTrainer:
             self.status(message="training the image view first (then the steps)")
         best = trainer.run(progress=progress)
         metrics = {**sizes, "steps": trainer.config.steps, "round": round_id, "best_step": best.get("step"),
-                   "train_seconds": round(time.monotonic() - started, 1), "image_view": best.get("image_view")}
+                   "train_seconds": round(time.monotonic() - started, 1), "image_view": best.get("image_view"),
+                   "view_self_training": best.get("view_self_training"),
+                   "image_view_check": best.get("image_view_check")}
         verdict = publish_round(self.store, self.base, round_id, self.work / "model.pt", data.val, metrics,
                                 check=self.check)
         shutil.rmtree(self.work, ignore_errors=True)

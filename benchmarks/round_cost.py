@@ -6,7 +6,9 @@ warm-starts from round 1's model, as in the app, with the threads `adasam traine
 (every core but one). Each phase is timed by wrapping the code that does it: training
 steps, the validation passes inside training (student and EMA teacher), threshold calibration, the publish check
 (the new model's validation Dice, and the serving model's unless its figure from when it was published still
-holds) and re-scoring the pool; with `--image-view`, training the classifier's image view too.
+holds) and re-scoring the pool; with `--image-view`, training the classifier's image view too, first on the masks
+then on the round's own proposals for its unlabeled sample (view self-training), and the check that keeps it only
+if it beats the CAM alone on val.
 
     python benchmarks/round_cost.py --data ../shared/datasets/busi --json benchmarks/results/round_cost.json
     python benchmarks/round_cost.py --data ../shared/datasets/busi --image-view --json FILE
@@ -26,6 +28,8 @@ from typing import Callable
 
 PHASES = {  # phase name -> (module, owner, attribute) whose calls it is
     "image_view": ("model.train", "Trainer", "train_image_view"),
+    "view_self_training": ("model.train", "Trainer", "self_train_image_view"),
+    "image_view_check": ("model.train", "Trainer", "check_image_view"),
     "train_steps": ("model.train", "Trainer", "train_step"),
     "val_in_training": ("model.train", "Trainer", "validate"),
     "calibration": ("model.train", "Trainer", "calibrate_best"),
@@ -111,7 +115,8 @@ def main() -> int:
         rounds.append({"round": number, "labels": bt.labels(), "total_s": round(total, 1), "phases": phases,
                        "other_s": round(total - sum(v["seconds"] for v in log.values()), 1),
                        "val_dice": latest.val_dice, "pool_images": len(store.image_ids(split="pool")),
-                       "image_view": store.latest_model().metrics.get("image_view")})
+                       **{key: store.latest_model().metrics.get(key)
+                          for key in ("image_view", "view_self_training", "image_view_check")}})
         print(json.dumps(rounds[-1]), flush=True)
     results = {"config": run_config(args, masks_saved=len(chosen), torch_threads=torch.get_num_threads()),
                "embed_workspace_s": embed_s, "rounds": rounds}

@@ -40,9 +40,9 @@ from model.adasam import (AdaSam, AdaSamConfig, CheckpointError, build_adasam, l
                           save_checkpoint, whole_box)
 from model.calibrate import calibrate, calibrate_presence
 from model.distributed import Ranks
-from model.evaluate import Item, evaluate
+from model.evaluate import Item, batch_inputs, evaluate
 from model.image_view import ImageViewTraining, build_unet, fit, lesion_dice, mask_target
-from model.inference import valid_grid
+from model.inference import Predictor, valid_grid
 from model.losses import consistency_loss, map_consistency_loss, map_loss, segmentation_loss
 from model.preprocess import mask_box, preprocess_mask
 
@@ -74,6 +74,8 @@ class TrainConfig:
     freeze_adapter: bool = False  # ablation: no gradient feedback through the shared module
     calibrate: bool = True  # after training, pick the CAM threshold on val (model.calibrate); False: keep it
     image_view: ImageViewTraining = field(default_factory=ImageViewTraining)  # a model with an image view: its budget
+    view_self_training: bool = True  # a model with an image view: after training, the view learns again from the
+    # masked images plus the model's own proposals for the unlabeled ones (Trainer.self_train_image_view)
 
 
 @dataclass
@@ -396,6 +398,8 @@ class Trainer:
                     raise
         if self.ranks.main:
             self.calibrate_best()
+            self.self_train_image_view()
+            self.check_image_view()
         self.ranks.barrier()  # model.pt is final when any rank returns
         if self.image_view_report is not None:
             self.best["image_view"] = self.image_view_report
@@ -445,6 +449,95 @@ class Trainer:
             save_checkpoint(self.model, path, extra)
             self.best["calibration"] = report
             self.log(json.dumps({"calibration": report}))
+
+    def self_train_image_view(self) -> None:
+        """Last, when the model has an image view and there are unlabeled images: the view trains on, from its
+        weights, the masked images plus the model's own proposals for the unlabeled ones (`proposal_targets`), so
+        the semi-supervised objective reaches the view, which otherwise learns from the few masks alone. The new view
+        replaces the old in model.pt (its CAM threshold chosen again) only if val lesion Dice is not lower. Done once:
+        its report is stored in model.pt."""
+        path, val = self.out / "model.pt", [i for i in self.data.val if i.mask is not None and i.mask.any()]
+        if not (self.model.image_view is not None and self.config.view_self_training and self.data.unlabeled
+                and val and path.exists()):
+            return
+        payload = torch.load(path, map_location="cpu", weights_only=False)
+        if "view_self_training" in payload:
+            self.best["view_self_training"] = payload["view_self_training"]
+            return
+        started = time.time()
+        model, view = self.model.eval(), self.model.image_view
+        model.load_state_dict(payload["state"], strict=False)
+        model.config = AdaSamConfig.from_dict(payload["config"])
+        before = evaluate(model, val, with_hd95=False)[0]["dice_lesion_ungated"]
+        old_view, old_config = copy.deepcopy(view.state_dict()), replace(model.config)
+        unlabeled = [i for i in self.data.unlabeled if i.image is not None]
+        targets = proposal_targets(model, unlabeled)
+        val_images = torch.stack([i.image for i in val])
+        view.requires_grad_(True)
+        result = fit(view, torch.stack([i.image for i in self.data.masked + unlabeled]),
+                     torch.stack([mask_target(m) for m in [i.mask for i in self.data.masked] + targets]),
+                     lambda: lesion_dice(view, val_images, [i.mask for i in val]),
+                     replace(self.config.image_view, min_steps=0), self.config.seed,
+                     log=lambda r: self.log(json.dumps({"view_self_training": r})))
+        view.requires_grad_(False)
+        calibration = calibrate(model, self.data.val) if self.config.calibrate else {}
+        after = (max(calibration["cam_threshold"]["val_dice_lesion"].values()) if calibration
+                 else evaluate(model, val, with_hd95=False)[0]["dice_lesion_ungated"])
+        kept = after >= before  # presence is the map head's: its threshold stands
+        if not kept:
+            view.load_state_dict(old_view)
+            model.config = old_config
+        report = {"kept": kept, "val_dice_lesion_before": before, "val_dice_lesion_after": after,
+                  "view_val_dice_lesion": result["score"], "best_step": result["best_step"],
+                  "stopped_at": result["stopped_at"], "proposals": len(targets),
+                  "seconds": round(time.time() - started, 1)}
+        extra = {k: v for k, v in payload.items() if k not in ("format", "config", "state")}
+        save_checkpoint(model, path, {**extra, "view_self_training": report})
+        self.best["view_self_training"] = report
+        self.log(json.dumps({"view_self_training": report}))
+
+    def check_image_view(self) -> None:
+        """Last of all: keep the image view only if it helps. Val lesion Dice of the model's prompts with the view's
+        map averaged in, against the CAM alone (its threshold chosen again); where the CAM alone does better (a view
+        that learned little, e.g. from a few small targets), model.pt drops the view. Done once, recorded in
+        model.pt."""
+        path, val = self.out / "model.pt", [i for i in self.data.val if i.mask is not None and i.mask.any()]
+        if not (self.model.image_view is not None and self.config.calibrate and val and path.exists()):
+            return
+        payload = torch.load(path, map_location="cpu", weights_only=False)
+        if "image_view_check" in payload:
+            self.best["image_view_check"] = payload["image_view_check"]
+            return
+        model = self.model.eval()
+        model.load_state_dict(payload["state"], strict=False)
+        model.config = AdaSamConfig.from_dict(payload["config"])
+        with_view = evaluate(model, val, with_hd95=False)[0]["dice_lesion_ungated"]
+        view, model.image_view = model.image_view, None
+        with_view_config = replace(model.config)
+        calibration = calibrate(model, val)
+        cam_alone = calibration["cam_threshold"]["val_dice_lesion"][model.config.cam_threshold]
+        kept = with_view >= cam_alone
+        if kept:
+            model.image_view, model.config = view, with_view_config
+        else:
+            model.config = replace(model.config, image_view=False)
+        report = {"kept": kept, "val_dice_lesion_with_view": with_view, "val_dice_lesion_cam_alone": cam_alone}
+        extra = {k: v for k, v in payload.items() if k not in ("format", "config", "state")}
+        save_checkpoint(model, path, {**extra, "image_view_check": report})
+        self.best["image_view_check"] = report
+        self.log(json.dumps({"image_view_check": report}))
+
+
+def proposal_targets(model: AdaSam, items: list[Item], batch_size: int = 16) -> list[np.ndarray]:
+    """What the model proposes for unlabeled images, as training targets: empty where an image is tagged
+    target-free, the decoder's mask where tagged present, the presence-gated proposal where untagged."""
+    predictor, targets = Predictor(model.eval()), []
+    for start in range(0, len(items), batch_size):
+        chunk = items[start:start + batch_size]
+        for item, p in zip(chunk, predictor.predict_batch(*batch_inputs(chunk))):
+            targets.append(np.zeros_like(p.raw_mask) if item.tag is False
+                           else p.raw_mask if item.tag else p.mask)
+    return targets
 
 
 class _StepLosses(torch.nn.Module):

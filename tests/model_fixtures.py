@@ -46,20 +46,24 @@ def micro_backbone(seed: int = 0, dim: int = 32):
 
 
 def blob_items(backbone, n: int, negatives: int = 0, seed: int = 0, size: tuple[int, int] = (48, 56),
-               with_masks: bool = True, prefix: str = "b", radius: tuple[float, float] = (0.1, 0.2)) -> list:
-    """model.evaluate.Item list of blob images encoded by `backbone` (first `negatives` without a blob)."""
+               with_masks: bool = True, prefix: str = "b", radius: tuple[float, float] = (0.1, 0.2),
+               with_images: bool = False) -> list:
+    """model.evaluate.Item list of blob images encoded by `backbone` (first `negatives` without a blob); with
+    `with_images`, each also carries the image view's input."""
     import torch
 
     from model.cache import encode_batch
     from model.evaluate import Item
+    from model.image_view import image_input
     from model.preprocess import preprocess_image
 
     rng = np.random.default_rng(seed)
     pairs = [blob_image(rng, size, present=k >= negatives, radius=radius) for k in range(n)]
     prepared = [preprocess_image(image, backbone.image_size) for image, _ in pairs]
     embeddings = encode_batch(backbone, torch.stack([t for t, _ in prepared])).float()
-    return [Item(f"{prefix}{k}", embeddings[k].clone(), geometry, mask if with_masks else None, bool(mask.any()))
-            for k, ((_, mask), (_, geometry)) in enumerate(zip(pairs, prepared))]
+    return [Item(f"{prefix}{k}", embeddings[k].clone(), geometry, mask if with_masks else None, bool(mask.any()),
+                 image_input(image) if with_images else None)
+            for k, ((image, mask), (_, geometry)) in enumerate(zip(pairs, prepared))]
 
 
 @functools.lru_cache(maxsize=None)

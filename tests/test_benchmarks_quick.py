@@ -186,12 +186,15 @@ def test_round_cost_quick(tmp_path):
     run_quick("round_cost.py", "--json", str(tmp_path / "round_cost.json"), "--image-view")
     first, second = load(tmp_path / "round_cost.json")["rounds"]
     assert first["phases"]["train_steps"]["calls"] == second["phases"]["train_steps"]["calls"] == 4
-    assert first["image_view"]["stopped_at"] == 6 and second["image_view"]["stopped_at"] == 4  # fresh, then warm
+    assert first["image_view"]["stopped_at"] == 6  # fresh; then warm if round 1 kept its view, else fresh again
+    assert second["image_view"]["stopped_at"] == (4 if first["image_view_check"]["kept"] else 6)
     assert first["phases"]["publish_check"]["calls"] == 1  # nothing serves yet: only the new model is scored
     # the validation set is unchanged since round 1: the serving model's figure from then is reused, not re-measured
     assert second["phases"]["publish_check"]["calls"] == 1 and second["labels"] == first["labels"] + 2
     for run in (first, second):
         assert run["phases"]["rescore"]["calls"] == 1 and is_number(run["val_dice"])
+        assert run["phases"]["view_self_training"]["calls"] == 1 and run["view_self_training"]["proposals"] > 0
+        assert run["phases"]["image_view_check"]["calls"] == 1 and "kept" in run["image_view_check"]
         assert 0 <= run["other_s"] < run["total_s"]
 
 

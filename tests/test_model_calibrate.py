@@ -1,6 +1,8 @@
 """The CAM threshold is picked on val after training and stored in the checkpoint; a fixed one is kept."""
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -8,6 +10,7 @@ import torch
 from model.adasam import AdaSamConfig, build_adasam, load_checkpoint
 from model.calibrate import CAM_THRESHOLDS, PRESENCE_DEFAULT, calibrate, calibrate_presence, presence_probabilities
 from model.evaluate import evaluate
+from model.image_view import ImageViewTraining
 from model.train import TrainConfig, Trainer, TrainingData
 from model_fixtures import blob_items, micro_backbone, one_torch_thread  # noqa: F401 (autouse)
 
@@ -86,20 +89,27 @@ def test_no_presence_threshold_to_choose_without_both_kinds_or_a_classifier(val)
         assert calibrate_presence(model, items) == {} and model.config.presence_threshold == 0.5
 
 
-def test_mostly_target_free_data_with_small_targets_still_gets_its_targets_found(tmp_path):
+@pytest.mark.parametrize("image_view", [False, True])
+def test_mostly_target_free_data_with_small_targets_still_gets_its_targets_found(tmp_path, image_view):
     """Two thirds of the images target-free, small targets, a short budget (the pooled-MLP classifier this project
-    had kept every probability under 0.5 here, and a fixed 0.5 gate called every image empty)."""
+    had kept every probability under 0.5 here, and a fixed 0.5 gate called every image empty). With the image view
+    too, which then trains, and self-trains, on mostly empty masks."""
     backbone = micro_backbone()
-    pool = blob_items(backbone, 30, negatives=20, seed=7, radius=(0.1, 0.15))
-    val = blob_items(backbone, 12, negatives=8, seed=8, radius=(0.1, 0.15), prefix="v")
+    pool = blob_items(backbone, 30, negatives=20, seed=7, radius=(0.1, 0.15), with_images=image_view)
+    val = blob_items(backbone, 12, negatives=8, seed=8, radius=(0.1, 0.15), prefix="v", with_images=image_view)
     masked = [i for i in pool if i.mask.any()][:8] + [i for i in pool if not i.mask.any()][:5]
-    data = TrainingData(masked=masked, tagged=pool, unlabeled=[i for i in pool if i not in masked], val=val)
+    unlabeled = [replace(i, mask=None) for i in pool if i not in masked]
+    data = TrainingData(masked=masked, tagged=pool, unlabeled=unlabeled, val=val)
     torch.manual_seed(0)
-    model = build_adasam(AdaSamConfig(backbone="micro"), backbone)
+    model = build_adasam(AdaSamConfig(backbone="micro", image_view=image_view), backbone)
     config = TrainConfig(steps=100, batch_masked=4, batch_unlabeled=2, batch_tagged=8, eval_every=10,
-                         lr_decoder=1e-3, lr_heads=5e-4, train_decoder=True, patience=0)  # a random micro decoder
-    # learns late: a fixed budget here
+                         lr_decoder=1e-3, lr_heads=5e-4, train_decoder=True, patience=0,  # a random micro decoder
+                         # learns late: a fixed budget here
+                         image_view=ImageViewTraining(steps=150, eval_every=25, patience=2, min_steps=50))
     best = Trainer(model, config, data, tmp_path, log=lambda line: None).run()
+    if image_view:
+        assert best["image_view"]["val_dice_lesion"] > 0.5
+        assert best["view_self_training"]["proposals"] == len(unlabeled)
     saved = load_checkpoint(tmp_path, backbone)[0]
     summary, rows = evaluate(saved, val, with_hd95=False)
     gate = best["calibration"]["presence_threshold"]

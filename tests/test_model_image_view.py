@@ -15,11 +15,11 @@ import torch
 import model.train as train_module
 from app.cli import main as cli
 from model.adasam import AdaSamConfig, build_adasam, checkpoint_problem, load_checkpoint, save_checkpoint
-from model.evaluate import Item
+from model.evaluate import Item, batch_inputs
 from model.image_view import ImageViewTraining, image_input, lesion_dice, mask_target, on_grid, probabilities
 from model.inference import Predictor, valid_grid
 from model.preprocess import Geometry, preprocess_image
-from model.train import TrainConfig, Trainer, TrainingData, build_training_model
+from model.train import TrainConfig, Trainer, TrainingData, build_training_model, proposal_targets
 from model_fixtures import blob_image, micro_backbone, one_torch_thread, write_blob_folder  # noqa: F401 (autouse)
 
 QUICK_VIEW = ImageViewTraining(steps=40, eval_every=10, patience=2, min_steps=0)
@@ -42,6 +42,12 @@ def data():
     backbone = micro_backbone()
     pool, val = view_items(backbone, 12, 3, seed=1, prefix="b"), view_items(backbone, 4, 1, seed=2, prefix="v")
     return TrainingData(masked=pool[:8], tagged=list(pool), unlabeled=pool[8:], val=val)
+
+
+@pytest.fixture
+def keep_view(monkeypatch):
+    """For runs whose subject is not the last check (Trainer.check_image_view, tested below): the view stays."""
+    monkeypatch.setattr(Trainer, "check_image_view", lambda self: None)
 
 
 def view_model(seed: int = 0):
@@ -85,13 +91,13 @@ def test_the_view_joins_the_cam_and_needs_the_images(data):
     assert plain.image_view is None and plain.prompt_maps(cams, None, geometries) is cams
 
 
-def test_the_view_trains_first_then_stays_fixed_and_is_checkpointed(data, tmp_path):
+def test_the_view_trains_first_then_stays_fixed_and_is_checkpointed(data, tmp_path, keep_view):
     model = view_model()
     untrained = {k: v.clone() for k, v in model.image_view.state_dict().items()}
     val_images, val_masks = torch.stack([i.image for i in data.val]), [i.mask for i in data.val]
     untrained_dice = lesion_dice(model.image_view, val_images, val_masks)  # 0.17 here
     config = TrainConfig(steps=4, eval_every=2, batch_masked=2, batch_unlabeled=2, batch_tagged=4, seed=0,
-                         image_view=QUICK_VIEW)
+                         image_view=QUICK_VIEW, view_self_training=False)
     trainer = Trainer(model, config, data, tmp_path, log=lambda line: None)
     trainer.train_image_view()
     report = trainer.image_view_report
@@ -114,6 +120,159 @@ def test_the_view_trains_first_then_stays_fixed_and_is_checkpointed(data, tmp_pa
     resumed.train_image_view()  # done already: nothing trains, the view comes from last.pt
     assert resumed.image_view_report == report
     assert all(torch.equal(v, after_view[k]) for k, v in resumed.model.image_view.state_dict().items())
+
+
+def test_proposals_become_targets_by_the_tags(data):
+    """Tagged target-free: empty; tagged present: the decoder's mask whatever the gate says; untagged: the gated
+    proposal, as the annotator would see it."""
+    model = view_model().eval()
+    items = [replace(i, tag=tag) for i, tag in zip(data.val, (False, True, None, None))]
+    model.config.presence_threshold = 1.01  # the gate says "no finding" everywhere
+    predictions = Predictor(model).predict_batch(*batch_inputs(items))
+    assert all(p.raw_mask.any() for p in predictions)  # an untrained map still boxes something
+    targets = proposal_targets(model, items)
+    assert not targets[0].any()
+    assert np.array_equal(targets[1], predictions[1].raw_mask)
+    assert not targets[2].any() and not targets[3].any()
+    model.config.presence_threshold = 0.0
+    assert np.array_equal(proposal_targets(model, items)[2], predictions[2].raw_mask)
+
+
+def self_trained(data, tmp_path, fit_view=None, monkeypatch=None):
+    """A short run whose view then self-trains; `fit_view` replaces the view's training in that last phase."""
+    config = TrainConfig(steps=2, eval_every=2, batch_masked=2, batch_unlabeled=2, batch_tagged=4, seed=0,
+                         image_view=QUICK_VIEW)
+    trainer = Trainer(view_model(), config, data, tmp_path, log=lambda line: None)
+    trainer.train_image_view()
+    first_view = {k: v.clone() for k, v in trainer.model.image_view.state_dict().items()}
+    if fit_view is not None:
+        monkeypatch.setattr(train_module, "fit", fit_view)
+    return trainer, trainer.run(), first_view
+
+
+def test_the_view_self_trains_on_the_models_proposals_once(data, tmp_path, keep_view):
+    seen = {}
+    real_fit = train_module.fit
+
+    def recording_fit(net, images, targets, score, config, seed, log):
+        seen.update(images=len(images), targets=targets, min_steps=config.min_steps)
+        return real_fit(net, images, targets, score, config, seed, log)
+
+    data = replace(data, unlabeled=[replace(data.unlabeled[0], tag=False, mask=None),
+                                    *[replace(i, mask=None) for i in data.unlabeled[1:]]])
+    with pytest.MonkeyPatch.context() as patch:
+        trainer, best, first_view = self_trained(data, tmp_path, recording_fit, patch)
+    report = best["view_self_training"]
+    assert seen["images"] == len(data.masked) + len(data.unlabeled) == 12 and seen["min_steps"] == 0
+    assert report["proposals"] == len(data.unlabeled)
+    assert not seen["targets"][len(data.masked)].any()  # tagged target-free above
+    assert all(t.any() for t in seen["targets"][len(data.masked) + 1:])  # the decoder's masks
+    assert report["kept"] == (report["val_dice_lesion_after"] >= report["val_dice_lesion_before"])
+    payload = torch.load(tmp_path / "model.pt", map_location="cpu", weights_only=False)
+    assert payload["view_self_training"] == report
+    stored = {k[len("image_view."):]: v for k, v in payload["state"].items() if k.startswith("image_view.")}
+    changed = any(not torch.equal(stored[k], first_view[k]) for k in first_view)
+    assert changed == report["kept"]
+    again = Trainer(view_model(seed=1), trainer.config, data, tmp_path, log=lambda line: None)
+    again.load_resume_state(tmp_path / "last.pt")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(train_module, "fit", lambda *a, **k: pytest.fail("the view self-trained twice"))
+        assert again.run()["view_self_training"] == report
+
+
+def test_without_target_free_images_every_proposal_is_a_target(data, tmp_path, monkeypatch):
+    """No negatives (presence assumed): untagged unlabeled images give the decoder's mask however the classifier
+    rates them, so the view self-trains on masks, never on empties the classifier made up."""
+    positives = [i for i in data.tagged if i.mask.any()]
+    unlabeled = [replace(i, mask=None, tag=None) for i in positives[5:]]
+    only_positives = TrainingData(masked=positives[:5], tagged=positives[:5], unlabeled=unlabeled,
+                                  val=[i for i in data.val if i.mask.any()])
+    model = build_training_model(AdaSamConfig(backbone="micro", image_view=True, has_negatives=False,
+                                              presence_threshold=0.999), 0, micro_backbone())  # a gate only an
+    # assumed presence (1.0) passes
+    seen = {}
+    real_fit = train_module.fit
+
+    def recording_fit(net, images, targets, score, config, seed, log):
+        seen["last"] = targets  # the first call trains the view; self-training is the second
+        return real_fit(net, images, targets, score, config, seed, log)
+
+    monkeypatch.setattr(train_module, "fit", recording_fit)
+    config = TrainConfig(steps=2, eval_every=2, batch_masked=2, batch_unlabeled=2, batch_tagged=4, seed=0,
+                         image_view=QUICK_VIEW)
+    best = Trainer(model, config, only_positives, tmp_path, log=lambda line: None).run()
+    assert best["view_self_training"]["proposals"] == len(unlabeled) == 4
+    assert len(seen["last"]) == 9 and all(t.any() for t in seen["last"][5:])
+
+
+def test_a_self_trained_view_that_scores_lower_on_val_is_not_kept(data, tmp_path, monkeypatch, keep_view):
+    def ruin(net, images, targets, score, config, seed, log):
+        net.forward = corner
+        for parameter in net.parameters():
+            parameter.data.add_(1.0)  # weights that differ from the first view's, as any training leaves them
+        return {"best_step": 0, "score": 0.0, "stopped_at": 0, "history": []}
+
+    _, best, first_view = self_trained(data, tmp_path, ruin, monkeypatch)
+    report = best["view_self_training"]
+    assert not report["kept"] and report["val_dice_lesion_after"] < report["val_dice_lesion_before"]
+    loaded, _ = load_checkpoint(tmp_path / "model.pt", micro_backbone())
+    assert all(torch.equal(v, first_view[k]) for k, v in loaded.image_view.state_dict().items())
+
+
+def test_an_unchanged_view_is_kept_as_the_later_of_equals(data, tmp_path, monkeypatch):
+    _, best, first_view = self_trained(
+        data, tmp_path, lambda net, *a, **k: {"best_step": 0, "score": 0.5, "stopped_at": 0}, monkeypatch)
+    assert best["view_self_training"]["kept"]
+    assert best["view_self_training"]["val_dice_lesion_after"] == best["view_self_training"]["val_dice_lesion_before"]
+
+
+def corner(x: torch.Tensor) -> torch.Tensor:
+    """A view sure the target is in the top-left corner of every image."""
+    out = torch.full_like(x, -20.0)
+    out[..., :16, :16] = 20.0
+    return out
+
+
+def test_a_view_that_does_worse_than_the_cam_alone_is_dropped(data, tmp_path):
+    config = TrainConfig(steps=2, eval_every=2, batch_masked=2, batch_unlabeled=2, batch_tagged=4, seed=0,
+                         image_view=QUICK_VIEW, view_self_training=False)
+    trainer = Trainer(view_model(), config, data, tmp_path, log=lambda line: None)
+    trainer.train_image_view()
+    trainer.model.image_view.forward = corner
+    best = trainer.run()
+    report = best["image_view_check"]
+    assert not report["kept"] and report["val_dice_lesion_cam_alone"] > report["val_dice_lesion_with_view"]
+    loaded, payload = load_checkpoint(tmp_path / "model.pt", micro_backbone())
+    assert loaded.image_view is None and not loaded.config.image_view and payload["image_view_check"] == report
+    assert checkpoint_problem(tmp_path / "model.pt") is None
+    items = data.val
+    Predictor(loaded).predict_batch(torch.stack([i.embedding for i in items]), [i.geometry for i in items])  # no
+    # images needed any more
+
+
+def test_the_check_keeps_the_view_and_its_threshold_where_the_cam_alone_does_no_better(data, tmp_path,
+                                                                                       monkeypatch):
+    config = TrainConfig(steps=2, eval_every=2, batch_masked=2, batch_unlabeled=2, batch_tagged=4, seed=0,
+                         image_view=QUICK_VIEW, view_self_training=False)
+    trainer = Trainer(view_model(), config, data, tmp_path, log=lambda line: None)
+    trainer.train_image_view()
+    view = {k: v.clone() for k, v in trainer.model.image_view.state_dict().items()}
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(Trainer, "check_image_view", lambda self: None)
+        trainer.run()
+    threshold = load_checkpoint(tmp_path / "model.pt", micro_backbone())[0].config.cam_threshold
+
+    def cam_alone_scores_nothing(model, val, measured=None):  # the CAM alone, calibrated: a threshold, no Dice
+        model.config.cam_threshold = 0.45
+        return {"cam_threshold": {"chosen": 0.45, "val_dice_lesion": {0.45: 0.0}}}
+
+    monkeypatch.setattr(train_module, "calibrate", cam_alone_scores_nothing)
+    trainer.check_image_view()
+    report = trainer.best["image_view_check"]
+    assert report["kept"] and report["val_dice_lesion_cam_alone"] == 0.0
+    loaded, _ = load_checkpoint(tmp_path / "model.pt", micro_backbone())
+    assert loaded.config.image_view and loaded.config.cam_threshold == threshold != 0.45
+    assert all(torch.equal(v, view[k]) for k, v in loaded.image_view.state_dict().items())
 
 
 def test_the_view_refuses_items_without_images(data, tmp_path):
