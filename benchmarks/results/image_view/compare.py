@@ -1,4 +1,5 @@
-"""Image view against the shipped ADA-SAM at 10% masks on BUSI test, per seed and paired per image.
+"""Image view against the shipped ADA-SAM at 10% masks on BUSI test, per seed and paired per image; and the image
+view with self-training and the keep-or-drop check (fifteenth session: `self_trained_0.1_seed*`) against both.
 
     python benchmarks/results/image_view/compare.py     # from the repository root
 """
@@ -29,20 +30,20 @@ def paired(new: dict[str, float], old: dict[str, float], seed: int = 0, draws: i
 
 
 def main() -> None:
-    rows, pairs = {}, {}
-    for seed in (0, 1, 2):
-        view_file = HERE / f"adasam_iv_0.1_seed{seed}" / "eval_auto.json"
-        if not view_file.is_file():
-            continue
-        view = json.loads(view_file.read_text())
-        shipped = json.loads((SHIPPED / f"ada_sam_tags_all_0.1_seed{seed}" / "eval_auto.json").read_text())
-        rows[seed] = {"image_view": {k: view[k] for k in KEYS}, "shipped": {k: shipped[k] for k in KEYS}}
-        pairs[seed] = paired(lesion_dice(view), lesion_dice(shipped))
-    for arm in ("shipped", "image_view"):
-        values = np.array([rows[s][arm]["dice_lesion"] for s in rows])
+    files = {"shipped": lambda seed: SHIPPED / f"ada_sam_tags_all_0.1_seed{seed}" / "eval_auto.json",
+             "image_view": lambda seed: HERE / f"adasam_iv_0.1_seed{seed}" / "eval_auto.json",
+             "self_trained": lambda seed: HERE / f"self_trained_0.1_seed{seed}" / "eval_auto.json"}
+    runs = {arm: {seed: json.loads(where(seed).read_text()) for seed in (0, 1, 2) if where(seed).is_file()}
+            for arm, where in files.items()}
+    rows = {arm: {seed: {k: run[k] for k in KEYS} for seed, run in by_seed.items()} for arm, by_seed in runs.items()}
+    pairs = {f"{new}_minus_{old}": {seed: paired(lesion_dice(runs[new][seed]), lesion_dice(runs[old][seed]))
+                                    for seed in runs[new] if seed in runs[old]}
+             for new, old in (("image_view", "shipped"), ("self_trained", "shipped"), ("self_trained", "image_view"))}
+    for arm, by_seed in rows.items():
+        values = np.array([r["dice_lesion"] for r in by_seed.values()])
         print(f"{arm}: lesion Dice {values.mean():.3f} +- {values.std(ddof=1) if len(values) > 1 else 0:.3f} "
-              f"over seeds {sorted(rows)}")
-    print(json.dumps({"per_seed": rows, "paired_image_view_minus_shipped": pairs}, indent=1))
+              f"over seeds {sorted(by_seed)}")
+    print(json.dumps({"per_seed": rows, "paired": pairs}, indent=1))
 
 
 if __name__ == "__main__":
