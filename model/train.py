@@ -456,18 +456,15 @@ class Trainer:
         the semi-supervised objective reaches the view, which otherwise learns from the few masks alone. The new view
         replaces the old in model.pt (its CAM threshold chosen again) only if val lesion Dice is not lower. Done once:
         its report is stored in model.pt."""
-        path, val = self.out / "model.pt", [i for i in self.data.val if i.mask is not None and i.mask.any()]
+        val = self._val_lesions()
         if not (self.model.image_view is not None and self.config.view_self_training and self.data.unlabeled
-                and val and path.exists()):
+                and val and (self.out / "model.pt").exists()):
             return
-        payload = torch.load(path, map_location="cpu", weights_only=False)
-        if "view_self_training" in payload:
-            self.best["view_self_training"] = payload["view_self_training"]
+        payload = self._reload_best("view_self_training")
+        if payload is None:
             return
         started = time.time()
-        model, view = self.model.eval(), self.model.image_view
-        model.load_state_dict(payload["state"], strict=False)
-        model.config = AdaSamConfig.from_dict(payload["config"])
+        model, view = self.model, self.model.image_view
         before = evaluate(model, val, with_hd95=False)[0]["dice_lesion_ungated"]
         old_view, old_config = copy.deepcopy(view.state_dict()), replace(model.config)
         unlabeled = [i for i in self.data.unlabeled if i.image is not None]
@@ -491,26 +488,21 @@ class Trainer:
                   "view_val_dice_lesion": result["score"], "best_step": result["best_step"],
                   "stopped_at": result["stopped_at"], "proposals": len(targets),
                   "seconds": round(time.time() - started, 1)}
-        extra = {k: v for k, v in payload.items() if k not in ("format", "config", "state")}
-        save_checkpoint(model, path, {**extra, "view_self_training": report})
-        self.best["view_self_training"] = report
-        self.log(json.dumps({"view_self_training": report}))
+        self._record("view_self_training", payload, report)
 
     def check_image_view(self) -> None:
         """Last of all: keep the image view only if it helps. Val lesion Dice of the model's prompts with the view's
         map averaged in, against the CAM alone (its threshold chosen again); where the CAM alone does better (a view
         that learned little, e.g. from a few small targets), model.pt drops the view. Done once, recorded in
         model.pt."""
-        path, val = self.out / "model.pt", [i for i in self.data.val if i.mask is not None and i.mask.any()]
-        if not (self.model.image_view is not None and self.config.calibrate and val and path.exists()):
+        val = self._val_lesions()
+        if not (self.model.image_view is not None and self.config.calibrate and val
+                and (self.out / "model.pt").exists()):
             return
-        payload = torch.load(path, map_location="cpu", weights_only=False)
-        if "image_view_check" in payload:
-            self.best["image_view_check"] = payload["image_view_check"]
+        payload = self._reload_best("image_view_check")
+        if payload is None:
             return
-        model = self.model.eval()
-        model.load_state_dict(payload["state"], strict=False)
-        model.config = AdaSamConfig.from_dict(payload["config"])
+        model = self.model
         with_view = evaluate(model, val, with_hd95=False)[0]["dice_lesion_ungated"]
         view, model.image_view = model.image_view, None
         with_view_config = replace(model.config)
@@ -521,11 +513,29 @@ class Trainer:
             model.image_view, model.config = view, with_view_config
         else:
             model.config = replace(model.config, image_view=False)
-        report = {"kept": kept, "val_dice_lesion_with_view": with_view, "val_dice_lesion_cam_alone": cam_alone}
+        self._record("image_view_check", payload,
+                     {"kept": kept, "val_dice_lesion_with_view": with_view, "val_dice_lesion_cam_alone": cam_alone})
+
+    def _val_lesions(self) -> list[Item]:
+        return [i for i in self.data.val if i.mask is not None and i.mask.any()]
+
+    def _reload_best(self, phase: str) -> dict | None:
+        """For a phase after training: model.pt's payload, its weights and config loaded into the model (eval mode);
+        None, the phase's report copied into `self.best`, when model.pt records the phase as done (a resumed run)."""
+        payload = torch.load(self.out / "model.pt", map_location="cpu", weights_only=False)
+        if phase in payload:
+            self.best[phase] = payload[phase]
+            return None
+        self.model.eval().load_state_dict(payload["state"], strict=False)
+        self.model.config = AdaSamConfig.from_dict(payload["config"])
+        return payload
+
+    def _record(self, phase: str, payload: dict, report: dict) -> None:
+        """model.pt rewritten with the model as the phase left it and the phase's report (so it runs once)."""
         extra = {k: v for k, v in payload.items() if k not in ("format", "config", "state")}
-        save_checkpoint(model, path, {**extra, "image_view_check": report})
-        self.best["image_view_check"] = report
-        self.log(json.dumps({"image_view_check": report}))
+        save_checkpoint(self.model, self.out / "model.pt", {**extra, phase: report})
+        self.best[phase] = report
+        self.log(json.dumps({phase: report}))
 
 
 def proposal_targets(model: AdaSam, items: list[Item], batch_size: int = 16) -> list[np.ndarray]:
