@@ -171,7 +171,9 @@ def round_trainer(data: TrainingData, spec: str, base: Backbone, round_id: int, 
     model = build_training_model(config, round_id, backbone_view(base), init=init)
     warm_view = image_view and init is not None and read_checkpoint(init)[2].image_view
     train_config = TrainConfig(steps=steps, eval_every=max(1, steps // 2), seed=round_id,
-                               image_view=WARM_IMAGE_VIEW if warm_view else FRESH_IMAGE_VIEW)
+                               image_view=WARM_IMAGE_VIEW if warm_view else FRESH_IMAGE_VIEW,
+                               view_self_training=False)  # ~100 s a BUSI round for a gain val confirmed in
+    # one round of two (benchmarks/README.md, "Fifteenth session"); the check that drops a weak view stays (30 s)
     return Trainer(model, train_config, data, work, log=lambda line: None, ranks=ranks)
 
 

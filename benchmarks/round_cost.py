@@ -6,9 +6,8 @@ warm-starts from round 1's model, as in the app, with the threads `adasam traine
 (every core but one). Each phase is timed by wrapping the code that does it: training
 steps, the validation passes inside training (student and EMA teacher), threshold calibration, the publish check
 (the new model's validation Dice, and the serving model's unless its figure from when it was published still
-holds) and re-scoring the pool; with `--image-view`, training the classifier's image view too, first on the masks
-then on the round's own proposals for its unlabeled sample (view self-training), and the check that keeps it only
-if it beats the CAM alone on val.
+holds) and re-scoring the pool; with `--image-view`, training the classifier's image view too, and the check that
+keeps it only if it beats the CAM alone on val (view self-training is timed where a round runs it; rounds do not).
 
     python benchmarks/round_cost.py --data ../shared/datasets/busi --json benchmarks/results/round_cost.json
     python benchmarks/round_cost.py --data ../shared/datasets/busi --image-view --json FILE

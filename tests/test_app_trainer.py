@@ -473,7 +473,7 @@ def test_a_workspace_with_the_image_view_trains_serves_and_rescores_with_it(work
     bt.train_round()
     first = store.latest_model()
     assert first.version == "r0001" and first.metrics["image_view"]["stopped_at"] == 6
-    assert first.metrics["view_self_training"]["proposals"] == first.metrics["n_unlabeled_sampled"] > 0
+    assert first.metrics["view_self_training"] is None  # not in rounds: its cost bought too little there
     assert checkpoint_problem(first.checkpoint_path) is None
     assert all(store.prediction(info.id, "r0001") is not None for info in store.images(split="pool", state="unlabeled"))
 
