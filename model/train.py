@@ -467,7 +467,7 @@ class Trainer:
         model, view = self.model, self.model.image_view
         before = evaluate(model, val, with_hd95=False)[0]["dice_lesion_ungated"]
         old_view, old_config = copy.deepcopy(view.state_dict()), replace(model.config)
-        unlabeled = [i for i in self.data.unlabeled if i.image is not None]
+        unlabeled = self.data.unlabeled  # each with its image: prompt_maps refuses a batch without them
         targets = proposal_targets(model, unlabeled)
         val_images = torch.stack([i.image for i in val])
         view.requires_grad_(True)
