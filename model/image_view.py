@@ -11,7 +11,7 @@ way, is the U-Net reference of the label-efficiency benchmark (benchmarks/unet_b
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable
 
 import numpy as np
@@ -38,6 +38,10 @@ class ImageViewTraining:
     patience: int = 4
     min_steps: int = 1500
     augment: bool = True
+
+    def capped(self, steps: int) -> "ImageViewTraining":
+        """This rule with at most `steps` steps (`adasam train --steps` caps every loop of a run)."""
+        return replace(self, steps=min(self.steps, steps), min_steps=min(self.min_steps, steps))
 
 
 def build_unet(channels: tuple[int, ...] = CHANNELS) -> torch.nn.Module:

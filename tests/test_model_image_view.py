@@ -314,6 +314,25 @@ def test_train_evaluate_and_predict_with_an_image_view(tmp_path, monkeypatch):
     assert code != 0 and "--image-view" in err and not (tmp_path / "no").exists()
 
 
+def test_adasam_trains_with_the_view_by_default_and_steps_caps_it(tmp_path):
+    data = write_blob_folder(tmp_path / "data", [k not in (0, 5) for k in range(10)])
+    common = ("--data", data, "--backbone", "tiny_random", "--cache", tmp_path / "cache", "--masks", 0.5)
+
+    def summary(name: str, *extra) -> dict:
+        code, err = run_cli("train", *common, "--out", tmp_path / name, *extra)
+        assert code == 0, err
+        return json.loads((tmp_path / name / "summary.json").read_text())
+
+    default = summary("default", "--steps", 3)
+    assert default["model_config"]["image_view"] is True
+    assert default["best"]["image_view"]["stopped_at"] == 3  # not the view's own floor of 1500 steps
+    assert "image_view_check" in default["best"]
+    plain = summary("plain", "--steps", 2, "--no-image-view")
+    assert plain["model_config"]["image_view"] is False and "image_view" not in plain["best"]
+    for name, extra in (("supervised", ("--method", "supervised")), ("whole", ("--prompt", "whole"))):
+        assert summary(name, "--steps", 2, *extra)["model_config"]["image_view"] is False  # the view needs the CAM
+
+
 def test_a_warm_start_gains_a_fresh_view_or_drops_one(tmp_path):
     plain = build_adasam(AdaSamConfig(backbone="micro"), micro_backbone())
     save_checkpoint(plain, tmp_path / "plain.pt")
