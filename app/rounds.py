@@ -88,7 +88,7 @@ class RoundPlan:
     unlabeled: list[int]
     val_masks: dict[int, np.ndarray]
     init: str | None = None  # the serving model's version the round starts from (None: a fresh model)
-    image_view: bool = False  # train the classifier's image view too (model.image_view; `adasam serve --image-view`)
+    image_view: bool = False  # train the classifier's image view too (model.image_view; the workspace setting)
 
     def image_ids(self) -> list[int]:
         return sorted(set(self.masks) | set(self.tags) | set(self.unlabeled) | set(self.val_masks))

@@ -58,8 +58,8 @@ def register(sub) -> None:
     p.add_argument("--image-view", action=argparse.BooleanOptionalAction, default=None,
                    help="rounds also train the classifier's image view (a U-Net on the image whose map joins the "
                         "CAM, kept only if it beats the CAM alone on val: on BUSI at 10%% masks round val Dice "
-                        "0.73-0.80 against 0.61-0.72, at about 5.5 min more for a first round on 2 cores, 1.5 min "
-                        "for later ones), kept with the workspace (default: the workspace's, at first off)")
+                        "0.73-0.80 against 0.61-0.72, at about 5.5 min more for a first round on 2 cores, about 1 "
+                        "min for later ones), kept with the workspace (default: the workspace's, at first on)")
     p.add_argument("--demo", action="store_true", help="fill an empty workspace with demo images (the default "
                                                       "workspace always is)")
     p.add_argument("--max-points", type=int, default=None, metavar="N",
@@ -115,6 +115,18 @@ def register(sub) -> None:
     w.set_defaults(func=cmd_passwd)
 
 
+def keep_workspace_choices(store, args: argparse.Namespace) -> None:
+    """What `adasam serve` is told stays with the workspace for the next serve and the trainer: the queue's strategy
+    (the trainer re-ranks by it) and whether rounds train the image view (at first on; from the next round)."""
+    from app.status import IMAGE_VIEW, QUEUE_STRATEGY
+
+    if args.strategy and store.get_setting(QUEUE_STRATEGY) != args.strategy:
+        store.set_setting(QUEUE_STRATEGY, args.strategy, who=args.annotator)
+    view = args.image_view if args.image_view is not None else store.get_setting(IMAGE_VIEW, True)
+    if store.get_setting(IMAGE_VIEW) != view:
+        store.set_setting(IMAGE_VIEW, view, who=args.annotator)
+
+
 def _cache_dir(value: str | None) -> Path:
     from model.cache import DEFAULT_CACHE_DIR
 
@@ -167,7 +179,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from app.auth import checker, read_users
     from app.guard import Guard
     from app.seed import seed_workspace
-    from app.status import IMAGE_VIEW, QUEUE_STRATEGY
     from app.model_slot import ModelSlot
     from app.studio import MAX_POINTS, Studio
     from app.trainer_api import UPLOAD_PATH, TrainerAPI
@@ -176,10 +187,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     users = read_users(args.auth) if args.auth else None
     workspace = Path(args.workspace)
     store = Store(workspace)
-    if args.strategy and store.get_setting(QUEUE_STRATEGY) != args.strategy:
-        store.set_setting(QUEUE_STRATEGY, args.strategy, who=args.annotator)  # the trainer re-ranks the queue
-    if args.image_view is not None and bool(store.get_setting(IMAGE_VIEW, False)) != args.image_view:
-        store.set_setting(IMAGE_VIEW, args.image_view, who=args.annotator)  # from the next round on
+    keep_workspace_choices(store, args)
     released = release_all_leases(store)
     if released:
         print(f"released {released} image lease(s) left by an earlier server", flush=True)

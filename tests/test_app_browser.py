@@ -22,7 +22,8 @@ playwright_api = pytest.importorskip("playwright.sync_api")
 def server(tmp_path_factory):
     root = tmp_path_factory.mktemp("app")
     workspace = make_workspace(root)
-    srv = Server(workspace, root / "serve.log", "--round-every", "3", "--train-steps", "8")
+    srv = Server(workspace, root / "serve.log", "--round-every", "3", "--train-steps", "8",
+                 "--no-image-view")  # a fresh view trains 1500 steps at least: rounds with it are test_app_trainer's
     yield srv
     assert srv.stop() == 0, (root / "serve.log").read_text()
 

@@ -316,7 +316,7 @@ def test_serve_with_remote_trainers_publishes_their_rounds_and_rescores_the_pool
     with Store(workspace) as store:
         label(store, 4)
     server = Server(workspace, tmp_path / "serve.log", "--remote-trainers", "--round-every", "2", "--train-steps",
-                    "6", "--max-request-mb", "0.1")
+                    "6", "--max-request-mb", "0.1", "--no-image-view")
     try:
         with Store(workspace) as store:
             one = remote_trainer(server, token, tmp_path)

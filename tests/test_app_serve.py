@@ -2,6 +2,7 @@
 Gradio app (body limit, browser cookie, login throttling), and a trainer that dies restarted."""
 from __future__ import annotations
 
+import argparse
 import os
 import signal
 import socket
@@ -17,6 +18,7 @@ import annotation
 from annotation import Store
 from app.auth import NAME_FAILURES
 from app.guard import ADDRESS_FAILURES, BROWSER_COOKIE
+from app.serve_commands import keep_workspace_choices
 from app.status import IMAGE_VIEW, QUEUE_STRATEGY, read_status
 from app_fixtures import Server, auth_server, make_workspace, wait_for
 
@@ -51,6 +53,13 @@ def test_the_strategy_and_image_view_given_at_start_stay_with_the_workspace(leas
     with Store(srv.workspace, create=False) as store:
         assert store.get_setting(QUEUE_STRATEGY) == "coreset"  # the trainer ranks by it, the dashboard names it
         assert store.get_setting(IMAGE_VIEW) is True  # rounds train the image view from now on
+
+
+def test_rounds_train_the_image_view_from_the_first_serve_until_told_otherwise(tmp_path):
+    with Store(tmp_path / "ws") as store:
+        for flag, expected in ((None, True), (None, True), (False, False), (None, False), (True, True)):
+            keep_workspace_choices(store, argparse.Namespace(strategy=None, image_view=flag, annotator="lead"))
+            assert store.get_setting(IMAGE_VIEW) is expected, (flag, expected)
 
 
 def _raw_request(srv: Server, head: str) -> str:
