@@ -122,9 +122,10 @@ def keep_workspace_choices(store, args: argparse.Namespace) -> None:
 
     if args.strategy and store.get_setting(QUEUE_STRATEGY) != args.strategy:
         store.set_setting(QUEUE_STRATEGY, args.strategy, who=args.annotator)
-    view = args.image_view if args.image_view is not None else store.get_setting(IMAGE_VIEW, True)
-    if store.get_setting(IMAGE_VIEW) != view:
-        store.set_setting(IMAGE_VIEW, view, who=args.annotator)
+    if args.image_view is not None and store.get_setting(IMAGE_VIEW) != args.image_view:
+        store.set_setting(IMAGE_VIEW, args.image_view, who=args.annotator)
+    elif store.get_setting(IMAGE_VIEW) is None:
+        store.set_setting(IMAGE_VIEW, True)  # the default, chosen by nobody: the log says "system"
 
 
 def _cache_dir(value: str | None) -> Path:

@@ -104,7 +104,8 @@ def main() -> int:
     with Store(remote_ws) as remote_store:
         token = remote_store.add_trainer_token("bench")
     server = Server(remote_ws, scratch / "serve.log", "--remote-trainers", "--no-trainer", "--round-every", "1",
-                    "--train-steps", str(args.steps), backbone=args.backbone, cache=args.cache)
+                    "--train-steps", str(args.steps), "--no-image-view",  # as the local round above trains
+                    backbone=args.backbone, cache=args.cache)
     try:
         remote_store = Store(remote_ws)
         trainer = RemoteTrainer(TrainerClient(server.url, token), args.backbone, args.cache, scratch / "mirror",

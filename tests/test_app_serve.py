@@ -60,6 +60,8 @@ def test_rounds_train_the_image_view_from_the_first_serve_until_told_otherwise(t
         for flag, expected in ((None, True), (None, True), (False, False), (None, False), (True, True)):
             keep_workspace_choices(store, argparse.Namespace(strategy=None, image_view=flag, annotator="lead"))
             assert store.get_setting(IMAGE_VIEW) is expected, (flag, expected)
+        whom = [e["who"] for e in reversed(store.events()) if e["what"] == "set_setting"]
+        assert whom == ["system", "lead", "lead"]  # the default is nobody's choice; each change is the lead's
 
 
 def _raw_request(srv: Server, head: str) -> str:
