@@ -32,11 +32,11 @@ from app.errors import RequestError, StaleView
 from app.model_slot import PRETRAINED, ModelSlot
 from app.pictures import cam_picture, decode_mask, png_data_url
 from app.status import RETRAIN_REQUESTED, TAG, WORKSPACE_NOTE, read_remote_status, read_status
+from model.inference import CLICK_BOX_PAD, clicks_as_box
 from model.metrics import dice
 from model.preprocess import mask_box
 
 RENEW_EVERY_S = 30.0  # clicks renew the 10-minute lease at most this often
-CLICK_BOX_MARGIN = 0.05  # a positive click widens the default box to include it, this share of the image around it
 MAX_POINTS = 64  # clicks per refine (adasam serve --max-points): each one costs decoder time under the model lock
 HANDOUTS_PER_ANNOTATOR = 8  # showings an annotator can still answer (a reload or prefetch race needs a few)
 HANDOUTS_MAX = 4096  # showings remembered in all (masks bit-packed: ~30 KB each at 500 x 500)
@@ -266,9 +266,7 @@ class Studio:
             shown_box = mask_box(handout.mask())
             box = list(handout.box) if shown_box is None else [float(v) for v in (*shown_box[:2], *(shown_box[2:] + 1))]
             if box and positive:  # a click outside the proposal's box says the target reaches further: follow it
-                pad = CLICK_BOX_MARGIN * max(width, height)
-                box = [min([box[0]] + [x - pad for x, _ in positive]), min([box[1]] + [y - pad for _, y in positive]),
-                       max([box[2]] + [x + pad for x, _ in positive]), max([box[3]] + [y + pad for _, y in positive])]
+                box = list(clicks_as_box(box, positive, (), CLICK_BOX_PAD * max(width, height)))
         box = _box(box or [0, 0, width, height], width, height)
         key = (annotator, handout.image_id)
         if time.monotonic() - self._renewed.get(key, -math.inf) > RENEW_EVERY_S:

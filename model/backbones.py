@@ -32,14 +32,17 @@ class Backbone(nn.Module):
     """The frozen parts of SAM plus the decoder ADA-SAM fine-tunes.
 
     `identity` names the exact weights (used to key the embedding cache); `image_size` is the square input side.
-    The encoder takes images in [0, 1] (model.preprocess) and applies its own pixel normalisation.
+    The encoder takes images in [0, 1] (model.preprocess) and applies its own pixel normalisation. `box_prompts`:
+    the decoder was trained on boxes alone (MedSAM's), so clicks reach it as edits of the box (model.inference).
     """
 
     def __init__(self, name: str, identity: str, image_encoder: nn.Module, prompt_encoder: nn.Module,
                  mask_decoder: nn.Module, image_size: int, pixel_scale: float,
-                 pixel_mean: tuple[float, float, float], pixel_std: tuple[float, float, float]) -> None:
+                 pixel_mean: tuple[float, float, float], pixel_std: tuple[float, float, float],
+                 box_prompts: bool = False) -> None:
         super().__init__()
         self.name = name
+        self.box_prompts = box_prompts
         self.identity = identity
         self.image_encoder = image_encoder
         self.prompt_encoder = prompt_encoder
@@ -73,7 +76,8 @@ def backbone_view(base: Backbone, own_encoder: bool = False) -> Backbone:
     encoder = copy.deepcopy(base.image_encoder) if own_encoder else base.image_encoder
     view = Backbone(base.name, base.identity, encoder, base.prompt_encoder,
                     copy.deepcopy(base.mask_decoder), base.image_size, base.pixel_scale,
-                    tuple(base.pixel_mean.flatten().tolist()), tuple(base.pixel_std.flatten().tolist()))
+                    tuple(base.pixel_mean.flatten().tolist()), tuple(base.pixel_std.flatten().tolist()),
+                    base.box_prompts)
     return view.to(base.device)  # its pixel buffers are new: put them beside the shared weights
 
 
@@ -149,7 +153,8 @@ def _build_litemedsam(checkpoint: str | Path | None) -> Backbone:
     _load_strict("litemedsam", net, _load_state("litemedsam", path, expected), path, expected)
     identity = f"litemedsam-{CHECKPOINT_SHA256[:16]}" if checkpoint is None else _file_identity("litemedsam", path)
     return Backbone("litemedsam", identity, net.image_encoder, net.prompt_encoder, net.mask_decoder,
-                    image_size=256, pixel_scale=1.0, pixel_mean=(0.0, 0.0, 0.0), pixel_std=(1.0, 1.0, 1.0))
+                    image_size=256, pixel_scale=1.0, pixel_mean=(0.0, 0.0, 0.0), pixel_std=(1.0, 1.0, 1.0),
+                    box_prompts=True)
 
 
 def _build_sam_vit(name: str, checkpoint: str | Path | None) -> Backbone:

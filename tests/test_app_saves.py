@@ -18,6 +18,7 @@ from app.model_slot import ModelSlot
 from app.pictures import decode_mask
 from app.studio import Studio
 from app.trainer import BackgroundTrainer
+from model.inference import CLICK_BOX_PAD
 from app_fixtures import make_workspace, mask_png
 
 
@@ -214,7 +215,7 @@ def test_a_click_outside_the_prompt_box_widens_it(setup, monkeypatch):
     assert used[-1] == (2, 2, 6, 6)  # the shown mask's box
     studio.refine("ann", task["view"], [[40, 30]], [])
     x0, y0, x1, y1 = used[-1]
-    pad = studio_module.CLICK_BOX_MARGIN * max(w, h)
+    pad = CLICK_BOX_PAD * max(w, h)
     assert (x0, y0) == (2, 2) and (x1, y1) == pytest.approx((40 + pad, 30 + pad))
 
 

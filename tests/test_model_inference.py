@@ -10,7 +10,7 @@ import torch
 
 from model.adasam import AdaSam, AdaSamConfig
 from model.evaluate import Item, evaluate
-from model.inference import Predictor, valid_grid
+from model.inference import Predictor, clicks_as_box, valid_grid
 from model.overlay import cam_overlay, display_image
 from model.preprocess import Geometry, box_to_model, logits_to_original, mask_box
 from model.uncertainty import (binary_entropy, classifier_uncertainty, combined_uncertainty,
@@ -138,6 +138,30 @@ def test_refine_positive_vs_negative_click(items):
     negative = predictor.refine(item.embedding, item.geometry, negative=[centre])
     assert positive.shape == negative.shape == item.mask.shape and positive.dtype == bool
     assert (positive != negative).sum() > 100
+
+
+def test_clicks_as_box_widen_for_positives_and_cut_for_negatives():
+    box = (10.0, 20.0, 50.0, 60.0)
+    assert clicks_as_box(box, [(70.0, 30.0)], [], pad=5) == (10, 20, 75, 60)  # widened to the click plus the pad
+    assert clicks_as_box(box, [(30.0, 40.0)], [], pad=5) == (10, 20, 50, 60)  # inside: the box already has it
+    assert clicks_as_box(box, [], [(14.0, 40.0)], pad=5) == (15, 20, 50, 60)  # the nearest edge (left) moves past
+    assert clicks_as_box(box, [], [(30.0, 57.0)], pad=5) == (10, 20, 50, 56)  # bottom
+    assert clicks_as_box(box, [], [(80.0, 80.0)], pad=5) == box  # outside: nothing to cut
+
+
+def test_a_box_trained_decoder_gets_clicks_as_box_edits(items, monkeypatch):
+    item = items[1]
+    predictor = Predictor(_model())
+    box, click, other = (20.0, 15.0, 60.0, 50.0), (75.0, 40.0), (25.0, 30.0)
+    assert shared_backbone("litemedsam").box_prompts and not predictor.model.backbone.box_prompts  # MedSAM's, SAM's
+    with_points = predictor.refine(item.embedding, item.geometry, positive=[click], negative=[other], box=box)
+    monkeypatch.setattr(predictor.model.backbone, "box_prompts", True)
+    edited = clicks_as_box(box, [click], [other], 0.05 * max(item.geometry.height, item.geometry.width))
+    as_box = predictor.refine(item.embedding, item.geometry, positive=[click], negative=[other], box=box)
+    assert np.array_equal(as_box, predictor.refine(item.embedding, item.geometry, box=edited))
+    assert not np.array_equal(as_box, with_points)
+    clicks_only = predictor.refine(item.embedding, item.geometry, positive=[click])  # no box: the clicks as clicks
+    assert np.array_equal(clicks_only, _stock_sam(item, points=[(click, 1)]))
 
 
 def _stock_sam(item: Item, points=None, box=None) -> np.ndarray:
