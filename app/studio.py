@@ -253,8 +253,9 @@ class Studio:
     def refine(self, annotator: str, view: str, positive: list, negative: list,
                box: list | None = None) -> dict[str, Any]:
         """Re-run the decoder on the cached embedding with clicks and a box (LiteMedSAM needs the box with clicks:
-        the one given, else the shown mask's box, else the proposal's, else the whole image). Input is checked
-        before anything happens; someone still editing keeps their lease."""
+        the one given, else the shown mask's box, else the proposal's, else one around the positive clicks, else the
+        whole image; model.inference turns the clicks into edits of that box for it). Input is checked before
+        anything happens; someone still editing keeps their lease."""
         started = time.perf_counter()
         handout = self._handout(annotator, view)
         height, width = handout.shape
@@ -265,8 +266,10 @@ class Studio:
         if box is None:
             shown_box = mask_box(handout.mask())
             box = list(handout.box) if shown_box is None else [float(v) for v in (*shown_box[:2], *(shown_box[2:] + 1))]
-            if box and positive:  # a click outside the proposal's box says the target reaches further: follow it
-                box = list(clicks_as_box(box, positive, (), CLICK_BOX_PAD * max(width, height)))
+            if positive:  # a click outside the proposal's box says the target reaches further: follow it (with no
+                # proposal, the box starts at the first positive click, not at the whole image)
+                start = box or [*positive[0], *positive[0]]
+                box = list(clicks_as_box(start, positive, (), CLICK_BOX_PAD * max(width, height)))
         box = _box(box or [0, 0, width, height], width, height)
         key = (annotator, handout.image_id)
         if time.monotonic() - self._renewed.get(key, -math.inf) > RENEW_EVERY_S:

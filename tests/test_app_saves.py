@@ -205,8 +205,11 @@ def test_a_click_outside_the_prompt_box_widens_it(setup, monkeypatch):
     monkeypatch.setattr(studio.slot.predictor, "refine", lambda *a, **k: used.append(k["box"]) or real(*a, **k))
     studio.refine("ann", task["view"], [], [[1, 1]], [10, 10, 30, 30])  # a box given is used as given
     assert used[-1] == (10, 10, 30, 30)
-    studio.refine("ann", task["view"], [[w - 2, h - 2]], [])  # untrained: no proposal box, so the whole image
+    studio.refine("ann", task["view"], [], [[3, 3]])  # untrained, no proposal and no positive click: the whole image
     assert used[-1] == (0, 0, w, h)
+    studio.refine("ann", task["view"], [[20, 10]], [])  # untrained: a box around the positive click
+    pad = CLICK_BOX_PAD * max(w, h)
+    assert used[-1] == pytest.approx((max(0, 20 - pad), max(0, 10 - pad), min(w, 20 + pad), min(h, 10 + pad)))
     handout = studio._handouts[task["view"]]
     small = np.zeros(handout.shape, bool)
     small[2:6, 2:6] = True
@@ -215,7 +218,6 @@ def test_a_click_outside_the_prompt_box_widens_it(setup, monkeypatch):
     assert used[-1] == (2, 2, 6, 6)  # the shown mask's box
     studio.refine("ann", task["view"], [[40, 30]], [])
     x0, y0, x1, y1 = used[-1]
-    pad = CLICK_BOX_PAD * max(w, h)
     assert (x0, y0) == (2, 2) and (x1, y1) == pytest.approx((40 + pad, 30 + pad))
 
 
