@@ -21,20 +21,15 @@ def clicks_as_box(box, positive, negative, pad: float) -> tuple[float, float, fl
     """Clicks as edits of the box, for a decoder trained on boxes alone (Backbone.box_prompts): each positive click
     widens the box to include it (plus `pad`), each negative click inside it moves the box's nearest edge past it.
     On BUSI val LiteMedSAM given the clicks themselves with the box needed more of them (benchmarks/README.md)."""
-    x0, y0, x1, y1 = (float(v) for v in box)
+    edges = [float(v) for v in box]  # x0, y0, x1, y1
     for x, y in positive:
-        x0, y0, x1, y1 = min(x0, x - pad), min(y0, y - pad), max(x1, x + pad), max(y1, y + pad)
+        edges = [min(edges[0], x - pad), min(edges[1], y - pad), max(edges[2], x + pad), max(edges[3], y + pad)]
     for x, y in negative:
+        x0, y0, x1, y1 = edges
         if x0 < x < x1 and y0 < y < y1:
             nearest = int(np.argmin([x - x0, y - y0, x1 - x, y1 - y]))
-            if nearest == 0:
-                x0 = x + 1
-            elif nearest == 1:
-                y0 = y + 1
-            elif nearest == 2:
-                x1 = x - 1
-            else:
-                y1 = y - 1
+            edges[nearest] = (x + 1, y + 1, x - 1, y - 1)[nearest]
+    x0, y0, x1, y1 = edges
     return x0, y0, max(x1, x0 + 1), max(y1, y0 + 1)
 
 
