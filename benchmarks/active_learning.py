@@ -3,8 +3,9 @@
 An oracle annotator works a real workspace exactly as a person would through the app: `annotation.next_task` hands
 out the next pool image in the queue's order, the oracle saves its ground-truth mask (or marks "no finding"), and
 the app's own background trainer (`app.trainer.BackgroundTrainer`, in-process) decides when a round is due, trains
-it (warm-started, on every mask and a sample of unlabeled images, val picking the checkpoint), publishes the model
-and re-scores the pool, whose uncertainties order the queue. Nothing here re-implements training or ranking.
+it (warm-started, on every mask and a sample of unlabeled images, val picking the checkpoint; the classifier's image
+view too, as `adasam serve` does by default, unless `--no-image-view`), publishes the model and re-scores the pool,
+whose uncertainties order the queue. Nothing here re-implements training or ranking.
 
 Start: the queue's seeded random order labels 2% of the pool (`--cold-start coreset`: k-center on the embeddings
 instead, `BackgroundTrainer.rank_cold_start`); then each round adds 2% more, up to 30%. Strategies
@@ -44,7 +45,7 @@ from annotation.store import QUEUE_SEED
 from app import trainer as trainer_module
 from app.rounds import PUBLISH_TOLERANCE, round_score
 from app.serve_commands import ROUND_STEPS
-from app.status import QUEUE_STRATEGY
+from app.status import IMAGE_VIEW, QUEUE_STRATEGY
 from model.adasam import load_checkpoint
 from model.backbones import backbone_view
 from model.dataset import SPLIT_SEED, DataFolder, load_data_folder, load_items
@@ -86,11 +87,15 @@ def stage_source(folder: DataFolder, root: Path) -> Path:
     return source
 
 
-def new_workspace(source: Path, path: Path, seed: int, strategy: str = DEFAULT_STRATEGY) -> Store:
+def new_workspace(source: Path, path: Path, seed: int, strategy: str = DEFAULT_STRATEGY,
+                  image_view: bool = False) -> Store:
+    """A workspace of the staged source, as `adasam serve` would keep it: its queue seed, strategy and whether its
+    rounds train the image view (`adasam serve` turns that on; off here unless asked, as for any `Store`)."""
     shutil.rmtree(path, ignore_errors=True)
     with Store(path) as store:
         store.set_setting(QUEUE_SEED, seed)  # the seeded random order: the start set and the random strategy
         store.set_setting(QUEUE_STRATEGY, strategy)
+        store.set_setting(IMAGE_VIEW, image_view)
     store = Store(path)  # re-opened: the queue seed is read when a store opens
     summary = import_sources(store, [source], with_masks=True, progress=False)
     if summary.skipped:
@@ -122,6 +127,15 @@ def quick_setup(args: argparse.Namespace, parser: argparse.ArgumentParser, scrat
         args.json = str(scratch / Path(args.json).name)
 
 
+def quick_view_budgets() -> None:
+    """--quick: the image view's rounds a few steps long (the app's budget rule would train it for minutes)."""
+    from app import rounds
+    from model.image_view import ImageViewTraining
+
+    rounds.FRESH_IMAGE_VIEW = ImageViewTraining(steps=6, eval_every=2, min_steps=0)
+    rounds.WARM_IMAGE_VIEW = ImageViewTraining(steps=4, eval_every=2, min_steps=0)
+
+
 def run_config(args: argparse.Namespace, **extra) -> dict:
     """A run's settings for its JSON, with the data folder relative to the repository and no other path of this
     machine, and the machine's kind."""
@@ -130,13 +144,14 @@ def run_config(args: argparse.Namespace, **extra) -> dict:
             "machine": platform.processor() or platform.machine(), **extra}
 
 
-def oracle_workspace(data: str | Path, out: Path, fraction: float, seed: int = 0) -> tuple[Store, DataFolder, set]:
+def oracle_workspace(data: str | Path, out: Path, fraction: float, seed: int = 0,
+                     image_view: bool = False) -> tuple[Store, DataFolder, set]:
     """A workspace of a data folder whose pool has the true masks of a seeded `fraction` of its images saved (the
     same images `adasam train --masks FRACTION --seed SEED` uses), as if annotated: (store, folder, chosen names)."""
     from model.dataset import masked_ids
 
     folder = load_data_folder(data, seed=SPLIT_SEED)
-    store = new_workspace(stage_source(folder, out), out / "workspace", seed=seed)
+    store = new_workspace(stage_source(folder, out), out / "workspace", seed=seed, image_view=image_view)
     chosen = masked_ids(folder.split("pool"), fraction, seed)
     by_name = {s.id: s for s in folder.split("pool")}
     for info in store.images(split="pool"):
@@ -177,6 +192,7 @@ def score_latest(bt: trainer_module.BackgroundTrainer, test_items: list, round_s
     metrics = bt.store.latest_model().metrics
     return {"round": rnd.id, "val_dice": rnd.val_dice, "masks": metrics.get("n_masks"),
             "best_step": metrics.get("best_step"), "round_s": round(round_s, 1),
+            "image_view": model.image_view is not None,  # a round's check may drop the view
             "serving_val_dice": round_score(metrics) if "dice_all" in metrics else None,  # none without val
             "dice_lesion": summary["dice_lesion"],
             "dice_all": summary["dice_all"], "presence_auc": summary["presence_auc"]}
@@ -189,18 +205,21 @@ def simulate(args, folder: DataFolder, source: Path, strategy: str, seed: int, o
         return json.loads(path.read_text())
     started = time.time()
     torch.set_num_threads(args.threads)
+    if args.quick:
+        quick_view_budgets()  # in this process: curves run in spawned workers
     pool = folder.split("pool")
     truth = {s.id: (read_mask(s.mask_path) if s.mask_path else None) for s in pool}
     n_pool = len(pool)
     step = max(1, round(args.step * n_pool))
     start, stop = max(1, round(args.start * n_pool)), round(args.stop * n_pool)
     workspace = out / "workspaces" / f"{strategy}_seed{seed}"
-    store = new_workspace(source, workspace, seed, DEFAULT_STRATEGY if strategy == "full" else strategy)
+    store = new_workspace(source, workspace, seed, DEFAULT_STRATEGY if strategy == "full" else strategy,
+                          image_view=args.image_view)
     bt = trainer_module.BackgroundTrainer(workspace, args.backbone, args.cache, round_every=step, steps=args.steps)
     bt.embed_new()
     if args.cold_start == "coreset":
         bt.rank_cold_start()
-    test_items = load_items([s for s in folder.split("test") if s.mask_path], bt.cache)
+    test_items = load_items([s for s in folder.split("test") if s.mask_path], bt.cache, with_images=args.image_view)
     curve: list[dict] = []
     partial = partial_path(path)  # the curve so far, for a run cut short
 
@@ -445,6 +464,9 @@ def main() -> int:
                         help="the first labels before any model: the queue's seeded shuffle, or k-center on embeddings")
     parser.add_argument("--reference-rounds", type=int, default=None,
                         help="rounds of the full-label reference (default: as many as a curve has)")
+    parser.add_argument("--image-view", action=argparse.BooleanOptionalAction, default=True,
+                        help="rounds train the classifier's image view, as `adasam serve` does by default (the "
+                             "curves before 2026-12-05 ran without it: --no-image-view)")
     parser.add_argument("--backbone", default="litemedsam")
     parser.add_argument("--cache", default=str(Path.home() / ".cache" / "adasam" / "embeddings"))
     parser.add_argument("--keep-workspaces", action="store_true")

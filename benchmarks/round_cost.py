@@ -60,7 +60,8 @@ def time_phases(log: dict) -> Callable[[], None]:
 
 
 def main() -> int:
-    from active_learning import annotate, benchmark_parser, oracle_workspace, quick_setup, run_config
+    from active_learning import (annotate, benchmark_parser, oracle_workspace, quick_setup, quick_view_budgets,
+                                 run_config)
 
     parser = benchmark_parser(__doc__, "round_cost.json")
     parser.add_argument("--masks", type=float, default=0.1)
@@ -72,11 +73,7 @@ def main() -> int:
     scratch = Path(tempfile.mkdtemp(prefix="adasam-round-cost-"))
     if args.quick:
         quick_setup(args, parser, scratch, steps=4, masks=0.3, more=2)
-        from app import rounds
-        from model.image_view import ImageViewTraining
-
-        rounds.FRESH_IMAGE_VIEW = ImageViewTraining(steps=6, eval_every=2, min_steps=0)
-        rounds.WARM_IMAGE_VIEW = ImageViewTraining(steps=4, eval_every=2, min_steps=0)
+        quick_view_budgets()
 
     import torch
 
@@ -85,11 +82,7 @@ def main() -> int:
 
     torch.set_num_threads(trainer_threads())  # as `adasam trainer` runs beside the server
 
-    store, folder, chosen = oracle_workspace(args.data, scratch, args.masks)
-    if args.image_view:
-        from app.status import IMAGE_VIEW
-
-        store.set_setting(IMAGE_VIEW, True)
+    store, folder, chosen = oracle_workspace(args.data, scratch, args.masks, image_view=args.image_view)
     truth = {s.id: (read_mask(s.mask_path) if s.mask_path else None) for s in folder.split("pool")}
     bt = BackgroundTrainer(scratch / "workspace", args.backbone, args.cache, round_every=1, steps=args.steps)
     started = time.perf_counter()
