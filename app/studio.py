@@ -254,8 +254,9 @@ class Studio:
                box: list | None = None) -> dict[str, Any]:
         """Re-run the decoder on the cached embedding with clicks and a box (LiteMedSAM needs the box with clicks:
         the one given, else the shown mask's box, else the proposal's, else one around the positive clicks, else the
-        whole image; model.inference turns the clicks into edits of that box for it). Input is checked before
-        anything happens; someone still editing keeps their lease."""
+        whole image; model.inference turns the clicks into edits of that box for it, and a + click the box's mask
+        misses into the mask of a smaller box around the click, added). Input is checked before anything happens;
+        someone still editing keeps their lease."""
         started = time.perf_counter()
         handout = self._handout(annotator, view)
         height, width = handout.shape

@@ -10,7 +10,7 @@ import torch
 
 from model.adasam import AdaSam, AdaSamConfig
 from model.evaluate import Item, evaluate
-from model.inference import Predictor, clicks_as_box, valid_grid
+from model.inference import Predictor, clicks_as_box, part_box, valid_grid
 from model.overlay import cam_overlay, display_image
 from model.preprocess import Geometry, box_to_model, logits_to_original, mask_box
 from model.uncertainty import (binary_entropy, classifier_uncertainty, combined_uncertainty,
@@ -158,10 +158,35 @@ def test_a_box_trained_decoder_gets_clicks_as_box_edits(items, monkeypatch):
     monkeypatch.setattr(predictor.model.backbone, "box_prompts", True)
     edited = clicks_as_box(box, [click], [other], 0.05 * max(item.geometry.height, item.geometry.width))
     as_box = predictor.refine(item.embedding, item.geometry, positive=[click], negative=[other], box=box)
-    assert np.array_equal(as_box, predictor.refine(item.embedding, item.geometry, box=edited))
+    expected = predictor.refine(item.embedding, item.geometry, box=edited)
+    if not expected[int(click[1]), int(click[0])]:  # the click's own part box, when the box's mask misses it
+        expected |= predictor.refine(item.embedding, item.geometry, box=part_box(edited, *click))
+    assert np.array_equal(as_box, expected)
     assert not np.array_equal(as_box, with_points)
     clicks_only = predictor.refine(item.embedding, item.geometry, positive=[click])  # no box: the clicks as clicks
     assert np.array_equal(clicks_only, _stock_sam(item, points=[(click, 1)]))
+
+
+def test_a_positive_click_the_box_mask_misses_adds_its_part_box(items, monkeypatch):
+    item = items[1]
+    predictor = Predictor(_model())
+    monkeypatch.setattr(predictor.model.backbone, "box_prompts", True)
+    box = (10.0, 10.0, 90.0, 80.0)
+    whole = predictor.refine(item.embedding, item.geometry, box=box)
+    assert whole.any() and not whole[10:80, 10:90].all()
+    inner = [(x, y) for y in range(18, 73, 3) for x in range(18, 83, 3)]  # farther than the pad from the edges
+    covered = next((x + 0.5, y + 0.5) for x, y in inner if whole[y, x])
+    assert np.array_equal(predictor.refine(item.embedding, item.geometry, positive=[covered], box=box), whole)
+    grown = 0
+    missed = [(x, y) for x, y in inner if not whole[y, x]]
+    for x, y in missed[:: max(1, len(missed) // 8)]:
+        click = (x + 0.5, y + 0.5)
+        refined = predictor.refine(item.embedding, item.geometry, positive=[click], box=box)
+        part = predictor.refine(item.embedding, item.geometry, box=part_box(box, *click))
+        assert np.array_equal(refined, whole | part)  # the box is not widened: the click is inside it
+        grown += bool((refined & ~whole).any())
+    assert grown > 0  # the rule changes masks here, so the test can tell it apart from box edits alone
+    assert part_box(box, 20.0, 70.0) == (10.0, 52.5, 40.0, 80.0)  # a quarter of the box's sides each way, clipped
 
 
 def _stock_sam(item: Item, points=None, box=None) -> np.ndarray:
