@@ -183,7 +183,7 @@ def annotate(store: Store, truth: dict[str, np.ndarray | None], count: int) -> i
     return done
 
 
-def score_latest(bt: trainer_module.BackgroundTrainer, test_items: list, round_s: float) -> dict:
+def score_latest(bt: trainer_module.BackgroundTrainer, test_items: list, round_s: float | None) -> dict:
     rnd = bt.store.latest_round()
     if rnd is None or rnd.status != "done":
         raise RuntimeError(f"training round failed: {rnd.error if rnd else 'none ran'}")
@@ -191,7 +191,7 @@ def score_latest(bt: trainer_module.BackgroundTrainer, test_items: list, round_s
     summary, _ = evaluate(model, test_items, with_hd95=False)
     metrics = bt.store.latest_model().metrics
     return {"round": rnd.id, "val_dice": rnd.val_dice, "masks": metrics.get("n_masks"),
-            "best_step": metrics.get("best_step"), "round_s": round(round_s, 1),
+            "best_step": metrics.get("best_step"), "round_s": None if round_s is None else round(round_s, 1),
             "image_view": model.image_view is not None,  # a round's check may drop the view
             "serving_val_dice": round_score(metrics) if "dice_all" in metrics else None,  # none without val
             "dice_lesion": summary["dice_lesion"],
@@ -213,32 +213,44 @@ def simulate(args, folder: DataFolder, source: Path, strategy: str, seed: int, o
     step = max(1, round(args.step * n_pool))
     start, stop = max(1, round(args.start * n_pool)), round(args.stop * n_pool)
     workspace = out / "workspaces" / f"{strategy}_seed{seed}"
-    store = new_workspace(source, workspace, seed, DEFAULT_STRATEGY if strategy == "full" else strategy,
-                          image_view=args.image_view)
+    partial = partial_path(path)  # the curve so far, for a run cut short
+    curve_config = {"step": step, "start": start, "stop": stop, "steps": args.steps, "image_view": args.image_view,
+                    "cold_start": args.cold_start, "backbone": args.backbone}
+    curve = resumable_curve(partial, workspace, curve_config)
+    if curve is None:
+        curve = []
+        store = new_workspace(source, workspace, seed, DEFAULT_STRATEGY if strategy == "full" else strategy,
+                              image_view=args.image_view)
+    else:
+        store = Store(workspace, create=False)
+        print(f"{strategy} seed {seed}: resuming after round {len(curve)}", flush=True)
     bt = trainer_module.BackgroundTrainer(workspace, args.backbone, args.cache, round_every=step, steps=args.steps)
     bt.embed_new()
-    if args.cold_start == "coreset":
+    if args.cold_start == "coreset" and not curve:
         bt.rank_cold_start()
     test_items = load_items([s for s in folder.split("test") if s.mask_path], bt.cache, with_images=args.image_view)
-    curve: list[dict] = []
-    partial = partial_path(path)  # the curve so far, for a run cut short
 
     def train_and_score() -> None:
         """A round of the app's trainer (train, publish, re-score the pool), then its model scored on test."""
         round_started = time.time()
         bt.train_round()
-        scores = score_latest(bt, test_items, time.time() - round_started)
+        record(time.time() - round_started)
+
+    def record(round_s: float | None) -> None:
+        scores = score_latest(bt, test_items, round_s)
         curve.append({"labels": bt.labels(), "fraction": bt.labels() / n_pool, **scores})
         partial.parent.mkdir(parents=True, exist_ok=True)
         partial.write_text(json.dumps({"strategy": strategy, "seed": seed, "n_pool": n_pool, "step": step,
-                                       "curve": curve, "partial": True}, default=float))
+                                       "config": curve_config, "curve": curve, "partial": True}, default=float))
 
+    if curve and catch_up(bt, curve):
+        record(None)  # its time is unknown: the run was cut before the row was saved
     if strategy == "full":
-        annotate(store, truth, n_pool)
-        for _ in range(args.reference_rounds):
+        annotate(store, truth, n_pool - bt.labels())
+        for _ in range(args.reference_rounds - len(curve)):
             train_and_score()
     else:
-        labelled = annotate(store, truth, start)
+        labelled = bt.labels() + annotate(store, truth, max(0, start - bt.labels()))
         while True:
             if bt.due():  # the app's rule: enough new labels and at least one mask showing the target
                 train_and_score()
@@ -261,6 +273,34 @@ def simulate(args, folder: DataFolder, source: Path, strategy: str, seed: int, o
 
 def partial_path(path: Path) -> Path:
     return path.with_name(path.stem + ".partial.json")
+
+
+def resumable_curve(partial: Path, workspace: Path, config: dict) -> list[dict] | None:
+    """The curve of a run cut short, when its workspace survived and it ran with the same settings; else None
+    (start again). The workspace holds the labels, models and any interrupted round's steps, so the run goes on
+    where it stopped instead of repeating hours of rounds."""
+    if not partial.exists() or not (workspace / "workspace.db").exists():
+        return None
+    saved = json.loads(partial.read_text())
+    if saved.get("config") != config or not saved.get("curve"):
+        print(f"{partial.name}: settings differ or no round finished; starting again", flush=True)
+        return None
+    return saved["curve"]
+
+
+def catch_up(bt: trainer_module.BackgroundTrainer, curve: list[dict]) -> bool:
+    """Bring a resumed workspace to where an uninterrupted run would be: a round killed while training is
+    cancelled (its steps resume from the trainer's work folder when the next round starts), and the pool is
+    re-scored for the serving model (a kill during re-scoring left the queue's order stale). True when a round
+    finished after the curve's last row was saved: it still needs its row."""
+    for rnd in bt.store.rounds():
+        if rnd.status == "running":
+            bt.store.finish_round(rnd.id, "cancelled", error="benchmark stopped before the round finished")
+    latest = bt.store.latest_model()
+    if latest is not None:
+        bt.rescore(latest.version)
+    last = bt.store.latest_round()
+    return last is not None and last.status == "done" and last.id != curve[-1]["round"]
 
 
 def curves_of(results: dict, strategy: str) -> list[dict]:

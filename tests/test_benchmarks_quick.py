@@ -234,3 +234,57 @@ def test_the_serving_val_figure_is_rebuilt_by_the_publish_rule():
     assert rebuilt[:4] == [0.50, 0.60, 0.60, 0.6]  # 0.55 is more than 0.02 below 0.60: held back
     assert math.isnan(rebuilt[4])  # no val figure: published unmeasured
     assert rebuilt[5] == 0.30  # after an unmeasured model, the next one publishes
+
+
+def test_a_cut_active_learning_curve_resumes_where_it_stopped(tmp_path, monkeypatch):
+    """A curve killed in its second round goes on from its workspace: the first round's row is kept, not retrained,
+    and the run still ends with a row per round up to the stop fraction."""
+    import argparse
+    import importlib.util
+
+    from annotation import Store
+    from model.dataset import SPLIT_SEED, load_data_folder
+    from model.testing import write_blob_dataset
+
+    spec = importlib.util.spec_from_file_location("active_learning", ROOT / "benchmarks" / "active_learning.py")
+    active_learning = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(active_learning)
+    folder = load_data_folder(write_blob_dataset(tmp_path / "data", n=30, negatives=6), seed=SPLIT_SEED)
+    out = tmp_path / "out"
+    source = active_learning.stage_source(folder, out)
+    args = argparse.Namespace(threads=1, quick=True, step=0.1, start=0.1, stop=0.3, steps=3, image_view=False,
+                              cold_start="shuffle", backbone="micro_random", cache=str(tmp_path / "cache"),
+                              reference_rounds=3, keep_workspaces=True)
+    trained = []
+    original = active_learning.trainer_module.BackgroundTrainer._train
+
+    def killed_in_round_two(self, round_id):
+        trained.append(round_id)
+        if len(trained) == 2:
+            raise KeyboardInterrupt  # as a kill: the round stays "running", nothing after it runs
+        return original(self, round_id)
+
+    monkeypatch.setattr(active_learning.trainer_module.BackgroundTrainer, "_train", killed_in_round_two)
+    with pytest.raises(KeyboardInterrupt):
+        active_learning.simulate(args, folder, source, "random", 0, out)
+    partial = json.loads((out / "runs" / "random_seed0.partial.json").read_text())
+    assert len(partial["curve"]) == 1
+
+    monkeypatch.setattr(active_learning.trainer_module.BackgroundTrainer, "_train", original)
+    result = active_learning.simulate(args, folder, source, "random", 0, out)
+    curve = result["curve"]
+    assert curve[0] == partial["curve"][0]  # kept, not trained again
+    labels = [p["labels"] for p in curve]
+    assert len(curve) == 3 and labels == sorted(set(labels))
+    assert labels[-1] == round(0.3 * len(folder.split("pool")))
+    assert all(p["round_s"] > 0 for p in curve)
+    with Store(out / "workspaces" / "random_seed0", create=False) as store:
+        statuses = [r.status for r in store.rounds()]
+    assert statuses == ["done", "cancelled", "done", "done"]  # the killed round is closed, then trained anew
+    assert not (out / "runs" / "random_seed0.partial.json").exists()
+
+    cut = out / "runs" / "random_seed0.partial.json"  # only a run with the same settings resumes
+    cut.write_text(json.dumps(partial))
+    workspace = out / "workspaces" / "random_seed0"
+    assert active_learning.resumable_curve(cut, workspace, partial["config"]) == partial["curve"]
+    assert active_learning.resumable_curve(cut, workspace, {**partial["config"], "steps": 4}) is None
