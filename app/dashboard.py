@@ -12,8 +12,9 @@ import numpy as np
 from annotation import Store
 from app.model_slot import ModelSlot
 from app.rounds import FIRST_ROUND_LABELS, serving_model
-from app.status import (DEFAULT_TARGET_DICE, IMAGE_VIEW, QUEUE_STRATEGY, TARGET_DICE, VALIDATION_IDS, VALIDATION_SOURCE,
+from app.status import (DEFAULT_TARGET_DICE, IMAGE_VIEW, QUEUE_STRATEGY, TARGET_DICE, VALIDATION_IDS,
                         WORKSPACE_NOTE, read_remote_status, read_status)
+from app.validation import validation_line
 from model.learning_curve import MIN_POINTS, project
 from model.strategies import DEFAULT_STRATEGY, Strategy, get_strategy, random_order
 
@@ -76,7 +77,7 @@ def dashboard(store: Store, slot: ModelSlot, round_every: int, local_trainer: bo
                   "strategy": strategy_line(store), "model": store.queue_model(),
                   "ordered_by": order_line(store)},
         "validation": {"images": None if val_ids is None else len(val_ids),
-                       "source": store.get_setting(VALIDATION_SOURCE, "not chosen yet")},
+                       "source": validation_line(store)},
         "model": {"serving": slot.version, "note": slot.note()},
         "conflicts": [{"image_id": m.image_id, "name": store.image(m.image_id).name, "version": m.version,
                        "annotator": m.annotator, "over_version": m.conflict_with} for m in store.conflicts()],

@@ -328,7 +328,7 @@ def figures_html(data: dict) -> str:
         ("How many more?", projection_line(data["projection"])),
         ("Queue", f"{queue['left']} left · {queue['scored_by_model']} ranked by the model · {queue['leased']} "
                   f"being worked on · order: {queue['ordered_by']}"),
-        ("Validation set", f"{val['source']} (fixed once chosen)"),
+        ("Validation set", val["source"]),
         ("Conflicts", conflicts_line(data["conflicts"])),
     ]
     body = "".join(f"<tr><th style='text-align:left;padding-right:12px;vertical-align:top'>{html.escape(k)}</th>"

@@ -35,3 +35,16 @@ def fix_validation_set(store: Store) -> list[int]:
     store.set_setting(VALIDATION_IDS, chosen)
     store.set_setting(VALIDATION_SOURCE, source)
     return chosen
+
+
+def validation_line(store: Store) -> str:
+    """The dashboard's word on the validation set: how it was chosen and that it is fixed, or, before the first
+    round fixes it, which images it will be (so a lead who imported masked val images sees they will be used)."""
+    source = store.get_setting(VALIDATION_SOURCE)
+    if source is not None:
+        return f"{source} (fixed)"
+    imported = len(store.labeled(split="val"))
+    if imported:
+        return f"not fixed yet: the first round fixes the {imported} images imported with split 'val' and a mask"
+    return (f"not fixed yet: once {VAL_MIN_LABELS} pool images are labeled here, the first {VAL_FRACTION:.0%} of "
+            f"them are kept out of training to validate on; until then rounds run without a validation score")

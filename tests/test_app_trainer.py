@@ -15,7 +15,7 @@ from app.dashboard import dashboard
 from app.rounds import FIRST_ROUND_LABELS, round_due
 from app.studio import Studio
 from app.trainer import BackgroundTrainer
-from app.validation import VAL_MIN_LABELS, fix_validation_set
+from app.validation import VAL_MIN_LABELS, fix_validation_set, validation_line
 from model.train import Trainer
 from app_fixtures import label, make_workspace
 
@@ -144,6 +144,15 @@ def test_validation_set_is_frozen_from_early_labels(tmp_path):
         assert len(chosen) == 3 and first[0] not in chosen
         label(store, 5)
         assert fix_validation_set(store) == chosen  # fixed once chosen
+
+
+def test_the_dashboard_says_which_validation_set_the_first_round_will_fix(tmp_path):
+    with Store(make_workspace(tmp_path / "imported", n=6, n_val=3)) as store:
+        assert validation_line(store).startswith("not fixed yet: the first round fixes the 3 images imported")
+        fix_validation_set(store)
+        assert validation_line(store) == "3 images imported with split 'val' and a mask (fixed)"
+    with Store(make_workspace(tmp_path / "none", n=6, n_val=0)) as store:
+        assert validation_line(store).startswith(f"not fixed yet: once {VAL_MIN_LABELS} pool images are labeled")
 
 
 def test_server_swaps_in_a_new_model_between_requests(workspace):
