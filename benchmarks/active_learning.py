@@ -8,7 +8,9 @@ view too, as `adasam serve` does by default, unless `--no-image-view`), publishe
 whose uncertainties order the queue. Nothing here re-implements training or ranking.
 
 Start: the queue's seeded random order labels 2% of the pool (`--cold-start coreset`: k-center on the embeddings
-instead, `BackgroundTrainer.rank_cold_start`); then each round adds 2% more, up to 30%. Strategies
+instead, `BackgroundTrainer.rank_cold_start`); then each round adds 2% more, up to 30%. Before any model the order
+does not depend on the strategy, so each seed's first round (the dearest: the image view starts from scratch) is
+trained once and copied to its strategies' workspaces. A run cut short resumes from its workspaces. Strategies
 (model.strategies, chosen by name) differ only in how the trainer orders the queue after scoring the pool: the
 benchmark sets the workspace's strategy, as `adasam serve --strategy NAME` does.
 After every round the published model is scored on the test split with automatic prompts.
@@ -57,6 +59,8 @@ from model.strategies import DEFAULT_STRATEGY, STRATEGIES
 ROOT = Path(__file__).resolve().parents[1]
 
 ORACLE = "oracle"
+FULL = "full"  # the full-label reference's name among the curves
+STEM = "stem"  # a seed's first round, shared by its strategies' curves (branch_from_stem)
 FIT_UPTO = 0.10  # the dashboard's projection is checked as made at 10% labelled against what 20% and 30% measured
 
 
@@ -216,10 +220,12 @@ def simulate(args, folder: DataFolder, source: Path, strategy: str, seed: int, o
     partial = partial_path(path)  # the curve so far, for a run cut short
     curve_config = {"step": step, "start": start, "stop": stop, "steps": args.steps, "image_view": args.image_view,
                     "cold_start": args.cold_start, "backbone": args.backbone}
+    if strategy not in (FULL, STEM):
+        branch_from_stem(out, strategy, seed, curve_config)
     curve = resumable_curve(partial, workspace, curve_config)
     if curve is None:
         curve = []
-        store = new_workspace(source, workspace, seed, DEFAULT_STRATEGY if strategy == "full" else strategy,
+        store = new_workspace(source, workspace, seed, strategy if strategy in STRATEGIES else DEFAULT_STRATEGY,
                               image_view=args.image_view)
     else:
         store = Store(workspace, create=False)
@@ -245,7 +251,7 @@ def simulate(args, folder: DataFolder, source: Path, strategy: str, seed: int, o
 
     if curve and catch_up(bt, curve):
         record(None)  # its time is unknown: the run was cut before the row was saved
-    if strategy == "full":
+    if strategy == FULL:
         annotate(store, truth, n_pool - bt.labels())
         for _ in range(args.reference_rounds - len(curve)):
             train_and_score()
@@ -254,16 +260,16 @@ def simulate(args, folder: DataFolder, source: Path, strategy: str, seed: int, o
         while True:
             if bt.due():  # the app's rule: enough new labels and at least one mask showing the target
                 train_and_score()
-            if labelled >= stop:
+            if labelled >= stop or (strategy == STEM and curve):
                 break
             added = annotate(store, truth, min(step, stop - labelled))
             if added == 0:
                 break
             labelled += added
-    result = {"strategy": strategy, "seed": seed, "n_pool": n_pool, "step": step, "curve": curve,
-              "seconds": time.time() - started}
+    result = {"strategy": strategy, "seed": seed, "n_pool": n_pool, "step": step, "config": curve_config,
+              "curve": curve, "seconds": time.time() - started}
     store.close()
-    if not args.keep_workspaces:
+    if not args.keep_workspaces and strategy != STEM:  # a stem's workspace is removed once its branches are done
         shutil.rmtree(workspace, ignore_errors=True)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(result, indent=2, default=float))
@@ -273,6 +279,28 @@ def simulate(args, folder: DataFolder, source: Path, strategy: str, seed: int, o
 
 def partial_path(path: Path) -> Path:
     return path.with_name(path.stem + ".partial.json")
+
+
+def branch_from_stem(out: Path, strategy: str, seed: int, config: dict) -> None:
+    """Start a strategy's curve from its seed's stem: the first round depends on the seed alone (the queue's
+    seeded shuffle picks the first labels, and rounds are seeded by their number), so it is trained once per seed
+    and copied to each strategy's workspace, which then re-ranks the pool by its own strategy (catch_up). The copy
+    is a curve cut after its first round; a curve already begun is left alone."""
+    stem = out / "runs" / f"{STEM}_seed{seed}.json"
+    workspace = out / "workspaces" / f"{strategy}_seed{seed}"
+    partial = partial_path(out / "runs" / f"{strategy}_seed{seed}.json")
+    if not stem.exists() or partial.exists() or not (out / "workspaces" / f"{STEM}_seed{seed}").exists():
+        return
+    saved = json.loads(stem.read_text())
+    if saved.get("config") != config:
+        print(f"{stem.name}: other settings; {strategy} seed {seed} starts on its own", flush=True)
+        return
+    shutil.rmtree(workspace, ignore_errors=True)
+    shutil.copytree(out / "workspaces" / f"{STEM}_seed{seed}", workspace)
+    with Store(workspace, create=False) as store:
+        store.set_setting(QUEUE_STRATEGY, strategy)
+    partial.write_text(json.dumps({**saved, "strategy": strategy, "config": config, "partial": True,
+                                   "from_stem": True}, default=float))
 
 
 def resumable_curve(partial: Path, workspace: Path, config: dict) -> list[dict] | None:
@@ -305,13 +333,13 @@ def catch_up(bt: trainer_module.BackgroundTrainer, curve: list[dict]) -> bool:
 
 def curves_of(results: dict, strategy: str) -> list[dict]:
     """Where a strategy's curves go in the results ("full" is the full-label reference)."""
-    return results["reference"] if strategy == "full" else results["strategies"][strategy]
+    return results["reference"] if strategy == FULL else results["strategies"][strategy]
 
 
 def report_only(results: dict, out: Path) -> None:
     """Tables and plot from the curves already on disk; a curve cut short (`.partial.json`) counts as far as it
     got and is listed under `partial`."""
-    for strategy in ["full", *results["strategies"]]:
+    for strategy in [FULL, *results["strategies"]]:
         runs = curves_of(results, strategy)
         for seed in results["config"]["seeds"]:
             done = out / "runs" / f"{strategy}_seed{seed}.json"
@@ -547,24 +575,43 @@ def main() -> int:
     # the full-label reference once: with every image labelled the queue's seed orders nothing, and rounds are
     # seeded by their number, so each seed's reference is the same curve (seeds 0 and 1 measured identical on
     # BUSI; data without a val split would differ, as its validation images are taken from the first labels)
-    reference = [("full", args.seeds[0])] if args.reference_rounds > 0 else []
-    tasks = reference + [(strategy, seed) for seed in args.seeds for strategy in args.strategies]
+    reference = [(FULL, args.seeds[0])] if args.reference_rounds > 0 else []
+    # each seed's first round once, shared by its strategies (branch_from_stem), when there are several
+    unfinished = {seed: [s for s in args.strategies if not (out / "runs" / f"{s}_seed{seed}.json").exists()]
+                  for seed in args.seeds}
+    stems = [(STEM, seed) for seed in args.seeds if len(unfinished[seed]) > 1]
+    waiting = {seed: [(strategy, seed) for strategy in args.strategies] for seed in args.seeds}
     context = multiprocessing.get_context("spawn")  # no fork after torch (or CUDA) has started
     with concurrent.futures.ProcessPoolExecutor(max(1, args.jobs), mp_context=context) as workers:
-        futures = {workers.submit(simulate, args, folder, source, strategy, seed, out): (strategy, seed)
-                   for strategy, seed in tasks}
-        for future in concurrent.futures.as_completed(futures):
-            strategy, seed = futures[future]
-            try:
-                curve = future.result()
-            except Exception as exc:  # a failed curve is reported; the others still count
-                results["failures"].append({"run": f"{strategy} seed {seed}", "error": repr(exc)})
-                print(f"FAILED {strategy} seed {seed}: {exc!r}", flush=True)
-                continue
-            runs = curves_of(results, strategy)
-            runs.append(curve)
-            runs.sort(key=lambda r: r["seed"])
-            write_outputs(results, out)
+        def submit(tasks: list[tuple[str, int]]) -> None:
+            for strategy, seed in tasks:
+                pending[workers.submit(simulate, args, folder, source, strategy, seed, out)] = (strategy, seed)
+
+        pending: dict = {}
+        submit(stems + reference)
+        submit([task for seed in args.seeds if (STEM, seed) not in stems for task in waiting[seed]])
+        while pending:
+            finished, _ = concurrent.futures.wait(pending, return_when=concurrent.futures.FIRST_COMPLETED)
+            for future in finished:
+                strategy, seed = pending.pop(future)
+                try:
+                    curve = future.result()
+                except Exception as exc:  # a failed curve is reported; the others still count
+                    results["failures"].append({"run": f"{strategy} seed {seed}", "error": repr(exc)})
+                    print(f"FAILED {strategy} seed {seed}: {exc!r}", flush=True)
+                    curve = None
+                if strategy == STEM:  # its strategies now (on their own if it failed)
+                    submit(waiting[seed])
+                    continue
+                if curve is None:
+                    continue
+                runs = curves_of(results, strategy)
+                runs.append(curve)
+                runs.sort(key=lambda r: r["seed"])
+                write_outputs(results, out)
+    if not args.keep_workspaces:
+        for _, seed in stems:
+            shutil.rmtree(out / "workspaces" / f"{STEM}_seed{seed}", ignore_errors=True)
     write_outputs(results, out, figure=True)
     print(results["table"])
     return 0

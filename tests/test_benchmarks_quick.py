@@ -109,6 +109,9 @@ def test_active_learning_quick(tmp_path):
     assert check["fit_upto"] == 0.1 and set(check["strategies"]) == set(data["strategies"])
     assert "Dashboard projection check" in data["table"]
     assert not (tmp_path / "workspaces" / "random_seed0").exists()  # removed unless --keep-workspaces
+    firsts = [runs[0]["curve"][0] for runs in data["strategies"].values()]  # the seed's first round, trained once
+    assert all(first == firsts[0] for first in firsts) and not (tmp_path / "workspaces" / "stem_seed0").exists()
+    assert load(tmp_path / "runs" / "stem_seed0.json")["curve"] == [firsts[0]]
     assert (tmp_path / "active_learning.png").is_file()
 
 
