@@ -280,8 +280,10 @@ class Studio:
         embedding, geometry = self.slot.embedding(handout.image_id)
         with self.slot.lock:
             mask = self.slot.predictor.refine(embedding, geometry, positive=positive, negative=negative, box=box)
+            used = self.slot.predictor.edited_box(geometry, box, positive, negative)
         return {"image_id": handout.image_id, "mask": png_data_url((mask * 255).astype(np.uint8)),
-                "pixels": int(mask.sum()), "ms": round(1000 * (time.perf_counter() - started), 1)}
+                "box": [round(float(v), 1) for v in used], "pixels": int(mask.sum()),
+                "ms": round(1000 * (time.perf_counter() - started), 1)}
 
     def page(self, annotator: str, view: str, step: Any) -> dict[str, Any]:
         """Go from the shown slice to the nearest unlabeled one after (`step` 1) or before (-1) it in its volume

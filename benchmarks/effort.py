@@ -5,13 +5,14 @@ Three ways to start each lesion image of the test split:
 - `proposal`: the trained model's automatic proposal (ADA-SAM's CAM-prompted mask), 0 interactions;
 - `box`: one box around the true mask on the pretrained decoder (every SAM annotation tool's workflow; the box counts
   as one interaction);
-- `clicks`: nothing shown, clicks only (the app then prompts with the whole image and the clicks).
+- `clicks`: nothing shown, clicks only (the app then starts a box at the first positive click).
 Then, while Dice < 0.9 and fewer than 10 interactions: one click at the centre (the point farthest from its edge)
 of the largest error region, positive inside a missed area, negative inside a false one; every click so far goes
-with the start's box (for `proposal` and `clicks`, the box the app would use). Reported per start: the share
-accepted untouched (Dice >= 0.9 with no interaction), NoC@90 and NoC@85 (interactions to reach that Dice; 10 when
-never reached, with the share reached). Target-free test images are counted apart: the share the model proposes
-empty ("no finding" with no interaction).
+with the box the Annotate tab sends: the proposal's prompt box (none for `clicks`: the app then starts one at the
+first click), and after each redraw the box that redraw was given (clicks edit it for LiteMedSAM). Reported per
+start: the share accepted untouched (Dice >= 0.9 with no interaction), NoC@90 and NoC@85 (interactions to reach
+that Dice; 10 when never reached, with the share reached). Target-free test images are counted apart: the share the
+model proposes empty ("no finding" with no interaction).
 
     python benchmarks/effort.py --data ../shared/datasets/busi --model RUN --json benchmarks/results/effort.json
     python benchmarks/effort.py --quick       # generated blobs, micro backbone: checks the script, not figures
@@ -74,18 +75,21 @@ def simulate(studio, truths: dict[str, np.ndarray], start: str) -> list[dict]:
                 rows.append({"name": task["name"], "lesion": False, "empty_proposal": not shown.any()})
             studio.no_finding("simulated", task["view"])
             continue
-        positive, negative, box, used = [], [], None, 0
+        positive, negative, used = [], [], 0
+        box = task["box"]  # as the Annotate tab: the prompt box shown, then the box each redraw was given
         mask = shown
         if start == "box":
             box, used = [float(v) for v in mask_box(truth) + np.array([0, 0, 1, 1])], 1
-            mask = decode_mask(studio.refine("simulated", task["view"], [], [], box)["mask"], truth.shape)
+            drawn = studio.refine("simulated", task["view"], [], [], box)
+            mask, box = decode_mask(drawn["mask"], truth.shape), drawn["box"]
         elif start == "clicks":
             mask = np.zeros_like(truth)
         dices = [dice(mask, truth)]
         while dices[-1] < 0.9 and used < MAX_INTERACTIONS:
             point, is_positive = next_click(mask, truth)
             (positive if is_positive else negative).append(point)
-            mask = decode_mask(studio.refine("simulated", task["view"], positive, negative, box)["mask"], truth.shape)
+            drawn = studio.refine("simulated", task["view"], positive, negative, box)
+            mask, box = decode_mask(drawn["mask"], truth.shape), drawn["box"]
             used += 1
             dices.append(dice(mask, truth))
         first = 0 if start != "box" else 1  # interactions before dices[0]

@@ -158,13 +158,20 @@ class Predictor:
             self._embedding = embedding
         if not (box is not None and self.model.backbone.box_prompts and (positive or negative)):
             return self._decode(geometry, box, positive, negative)
-        box = clicks_as_box(box, positive, negative, CLICK_BOX_PAD * max(geometry.height, geometry.width))
+        box = self.edited_box(geometry, box, positive, negative)
         mask = self._decode(geometry, box)
         for x, y in positive:
             row, column = min(int(y), mask.shape[0] - 1), min(int(x), mask.shape[1] - 1)
             if not mask[row, column]:
                 mask |= self._decode(geometry, part_box(box, x, y))
         return mask
+
+    def edited_box(self, geometry: Geometry, box, positive=(), negative=()):
+        """The box `refine` gives the decoder: edited by the clicks for a decoder trained on boxes alone, else as
+        given (the clicks then go as points). The app draws it, so the box on screen is the one SAM used."""
+        if box is None or not self.model.backbone.box_prompts or not (positive or negative):
+            return box
+        return clicks_as_box(box, positive, negative, CLICK_BOX_PAD * max(geometry.height, geometry.width))
 
     def _decode(self, geometry: Geometry, box=None, positive=(), negative=()) -> np.ndarray:
         """One decoder pass on the cached features -> boolean mask at original size."""

@@ -193,6 +193,9 @@ def test_point_click_redraws_the_mask(page):
     sent, negative = _click(page, 0.8, 0.7)
     page.wait_for_function("Number(document.querySelector('[data-drawn]').dataset.refined || 0) >= 2")
     assert _near(sent["positive"], [[0.3 * w, 0.4 * h]]) and _near(sent["negative"], [[0.8 * w, 0.7 * h]])
+    assert sent["box"] == positive["box"]  # the box the first redraw was given is the one the page sends next ...
+    shown = re.search(r"Prompt box (-?\d+), (-?\d+), (-?\d+), (-?\d+)", page.inner_text(".ann-facts")).groups()
+    assert all(abs(int(a) - b) <= 0.5 for a, b in zip(shown, negative["box"]))  # ... and the one it shows, rounded
     assert mask_pixels(page) == negative["pixels"]  # the page shows the answer to both clicks ...
     changed = int((pixels_of(negative["mask"]) != pixels_of(positive["mask"])).sum())
     assert changed > 0  # ... and the negative click changed it

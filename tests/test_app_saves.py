@@ -203,8 +203,8 @@ def test_a_click_outside_the_prompt_box_widens_it(setup, monkeypatch):
     used = []
     real = studio.slot.predictor.refine
     monkeypatch.setattr(studio.slot.predictor, "refine", lambda *a, **k: used.append(k["box"]) or real(*a, **k))
-    studio.refine("ann", task["view"], [], [[1, 1]], [10, 10, 30, 30])  # a box given is used as given
-    assert used[-1] == (10, 10, 30, 30)
+    drawn = studio.refine("ann", task["view"], [], [[1, 1]], [10, 10, 30, 30])  # a box given is used as given
+    assert used[-1] == (10, 10, 30, 30) and drawn["box"] == [10, 10, 30, 30]  # and said back, to be drawn
     studio.refine("ann", task["view"], [], [[3, 3]])  # untrained, no proposal and no positive click: the whole image
     assert used[-1] == (0, 0, w, h)
     studio.refine("ann", task["view"], [[20, 10]], [])  # untrained: a box around the positive click
@@ -219,6 +219,18 @@ def test_a_click_outside_the_prompt_box_widens_it(setup, monkeypatch):
     studio.refine("ann", task["view"], [[40, 30]], [])
     x0, y0, x1, y1 = used[-1]
     assert (x0, y0) == (2, 2) and (x1, y1) == pytest.approx((40 + pad, 30 + pad))
+
+
+def test_the_box_a_redraw_was_given_comes_back_to_be_drawn(setup, monkeypatch):
+    """LiteMedSAM gets clicks as box edits: the page draws the box SAM was given, not the one it sent."""
+    _, _, studio = setup
+    task = studio.task("ann")
+    monkeypatch.setattr(studio.slot.predictor.model.backbone, "box_prompts", True)
+    pad = CLICK_BOX_PAD * max(task["width"], task["height"])
+    widened = studio.refine("ann", task["view"], [[40, 30]], [], [10, 10, 30, 30])["box"]
+    assert widened == pytest.approx([10, 10, 40 + pad, 30 + pad], abs=0.05)
+    again = studio.refine("ann", task["view"], [[40, 30]], [[12, 20]], widened)["box"]  # the next click edits it
+    assert again == pytest.approx([13, 10, 40 + pad, 30 + pad], abs=0.05)  # - click: the nearest edge moves past
 
 
 def test_a_second_tab_of_the_same_annotator_is_no_conflict(setup):

@@ -129,8 +129,8 @@ function showFacts() {
   $('.ann-facts').innerHTML = t.image_id === null ? '' :
     `<div><b>P(target present)</b> ${t.probability === null ? '— (untrained)' : fmt(t.probability)}</div>` +
     `<div><b>Uncertainty</b> ${fmt(t.uncertainty)}</div>` +
-    `<div><b>Prompt box</b> ${t.box ? t.box.map((v) => Math.round(v)).join(', ') : '—'}` +
-    `${t.box_is_fallback ? ' (central fallback: CAM found nothing)' : ''}</div>` +
+    `<div><b>Prompt box</b> ${S.box ? S.box.map((v) => Math.round(v)).join(', ') : '—'}` +
+    `${t.box_is_fallback && !S.edited ? ' (central fallback: CAM found nothing)' : ''}</div>` +
     `<div><b>Mask</b> <span class="ann-pixels">${S.mask ? S.mask.reduce((a, b) => a + b, 0) : 0}</span> px` +
     `${S.edited ? ' (edited)' : ''}</div>`;
 }
@@ -250,6 +250,7 @@ async function refine() {
   const r = await call('refine', { view: t.view, positive: S.pos, negative: S.neg, box: S.box });
   if (!r || !S.task || S.task.image_id !== r.image_id) return;
   S.mask = await maskFrom(r.mask, S.W, S.H);
+  S.box = r.box;  // the box SAM was given (clicks edit it for LiteMedSAM): later clicks edit it further
   S.edited = true; rebuildLayer(); draw(); showFacts();
   element.dataset.refined = String(++S.refined);
   say(`SAM redrew the mask: ${r.ms} ms on the server, ${Math.round(performance.now() - started)} ms in all`);
