@@ -15,7 +15,8 @@ VARIANT, MODEL, SPLIT = sys.argv[1:4]
 if VARIANT == "mask":
     shown = Studio.task
     Studio.task = lambda self, *a, **k: {**shown(self, *a, **k), "box": None}
-args = effort.argparse.Namespace(data="../shared/datasets/busi", model=MODEL, backbone="litemedsam", cache=None,
+args = effort.argparse.Namespace(data="../shared/datasets/busi", model=MODEL, backbone="litemedsam",
+                                 cache=str(effort.Path.home() / ".cache" / "adasam" / "embeddings"),
                                  split=SPLIT, limit=0, starts=["proposal"], json=None, quick=False)
 result = effort.run(args)
 print(json.dumps({"variant": VARIANT, "model": MODEL.rstrip("/").split("/")[-1], "split": SPLIT,
