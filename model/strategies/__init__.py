@@ -8,7 +8,8 @@ from model.strategies.base import Candidate, Strategy
 STRATEGIES: dict[str, Strategy] = {s.name: s for s in (
     combined.STRATEGY, classifier.STRATEGY, segmentation.STRATEGY, coreset.STRATEGY, typiclust.STRATEGY,
     random_order.STRATEGY)}
-DEFAULT_STRATEGY = "random"  # the best mean val AUC in benchmarks/active_learning.py on BUSI, seeds 0-2 (issue 12)
+DEFAULT_STRATEGY = "random"  # the best mean val AUC in benchmarks/active_learning.py on BUSI, seeds 0-2, with the
+# image view and without (issue 12)
 
 
 class UnknownStrategy(ValueError):
