@@ -87,7 +87,7 @@ class Predictor:
     def predict(self, embedding: torch.Tensor, geometry: Geometry, image: torch.Tensor | None = None) -> Prediction:
         return self.predict_batch(embedding[None], [geometry], None if image is None else image[None])[0]
 
-    def _presence(self, embeddings: torch.Tensor, geometries: list[Geometry], images: torch.Tensor | None):
+    def automatic_prompt(self, embeddings: torch.Tensor, geometries: list[Geometry], images: torch.Tensor | None):
         """The decoder-free part of a prediction: (features, maps, P(target present), prompt boxes, fallbacks).
         `images` (B x 1 x S x S): required by a model with an image view, whose map joins the CAM's."""
         model, config = self.model, self.model.config
@@ -109,20 +109,17 @@ class Predictor:
                        images: torch.Tensor | None = None) -> list[Presence]:
         """What the classifier alone says of each image, without the decoder (most of a prediction's cost):
         enough for the active-learning strategies that do not read the mask."""
-        _, _, probability, boxes, _ = self._presence(embeddings, geometries, images)
+        _, _, probability, boxes, _ = self.automatic_prompt(embeddings, geometries, images)
         probability = probability.cpu()
         return [Presence(float(p), float(classifier_uncertainty(p)), box_to_original(box.numpy(), g))
                 for p, box, g in zip(probability, boxes, geometries)]
 
     def predict_batch(self, embeddings: torch.Tensor, geometries: list[Geometry],
                       images: torch.Tensor | None = None) -> list[Prediction]:
-        model, config = self.model, self.model.config
-        features, cams, probability, boxes, fallbacks = self._presence(embeddings, geometries, images)
-        with torch.no_grad():
-            mask_logits, _ = model.segment(features, boxes, model.auto_points(cams))
-            if config.cascade:
-                mask_logits, _ = model.cascade(features, boxes, mask_logits, config.cascade)
-        mask_logits, cams, probability = mask_logits.cpu(), cams.cpu(), probability.cpu()
+        config = self.model.config
+        features, cams, probability, boxes, fallbacks = self.automatic_prompt(embeddings, geometries, images)
+        mask_logits = self.auto_logits(features, cams, boxes)
+        cams, probability = cams.cpu(), probability.cpu()
         cls_unc = classifier_uncertainty(probability)
         out = []
         for i, g in enumerate(geometries):
@@ -143,6 +140,16 @@ class Predictor:
                 uncertainty=Uncertainty(float(cls_unc[i]), float(seg_unc),
                                         float(combined_uncertainty(probability[i], cls_unc[i], seg_unc)))))
         return out
+
+    @torch.no_grad()
+    def auto_logits(self, features: torch.Tensor, cams: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
+        """The decoder's answer (B x 1 x H x W logits, on the CPU) to the automatic prompt: the maps' boxes, plus
+        their peaks as clicks and the cascade where the model's config asks for them."""
+        model = self.model
+        logits, _ = model.segment(features, boxes, model.auto_points(cams))
+        if model.config.cascade:
+            logits, _ = model.cascade(features, boxes, logits, model.config.cascade)
+        return logits.cpu()
 
     @torch.no_grad()
     def refine(self, embedding: torch.Tensor, geometry: Geometry, positive: list[tuple[float, float]] = (),

@@ -134,6 +134,7 @@ class Trainer:
         self.best = {"score": -math.inf, "step": 0}
         self.history: list[dict] = []
         self.image_view_report: dict | None = None  # set once the image view has trained (Trainer.train_image_view)
+        self._calibrated_val_dice: float | None = None  # model.pt's val lesion Dice as its calibration measured it
 
     @property
     def _semi_supervised(self) -> bool:
@@ -448,6 +449,9 @@ class Trainer:
             extra = {k: v for k, v in payload.items() if k not in ("format", "config", "state")}
             save_checkpoint(self.model, path, extra)
             self.best["calibration"] = report
+            if "cam_threshold" in report:
+                chosen = report["cam_threshold"]
+                self._calibrated_val_dice = chosen["val_dice_lesion"][chosen["chosen"]]
             self.log(json.dumps({"calibration": report}))
 
     def self_train_image_view(self) -> None:
@@ -465,7 +469,7 @@ class Trainer:
             return
         started = time.time()
         model, view = self.model, self.model.image_view
-        before = evaluate(model, val, with_hd95=False)[0]["dice_lesion_ungated"]
+        before = self._val_dice_as_saved(val)
         old_view, old_config = copy.deepcopy(view.state_dict()), replace(model.config)
         unlabeled = self.data.unlabeled  # each with its image: prompt_maps refuses a batch without them
         targets = proposal_targets(model, unlabeled)
@@ -481,7 +485,9 @@ class Trainer:
         after = (max(calibration["cam_threshold"]["val_dice_lesion"].values()) if calibration
                  else evaluate(model, val, with_hd95=False)[0]["dice_lesion_ungated"])
         kept = after >= before  # presence is the map head's: its threshold stands
-        if not kept:
+        if kept:
+            self._calibrated_val_dice = after if calibration else None
+        else:
             view.load_state_dict(old_view)
             model.config = old_config
         report = {"kept": kept, "val_dice_lesion_before": before, "val_dice_lesion_after": after,
@@ -503,7 +509,7 @@ class Trainer:
         if payload is None:
             return
         model = self.model
-        with_view = evaluate(model, val, with_hd95=False)[0]["dice_lesion_ungated"]
+        with_view = self._val_dice_as_saved(val)
         view, model.image_view = model.image_view, None
         with_view_config = replace(model.config)
         calibration = calibrate(model, val)
@@ -515,6 +521,13 @@ class Trainer:
             model.config = replace(model.config, image_view=False)
         self._record("image_view_check", payload,
                      {"kept": kept, "val_dice_lesion_with_view": with_view, "val_dice_lesion_cam_alone": cam_alone})
+
+    def _val_dice_as_saved(self, val: list[Item]) -> float:
+        """Val lesion Dice (before gating) of the model as model.pt now holds it: the figure its calibration measured
+        when there was one (a phase after training need not decode val again for it), else evaluated now."""
+        if self._calibrated_val_dice is None:
+            return evaluate(self.model, val, with_hd95=False)[0]["dice_lesion_ungated"]
+        return self._calibrated_val_dice
 
     def _val_lesions(self) -> list[Item]:
         return [i for i in self.data.val if i.mask is not None and i.mask.any()]

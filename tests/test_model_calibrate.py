@@ -8,9 +8,11 @@ import pytest
 import torch
 
 from model.adasam import AdaSamConfig, build_adasam, load_checkpoint
-from model.calibrate import CAM_THRESHOLDS, PRESENCE_DEFAULT, calibrate, calibrate_presence, presence_probabilities
-from model.evaluate import evaluate
+from model.calibrate import (CAM_THRESHOLDS, PRESENCE_DEFAULT, calibrate, calibrate_presence, presence_probabilities,
+                             threshold_scores)
+from model.evaluate import batch_inputs, evaluate
 from model.image_view import ImageViewTraining
+from model.inference import Predictor
 from model.train import TrainConfig, Trainer, TrainingData
 from model_fixtures import blob_items, micro_backbone, one_torch_thread  # noqa: F401 (autouse)
 
@@ -36,6 +38,33 @@ def test_the_cam_threshold_with_the_best_val_dice_is_chosen(val):
         model.config.cam_threshold = threshold
         assert evaluate(model, val, with_hd95=False)[0]["dice_lesion_ungated"] == pytest.approx(score)
     assert model.config.presence_threshold == 0.5  # calibrate() sets the CAM threshold only
+
+
+def test_the_thresholds_share_their_decodes_where_their_boxes_agree(val, monkeypatch):
+    model = _model()
+    lesions = [i for i in val if i.mask.any()]
+    predictor = Predictor(model)
+    distinct = 0
+    for item in lesions:
+        boxes = set()
+        for threshold in CAM_THRESHOLDS:
+            model.config.cam_threshold = threshold
+            boxes.add(predictor.automatic_prompt(*batch_inputs([item]))[3][0].numpy().tobytes())
+        distinct += len(boxes)
+    assert distinct < len(CAM_THRESHOLDS) * len(lesions)  # some boxes repeat: sharing is put to the test
+    decoded = []
+    real_segment = type(model).segment
+    monkeypatch.setattr(type(model), "segment",
+                        lambda self, features, *a, **k: decoded.append(len(features)) or real_segment(
+                            self, features, *a, **k))
+    model.config.cam_threshold = 0.45
+    scores = threshold_scores(model, lesions, list(CAM_THRESHOLDS))
+    assert sum(decoded) == distinct and model.config.cam_threshold == 0.45
+    monkeypatch.setattr(type(model), "segment", real_segment)
+    for threshold, score in scores.items():
+        model.config.cam_threshold = threshold
+        assert evaluate(model, lesions, with_hd95=False)[0]["dice_lesion_ungated"] == pytest.approx(score)
+    assert threshold_scores(model, lesions, []) == {}
 
 
 def test_nothing_to_calibrate_without_cam_prompts_or_lesions(val):

@@ -15,7 +15,7 @@ import torch
 import model.train as train_module
 from app.cli import main as cli
 from model.adasam import AdaSamConfig, build_adasam, checkpoint_problem, load_checkpoint, save_checkpoint
-from model.evaluate import Item, batch_inputs
+from model.evaluate import Item, batch_inputs, evaluate
 from model.image_view import ImageViewTraining, image_input, lesion_dice, mask_target, on_grid, probabilities
 from model.inference import Predictor, valid_grid
 from model.preprocess import Geometry, preprocess_image
@@ -273,6 +273,25 @@ def test_the_check_keeps_the_view_and_its_threshold_where_the_cam_alone_does_no_
     loaded, _ = load_checkpoint(tmp_path / "model.pt", micro_backbone())
     assert loaded.config.image_view and loaded.config.cam_threshold == threshold != 0.45
     assert all(torch.equal(v, view[k]) for k, v in loaded.image_view.state_dict().items())
+
+
+def test_the_check_takes_the_with_view_figure_from_calibration_without_decoding_val_again(data, tmp_path,
+                                                                                        monkeypatch):
+    config = TrainConfig(steps=2, eval_every=2, batch_masked=2, batch_unlabeled=2, batch_tagged=4, seed=0,
+                         image_view=QUICK_VIEW, view_self_training=False)
+    lesions = [i for i in data.val if i.mask.any()]
+    real_check, expected = Trainer.check_image_view, {}
+
+    def check_without_evaluate(self):
+        saved, _ = load_checkpoint(self.out / "model.pt", micro_backbone())
+        expected["with_view"] = evaluate(saved, lesions, with_hd95=False)[0]["dice_lesion_ungated"]
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(train_module, "evaluate", lambda *a, **k: pytest.fail("val decoded again for the check"))
+            real_check(self)
+
+    monkeypatch.setattr(Trainer, "check_image_view", check_without_evaluate)
+    best = Trainer(view_model(), config, data, tmp_path, log=lambda line: None).run()
+    assert best["image_view_check"]["val_dice_lesion_with_view"] == pytest.approx(expected["with_view"])
 
 
 def test_the_view_refuses_items_without_images(data, tmp_path):

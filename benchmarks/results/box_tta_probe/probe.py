@@ -42,7 +42,7 @@ for run in sys.argv[1:]:
         for start in range(0, len(items), 8):
             chunk = items[start:start + 8]
             embeddings, geometries, images = batch_inputs(chunk)
-            features, _, _, boxes, _ = predictor._presence(embeddings, geometries, images)
+            features, _, _, boxes, _ = predictor.automatic_prompt(embeddings, geometries, images)
             hw = [g.resized for g in geometries]
             logits = {}
             with torch.no_grad():
