@@ -16,6 +16,7 @@ round trains on and the check before publishing are app/rounds.py's, shared with
 """
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
@@ -41,6 +42,7 @@ from app.status import QUEUE_STRATEGY, write_status
 from model.adasam import checkpoint_problem, load_checkpoint
 from model.backbones import backbone_view, build_backbone
 from model.cache import EmbeddingCache, content_hash
+from model.decoder import compiled_decoding
 from model.evaluate import Item, batch_inputs
 from model.inference import Predictor
 from model.strategies import DEFAULT_STRATEGY, Candidate, Strategy, get_strategy
@@ -199,7 +201,11 @@ class BackgroundTrainer:
         self.rescore(verdict.version)
 
     def _train(self, round_id: int) -> Verdict:
-        """Train a round and register its model."""
+        """Train a round and register its model (validation decoding compiled, as in model.train.Trainer.run)."""
+        with compiled_decoding():
+            return self._train_round(round_id)
+
+    def _train_round(self, round_id: int) -> Verdict:
         plan = plan_round(self.store, round_id)
         data, sizes = training_data(plan, self.cache, self.pixels)
         self.check()
@@ -264,6 +270,7 @@ class BackgroundTrainer:
         if ids:
             model, _ = load_checkpoint(store.model(version).checkpoint_path, backbone_view(self.base))
             predictor = Predictor(model)
+            decoding = compiled_decoding if strategy.reads_masks else contextlib.nullcontext  # the decoder: masks
             score = _scored_with_masks if strategy.reads_masks else _scored_by_classifier
             started = time.monotonic()
             for start in range(0, len(ids), SCORE_CHUNK):
@@ -271,7 +278,9 @@ class BackgroundTrainer:
                 self.status(state="scoring", model=version, done=start, total=len(ids),
                             eta_s=_eta(started, start, len(ids)))
                 chunk = self.items(ids[start:start + SCORE_CHUNK])
-                store.record_predictions(version, score(predictor, chunk))
+                with decoding():
+                    scores = score(predictor, chunk)
+                store.record_predictions(version, scores)
                 self._ranked_for = None  # recording copied raw figures into the queue's order: rank again
             self.status(state="idle", message=f"{version} scored {len(ids)} pool images", force=True)
         if rank:

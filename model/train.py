@@ -39,6 +39,7 @@ import torch.nn.functional as F
 from model.adasam import (AdaSam, AdaSamConfig, CheckpointError, build_adasam, load_checkpoint, read_checkpoint,
                           save_checkpoint, whole_box)
 from model.calibrate import calibrate, calibrate_presence
+from model.decoder import compiled_decoding
 from model.distributed import Ranks
 from model.evaluate import Item, batch_inputs, evaluate
 from model.image_view import ImageViewTraining, build_unet, fit, lesion_dice, mask_target
@@ -380,6 +381,12 @@ class Trainer:
         self.image_view_report = self.ranks.from_main(report)
 
     def run(self, progress: Callable[[int, int], None] | None = None) -> dict:
+        """Train (the image view first), then calibrate and check on val; returns `self.best`. Validation passes
+        decode through torch.compile (model.decoder.compiled_decoding): they are a third of an app round."""
+        with compiled_decoding():
+            return self._run(progress)
+
+    def _run(self, progress: Callable[[int, int], None] | None) -> dict:
         cfg = self.config
         self.train_image_view()
         started = time.time()
