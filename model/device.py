@@ -40,10 +40,11 @@ def keep_freed_memory() -> bool:
 
     By default a block over 32 MiB (a batch of 8 LiteMedSAM embeddings is 32 MiB, one of 16 is 64) is mapped fresh
     for each tensor and unmapped when it is freed, so every such tensor pays a page fault per 4 kB page, written
-    and zeroed by the kernel. On 2 cores at 1 thread the adapter and map head took 0.100 s an embedding in batches
-    of 16 against 0.052 s with this, 0.065 against 0.045 s in batches of 2, and an evaluation pass 0.28-0.29 s an
-    image against 0.17-0.19 s (benchmarks/README.md, nineteenth session). The cost: the process keeps up to 1 GiB
-    of freed memory instead of returning it. False where the C library is not glibc (nothing changed)."""
+    and zeroed by the kernel. On 2 cores at 1 thread, beside two benchmark jobs, the adapter and map head took
+    0.100 s an embedding in batches of 16 against 0.052 s with this, and an evaluation pass 0.28-0.29 s an image
+    against 0.17-0.19 s; alone on the machine a whole app round gained little (training steps 3-9% faster;
+    benchmarks/README.md, nineteenth session). The cost: the process keeps up to 1 GiB of freed memory instead of
+    returning it. False where the C library is not glibc (nothing changed)."""
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
         return False
     try:
