@@ -3,23 +3,16 @@ model.calibrate.threshold_scores (nineteenth session).
 
     python benchmarks/results/decode_speed_probe/calib_bench.py RUN/model.pt
 """
-import sys, time, torch
-ROOT = __import__("pathlib").Path(__file__).resolve().parents[3]
-sys.path.insert(0, str(ROOT))
+import sys
+import time
+
+from probe_setup import model_and_val
+
 MODEL = sys.argv[1]  # a model.pt of `adasam train` (the session: seed 0 default)
-torch.set_num_threads(1)
-from model.backbones import build_backbone, backbone_view
-from model.cache import model_inputs, DEFAULT_CACHE_DIR
-from model.dataset import load_data_folder, load_items
-from model.adasam import load_checkpoint
 from model.evaluate import evaluate
 from model.calibrate import threshold_scores, CAM_THRESHOLDS
-base = build_backbone("litemedsam")
-folder = load_data_folder(str(ROOT.parent / "shared" / "datasets" / "busi"))
-cache = model_inputs(base, 0, DEFAULT_CACHE_DIR)
-val = [i for i in load_items(folder.split("val"), cache, with_images=True) if i.mask.any()]
-model, _ = load_checkpoint(MODEL, backbone_view(base))
-model.eval()
+model, val = model_and_val(MODEL)
+val = [i for i in val if i.mask.any()]
 for view in (True, False):
     if not view:
         model.image_view = None

@@ -3,21 +3,16 @@
 
     python benchmarks/results/decode_speed_probe/heads_bench3.py RUN/model.pt
 """
-import sys, time, torch, statistics
-ROOT = __import__("pathlib").Path(__file__).resolve().parents[3]
-sys.path.insert(0, str(ROOT))
+import statistics
+import sys
+import time
+
+from probe_setup import model_and_val
+import torch
+
 MODEL = sys.argv[1]  # a model.pt of `adasam train` (the session: seed 0 default)
-torch.set_num_threads(1)
 torch.set_flush_denormal(True)
-from model.backbones import build_backbone, backbone_view
-from model.cache import model_inputs, DEFAULT_CACHE_DIR
-from model.dataset import load_data_folder, load_items
-from model.adasam import load_checkpoint
-base = build_backbone("litemedsam")
-folder = load_data_folder(str(ROOT.parent / "shared" / "datasets" / "busi"))
-cache = model_inputs(base, 0, DEFAULT_CACHE_DIR)
-items = load_items(folder.split("val")[:16], cache)
-model, _ = load_checkpoint(MODEL, backbone_view(base))
+model, items = model_and_val(MODEL, 16, with_images=False)
 model.train()
 emb = torch.stack([i.embedding for i in items]).float()
 def fb(x):
