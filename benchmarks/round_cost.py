@@ -3,7 +3,7 @@
 A workspace of the data folder with a seeded 10% of the pool's true masks saved (as if annotated), the app's own
 `BackgroundTrainer`: round 1 from no model, then the oracle labels `--more` images in the queue's order and round 2
 warm-starts from round 1's model, as in the app, with the threads `adasam trainer` computes with beside the server
-(every core but one). Each phase is timed by wrapping the code that does it: training
+(every core, niced). Each phase is timed by wrapping the code that does it: training
 steps, the validation passes inside training (student and EMA teacher), threshold calibration, the publish check
 (the new model's validation Dice, and the serving model's unless its figure from when it was published still
 holds) and re-scoring the pool; with `--image-view`, training the classifier's image view too, and the check that
@@ -69,6 +69,8 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=60, help="steps per round (the app's default)")
     parser.add_argument("--image-view", action="store_true", help="the workspace's rounds train the image view "
                                                                   "(adasam serve --image-view)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads (default: those `adasam trainer` computes with: trainer_threads)")
     args = parser.parse_args()
     scratch = Path(tempfile.mkdtemp(prefix="adasam-round-cost-"))
     if args.quick:
@@ -80,7 +82,7 @@ def main() -> int:
     from app.trainer import BackgroundTrainer, trainer_threads
     from model.preprocess import read_mask
 
-    torch.set_num_threads(trainer_threads())  # as `adasam trainer` runs beside the server
+    torch.set_num_threads(args.threads or trainer_threads())  # as `adasam trainer` runs beside the server
 
     store, folder, chosen = oracle_workspace(args.data, scratch, args.masks, image_view=args.image_view)
     truth = {s.id: (read_mask(s.mask_path) if s.mask_path else None) for s in folder.split("pool")}

@@ -99,6 +99,20 @@ def test_trainer_refuses_bad_input_in_one_line(tmp_path, capsys, in_process, cas
         assert not (workspace / "trainer" / "status.json").exists()  # refused before it started
 
 
+def test_trainer_computes_with_every_core_it_may_use_at_a_lower_priority(tmp_path, monkeypatch, in_process):
+    """The server keeps its say through the priority, not through a core left idle between rounds' requests."""
+    import torch
+
+    calls = []
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 2, 5}, raising=False)
+    monkeypatch.setattr(torch, "set_num_threads", lambda threads: calls.append(("threads", threads)))
+    monkeypatch.setattr(os, "nice", lambda increment: calls.append(("nice", increment)) or 0)
+    workspace = make_workspace(tmp_path, n=2, n_val=0, size=(16, 16))
+    code = main(["trainer", str(workspace), "--cache", str(tmp_path / "cache"), "--parent-pid", str(os.getpid()),
+                 "--backbone", "micro_random"])
+    assert code == 0 and calls == [("threads", 3), ("nice", 5)], calls
+
+
 def test_trainer_embeds_the_workspace_then_stops_on_sigterm(tmp_path):
     """`adasam trainer WORKSPACE`: the background trainer of that workspace, on its own; SIGTERM ends it cleanly."""
     workspace = make_workspace(tmp_path, n=4, n_val=2, size=(32, 40))
