@@ -126,10 +126,12 @@ def augmented(transform, images: torch.Tensor, targets: torch.Tensor) -> tuple[t
 
 
 def fit(net: torch.nn.Module, images: torch.Tensor, targets: torch.Tensor, val_score: Callable[[], float],
-        config: ImageViewTraining, seed: int, log: Callable[[dict], None] = lambda record: None) -> dict:
+        config: ImageViewTraining, seed: int, log: Callable[[dict], None] = lambda record: None,
+        after_step: Callable[[], None] = lambda: None) -> dict:
     """Train `net` on N x 1 x S x S images and targets (Dice + cross-entropy, Adam) until `val_score` (higher is
     better; called in eval mode every `eval_every` steps) stops improving; `net` ends with the best weights.
-    Returns {"best_step", "score", "stopped_at", "history"}."""
+    `after_step` is called after every step; what it raises ends the fit there (a stop request: the fit may take
+    minutes). Returns {"best_step", "score", "stopped_at", "history"}."""
     from monai.losses import DiceCELoss
 
     if not len(images):
@@ -166,6 +168,7 @@ def fit(net: torch.nn.Module, images: torch.Tensor, targets: torch.Tensor, val_s
             if value >= best["score"]:  # the later of equals, as model.train
                 state = {k: v.detach().clone() for k, v in net.state_dict().items()}
                 best = {"score": value, "step": step, "state": state}
+        after_step()
     if best["state"] is not None:
         net.load_state_dict(best["state"])
     net.eval()

@@ -348,10 +348,11 @@ class Trainer:
         since_best = [r for r in self.history if r["step"] > self.best["step"]]
         return bool(self.config.patience) and len(since_best) >= self.config.patience
 
-    def train_image_view(self) -> None:
+    def train_image_view(self, after_step: Callable[[], None] = lambda: None) -> None:
         """First, when the model has an image view: train it alone on the masked images (with augmentation) until its
         own val Dice stops improving, then keep it fixed while the rest trains (the maps it adds are then what val
-        picks checkpoints and thresholds by). Done once per run: a resumed run finds it done in last.pt."""
+        picks checkpoints and thresholds by). Done once per run: a resumed run finds it done in last.pt; one stopped
+        by what `after_step` raises (called after every step of the view) starts again."""
         view = self.model.image_view
         if view is None or self.image_view_report is not None:
             return
@@ -370,7 +371,8 @@ class Trainer:
             view.requires_grad_(True)
             result = fit(view, torch.stack([i.image for i in self.data.masked]),
                          torch.stack([mask_target(i.mask) for i in self.data.masked]), val_score,
-                         self.config.image_view, self.config.seed, log=lambda r: self.log(json.dumps(r)))
+                         self.config.image_view, self.config.seed, log=lambda r: self.log(json.dumps(r)),
+                         after_step=after_step)
             report = {"best_step": result["best_step"], "val_dice_lesion": result["score"],
                       "stopped_at": result["stopped_at"], "seconds": round(time.time() - started, 1)}
             self.log(json.dumps({"image_view": report}))
@@ -388,7 +390,7 @@ class Trainer:
 
     def _run(self, progress: Callable[[int, int], None] | None) -> dict:
         cfg = self.config
-        self.train_image_view()
+        self.train_image_view(after_step=lambda: progress(self.step, cfg.steps) if progress else None)
         started = time.time()
         losses_since: list[dict] = []
         while self.step < cfg.steps and not self.stalled:

@@ -122,6 +122,25 @@ def test_the_view_trains_first_then_stays_fixed_and_is_checkpointed(data, tmp_pa
     assert all(torch.equal(v, after_view[k]) for k, v in resumed.model.image_view.state_dict().items())
 
 
+def test_a_stop_during_the_view_is_answered_after_one_of_its_steps(data, tmp_path, keep_view):
+    """The background trainer asks to stop through `progress`; a fresh view trains for minutes before the first
+    step, so the view must ask too (a trainer deaf to SIGTERM kept computing after its server was gone)."""
+    calls = []
+
+    def stop(done, total):
+        calls.append((done, total))
+        if len(calls) == 3:
+            raise KeyboardInterrupt("stop")
+
+    config = TrainConfig(steps=4, eval_every=2, batch_masked=2, batch_unlabeled=2, batch_tagged=4, seed=0,
+                         image_view=QUICK_VIEW, view_self_training=False)
+    trainer = Trainer(view_model(), config, data, tmp_path, log=lambda line: None)
+    with pytest.raises(KeyboardInterrupt):
+        trainer.run(progress=stop)
+    assert calls == [(0, 4)] * 3  # after each of the view's first three steps, before any of the others
+    assert trainer.image_view_report is None and not (tmp_path / "last.pt").exists()  # a resumed run trains it anew
+
+
 def test_proposals_become_targets_by_the_tags(data):
     """Tagged target-free: empty; tagged present: the decoder's mask whatever the gate says; untagged: the gated
     proposal, as the annotator would see it."""
