@@ -173,9 +173,9 @@ def test_the_view_self_trains_on_the_models_proposals_once(data, tmp_path, keep_
     seen = {}
     real_fit = train_module.fit
 
-    def recording_fit(net, images, targets, score, config, seed, log):
+    def recording_fit(net, images, targets, score, config, seed, log, **hooks):
         seen.update(images=len(images), targets=targets, min_steps=config.min_steps)
-        return real_fit(net, images, targets, score, config, seed, log)
+        return real_fit(net, images, targets, score, config, seed, log, **hooks)
 
     data = replace(data, unlabeled=[replace(data.unlabeled[0], tag=False, mask=None),
                                     *[replace(i, mask=None) for i in data.unlabeled[1:]]])
@@ -212,9 +212,9 @@ def test_without_target_free_images_every_proposal_is_a_target(data, tmp_path, m
     seen = {}
     real_fit = train_module.fit
 
-    def recording_fit(net, images, targets, score, config, seed, log):
+    def recording_fit(net, images, targets, score, config, seed, log, **hooks):
         seen["last"] = targets  # the first call trains the view; self-training is the second
-        return real_fit(net, images, targets, score, config, seed, log)
+        return real_fit(net, images, targets, score, config, seed, log, **hooks)
 
     monkeypatch.setattr(train_module, "fit", recording_fit)
     config = TrainConfig(steps=2, eval_every=2, batch_masked=2, batch_unlabeled=2, batch_tagged=4, seed=0,
@@ -330,8 +330,8 @@ def run_cli(*argv) -> tuple[int, str]:
 
 def test_train_evaluate_and_predict_with_an_image_view(tmp_path, monkeypatch):
     real_fit = train_module.fit
-    monkeypatch.setattr(train_module, "fit", lambda net, images, targets, score, config, seed, log: real_fit(
-        net, images, targets, score, replace(config, steps=4, eval_every=2, min_steps=0), seed, log))
+    monkeypatch.setattr(train_module, "fit", lambda net, images, targets, score, config, seed, log, **hooks: real_fit(
+        net, images, targets, score, replace(config, steps=4, eval_every=2, min_steps=0), seed, log, **hooks))
     data = write_blob_folder(tmp_path / "data", [k not in (0, 5) for k in range(10)])
     run, cache = tmp_path / "run", tmp_path / "cache"
     code, err = run_cli("train", "--data", data, "--out", run, "--backbone", "tiny_random", "--steps", 2,
