@@ -34,6 +34,7 @@ import multiprocessing
 import os
 import platform
 import shutil
+import signal
 import sys
 import tempfile
 import time
@@ -200,6 +201,18 @@ def score_latest(bt: trainer_module.BackgroundTrainer, test_items: list, round_s
             "serving_val_dice": round_score(metrics) if "dice_all" in metrics else None,  # none without val
             "dice_lesion": summary["dice_lesion"],
             "dice_all": summary["dice_all"], "presence_auc": summary["presence_auc"]}
+
+
+def end_with(parent: int) -> None:
+    """A curve worker's initializer: the worker dies with the benchmark (Linux's parent-death signal). Ctrl-C reaches
+    every worker anyway, but a kill of the benchmark's pid alone left its workers training, and a rerun's workers
+    then trained the same curves' workspaces beside them."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1: PR_SET_PDEATHSIG
+    if os.getppid() != parent:  # the benchmark died before the line above
+        os._exit(1)
 
 
 def simulate(args, folder: DataFolder, source: Path, strategy: str, seed: int, out: Path) -> dict:
@@ -582,7 +595,8 @@ def main() -> int:
     stems = [(STEM, seed) for seed in args.seeds if len(unfinished[seed]) > 1]
     waiting = {seed: [(strategy, seed) for strategy in args.strategies] for seed in args.seeds}
     context = multiprocessing.get_context("spawn")  # no fork after torch (or CUDA) has started
-    with concurrent.futures.ProcessPoolExecutor(max(1, args.jobs), mp_context=context) as workers:
+    with concurrent.futures.ProcessPoolExecutor(max(1, args.jobs), mp_context=context, initializer=end_with,
+                                                initargs=(os.getpid(),)) as workers:
         def submit(tasks: list[tuple[str, int]]) -> None:
             for strategy, seed in tasks:
                 pending[workers.submit(simulate, args, folder, source, strategy, seed, out)] = (strategy, seed)

@@ -13,6 +13,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -291,3 +292,38 @@ def test_a_cut_active_learning_curve_resumes_where_it_stopped(tmp_path, monkeypa
     workspace = out / "workspaces" / "random_seed0"
     assert active_learning.resumable_curve(cut, workspace, partial["config"]) == partial["curve"]
     assert active_learning.resumable_curve(cut, workspace, {**partial["config"], "steps": 4}) is None
+
+
+def test_active_learning_workers_die_with_the_benchmark(tmp_path):
+    """A benchmark killed by its pid alone (not Ctrl-C, which reaches the whole group) takes its curve workers with
+    it: left running, they trained the same workspaces as a rerun's workers."""
+    parent = tmp_path / "parent.py"
+    parent.write_text(f"""
+import concurrent.futures, multiprocessing, os, sys, time
+sys.path.insert(0, {str(ROOT / "benchmarks")!r})  # spawned workers get this path too, to unpickle end_with
+import active_learning
+if __name__ == "__main__":
+    with concurrent.futures.ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"),
+                                                initializer=active_learning.end_with, initargs=(os.getpid(),)) as pool:
+        print(pool.submit(os.getpid).result(), flush=True)
+        pool.submit(time.sleep, 600)
+        time.sleep(600)
+""")
+    process = subprocess.Popen([sys.executable, str(parent)], cwd=ROOT, stdout=subprocess.PIPE, text=True,
+                               env={**os.environ, "OMP_NUM_THREADS": "1"})
+    worker = int(process.stdout.readline())
+
+    def alive(pid: int) -> bool:
+        try:
+            return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"  # a zombie is dead
+        except FileNotFoundError:
+            return False
+
+    assert alive(worker)
+    process.kill()
+    process.wait()
+    for _ in range(100):
+        if not alive(worker):
+            break
+        time.sleep(0.1)
+    assert not alive(worker), "the worker outlived the benchmark"
