@@ -169,7 +169,7 @@ class RemoteTrainer:
             trainer = round_trainer(data, self.spec, self.base, plan.round_id, int(answer["steps"]), work, init,
                                     self.ranks, image_view=plan.image_view)
             started = time.monotonic()
-            best = trainer.run(progress=self._reporter(plan.round_id))
+            best = trainer.run(progress=self._reporter(plan.round_id), stop_check=self._stop_check)
             if self.ranks.main:
                 metrics = {**sizes, "steps": trainer.config.steps, "best_step": best.get("step"),
                            "train_seconds": round(time.monotonic() - started, 1), "ranks": self.ranks.world}
@@ -273,6 +273,13 @@ class RemoteTrainer:
             return np.load(self._image_path(images[str(image_id)]), allow_pickle=False).astype(np.float32)
 
         return pixels
+
+    def _stop_check(self) -> None:
+        """Between the image view's steps: a stop request answered there, in one process. Under torchrun rank 0
+        trains the view alone while the others wait in a broadcast, so there the stop waits for the view's end and
+        the next progress report, where every rank decides together."""
+        if not self.ranks.joined and self.stop.is_set():
+            raise Stopping()
 
     def _reporter(self, round_id: int):
         """The training progress callback: every REPORT_EVERY steps rank 0 reports; every rank learns whether the

@@ -221,7 +221,7 @@ class BackgroundTrainer:
 
         if plan.image_view and trainer.image_view_report is None:
             self.status(message="training the image view first (then the steps)")
-        best = trainer.run(progress=progress)
+        best = trainer.run(progress=progress, stop_check=self.check)
         metrics = {**sizes, "steps": trainer.config.steps, "round": round_id, "best_step": best.get("step"),
                    "train_seconds": round(time.monotonic() - started, 1), "image_view": best.get("image_view"),
                    "view_self_training": best.get("view_self_training"),

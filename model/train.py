@@ -382,15 +382,18 @@ class Trainer:
             model.image_view.requires_grad_(False)
         self.image_view_report = self.ranks.from_main(report)
 
-    def run(self, progress: Callable[[int, int], None] | None = None) -> dict:
-        """Train (the image view first), then calibrate and check on val; returns `self.best`. Validation passes
-        decode through torch.compile (model.decoder.compiled_decoding): they are a third of an app round."""
+    def run(self, progress: Callable[[int, int], None] | None = None,
+            stop_check: Callable[[], None] = lambda: None) -> dict:
+        """Train (the image view first), then calibrate and check on val; returns `self.best`. `progress` is called
+        after every training step, `stop_check` after every step of the image view (rank 0 trains it alone, so it
+        must not be a collective as `progress` may be); what either raises stops the run. Validation passes decode
+        through torch.compile (model.decoder.compiled_decoding): they are a third of an app round."""
         with compiled_decoding():
-            return self._run(progress)
+            return self._run(progress, stop_check)
 
-    def _run(self, progress: Callable[[int, int], None] | None) -> dict:
+    def _run(self, progress: Callable[[int, int], None] | None, stop_check: Callable[[], None]) -> dict:
         cfg = self.config
-        self.train_image_view(after_step=lambda: progress(self.step, cfg.steps) if progress else None)
+        self.train_image_view(after_step=stop_check)
         started = time.time()
         losses_since: list[dict] = []
         while self.step < cfg.steps and not self.stalled:

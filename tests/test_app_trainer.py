@@ -96,7 +96,7 @@ def test_failed_round_is_recorded_and_the_last_model_keeps_serving(workspace, mo
     slot = ModelSlot(bt.store, "micro_random", workspace.parent / "cache")
     assert slot.version == "r0001"
 
-    def boom(self, progress=None):
+    def boom(self, progress=None, stop_check=None):
         raise RuntimeError("disk full")
 
     monkeypatch.setattr(trainer_module.Trainer, "run", boom)
@@ -108,6 +108,23 @@ def test_failed_round_is_recorded_and_the_last_model_keeps_serving(workspace, mo
     assert "failed" in read_status(workspace)["message"]
     assert not slot.refresh() and slot.version == "r0001"
     assert any(e["what"] == "round_failed" for e in bt.store.events(limit=20))
+
+
+def test_a_stop_between_the_image_views_steps_cancels_the_round(workspace, monkeypatch):
+    """The first round's view trains for minutes before the first step's progress call: the round hands the view
+    its stop check too (without it a stopped server's trainer went on until the view was done)."""
+    bt = make_trainer(workspace)
+    label(bt.store, 3)
+
+    def view_step(self, progress=None, stop_check=lambda: None):
+        bt.stop.set()  # SIGTERM, or the server gone, during the view
+        stop_check()
+        raise AssertionError("the view went on after a stop")
+
+    monkeypatch.setattr(trainer_module.Trainer, "run", view_step)
+    with pytest.raises(trainer_module.Stopped):
+        bt.train_round()
+    assert bt.store.rounds()[-1].status == "cancelled"
 
 
 def test_stopped_round_is_cancelled_and_resumes_on_restart(workspace):

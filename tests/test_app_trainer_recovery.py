@@ -109,7 +109,7 @@ def test_errors_wait_before_the_next_try(workspace, monkeypatch):
 def test_a_failing_round_is_not_retried_until_new_labels(workspace, monkeypatch):
     attempts = []
 
-    def broken(self, progress=None):
+    def broken(self, progress=None, stop_check=None):
         attempts.append(1)
         raise RuntimeError("out of memory")
 

@@ -123,21 +123,22 @@ def test_the_view_trains_first_then_stays_fixed_and_is_checkpointed(data, tmp_pa
 
 
 def test_a_stop_during_the_view_is_answered_after_one_of_its_steps(data, tmp_path, keep_view):
-    """The background trainer asks to stop through `progress`; a fresh view trains for minutes before the first
-    step, so the view must ask too (a trainer deaf to SIGTERM kept computing after its server was gone)."""
-    calls = []
+    """The background trainer asks to stop through `stop_check`; a fresh view trains for minutes before the first
+    step's `progress`, so the view must ask too (a trainer deaf to SIGTERM kept computing after its server was
+    gone). `progress` is not called there: under torchrun it is a collective and rank 0 trains the view alone."""
+    checks, reports = [], []
 
-    def stop(done, total):
-        calls.append((done, total))
-        if len(calls) == 3:
+    def stop_check():
+        checks.append(trainer.step)
+        if len(checks) == 3:
             raise KeyboardInterrupt("stop")
 
     config = TrainConfig(steps=4, eval_every=2, batch_masked=2, batch_unlabeled=2, batch_tagged=4, seed=0,
                          image_view=QUICK_VIEW, view_self_training=False)
     trainer = Trainer(view_model(), config, data, tmp_path, log=lambda line: None)
     with pytest.raises(KeyboardInterrupt):
-        trainer.run(progress=stop)
-    assert calls == [(0, 4)] * 3  # after each of the view's first three steps, before any of the others
+        trainer.run(progress=lambda done, total: reports.append(done), stop_check=stop_check)
+    assert checks == [0, 0, 0] and reports == []  # after each of the view's first three steps, before any other
     assert trainer.image_view_report is None and not (tmp_path / "last.pt").exists()  # a resumed run trains it anew
 
 
