@@ -13,10 +13,11 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
+
+from app_fixtures import wait_for
 
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -322,8 +323,4 @@ if __name__ == "__main__":
     assert alive(worker)
     process.kill()
     process.wait()
-    for _ in range(100):
-        if not alive(worker):
-            break
-        time.sleep(0.1)
-    assert not alive(worker), "the worker outlived the benchmark"
+    wait_for(lambda: not alive(worker), timeout=10, interval=0.1, what="the worker to die with the benchmark")
