@@ -27,6 +27,8 @@ from app.trainer import workspace_pixels
 from app.trainer_api import API, TrainerAPI
 from app.testing import free_port
 from app_fixtures import Server, label, make_workspace, wait_for
+from model import train as train_module
+from model.distributed import Ranks
 
 ROOT = Path(__file__).resolve().parents[1]
 TORCHRUN = Path(sys.executable).with_name("torchrun")
@@ -378,3 +380,28 @@ def test_a_trainer_stopped_mid_round_cancels_it_and_the_round_is_due_again_at_on
     stopped = store.rounds()[-1]
     assert stopped.status == "cancelled" and "stopped" in stopped.error and not store.models()
     assert call(api, "POST", "/rounds", "gpu2").json()["round"] == stopped.id + 1  # no wait for new labels
+
+
+def test_a_stop_during_the_image_view_cancels_the_round_in_one_process_and_waits_under_torchrun(api, monkeypatch):
+    """The view trains for minutes before the first progress report: one process answers a stop between its steps.
+    Under torchrun rank 0 trains the view alone while the other ranks wait in a broadcast, so there the check
+    must not raise (the stop is decided by every rank together at the next report)."""
+    store = api["store"]
+    trainer = RemoteTrainer(client(api), "micro_random", api["root"] / "trainer-cache", api["root"] / "mirror")
+    checked = []
+
+    def view_step(self, progress=None, stop_check=lambda: None):
+        trainer.stop.set()  # SIGTERM during the view
+        checked.append(True)
+        stop_check()
+        raise AssertionError("the view went on after a stop")
+
+    monkeypatch.setattr(train_module.Trainer, "run", view_step)
+    assert trainer.run(rounds=1, poll_s=0) == 0 and checked
+    stopped = store.rounds()[-1]
+    assert stopped.status == "cancelled" and "stopped" in stopped.error and not store.models()
+
+    under_torchrun = RemoteTrainer(None, "micro_random", api["root"] / "trainer-cache", api["root"] / "mirror",
+                                   ranks=Ranks(rank=0, world=2))
+    under_torchrun.stop.set()
+    under_torchrun._stop_check()  # no raise: rank 1 would be left waiting in the view's broadcast
