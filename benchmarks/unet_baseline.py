@@ -101,7 +101,8 @@ def train_unet(data: str, fraction: float, seed: int, out: Path, config: UNetCon
     test = load_split([s for s in folder.split("test") if s.mask_path], config.size)
     net = build_unet(config).to(default_device())
     training = ImageViewTraining(steps=config.steps, batch=config.batch, lr=config.lr, eval_every=config.eval_every,
-                                 patience=config.patience, min_steps=config.min_steps, augment=config.augment)
+                                 patience=config.patience, min_steps=config.min_steps, augment=config.augment,
+                                 ema_decay=0.0)  # the reference line as measured (benchmarks/README.md): raw weights
     fitted = fit(net, train.images, train.targets, lambda: lesion_dice(net, val.images, val.masks), training, seed)
     result = score(net, test, with_hd95=True)
     result.update({"split": "test", "method": "unet", "masks": fraction, "seed": seed, "n_masked": len(train.ids),

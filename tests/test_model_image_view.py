@@ -142,6 +142,36 @@ def test_a_stop_during_the_view_is_answered_after_one_of_its_steps(data, tmp_pat
     assert trainer.image_view_report is None and not (tmp_path / "last.pt").exists()  # a resumed run trains it anew
 
 
+def test_the_view_is_scored_and_kept_as_an_average_of_its_weights_while_training_goes_on_from_its_own(data):
+    """fit scores the exponential moving average of the steps' weights (the decay ramping up over the first
+    updates) and keeps the best average; the next step starts from the step's own weights, not from the average."""
+    from model.image_view import build_unet, fit
+
+    torch.manual_seed(0)
+    net = build_unet((4, 8))
+    images = torch.stack([i.image for i in data.masked])
+    targets = torch.stack([mask_target(i.mask) for i in data.masked])
+    stepped, scored, scores = [], [], iter([0.2, 0.5, 0.4])
+
+    def copy() -> dict:
+        return {k: v.detach().clone() for k, v in net.state_dict().items()}
+
+    def score() -> float:
+        scored.append(copy())
+        return next(scores)
+
+    config = ImageViewTraining(steps=30, eval_every=10, patience=0, min_steps=0, ema_decay=0.9)
+    result = fit(net, images, targets, score, config, seed=0, after_step=lambda: stepped.append(copy()))
+    expected = {k: v.clone() for k, v in stepped[0].items()}  # the average starts as the first step's weights
+    for n, state in enumerate(stepped[1:], start=1):
+        rate = min(0.9, (1 + n) / (10 + n))
+        expected = {k: expected[k] * rate + state[k] * (1 - rate) for k in expected}
+        if n + 1 in (10, 20, 30):
+            assert all(torch.allclose(scored[(n + 1) // 10 - 1][k], expected[k], atol=1e-6) for k in expected)
+    assert not all(torch.equal(scored[0][k], stepped[9][k]) for k in expected)  # the average, not step 10's own
+    assert result["best_step"] == 20 and all(torch.equal(v, scored[1][k]) for k, v in net.state_dict().items())
+
+
 def test_proposals_become_targets_by_the_tags(data):
     """Tagged target-free: empty; tagged present: the decoder's mask whatever the gate says; untagged: the gated
     proposal, as the annotator would see it."""
