@@ -163,7 +163,7 @@ class Studio:
             "mask": png_data_url((mask * 255).astype(np.uint8)),
             "box": [round(float(v), 1) for v in prediction.box] if trained else None,
             "probability": round(prediction.probability, 4) if trained else None,
-            "uncertainty": round(prediction.uncertainty.combined, 4),
+            "uncertainty": round(prediction.uncertainty.combined, 4) if trained else None,  # random heads: no signal
             "box_is_fallback": bool(prediction.box_is_fallback) if trained else False,
             "model": version,
         }

@@ -49,6 +49,7 @@ def test_task_has_pictures_and_counts(client):
     assert task["cam"] is None and task["model"] == "pretrained"  # untrained backbone: no CAM, said so
     assert "Untrained backbone" in task["model_note"]
     assert not decode(task["mask"]).any() and task["box"] is None  # no whole-image mask to erase first
+    assert task["probability"] is None and task["uncertainty"] is None  # untrained heads: no figure to show
     assert task["done"] + task["left"] == 12
 
 
