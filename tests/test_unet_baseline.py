@@ -80,3 +80,20 @@ def test_unet_runs_with_and_without_augmentation(tmp_path, augment):
     config = UNetConfig(size=32, channels=(4, 8, 16), steps=4, batch=4, eval_every=2, augment=augment)
     result = train_unet(str(data), 1.0, 0, tmp_path / "run", config)
     assert result["unet"]["augment"] is augment and result["stopped_at"] == 4
+
+
+def test_an_averaged_unet_is_a_run_of_its_own_and_runs_recorded_before_stay_done(tmp_path, monkeypatch):
+    import unet_baseline
+
+    trained_with = []
+    real_fit = unet_baseline.fit
+    monkeypatch.setattr(unet_baseline, "fit", lambda net, images, targets, score, training, seed: (
+        trained_with.append(training.ema_decay), real_fit(net, images, targets, score, training, seed))[1])
+    data = write_blob_dataset(tmp_path / "data", n=12, negatives=3)
+    config = UNetConfig(size=32, channels=(4, 8, 16), steps=4, batch=4, eval_every=2)
+    raw = train_unet(str(data), 1.0, 0, tmp_path / "run", config)
+    assert "ema_decay" not in raw["unet"] and trained_with == [0.0]  # recorded as before the field existed
+    assert train_unet(str(data), 1.0, 0, tmp_path / "run", config)["train_seconds"] == raw["train_seconds"]
+    assert trained_with == [0.0]  # done: read back, not trained again
+    averaged = train_unet(str(data), 1.0, 0, tmp_path / "run", replace(config, ema_decay=0.9))
+    assert averaged["unet"]["ema_decay"] == 0.9 and trained_with == [0.0, 0.9]  # other settings: trained again
