@@ -87,8 +87,12 @@ def test_an_averaged_unet_is_a_run_of_its_own_and_runs_recorded_before_stay_done
 
     trained_with = []
     real_fit = unet_baseline.fit
-    monkeypatch.setattr(unet_baseline, "fit", lambda net, images, targets, score, training, seed: (
-        trained_with.append(training.ema_decay), real_fit(net, images, targets, score, training, seed))[1])
+
+    def fit(net, images, targets, score, training, seed):
+        trained_with.append(training.ema_decay)
+        return real_fit(net, images, targets, score, training, seed)
+
+    monkeypatch.setattr(unet_baseline, "fit", fit)
     data = write_blob_dataset(tmp_path / "data", n=12, negatives=3)
     config = UNetConfig(size=32, channels=(4, 8, 16), steps=4, batch=4, eval_every=2)
     raw = train_unet(str(data), 1.0, 0, tmp_path / "run", config)
