@@ -39,10 +39,12 @@ from model.train import Trainer, TrainConfig, TrainingData, build_training_model
 PUBLISH_TOLERANCE = 0.02  # a round is published unless its val Dice is more than this below the serving model's on
 # the same images: two checkpoints of one BUSI run 50 steps apart differ by about 0.03 on 78 val images, so a
 # smaller margin would hold back rounds for noise, a larger one let a real drop through
+PUBLISH_Z = 1.645  # ... and unless the drop is within the noise of the per-image differences (one-sided 95%): on
+# BUSI's 61 val lesions their standard error is 0.015-0.047, at or above the fixed tolerance
 FIRST_ROUND_LABELS = 5  # while no model serves, a round comes this early (when --round-every is larger): on BUSI a
 # first round from 5 labels scored val Dice 0.58 in both seeds measured, no worse than one from 10 or 20 (0.40-0.55;
 # 40: 0.63), and before it an annotator gets no proposal at all (benchmarks/first_round.py, benchmarks/README.md)
-SCORE_VERSION = 1  # bump when how a round's val figure is computed changes (model.evaluate, round_score): figures
+SCORE_VERSION = 2  # bump when how a round's val figure is computed changes (model.evaluate, round_score): figures
 # stored by earlier versions then stop standing in for a new measurement in the publish check
 UNLABELED_SAMPLE = 128  # unlabeled images per round (embeddings are held in memory: ~4 MB each for LiteMedSAM)
 FRESH_IMAGE_VIEW = ImageViewTraining()  # a round that starts the image view: the full rule (it can predict nothing
@@ -198,11 +200,12 @@ def publish_round(store: Store, base: Backbone, round_id: int, checkpoint: Path,
     if val:
         summary = val_summary(base, checkpoint, val)
         metrics.update({k: _clean(summary.get(k)) for k in ("dice_lesion", "dice_all", "presence_auc", "n_lesion")})
+        metrics["val_scores"] = summary.get("val_scores")
         metrics["val_digest"] = validation_digest(val, base)
         val_dice = round_score(summary)
         if serving is not None and val_dice is not None:
             check()
-            published, note = publish_verdict(base, serving, val_dice, val)
+            published, note = publish_verdict(base, serving, metrics, val)
     version = f"r{round_id:04d}"
     models = Path(store.root) / "models"
     models.mkdir(exist_ok=True)
@@ -218,28 +221,48 @@ def publish_round(store: Store, base: Backbone, round_id: int, checkpoint: Path,
 
 
 def val_summary(base: Backbone, checkpoint: str | Path, val: list[Item]) -> dict:
-    """A model's figures on the validation images, as it would serve them (its own calibrated thresholds)."""
+    """A model's figures on the validation images, as it would serve them (its own calibrated thresholds), with
+    `val_scores`: each image's term of the round score (image id -> Dice), which the publish check pairs."""
     model, _ = load_checkpoint(checkpoint, backbone_view(base))
-    summary, _ = evaluate(model.eval(), val, with_hd95=False)
+    summary, rows = evaluate(model.eval(), val, with_hd95=False)
+    scored = [r for r in rows if r["lesion"]] or rows  # as round_score: lesion images, or all when none has one
+    summary["val_scores"] = {str(r["id"]): _clean(r["dice"]) for r in scored}
     return summary
 
 
-def publish_verdict(base: Backbone, serving: ModelInfo, new_score: float, val: list[Item]) -> tuple[bool, str]:
-    """Whether a round's model may replace the serving one, and why: not if its val Dice is more than
-    PUBLISH_TOLERANCE below the serving model's on the same images. The serving model's figure from when it was
-    published is used while the validation images and masks are unchanged since (same digest); else it is measured
-    again now (the validation set may have grown, or a mask been corrected)."""
-    if serving.metrics.get("val_digest") == validation_digest(val, base):
-        old_score = round_score(serving.metrics)
-    else:
-        old_score = round_score(val_summary(base, serving.checkpoint_path, val))
+def publish_verdict(base: Backbone, serving: ModelInfo, new: dict, val: list[Item]) -> tuple[bool, str]:
+    """Whether a round's model (its val figures `new`) may replace the serving one, and why: not if its val Dice is
+    more than PUBLISH_TOLERANCE below the serving model's on the same images and, where both have per-image
+    scores, the drop is also beyond PUBLISH_Z standard errors of the paired per-image differences (so noise on a
+    small validation set does not hold rounds back). The serving model's figures from when it was published are
+    used while the validation images and masks are unchanged since (same digest); else they are measured again now
+    (the validation set may have grown, or a mask been corrected)."""
+    old = serving.metrics
+    if old.get("val_digest") != validation_digest(val, base):
+        old = val_summary(base, serving.checkpoint_path, val)
+    new_score, old_score = round_score(new), round_score(old)
     name = serving.version
     if old_score is None:
         return True, f"{name} has no validation score to compare with"
     compared = f"validation Dice {new_score:.3f} against {old_score:.3f} for {name} on the same {len(val)} images"
-    if new_score >= old_score - PUBLISH_TOLERANCE:
+    margin, noise = PUBLISH_TOLERANCE, paired_standard_error(new.get("val_scores"), old.get("val_scores"))
+    if noise is not None:
+        margin = max(margin, PUBLISH_Z * noise)
+        compared += f" (per-image difference: standard error {noise:.3f})"
+    if new_score >= old_score - margin:
         return True, compared
-    return False, f"not published, {name} keeps serving: {compared} (tolerance {PUBLISH_TOLERANCE})"
+    return False, f"not published, {name} keeps serving: {compared} (margin {margin:.3f})"
+
+
+def paired_standard_error(new: dict | None, old: dict | None) -> float | None:
+    """Standard error of the mean per-image Dice difference between two models scored on the same images; None
+    when either lacks per-image scores or fewer than two images pair up."""
+    if not new or not old:
+        return None
+    diffs = [new[k] - old[k] for k in new.keys() & old.keys() if new[k] is not None and old[k] is not None]
+    if len(diffs) < 2:
+        return None
+    return float(np.std(diffs, ddof=1) / math.sqrt(len(diffs)))
 
 
 def validation_digest(val: list[Item], base: Backbone) -> str:

@@ -133,6 +133,6 @@ def _status(args: argparse.Namespace) -> int:
 
 
 def _metrics(metrics: dict) -> str:
-    """A model's figures on one line (not its validation fingerprint, which means nothing to a person)."""
+    """A model's figures on one line (not its validation fingerprint or per-image scores, which are for the check)."""
     return ", ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in sorted(metrics.items())
-                     if k != "val_digest")
+                     if k not in ("val_digest", "val_scores"))

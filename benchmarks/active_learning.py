@@ -13,7 +13,8 @@ does not depend on the strategy, so each seed's first round (the dearest: the im
 trained once and copied to its strategies' workspaces. A run cut short resumes from its workspaces. Strategies
 (model.strategies, chosen by name) differ only in how the trainer orders the queue after scoring the pool: the
 benchmark sets the workspace's strategy, as `adasam serve --strategy NAME` does.
-After every round the published model is scored on the test split with automatic prompts.
+After every round the published model is scored on the test split with automatic prompts (and a round's model the
+publish check held back, too, as `held_back_dice_lesion`).
 
 The full-label reference: the same trainer, the whole pool labelled, for as many rounds as a curve has (the same
 training compute), run once (for the first seed: it does not depend on the queue's seed). Reported per strategy:
@@ -195,8 +196,14 @@ def score_latest(bt: trainer_module.BackgroundTrainer, test_items: list, round_s
     model, _ = load_checkpoint(bt.store.latest_model().checkpoint_path, backbone_view(bt.base))
     summary, _ = evaluate(model, test_items, with_hd95=False)
     metrics = bt.store.latest_model().metrics
-    return {"round": rnd.id, "val_dice": rnd.val_dice, "masks": metrics.get("n_masks"),
-            "best_step": metrics.get("best_step"), "round_s": None if round_s is None else round(round_s, 1),
+    own = bt.store.model(rnd.model_version)  # a done round registered its model, published or not
+    held_back = {}  # a round the publish check turned down: its own test figure too, so the check can be judged
+    if not own.published:
+        own_model, _ = load_checkpoint(own.checkpoint_path, backbone_view(bt.base))
+        held_back = {"held_back_dice_lesion": evaluate(own_model, test_items, with_hd95=False)[0]["dice_lesion"]}
+    return {**held_back, "round": rnd.id, "published": own.published, "val_dice": rnd.val_dice,
+            "masks": metrics.get("n_masks"), "best_step": metrics.get("best_step"),
+            "round_s": None if round_s is None else round(round_s, 1),
             "image_view": model.image_view is not None,  # a round's check may drop the view
             "serving_val_dice": round_score(metrics) if "dice_all" in metrics else None,  # none without val
             "dice_lesion": summary["dice_lesion"],

@@ -1,6 +1,7 @@
 """A round cannot make the served model worse without saying so: it is published only if its val Dice is not more
-than PUBLISH_TOLERANCE below the serving model's on the same images; otherwise the old model keeps serving, the
-queue keeps its ranking and the dashboard says why."""
+than PUBLISH_TOLERANCE (or, where that is larger, PUBLISH_Z standard errors of the paired per-image differences)
+below the serving model's on the same images; otherwise the old model keeps serving, the queue keeps its ranking and
+the dashboard says why."""
 from __future__ import annotations
 
 import json
@@ -13,7 +14,7 @@ from annotation import schema
 from app import rounds as rounds_module
 from app.model_slot import ModelSlot
 from app.studio import Studio
-from app.rounds import PUBLISH_TOLERANCE, items, validation_digest, validation_masks
+from app.rounds import PUBLISH_TOLERANCE, PUBLISH_Z, items, validation_digest, validation_masks
 from app.trainer import BackgroundTrainer
 from app.validation import fix_validation_set
 from app.ui import dice_curve_svg, figures_html, rounds_table
@@ -31,16 +32,23 @@ def trainer(tmp_path):
     bt.store.close()
 
 
-def score_by_checkpoint(monkeypatch, serving: float, new: float) -> list[str]:
+def score_by_checkpoint(monkeypatch, serving: float | list[float], new: float | list[float]) -> list[str]:
     """Replace the val evaluation with fixed Dice figures: `serving` for a published checkpoint (models/rNNNN.pt),
-    `new` for the round's own (models/training/model.pt). Returns the checkpoints scored, in order."""
+    `new` for the round's own (models/training/model.pt); a list gives per-image scores (one per val image, in id
+    order) and their mean, a float only the mean. Returns the checkpoints scored, in order."""
     scored = []
 
     def val_summary(base, checkpoint, items):
         name = Path(checkpoint).name
         scored.append(name)
         dice, auc = (new, 0.6) if name == "model.pt" else (serving, 0.5)
-        return {"n_lesion": len(items), "dice_lesion": dice, "dice_all": dice, "presence_auc": auc}
+        summary = {"n_lesion": len(items), "presence_auc": auc}
+        if isinstance(dice, list):
+            ids = sorted(str(i.id) for i in items)
+            assert len(ids) == len(dice)
+            summary["val_scores"] = dict(zip(ids, dice))
+            dice = sum(dice) / len(dice)
+        return {**summary, "dice_lesion": dice, "dice_all": dice}
 
     monkeypatch.setattr(rounds_module, "val_summary", val_summary)
     return scored
@@ -167,3 +175,40 @@ def test_a_model_from_an_earlier_version_is_replaced_not_served(trainer):
     rnd = store.rounds()[-1]
     assert rnd.status == "done" and store.model("r0002").published and rnd.note is None
     assert slot.refresh() and slot.version == "r0002" and slot.unusable is None
+
+
+def test_a_drop_past_the_tolerance_but_within_the_per_image_noise_is_published(trainer, monkeypatch):
+    """Per image the new model is far better on one image and far worse on two: a mean drop of 0.05 on three images
+    is noise (standard error 0.144), so the round serves."""
+    store = trainer.store
+    score_by_checkpoint(monkeypatch, serving=[0.8, 0.8, 0.8], new=[1.0, 0.5, 0.75])
+    correct_a_validation_mask(store)
+    label(store, 3)
+    trainer.train_round()
+    rnd = store.rounds()[-1]
+    assert 0.05 > PUBLISH_TOLERANCE and store.model("r0002").published and store.latest_model().version == "r0002"
+    assert "0.750 against 0.800" in rnd.note and "standard error 0.144" in rnd.note
+
+
+def test_a_drop_past_the_tolerance_on_every_image_is_held_back(trainer, monkeypatch):
+    store = trainer.store
+    score_by_checkpoint(monkeypatch, serving=[0.8, 0.7, 0.9], new=[0.74, 0.66, 0.85])
+    correct_a_validation_mask(store)
+    label(store, 3)
+    trainer.train_round()
+    rnd = store.rounds()[-1]
+    assert not store.model("r0002").published and store.latest_model().version == "r0001"
+    margin = max(PUBLISH_TOLERANCE, PUBLISH_Z * 0.00577)  # sd of (0.06, 0.04, 0.05) / sqrt(3)
+    assert "not published" in rnd.note and f"(margin {margin:.3f})" in rnd.note
+
+
+def test_a_model_stores_its_per_image_val_scores_and_they_make_its_val_figure(trainer):
+    """The scores the paired check reads: one per val lesion image, by image id, averaging to the round's figure."""
+    store = trainer.store
+    metrics = store.model("r0001").metrics
+    masks = validation_masks(store)
+    lesion_ids = {str(i) for i, m in masks.items() if m.any()}
+    scores = metrics["val_scores"]
+    assert set(scores) == (lesion_ids or {str(i) for i in masks})
+    figure = metrics["dice_lesion"] if lesion_ids else metrics["dice_all"]
+    assert sum(scores.values()) / len(scores) == pytest.approx(figure)
