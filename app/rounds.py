@@ -40,7 +40,9 @@ PUBLISH_TOLERANCE = 0.02  # a round is published unless its val Dice is more tha
 # the same images: two checkpoints of one BUSI run 50 steps apart differ by about 0.03 on 78 val images, so a
 # smaller margin would hold back rounds for noise, a larger one let a real drop through
 PUBLISH_Z = 1.645  # ... and unless the drop is within the noise of the per-image differences (one-sided 95%): on
-# BUSI's 61 val lesions their standard error is 0.015-0.047, at or above the fixed tolerance
+# BUSI's 61 val lesions their standard error is 0.015-0.047, at or above the fixed tolerance. That wider margin needs
+PUBLISH_MIN_PAIRS = 30  # this many images scored by both models (a few images' spread says little about noise)
+PUBLISH_MAX_MARGIN = 0.05  # and stops here, so a mean drop this large is held back however noisy the images
 FIRST_ROUND_LABELS = 5  # while no model serves, a round comes this early (when --round-every is larger): on BUSI a
 # first round from 5 labels scored val Dice 0.58 in both seeds measured, no worse than one from 10 or 20 (0.40-0.55;
 # 40: 0.63), and before it an annotator gets no proposal at all (benchmarks/first_round.py, benchmarks/README.md)
@@ -232,11 +234,11 @@ def val_summary(base: Backbone, checkpoint: str | Path, val: list[Item]) -> dict
 
 def publish_verdict(base: Backbone, serving: ModelInfo, new: dict, val: list[Item]) -> tuple[bool, str]:
     """Whether a round's model (its val figures `new`) may replace the serving one, and why: not if its val Dice is
-    more than PUBLISH_TOLERANCE below the serving model's on the same images and, where both have per-image
-    scores, the drop is also beyond PUBLISH_Z standard errors of the paired per-image differences (so noise on a
-    small validation set does not hold rounds back). The serving model's figures from when it was published are
-    used while the validation images and masks are unchanged since (same digest); else they are measured again now
-    (the validation set may have grown, or a mask been corrected)."""
+    more than PUBLISH_TOLERANCE below the serving model's on the same images and, where both have per-image scores
+    for at least PUBLISH_MIN_PAIRS images, the drop is also beyond PUBLISH_Z standard errors of the paired per-image
+    differences (at most PUBLISH_MAX_MARGIN), so that noise does not hold rounds back. The serving model's figures
+    from when it was published are used while the validation images and masks are unchanged since (same digest);
+    else they are measured again now (the validation set may have grown, or a mask been corrected)."""
     old = serving.metrics
     if old.get("val_digest") != validation_digest(val, base):
         old = val_summary(base, serving.checkpoint_path, val)
@@ -245,22 +247,30 @@ def publish_verdict(base: Backbone, serving: ModelInfo, new: dict, val: list[Ite
     if old_score is None:
         return True, f"{name} has no validation score to compare with"
     compared = f"validation Dice {new_score:.3f} against {old_score:.3f} for {name} on the same {len(val)} images"
-    margin, noise = PUBLISH_TOLERANCE, paired_standard_error(new.get("val_scores"), old.get("val_scores"))
+    margin, noise = publish_margin(new.get("val_scores"), old.get("val_scores"))
     if noise is not None:
-        margin = max(margin, PUBLISH_Z * noise)
         compared += f" (per-image difference: standard error {noise:.3f})"
     if new_score >= old_score - margin:
         return True, compared
     return False, f"not published, {name} keeps serving: {compared} (margin {margin:.3f})"
 
 
+def publish_margin(new: dict | None, old: dict | None) -> tuple[float, float | None]:
+    """(how far below the serving model's val Dice a round may fall and still publish, the standard error of the
+    paired per-image differences it rests on, or None where there are too few pairs for one)."""
+    noise = paired_standard_error(new, old)
+    if noise is None:
+        return PUBLISH_TOLERANCE, None
+    return min(max(PUBLISH_TOLERANCE, PUBLISH_Z * noise), PUBLISH_MAX_MARGIN), noise
+
+
 def paired_standard_error(new: dict | None, old: dict | None) -> float | None:
     """Standard error of the mean per-image Dice difference between two models scored on the same images; None
-    when either lacks per-image scores or fewer than two images pair up."""
+    when either lacks per-image scores or fewer than PUBLISH_MIN_PAIRS images pair up."""
     if not new or not old:
         return None
     diffs = [new[k] - old[k] for k in new.keys() & old.keys() if new[k] is not None and old[k] is not None]
-    if len(diffs) < 2:
+    if len(diffs) < PUBLISH_MIN_PAIRS:
         return None
     return float(np.std(diffs, ddof=1) / math.sqrt(len(diffs)))
 
