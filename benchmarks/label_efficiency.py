@@ -14,6 +14,7 @@ every checkpoint, `test` is only read by the evaluation. Resumable: a run whose 
 
     python benchmarks/label_efficiency.py --data ../shared/datasets/busi --out benchmarks/results/label_efficiency
     python benchmarks/label_efficiency.py --quick     # ~1 min on generated data: checks the script, not figures
+    python benchmarks/label_efficiency.py --out DIR --methods --ablations   # table DIR's finished runs, train none
 """
 from __future__ import annotations
 
@@ -123,8 +124,9 @@ def main() -> int:
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "label_efficiency"))
     parser.add_argument("--fractions", type=float, nargs="+", default=[0.05, 0.1, 0.2, 0.5, 1.0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--methods", nargs="+", choices=list(METHOD_NAMES), default=list(METHOD_NAMES),
-                        help="a subset of the methods (the ablations run with adasam)")
+    parser.add_argument("--methods", nargs="*", choices=list(METHOD_NAMES), default=list(METHOD_NAMES),
+                        help="a subset of the methods (the ablations run with adasam); none, with --ablations and "
+                             "none: train nothing, table every finished run on disk")
     parser.add_argument("--ablations", nargs="*", choices=list(ABLATIONS), default=list(ABLATIONS),
                         help="the ablations run with adasam (a subset; none: no ablation)")
     parser.add_argument("--ablation-fraction", type=float, default=0.1)

@@ -85,6 +85,14 @@ def test_label_efficiency_quick(tmp_path):
     assert "no gradient feedback (--freeze-adapter)" not in {k for k, v in third["ablations"].items() if v}
     assert set(third["ablations"]["no unlabeled images (--no-unlabeled)"]) == {"0.5"}
     assert third["runs"]["ADA-SAM tags all"] == data["runs"]["ADA-SAM tags all"]
+    shutil.rmtree(tmp_path / "runs" / "ada_sam_tags_all_1_seed0")
+    unet_done = tmp_path / "runs" / "u_net__monai__from_scratch_1_seed0" / "eval_auto.json"
+    before = unet_done.stat().st_mtime_ns
+    result = run_quick("label_efficiency.py", "--out", str(tmp_path), "--methods", "--ablations")  # collect only
+    assert "adasam train" not in result.stdout and unet_done.stat().st_mtime_ns == before
+    collected = load(tmp_path / "label_efficiency.json")
+    assert collected["runs"]["ADA-SAM tags all"] == {"0.5": data["runs"]["ADA-SAM tags all"]["0.5"]}
+    assert collected["runs"]["supervised"] == data["runs"]["supervised"]
 
 
 def test_active_learning_quick(tmp_path):
