@@ -8,9 +8,9 @@ mask, tag and (a sample of the) unlabeled images, evaluates on the fixed validat
 atomically (checkpoint renamed into WORKSPACE/models/, then registered in the store) unless its validation Dice is
 more than PUBLISH_TOLERANCE (or the per-image noise, app.rounds.publish_verdict) below the serving model's on the
 same images: then it is registered unpublished, the old model keeps serving and the round's note (on the
-dashboard) says why. The server notices the new version between
-requests; the trainer re-scores the pool's uncertainty in chunks so the queue follows it. A failed round is recorded
-with its error and the last good model keeps serving. SIGTERM (or the server disappearing) stops it between steps: the
+dashboard) says why. The server notices the new version between requests; the trainer re-scores the pool's
+uncertainty in chunks so the queue follows it. A failed round is recorded with its error and the last good model
+keeps serving. SIGTERM (or the server disappearing) stops it between steps: the
 round is marked cancelled, its progress stays in WORKSPACE/models/training/ and the next start resumes it. What a
 round trains on and the check before publishing are app/rounds.py's, shared with trainers on other machines
 (app/trainer_api.py).
