@@ -24,9 +24,9 @@ def threshold(run: str) -> float:
     return json.loads(summary.read_text())["model_config"]["presence_threshold"]
 
 
-def gated(run: str) -> np.ndarray:
+def gated(run: str, split: str = "val") -> np.ndarray:
     t = threshold(run)
-    return np.array([r["dice_ungated"] if r["probability"] >= t else 0.0 for r in ROWS[run]["val"] if r["lesion"]])
+    return np.array([r["dice_ungated"] if r["probability"] >= t else 0.0 for r in ROWS[run][split] if r["lesion"]])
 
 
 def main() -> None:

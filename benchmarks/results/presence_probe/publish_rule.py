@@ -14,12 +14,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[3]))
 from app.rounds import PUBLISH_TOLERANCE, publish_margin  # noqa: E402
-from benchmarks.results.presence_probe.publish_noise import ROWS, threshold  # noqa: E402
-
-
-def gated(run: str, split: str) -> np.ndarray:
-    t = threshold(run)
-    return np.array([r["dice_ungated"] if r["probability"] >= t else 0.0 for r in ROWS[run][split] if r["lesion"]])
+from benchmarks.results.presence_probe.publish_noise import ROWS, gated  # noqa: E402
 
 
 def scores(run: str) -> dict[str, float]:
