@@ -7,6 +7,8 @@ import json
 import zipfile
 from pathlib import Path
 
+import gradio_client
+import gradio_client.exceptions
 import httpx
 import numpy as np
 import pytest
@@ -14,8 +16,6 @@ from PIL import Image
 
 from annotation import Store
 from app_fixtures import Server, auth_server, launch_chromium, make_workspace, mask_png
-
-gradio_client = pytest.importorskip("gradio_client")
 
 
 @pytest.fixture(scope="module")

@@ -10,12 +10,11 @@ import zipfile
 
 import numpy as np
 import pytest
+from playwright import sync_api as playwright_api
 from PIL import Image
 
 from annotation import Store
 from app_fixtures import Server, launch_chromium, make_workspace, mask_png, wait_for
-
-playwright_api = pytest.importorskip("playwright.sync_api")
 
 
 @pytest.fixture(scope="module")

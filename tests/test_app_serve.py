@@ -12,6 +12,7 @@ import urllib.request
 from http.cookies import SimpleCookie
 from pathlib import Path
 
+import gradio_client
 import pytest
 
 import annotation
@@ -21,8 +22,6 @@ from app.guard import ADDRESS_FAILURES, BROWSER_COOKIE
 from app.serve_commands import keep_workspace_choices
 from app.status import IMAGE_VIEW, QUEUE_STRATEGY, read_status
 from app_fixtures import Server, auth_server, make_workspace, wait_for
-
-gradio_client = pytest.importorskip("gradio_client")
 
 
 @pytest.fixture(scope="module")

@@ -112,6 +112,24 @@ def test_the_presence_threshold_is_lowered_only_when_it_separates_better(val):
         assert report["val_balanced_accuracy"] > report["at_default"]
 
 
+@pytest.mark.parametrize("lesions, target_free, chosen", [
+    ((0.45, 0.42, 0.48, 0.9, 0.8), (0.2, 0.1, 0.3, 0.05, 0.6), 0.36),  # lowered: balanced accuracy 0.9 against 0.6
+    ((0.6, 0.7, 0.8, 0.9, 0.55), (0.2, 0.1, 0.3, 0.05, 0.45), 0.5),  # 0.5 separates perfectly
+    ((0.3, 0.9, 0.9, 0.9, 0.9), (0.4, 0.1, 0.1, 0.1, 0.1), 0.5),  # 0.2 only equals 0.5 (0.9): the higher is kept
+])
+def test_the_presence_threshold_is_lowered_exactly_when_that_separates_better(val, monkeypatch, lesions, target_free,
+                                                                             chosen):
+    """The same rule on probabilities set by hand, so that each case is sure to happen."""
+    present = [bool(i.mask.any()) for i in val]
+    given = iter(lesions), iter(target_free)
+    probability = np.array([next(given[0]) if p else next(given[1]) for p in present])
+    monkeypatch.setattr("model.calibrate.presence_probabilities", lambda model, items: probability)
+    model = _model()
+    report = calibrate_presence(model, val)["presence_threshold"]
+    assert report["chosen"] == model.config.presence_threshold == pytest.approx(chosen)
+    assert (report["val_balanced_accuracy"] > report["at_default"]) == (chosen < PRESENCE_DEFAULT)
+
+
 def test_no_presence_threshold_to_choose_without_both_kinds_or_a_classifier(val):
     positives = [i for i in val if i.mask.any()]
     for model, items in ((_model(), positives), (_model(method="supervised"), val), (_model(has_negatives=False), val)):
