@@ -383,6 +383,7 @@ def _remote_trainer(args: argparse.Namespace) -> int:
 def cmd_trainer_token(args: argparse.Namespace) -> int:
     from annotation import Store
     from app.auth import AuthFileError, check_name
+    from model.atomic import atomic_write
 
     with Store(args.workspace, create=False) as store:
         if args.list:
@@ -400,18 +401,24 @@ def cmd_trainer_token(args: argparse.Namespace) -> int:
             check_name(args.name)
         except AuthFileError as exc:
             raise CommandError(str(exc).replace("user name", "trainer name")) from None
-        token = store.add_trainer_token(args.name)
-    if args.out:
+        if not args.out:
+            print(store.add_trainer_token(args.name))
+            return 0
+        if Path(args.out).is_dir():
+            raise CommandError(f"{args.out} is a folder: give the file to write the token to")
+        made: list[str] = []
+
+        def write(handle) -> None:  # called once the file exists: a path that cannot be written changes no token
+            made.append(store.add_trainer_token(args.name))
+            handle.write(f"{made[0]}\n".encode())
+
         try:
-            fd = os.open(args.out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            atomic_write(args.out, write)
         except OSError as exc:
-            raise CommandError(f"cannot write {args.out}: {exc.strerror}") from None
-        with os.fdopen(fd, "w") as handle:
-            handle.write(token + "\n")
-        print(f"token for trainer {args.name} written to {args.out}: copy it to the trainer's machine and run "
-              f"adasam trainer --server URL --token FILE")
-    else:
-        print(token)
+            outcome = "its old token no longer works: run this again" if made else "its token was not changed"
+            raise CommandError(f"cannot write {args.out}: {exc.strerror or exc}; {outcome}") from None
+    print(f"token for trainer {args.name} written to {args.out} (mode 600): copy it to the trainer's machine and run "
+          f"adasam trainer --server URL --token FILE")
     return 0
 
 

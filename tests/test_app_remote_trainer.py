@@ -297,6 +297,21 @@ def test_trainer_token_command_writes_a_private_file_lists_names_and_revokes(wor
     assert main(["trainer", "--server", "ftp://x", "--token", str(token_file)]) == 2
 
 
+def test_a_token_file_that_cannot_be_written_leaves_the_old_token_working(workspace, tmp_path, capsys):
+    token_file = tmp_path / "gpu1.token"
+    assert main(["trainer-token", str(workspace), "gpu1", "--out", str(token_file)]) == 0
+    token = token_file.read_text().strip()
+    capsys.readouterr()
+    (tmp_path / "a-file").write_text("x")
+    for unwritable, said in ((tmp_path / "a-file" / "token", "token was not changed"), (tmp_path, "is a folder")):
+        assert main(["trainer-token", str(workspace), "gpu1", "--out", str(unwritable)]) == 2
+        assert said in capsys.readouterr().err
+        with Store(workspace) as store:
+            assert store.trainer_for_token(token) == "gpu1"
+    assert main(["trainer-token", str(workspace), "gpu1", "--out", str(token_file)]) == 0  # replaced in place
+    assert token_file.read_text().strip() != token and not list(tmp_path.glob("*.tmp"))
+
+
 def remote_trainer(server: Server, token: Path, root: Path, ranks: int = 1) -> subprocess.CompletedProcess:
     command = ["trainer", "--server", server.url, "--token", str(token), "--backbone", "micro_random", "--cache",
                str(root / "trainer-cache"), "--data", str(root / f"mirror-{ranks}"), "--rounds", "1", "--poll", "0.5"]
