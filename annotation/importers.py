@@ -23,7 +23,7 @@ from annotation.decode import (KINDS, MAX_IMAGE_PIXELS, DecodeError, Decoded, Vo
 from annotation.dicom_series import SeriesSlice, plan_series
 from annotation.records import SPLITS, ImageRecord
 from annotation.store import Store
-from model.manifest import parse_has_lesion
+from model.manifest import parse_has_lesion, rows_by_id
 
 MANIFEST = "manifest.csv"
 HIDDEN = "hidden file (name starts with '.'): not imported; rename it to import it"
@@ -233,9 +233,11 @@ class _Layout:
                     reader = csv.DictReader(handle)
                     if "id" not in (reader.fieldnames or []):
                         raise DecodeError(f"{path} has no 'id' column")
-                    self._manifests[path] = {row["id"]: row for row in reader}
+                    self._manifests[path] = rows_by_id(reader)
             except (OSError, UnicodeDecodeError, csv.Error) as exc:
                 self._manifests[path] = DecodeError(f"cannot read {path}: {first_line(exc)}")
+            except ValueError as exc:
+                self._manifests[path] = DecodeError(f"{path}: {exc}")
             except DecodeError as exc:
                 self._manifests[path] = exc
         table = self._manifests[path]

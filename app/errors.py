@@ -18,8 +18,10 @@ def user_errors() -> tuple[type[Exception], ...]:
     from model.preprocess import ImageReadError
     from model.strategies import UnknownStrategy
 
+    paths = (FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError, PermissionError)  # a path
+    # given that cannot be used: the message names it
     return (WorkspaceError, SchemaTooNew, AuthFileError, BackboneError, CheckpointError, DataError, DeviceError,
-            ImageReadError, UnknownStrategy)
+            ImageReadError, UnknownStrategy, *paths)
 
 
 class RequestError(ValueError):

@@ -85,7 +85,8 @@ def register(sub) -> None:
     pr = sub.add_parser("predict", help="write automatic masks and CAM overlays for images")
     pr.add_argument("--model", required=True)
     pr.add_argument("images", nargs="+")
-    pr.add_argument("--out", required=True)
+    pr.add_argument("--out", required=True, help="a new or empty folder: NAME_mask.png and NAME_cam.png per image "
+                    "(NAME_2 ... where names repeat) and predictions.json, which lists them")
     pr.add_argument("--cache", default=None)
     pr.set_defaults(func=cmd_predict)
 
@@ -99,6 +100,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     if not 0 < args.masks <= 1:
         raise CommandError(f"--masks must be in (0, 1], got {args.masks}")
+    if args.steps is not None and args.steps < 1:
+        raise CommandError(f"--steps must be at least 1, got {args.steps}")
     folder = load_data_folder(args.data, seed=SPLIT_SEED)
     pool, val = folder.split("pool"), folder.split("val")
     maskable = [s for s in pool if s.mask_path is not None]
@@ -161,7 +164,7 @@ def _train(args: argparse.Namespace, folder, pool: list, val: list, backbone, ra
                                calibrate=args.cam_threshold is None,
                                freeze_adapter=args.freeze_adapter,
                                **({"steps": args.steps, "image_view": ImageViewTraining().capped(args.steps)}
-                                  if args.steps else {}))
+                                  if args.steps is not None else {}))
     model = build_training_model(config, args.seed, backbone, args.init)
     try:  # before anything is written: a data set the trainer refuses leaves no half-made run folder
         trainer = Trainer(model, train_config, data, out, log=say, ranks=ranks)
@@ -327,21 +330,25 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from model.overlay import cam_overlay
     from model.preprocess import read_image
 
+    out = Path(args.out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise CommandError(f"{out} already exists and is not an empty folder: name a new one (predictions.json must "
+                           f"list every file in it)")
     model = load_model(args.model)
     images = [read_image(p) for p in args.images]  # every file is checked before anything is written
     cache = model_inputs(model.backbone, model.config.encoder_lora, args.cache or DEFAULT_CACHE_DIR)
     predictor = Predictor(model)
-    out = Path(args.out)
     tmp = out.with_name(out.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    rows = []
+    rows, stems = [], set()
     for path, image, (embedding, geometry) in zip(args.images, images, cache.get_many(images)):
         p = predictor.predict(embedding, geometry, image_input(image) if model.config.image_view else None)
-        stem = Path(path).stem
+        stem = unique_stem(Path(path).stem, stems)
         Image.fromarray((p.mask * 255).astype(np.uint8)).save(tmp / f"{stem}_mask.png")
         Image.fromarray(cam_overlay(image, p.cam, p.mask, p.box)).save(tmp / f"{stem}_cam.png")
-        rows.append({"image": str(path), "probability": p.probability, "box": [float(v) for v in p.box],
+        rows.append({"image": str(path), "mask": f"{stem}_mask.png", "cam": f"{stem}_cam.png",
+                     "probability": p.probability, "box": [float(v) for v in p.box],
                      "uncertainty": asdict(p.uncertainty), "mask_pixels": int(p.mask.sum())})
     (tmp / "predictions.json").write_text(json.dumps(rows, indent=2))
     out.mkdir(parents=True, exist_ok=True)
@@ -350,6 +357,16 @@ def cmd_predict(args: argparse.Namespace) -> int:
     tmp.rmdir()
     print(f"wrote {len(rows)} masks and CAM overlays to {out}")
     return 0
+
+
+def unique_stem(stem: str, taken: set[str]) -> str:
+    """`stem`, or `stem_2`, `stem_3` ... when images from two folders share a name; added to `taken`."""
+    name, k = stem, 1
+    while name in taken:
+        k += 1
+        name = f"{stem}_{k}"
+    taken.add(name)
+    return name
 
 
 def _silent(*args, **kwargs) -> None:

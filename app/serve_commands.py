@@ -169,6 +169,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     warning = check_exposure(args)
     if args.max_points is not None and args.max_points < 1:
         raise CommandError("--max-points must be at least 1")
+    if not 0 <= args.port <= 65535:
+        raise CommandError(f"--port must be 0-65535, got {args.port}")
     check_rounds(args)
     if warning:
         print(warning, flush=True)
@@ -352,6 +354,8 @@ def _remote_trainer(args: argparse.Namespace) -> int:
         raise CommandError(f"--server {args.server!r}: expected a URL like http://host:7860")
     if args.rounds is not None and args.rounds < 1:
         raise CommandError("--rounds must be at least 1")
+    if args.poll is not None and not args.poll > 0:
+        raise CommandError(f"--poll must be a number of seconds above 0, got {args.poll}")
     try:
         token = read_token(args.token)
     except OSError as exc:

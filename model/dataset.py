@@ -14,7 +14,7 @@ import numpy as np
 from model.distributed import Ranks
 from model.evaluate import Item
 from model.image_view import image_input
-from model.manifest import parse_has_lesion
+from model.manifest import parse_has_lesion, rows_by_id
 from model.preprocess import ImageReadError, read_image, read_mask
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
@@ -109,7 +109,10 @@ def _read_manifest(path: Path) -> dict[str, dict]:
         raise DataError(f"{path}: unreadable manifest ({exc})") from None
     if rows and "id" not in rows[0]:
         raise DataError(f"{path}: manifest needs an 'id' column")
-    return {r["id"]: r for r in rows}
+    try:
+        return rows_by_id(rows)
+    except ValueError as exc:
+        raise DataError(f"{path}: {exc}") from None
 
 
 __all__ = ["DataFolder", "Sample", "DataError", "ImageReadError", "load_data_folder", "seeded_split"]

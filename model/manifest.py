@@ -1,6 +1,8 @@
-"""The `has_lesion` column of a data folder's `manifest.csv`, read the same way by `adasam train` (model.dataset)
-and `adasam import` (annotation.importers)."""
+"""A data folder's `manifest.csv`, read the same way by `adasam train` (model.dataset) and `adasam import`
+(annotation.importers): its rows by id, and its `has_lesion` column."""
 from __future__ import annotations
+
+from collections.abc import Iterable
 
 TRUE_VALUES = ("1", "true", "yes")
 FALSE_VALUES = ("0", "false", "no")
@@ -18,3 +20,14 @@ def parse_has_lesion(value: str | None) -> bool | None:
     if text in FALSE_VALUES:
         return False
     raise ValueError(f"has_lesion {text!r} is not 0 or 1")
+
+
+def rows_by_id(rows: Iterable[dict[str, str]]) -> dict[str, dict[str, str]]:
+    """id -> row; an id on two rows raises ValueError (which row's split would hold? a pool image could land in
+    test)."""
+    table: dict[str, dict[str, str]] = {}
+    for row in rows:
+        if row["id"] in table:
+            raise ValueError(f"id {row['id']!r} is on two rows")
+        table[row["id"]] = row
+    return table

@@ -56,6 +56,20 @@ def test_user_errors_are_one_line_command_errors(tmp_path, capsys):
         run("status", tmp_path / "missing")
 
 
+def test_paths_and_numbers_that_cannot_work_are_one_line_errors(tmp_path, capsys):
+    """A file where a folder must go, and numbers out of range: a message naming them, never a traceback."""
+    (tmp_path / "a-file").write_text("x")
+    for argv, said in ((["import", str(tmp_path / "a-file"), str(tmp_path)], "a-file"),
+                       (["train", "--data", str(tmp_path), "--out", str(tmp_path / "r"), "--steps", "0"],
+                        "--steps must be at least 1"),
+                       (["serve", str(tmp_path / "ws"), "--port", "99999"], "--port must be 0-65535"),
+                       (["trainer", "--server", "http://127.0.0.1:1", "--token", str(tmp_path / "a-file"), "--poll",
+                         "-1"], "--poll must be a number of seconds above 0")):
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert err.startswith(f"adasam {argv[0]}: error: ") and said in err and len(err.splitlines()) == 1, err
+
+
 def test_import_of_nothing_but_bad_files_exits_1(tmp_path):
     (tmp_path / "src").mkdir()
     (tmp_path / "src" / "a.png").write_bytes(b"")

@@ -237,6 +237,17 @@ def test_a_manifest_with_a_bad_split_skips_its_images(store, tmp_path):
     assert len(summary.skipped) == 1 and "split 'training'" in summary.skipped[0][1]
 
 
+def test_a_manifest_naming_an_image_twice_skips_its_images(store, tmp_path):
+    """Two rows for one id (say pool, then test): neither is taken, or a pool image could land in test."""
+    src = tmp_path / "set"
+    make_dataset(src, n=2)
+    lines = (src / "manifest.csv").read_text().splitlines()
+    (src / "manifest.csv").write_text("\n".join([*lines, lines[1].replace(",pool,", ",test,")]) + "\n")
+    summary = import_sources(store, [src], progress=False)
+    assert summary.added == 0 and len(summary.skipped) == 2
+    assert all("'case_000' is on two rows" in reason for _, reason in summary.skipped)
+
+
 def test_import_without_masks_leaves_images_unlabeled(store, tmp_path):
     make_dataset(tmp_path / "set", n=3)
     summary = import_sources(store, [tmp_path / "set"], with_masks=False, progress=False)

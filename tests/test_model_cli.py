@@ -160,6 +160,23 @@ def test_predict_writes_masks_and_overlays(run, data, cache, tmp_path):
         assert all(0 <= v <= 1 for v in row["uncertainty"].values())
 
 
+def test_predict_keeps_images_of_one_name_apart_and_refuses_a_folder_in_use(run, data, cache, tmp_path):
+    image = data / "images" / f"{IDS[0]}.png"
+    twin = tmp_path / "elsewhere" / image.name  # the same file name in another folder
+    twin.parent.mkdir()
+    twin.write_bytes(image.read_bytes())
+    out = tmp_path / "pred"
+    code, _, err = run_cli("predict", "--model", run["folder"], image, twin, "--out", out, "--cache", cache)
+    assert code == 0, err
+    rows = json.loads((out / "predictions.json").read_text())
+    assert [r["mask"] for r in rows] == [f"{image.stem}_mask.png", f"{image.stem}_2_mask.png"]
+    listed = {name for r in rows for name in (r["mask"], r["cam"])} | {"predictions.json"}
+    assert listed == {p.name for p in out.iterdir()}
+    code, _, err = run_cli("predict", "--model", run["folder"], image, "--out", out, "--cache", cache)
+    assert code == 2 and "not an empty folder" in err
+    assert json.loads((out / "predictions.json").read_text()) == rows
+
+
 def test_encoder_lora_trains_the_encoder_on_images_and_evaluates_without_the_cache(data, tmp_path):
     """`--encoder-lora`: no embedding is cached or read (the encoder trains), the LoRA weights move from their
     identity start, and evaluate and predict encode the images through the trained encoder."""

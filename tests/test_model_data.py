@@ -83,6 +83,7 @@ def test_seeded_split_small():
     ("unknown_split", "unknown split"),
     ("missing_row", "no row for image"),
     ("no_id_column", "needs an 'id' column"),
+    ("id_twice", "'img_000' is on two rows"),
 ])
 def test_bad_folders_are_one_line_errors(tmp_path, case, message):
     root = tmp_path / "d"
@@ -98,6 +99,9 @@ def test_bad_folders_are_one_line_errors(tmp_path, case, message):
             manifest.write_text(manifest.read_text().replace(",pool", ",training"))
         elif case == "missing_row":
             manifest.write_text("\n".join(manifest.read_text().splitlines()[:-1]) + "\n")
+        elif case == "id_twice":
+            lines = manifest.read_text().splitlines()
+            manifest.write_text("\n".join([*lines, lines[1].replace(",pool", ",test")]) + "\n")
         else:
             manifest.write_text("name,split\nimg_000,pool\n")
     with pytest.raises(DataError, match=message) as err:
