@@ -148,6 +148,7 @@ def _import_file(store: Store, path: Path, layout: "_Layout", with_masks: bool, 
         mask_files.append(None if masks is None else store.files.put_mask(masks[index]))
 
     added = masks_added = 0
+    kept: list[tuple[int, int]] = []  # (image id, index) of masks not imported: the image already had one
     with store.transaction():
         volume_id = None
         if decoded.volume is not None:
@@ -155,15 +156,41 @@ def _import_file(store: Store, path: Path, layout: "_Layout", with_masks: bool, 
             volume_id = store.register_volume(volume_path, volume.axis, volume.shape, volume.affine)
             records = [dataclasses.replace(r, volume_id=volume_id) for r in records]
         results = store.register_images(records, who=annotator)
-        for position, (image_id, new), mask_file in zip(positions, results, mask_files):
+        for index, (position, (image_id, new), mask_file) in enumerate(zip(positions, results, mask_files)):
             store.add_source(image_id, _source_key(absolute, decoded, position), absolute, volume_id,
                              position if decoded.position_kind else None)
             added += new
-            if mask_file is not None and store.add_imported_mask(image_id, mask_file, annotator):
-                masks_added += 1
+            if mask_file is not None:
+                if store.add_imported_mask(image_id, mask_file, annotator):
+                    masks_added += 1
+                else:
+                    kept.append((image_id, index))
     summary.added += added
     summary.duplicates += len(records) - added
     summary.masks_added += masks_added
+    _note_conflicts(store, path, mask_path, records, results, masks, kept, summary)
+
+
+def _note_conflicts(store: Store, path: Path, mask_path: Path | None, records: list[ImageRecord],
+                    results: list[tuple[int, bool]], masks: list[np.ndarray] | None, kept: list[tuple[int, int]],
+                    summary: ImportSummary) -> None:
+    """Say where the files disagree with themselves or with the workspace. A manifest's has_lesion against its
+    mask. A re-import never overwrites what the workspace holds (an annotator may have corrected it since), so: a
+    mask other than the image's current one, a split other than its own."""
+    flag = records[0].has_lesion
+    if masks is not None and flag is not None and len(masks) == 1 and bool(masks[0].any()) != flag:
+        summary.notes.append((str(path), f"the manifest says has_lesion {int(flag)} but its mask "
+                                         f"{'is empty' if flag else 'is not'}; both were imported as they are"))
+    differ = [image_id for image_id, index in kept
+              if (current := store.load_mask(image_id)) is None or not np.array_equal(current, masks[index])]
+    if differ:
+        summary.notes.append((str(mask_path), f"differs from the mask the workspace holds for {len(differ)} of its "
+                                              f"images, which was kept (edit it in the app to change it)"))
+    moved = {store.image(image_id).split for (image_id, new), record in zip(results, records)
+             if not new and store.image(image_id).split != record.split}
+    if moved:
+        summary.notes.append((str(path), f"already in the workspace in split {', '.join(sorted(moved))}, which was "
+                                         f"kept; the manifest's split {records[0].split} was not applied"))
 
 
 def _record(decoded: Decoded, pixels: np.ndarray, index: int, sha: str, relpath: str, name: str, path: str,

@@ -248,6 +248,35 @@ def test_a_manifest_naming_an_image_twice_skips_its_images(store, tmp_path):
     assert all("'case_000' is on two rows" in reason for _, reason in summary.skipped)
 
 
+def test_a_reimport_keeps_the_workspace_and_says_where_the_files_now_differ(store, tmp_path):
+    src = tmp_path / "set"
+    truth = make_dataset(src, n=3)
+    assert import_sources(store, [src], progress=False).notes == []
+    assert import_sources(store, [src], progress=False).notes == []  # the same files again: nothing to say
+    changed = np.zeros_like(truth["case_001"][1])
+    changed[:2, :2] = True
+    write_image(src / "masks" / "case_001.png", np.where(changed, 255, 0).astype(np.uint8))
+    (src / "manifest.csv").write_text((src / "manifest.csv").read_text().replace("case_002,x,1,16,20,pool",
+                                                                                 "case_002,x,1,16,20,test"))
+    summary = import_sources(store, [src], progress=False)
+    notes = dict(summary.notes)
+    assert (summary.added, summary.masks_added) == (0, 0) and len(notes) == 2
+    assert "was kept" in notes[str(src / "masks" / "case_001.png")]
+    assert "split pool, which was kept" in notes[str(src / "images" / "case_002.png")]
+    by_name = {i.name: i for i in store.images()}
+    assert np.array_equal(store.load_mask(by_name["case_001"].id), truth["case_001"][1])
+    assert by_name["case_002"].split == "pool"
+
+
+def test_a_manifest_flag_against_its_mask_is_noted(store, tmp_path):
+    src = tmp_path / "set"
+    make_dataset(src, n=2)  # case_000 has an empty mask, case_001 a target
+    (src / "manifest.csv").write_text((src / "manifest.csv").read_text().replace("case_001,x,1,", "case_001,x,0,"))
+    summary = import_sources(store, [src], progress=False)
+    assert summary.added == 2 and [p for p, _ in summary.notes] == [str(src / "images" / "case_001.png")]
+    assert "has_lesion 0 but its mask is not" in summary.notes[0][1]
+
+
 def test_import_without_masks_leaves_images_unlabeled(store, tmp_path):
     make_dataset(tmp_path / "set", n=3)
     summary = import_sources(store, [tmp_path / "set"], with_masks=False, progress=False)
