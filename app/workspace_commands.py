@@ -20,7 +20,8 @@ def register(sub) -> None:
     p.add_argument("workspace", help="workspace folder (e.g. data/workspace)")
     p.add_argument("sources", nargs="+", metavar="SOURCE", help="folders or files to import")
     p.add_argument("--no-masks", action="store_true", help="ignore masks/ folders (import images only)")
-    p.add_argument("--axis", type=int, default=-1, help="NIfTI axis to slice along (default: last)")
+    p.add_argument("--axis", type=int, default=-1, choices=(-3, -2, -1, 0, 1, 2), metavar="{0,1,2}",
+                   help="NIfTI axis to slice along (default: last, -1)")
     p.add_argument("--max-megapixels", type=_positive, metavar="N",
                    help="refuse images (and each frame or slice) larger than N megapixels, read from the file header "
                         "before decoding (default: 50)")

@@ -332,9 +332,17 @@ class Trainer:
 
     def load_resume_state(self, path: Path) -> None:
         payload = torch.load(path, map_location="cpu", weights_only=False)
-        _same_encoder(AdaSamConfig.from_dict(payload["config"]), self.model.config, f"{path}")
+        earlier, config = AdaSamConfig.from_dict(payload["config"]), self.model.config
+        _same_encoder(earlier, config, f"{path}")
+        again = "resume it with the settings it was started with, or give a new --out"
+        if (earlier.method, earlier.backbone) != (config.method, config.backbone):
+            raise CheckpointError(f"{path}: a run of {earlier.method} on {earlier.backbone}, this one asks for "
+                                  f"{config.method} on {config.backbone}: {again}")
         self.model.load_state_dict(payload["state"], strict=False)
-        self.optimizer.load_state_dict(payload["optimizer"])
+        try:
+            self.optimizer.load_state_dict(payload["optimizer"])
+        except ValueError as exc:  # other trainable parts (--freeze-adapter, an image view ...)
+            raise CheckpointError(f"{path}: trains other parts than this run would ({exc}): {again}") from None
         if self.teacher is not None and "teacher" in payload:
             self.teacher.load_state_dict(payload["teacher"], strict=False)
         self.step, self.best, self.history = payload["step"], payload["best"], payload["history"]

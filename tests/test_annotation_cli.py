@@ -70,6 +70,12 @@ def test_paths_and_numbers_that_cannot_work_are_one_line_errors(tmp_path, capsys
         assert err.startswith(f"adasam {argv[0]}: error: ") and said in err and len(err.splitlines()) == 1, err
 
 
+def test_import_refuses_an_axis_a_volume_cannot_have(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exited:
+        run("import", tmp_path / "ws", tmp_path, "--axis", "5")
+    assert exited.value.code == 2 and "--axis: invalid choice: 5" in capsys.readouterr().err
+
+
 def test_import_of_nothing_but_bad_files_exits_1(tmp_path):
     (tmp_path / "src").mkdir()
     (tmp_path / "src" / "a.png").write_bytes(b"")

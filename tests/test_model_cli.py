@@ -213,6 +213,15 @@ def test_a_run_starts_or_resumes_only_from_the_same_encoder_setting(run, data, c
     _assert_refused(code, err, "train", "last.pt", "trained with the frozen encoder", progress=True)
 
 
+def test_a_run_resumes_only_with_the_settings_it_was_started_with(run, data, cache):
+    """Another method, or other trainable parts, in a run folder that holds last.pt: one line, not a traceback."""
+    for extra, said in ((["--method", "supervised"], "a run of adasam on tiny_random, this one asks for supervised"),
+                        (["--freeze-adapter"], "trains other parts than this run would")):
+        code, _, err = run_cli("train", "--data", data, "--out", run["folder"], "--backbone", "tiny_random",
+                               "--steps", 2, "--cache", cache, "--masks", 0.5, *extra)
+        _assert_refused(code, err, "train", "last.pt", said, progress=True)
+
+
 # -- bad input --------------------------------------------------------------------------------------------------------
 
 @pytest.fixture
