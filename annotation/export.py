@@ -79,10 +79,6 @@ def export_workspace(store: Store, out: str | os.PathLike[str], fmt: str, *, inc
             " (only accepted predictions; add --include-predictions)"
         raise WorkspaceError(f"nothing to export: no image in {store.root} has a mask or a no-finding mark{hint}")
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    _remove_stale_temporaries(out)
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
     items = [_Item(name, image, mask) for name, (image, mask) in zip(_unique_names(labeled), labeled)]
     skipped: list[tuple[str, str]] = []
     if fmt == "dicom-seg":
@@ -90,6 +86,10 @@ def export_workspace(store: Store, out: str | os.PathLike[str], fmt: str, *, inc
         if not items:
             raise WorkspaceError(f"nothing to export as DICOM SEG: no labeled image in {store.root} was imported "
                                  f"from a readable single-frame DICOM file ({skipped[0][1]}, for one)")
+    out.parent.mkdir(parents=True, exist_ok=True)  # only once there is something to write
+    _remove_stale_temporaries(out)
+    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
     try:
         writer = {"png": _write_png, "coco": _write_coco, "nifti": _write_nifti, "nnunet": _write_nnunet,
                   "dicom-seg": _write_dicom_seg}[fmt]

@@ -3,6 +3,9 @@ from __future__ import annotations
 
 import argparse
 import sqlite3
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 from PIL import Image
@@ -74,6 +77,17 @@ def test_import_refuses_an_axis_a_volume_cannot_have(tmp_path, capsys):
     with pytest.raises(SystemExit) as exited:
         run("import", tmp_path / "ws", tmp_path, "--axis", "5")
     assert exited.value.code == 2 and "--axis: invalid choice: 5" in capsys.readouterr().err
+
+
+def test_a_reader_that_goes_away_ends_the_command_quietly(tmp_path):
+    """`adasam status WS | head -1`: no BrokenPipeError traceback, the exit status of a process killed by SIGPIPE."""
+    write_image(tmp_path / "src" / "a.png", grey8())
+    assert run("import", tmp_path / "ws", tmp_path / "src", "--quiet") == 0
+    process = subprocess.Popen([sys.executable, "-m", "app.cli", "status", str(tmp_path / "ws")],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=Path(__file__).parents[1])
+    process.stdout.close()  # before it writes a line
+    assert process.wait(timeout=120) == 141
+    assert b"Traceback" not in process.stderr.read()
 
 
 def test_import_of_nothing_but_bad_files_exits_1(tmp_path):

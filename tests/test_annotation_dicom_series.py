@@ -148,4 +148,4 @@ def test_dicom_seg_export_of_a_workspace_without_dicom_says_why(store, tmp_path)
     store.mark_no_finding(seed_images(store, 1)[0], "alice")
     with pytest.raises(WorkspaceError, match="nothing to export as DICOM SEG.*not imported from a DICOM file"):
         export_workspace(store, tmp_path / "out", "dicom-seg")
-    assert not (tmp_path / "out").exists()
+    assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".out.tmp-*"))  # nor a temporary folder
