@@ -8,6 +8,7 @@ import getpass
 import ipaddress
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -171,6 +172,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise CommandError("--max-points must be at least 1")
     if not 0 <= args.port <= 65535:
         raise CommandError(f"--port must be 0-65535, got {args.port}")
+    try:
+        socket.getaddrinfo(args.host, args.port)
+    except (OSError, UnicodeError) as exc:
+        raise CommandError(f"--host {args.host}: not a name or address this machine can resolve ({exc})") from None
     check_rounds(args)
     if warning:
         print(warning, flush=True)

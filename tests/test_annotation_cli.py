@@ -66,6 +66,7 @@ def test_paths_and_numbers_that_cannot_work_are_one_line_errors(tmp_path, capsys
                        (["train", "--data", str(tmp_path), "--out", str(tmp_path / "r"), "--steps", "0"],
                         "--steps must be at least 1"),
                        (["serve", str(tmp_path / "ws"), "--port", "99999"], "--port must be 0-65535"),
+                       (["serve", str(tmp_path / "ws"), "--host", "a..b", "--no-auth"], "--host a..b: not a name"),
                        (["trainer", "--server", "http://127.0.0.1:1", "--token", str(tmp_path / "a-file"), "--poll",
                          "-1"], "--poll must be a number of seconds above 0")):
         assert main(argv) == 2, argv
