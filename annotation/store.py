@@ -849,10 +849,15 @@ class Store:
         alongside (e.g. with rsync) gives a consistent pair.
         """
         dest = Path(destination)
+        if dest.resolve() in {Path(f"{self.db_path}{end}").resolve() for end in ("", "-wal", "-shm")}:
+            raise WorkspaceError(f"{dest} is the workspace's live database: back it up to another file")
         dest.parent.mkdir(parents=True, exist_ok=True)
         tmp = dest.with_name(f".{dest.name}.tmp-{os.getpid()}")
         tmp.unlink(missing_ok=True)
-        target = sqlite3.connect(tmp)
+        try:
+            target = sqlite3.connect(tmp)
+        except sqlite3.Error as exc:
+            raise WorkspaceError(f"cannot write a backup beside {dest}: {exc}") from None
         try:
             self.conn.backup(target)
             target.execute("PRAGMA journal_mode = DELETE")

@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import sqlite3
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -180,6 +181,17 @@ def test_counts_backup_and_integrity(store, tmp_path):
     assert copy.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     assert copy.execute("SELECT COUNT(*) FROM masks").fetchone()[0] == 2
     copy.close()
+
+
+def test_a_backup_never_lands_on_the_live_database_or_where_it_cannot_be_written(store):
+    """Replacing the live file would leave the server writing to an unlinked one: every later label lost."""
+    seed_images(store, 2)
+    for live in (store.db_path, Path(f"{store.db_path}-wal")):
+        with pytest.raises(WorkspaceError, match="live database"):
+            store.backup(live)
+    assert store.counts().images == 2
+    with pytest.raises(WorkspaceError, match="cannot write a backup"):
+        store.backup("/proc/adasam-backup.db")  # a folder no file can be made in, even by root
 
 
 def test_collect_garbage_removes_only_old_unreferenced_files(store):
