@@ -52,11 +52,18 @@ def verify_password(password: str, encoded: str) -> bool:
 
 def read_users(path: str | os.PathLike[str]) -> dict[str, str]:
     """name -> encoded hash; blank lines and # comments are ignored; a malformed line is an error, not a skip."""
-    users: dict[str, str] = {}
     try:
         lines = Path(path).read_text().splitlines()
     except OSError as exc:
         raise AuthFileError(f"cannot read auth file {path}: {exc.strerror}") from None
+    users = _parse_users(lines, path)
+    if not users:
+        raise AuthFileError(f"auth file {path} holds no users (add one with `adasam passwd {path} NAME`)")
+    return users
+
+
+def _parse_users(lines: list[str], path: str | os.PathLike[str]) -> dict[str, str]:
+    users: dict[str, str] = {}
     for number, line in enumerate(lines, 1):
         line = line.strip()
         if not line or line.startswith("#"):
@@ -65,8 +72,6 @@ def read_users(path: str | os.PathLike[str]) -> dict[str, str]:
         if not sep or not name.strip() or not encoded.startswith("pbkdf2_sha256$"):
             raise AuthFileError(f"{path}:{number}: expected name:pbkdf2_sha256$... (make lines with `adasam passwd`)")
         users[name.strip()] = encoded.strip()
-    if not users:
-        raise AuthFileError(f"auth file {path} holds no users (add one with `adasam passwd {path} NAME`)")
     return users
 
 
@@ -82,6 +87,7 @@ def write_user(path: str | os.PathLike[str], name: str, password: str) -> None:
     check_name(name)
     path = Path(path)
     lines = path.read_text().splitlines() if path.exists() else []
+    _parse_users(lines, path)  # a file that is not an auth file is refused, not appended to
     lines = [line for line in lines if line.partition(":")[0].strip() != name]
     lines.append(f"{name}:{hash_password(password)}")
     tmp = path.with_name(f".{path.name}.tmp")

@@ -263,6 +263,14 @@ def test_write_user_keeps_ordinary_names(tmp_path, name):
     assert list(read_users(users)) == [name]
 
 
+def test_write_user_refuses_a_file_that_is_not_an_auth_file(tmp_path):
+    notes = tmp_path / "notes.txt"
+    notes.write_text("my shopping list\n")
+    with pytest.raises(AuthFileError, match="expected name:pbkdf2_sha256"):
+        write_user(notes, "alice", "s3cret")
+    assert notes.read_text() == "my shopping list\n"
+
+
 def test_passwd_command_refuses_a_newline_in_the_name(tmp_path):
     users = tmp_path / "users.txt"
     result = subprocess.run([sys.executable, "-m", "app.cli", "passwd", str(users), "eve\nmallory:x",
