@@ -280,6 +280,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from model.dataset import SPLIT_SEED, load_data_folder, load_items
     from model.evaluate import evaluate
 
+    if args.json and Path(args.json).is_dir():  # found out before the evaluation, not after it
+        raise CommandError(f"--json {args.json} is a folder: give the file to write")
     folder = load_data_folder(args.data, seed=SPLIT_SEED)
     samples = [s for s in folder.split(args.split) if s.mask_path is not None]
     if not samples:

@@ -312,6 +312,8 @@ def test_evaluate_refuses_bad_input(run, data, tmp_path):
     code, _, err = run_cli("evaluate", "--data", data, "--model", tmp_path / "no-run", "--json", report)
     _assert_refused(code, err, "evaluate", "no such model checkpoint")
     assert not report.exists()
+    code, _, err = run_cli("evaluate", "--data", data, "--model", run["folder"], "--json", tmp_path)
+    _assert_refused(code, err, "evaluate", "is a folder")
 
 
 def test_predict_refuses_an_unreadable_image(run, data, tmp_path):
