@@ -22,7 +22,8 @@ def png_data_url(pixels: np.ndarray) -> str:
 
 
 def decode_mask(data_url: str, shape: tuple[int, int]) -> np.ndarray:
-    """A mask PNG data URL sent by the browser (any non-zero, non-transparent pixel is target) -> bool H x W.
+    """A mask PNG data URL -> bool H x W. A grey PNG (a label image, 0/1 or 0/255): any non-zero pixel is target.
+    A colour one (the canvas's, whose brush edges are anti-aliased): pixels brighter than 127 and over half opaque.
 
     The size is read from the PNG header and checked before any pixel is decoded: a few KB can claim 13000 x 13000."""
     prefix = "data:image/png;base64,"
@@ -42,8 +43,10 @@ def decode_mask(data_url: str, shape: tuple[int, int]) -> np.ndarray:
         if im.size != (shape[1], shape[0]):
             raise RequestError(f"mask is {im.size[0]}x{im.size[1]}, image is {shape[1]}x{shape[0]}")
         try:
+            if im.mode in ("1", "L", "I", "I;16"):
+                return np.asarray(im) > 0
             array = np.asarray(im.convert("RGBA"))
-        except OSError as exc:
+        except (OSError, ValueError) as exc:
             raise RequestError(f"the mask is not a readable PNG ({exc})") from None
     return (array[..., :3].max(axis=2) > 127) & (array[..., 3] > 127)
 

@@ -181,6 +181,26 @@ def test_mask_size_is_checked_from_the_header_before_decoding(monkeypatch, tmp_p
             decode_mask(bad, (64, 80))
 
 
+def _url(image: Image.Image) -> str:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+def test_a_grey_label_png_counts_every_non_zero_pixel_and_a_canvas_png_its_bright_opaque_ones():
+    """A 0/1 label image (what a script would send) is not read as empty; the canvas's anti-aliased edge is cut."""
+    labels = np.zeros((64, 80), np.uint8)
+    labels[10:20, 30:40] = 1
+    for mode in ("L", "1"):
+        assert np.array_equal(decode_mask(_url(Image.fromarray(labels * (255 if mode == "1" else 1)).convert(mode)),
+                                          (64, 80)), labels > 0)
+    canvas = np.zeros((64, 80, 4), np.uint8)
+    canvas[10:20, 30:40] = (255, 255, 255, 255)
+    canvas[20, 30:40] = (255, 255, 255, 100)  # a faint edge pixel
+    canvas[21, 30:40] = (100, 100, 100, 255)  # a dark one
+    assert np.array_equal(decode_mask(_url(Image.fromarray(canvas, "RGBA")), (64, 80)), labels > 0)
+
+
 def test_export_zips_are_cleaned_up(setup, monkeypatch):
     _, store, studio = setup
     task = studio.task("ann")
