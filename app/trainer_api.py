@@ -240,7 +240,8 @@ class TrainerAPI:
                        and math.isfinite(v)}
             self._own(rnd.id, name)
             verdict = publish_round(store, self.slot.base, rnd.id, clean, val,
-                                    {**metrics, "round": rnd.id, "trainer": name})
+                                    {**metrics, "round": rnd.id, "trainer": name},
+                                    still_ours=lambda: self._own(rnd.id, name))  # scoring takes a while
         finally:
             clean.unlink(missing_ok=True)
         with store.transaction():

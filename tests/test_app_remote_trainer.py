@@ -253,6 +253,22 @@ def test_a_remote_round_is_checked_on_the_servers_validation_set_and_swapped_in(
     assert second.model_version == "r0002" and store.model("r0002").metrics["trainer"] == "gpu1"
 
 
+def test_a_token_revoked_while_its_upload_is_scored_gets_nothing_published(api, monkeypatch):
+    """The round is checked again in the transaction that would register the model, after the slow scoring."""
+    store = api["store"]
+
+    def revoked_meanwhile(*args, **kwargs):
+        store.revoke_trainer_token("gpu1")
+        return val_summary(*args, **kwargs)
+
+    monkeypatch.setattr("app.rounds.val_summary", revoked_meanwhile)
+    trainer = RemoteTrainer(client(api), "micro_random", api["root"] / "trainer-cache", api["root"] / "mirror")
+    with pytest.raises(RemoteError, match="401"):  # its upload refused (409), then its next claim
+        trainer.run(rounds=1, poll_s=0)
+    assert not store.models() and not list((store.root / "models").glob("*.pt"))
+    assert store.rounds()[-1].status == "cancelled"
+
+
 def test_a_trainer_that_loses_its_round_stops_and_uploads_nothing(api):
     store = api["store"]
     trainer = RemoteTrainer(client(api), "micro_random", api["root"] / "trainer-cache", api["root"] / "mirror")
