@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from fastapi import APIRouter, Depends, Header, HTTPException, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, Response
@@ -267,11 +268,19 @@ class TrainerAPI:
         if problem:
             raise CheckpointError(problem)
         try:  # the weights must fit this backbone's model (names and shapes)
-            load_checkpoint(path, backbone_view(self.slot.base))
+            model, _ = load_checkpoint(path, backbone_view(self.slot.base))
         except CheckpointError:
             raise
         except Exception as exc:
             raise CheckpointError(f"weights do not fit this model ({type(exc).__name__})") from None
+        state = payload["state"]
+        missing = sorted(set(model.trainable_state()) - set(state))  # they would stay as built: random
+        if missing:
+            raise CheckpointError(f"weights missing, e.g. {missing[0]!r}")
+        broken = [k for k, v in state.items()
+                  if torch.is_tensor(v) and v.is_floating_point() and not v.isfinite().all()]
+        if broken:
+            raise CheckpointError(f"weights that are not finite, e.g. {broken[0]!r}")
         return payload
 
 

@@ -209,6 +209,27 @@ def test_a_bad_upload_is_refused_and_its_round_recorded_as_failed(api, tmp_path)
     assert response.status_code == 422 and not (tmp_path / "pwned").exists() and not store.models()
 
 
+def test_an_upload_with_weights_left_out_or_not_finite_is_refused(api, tmp_path):
+    """Either would serve a model no one trained (weights as built, or NaN) if the round were published."""
+    from model.adasam import AdaSamConfig, build_adasam, save_checkpoint
+    from model.backbones import backbone_view
+
+    store, slot = api["store"], api["slot"]
+    save_checkpoint(build_adasam(AdaSamConfig(backbone="micro_random"), backbone_view(slot.base)), tmp_path / "m.pt")
+    whole = torch.load(tmp_path / "m.pt", weights_only=True)
+    name = next(iter(whole["state"]))
+    for change, said in ((lambda state: state.pop(name), "weights missing"),
+                         (lambda state: state[name].fill_(float("nan")), "not finite")):
+        payload = {**whole, "state": {k: v.clone() for k, v in whole["state"].items()}}
+        change(payload["state"])
+        torch.save(payload, tmp_path / "broken.pt")
+        round_id = call(api, "POST", "/rounds").json()["round"]
+        response = call(api, "POST", f"/rounds/{round_id}/model", content=(tmp_path / "broken.pt").read_bytes())
+        assert response.status_code == 422 and said in response.json()["detail"]
+        assert store.rounds(round_id)[0].status == "failed" and not store.models()
+        label(store, 2)  # the next round is due
+
+
 def test_an_upload_whose_encoder_trained_is_refused(api, tmp_path):
     """A model trained with encoder LoRA reads images, not the server's cached embeddings: it cannot be served."""
     from model.adasam import AdaSamConfig, build_adasam, save_checkpoint
