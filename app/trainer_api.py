@@ -237,8 +237,7 @@ class TrainerAPI:
             masks = validation_masks(store)
             val = items(self.slot.cache, self.pixels, sorted(masks), masks)
             reported = payload.get("metrics") if isinstance(payload.get("metrics"), dict) else {}
-            metrics = {k: v for k, v in reported.items() if k in UPLOAD_METRICS and isinstance(v, (int, float))
-                       and math.isfinite(v)}
+            metrics = {k: v for k, v in reported.items() if k in UPLOAD_METRICS and _finite(v)}
             self._own(rnd.id, name)
             verdict = publish_round(store, self.slot.base, rnd.id, clean, val,
                                     {**metrics, "round": rnd.id, "trainer": name},
@@ -287,5 +286,13 @@ class TrainerAPI:
 def _int(value: Any) -> int | None:
     try:
         return int(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # OverflowError: int(float("inf"))
         return None
+
+
+def _finite(value: Any) -> bool:
+    """A number a float can hold (10**400 cannot)."""
+    try:
+        return isinstance(value, (int, float)) and math.isfinite(value)
+    except OverflowError:
+        return False

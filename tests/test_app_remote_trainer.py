@@ -157,6 +157,9 @@ def test_a_claim_hands_out_the_round_plan_and_a_second_trainer_waits(api):
     assert call(api, "POST", f"/rounds/{plan.round_id}/model", "gpu2", content=b"x").status_code == 409
     assert call(api, "POST", f"/rounds/{plan.round_id}/progress", json={"step": 3, "total": 6}).status_code == 200
     assert read_remote_status(store.root)["step"] == 3
+    odd = call(api, "POST", f"/rounds/{plan.round_id}/progress", content=b'{"step": Infinity, "total": 1e999}',
+               headers={"Content-Type": "application/json"})
+    assert odd.status_code == 200 and read_remote_status(store.root)["step"] is None  # not a step: not shown
     assert store.rounds(plan.round_id)[0].status == "running" and not store.models()
 
 
@@ -397,11 +400,11 @@ def test_figures_a_trainer_reports_about_validation_are_not_taken(api, tmp_path)
 
     model = build_adasam(AdaSamConfig(backbone="micro_random"), backbone_view(slot.base))
     save_checkpoint(model, tmp_path / "model.pt", {"metrics": {"dice_lesion": 0.99, "train_seconds": float("inf"),
-                                                               "steps": 6}})
+                                                               "steps": 6, "ranks": 10 ** 400}})
     answer = call(api, "POST", f"/rounds/{round_id}/model", content=(tmp_path / "model.pt").read_bytes()).json()
     metrics = store.model(answer["version"]).metrics
     assert metrics["dice_lesion"] == answer["val_dice"] != 0.99 and metrics["steps"] == 6
-    assert "train_seconds" not in metrics  # not a finite number: dropped
+    assert "train_seconds" not in metrics and "ranks" not in metrics  # not numbers a float can hold: dropped
 
 
 def test_a_revoked_trainer_stops_and_one_that_cannot_reach_the_server_waits(api):
