@@ -159,6 +159,27 @@ def test_no_finding_skip_and_undo_by_keyboard(page, server):
         assert store.image(first).state == "unlabeled"
 
 
+def test_undo_asks_before_it_drops_unsaved_edits(page, server):
+    act(page, press="f")  # a save to undo
+    shown = image_id(page)
+    box = canvas_box(page)
+    page.keyboard.press("b")
+    page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+    page.mouse.down()
+    page.mouse.move(box["x"] + box["width"] / 2 + 20, box["y"] + box["height"] / 2 + 20, steps=4)
+    page.mouse.up()
+    assert "(edited)" in page.inner_text(".ann-facts")
+    asked = []
+    page.once("dialog", lambda dialog: asked.append(dialog.message) or dialog.dismiss())
+    page.keyboard.press("u")
+    page.wait_for_timeout(300)
+    assert asked and "unsaved edits" in asked[0]
+    assert image_id(page) == shown and "(edited)" in page.inner_text(".ann-facts")  # kept, nothing undone
+    page.once("dialog", lambda dialog: dialog.accept())
+    act(page, press="u")
+    assert image_id(page) != shown and "undid" in page.inner_text(".ann-message")
+
+
 def _is_refine(response) -> bool:
     return response.url.endswith("/component_server/") and '"fn_name":"refine"' in (response.request.post_data or "")
 

@@ -219,6 +219,8 @@ async function act(name) {
   const t = S.task;
   if (name === 'reset') { resetToProposal(); return; }
   if (name !== 'undo' && (!t || t.image_id === null)) return;
+  if (name === 'undo' && S.edited && !window.confirm('Undo your last save? The unsaved edits on this image '
+                                                   + 'will be lost.')) return;
   const args = { view: t ? t.view : null };  // the showing this action answers
   if (name === 'accept') args.mask = S.edited ? encodeMask() : null;
   const next = await call(name, args);
