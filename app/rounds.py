@@ -64,8 +64,8 @@ def round_due(store: Store, round_every: int) -> str | None:
     new = store.label_count("pool") - int(store.get_setting(LABELS_AT_LAST_ROUND, 0))
     if not (store.get_setting(RETRAIN_REQUESTED) or new >= needed):
         return f"next round after {needed - new} more labels (or Retrain now)"
-    if not store.image_ids(split="pool", state="masked"):
-        return "waiting for a first mask that shows the target before training"
+    if not any(store.read_mask(image, mask).any() for image, mask in store.labeled(split="pool")):
+        return "waiting for a first mask that shows the target before training"  # the trainer needs one
     return None
 
 

@@ -89,6 +89,20 @@ def test_the_first_round_comes_after_five_labels_then_every_round_every(tmp_path
     bt.store.close()
 
 
+def test_no_round_before_a_mask_shows_the_target(tmp_path):
+    """Empty masks (say an empty proposal accepted before the first round) and no-finding marks are labels, but a
+    round needs a target to learn from: it waits for one instead of failing."""
+    workspace = make_workspace(tmp_path, n=12, n_val=3)
+    with Store(workspace) as store:
+        pool = store.image_ids(split="pool", state="unlabeled")
+        for image_id in pool[:FIRST_ROUND_LABELS]:
+            info = store.image(image_id)
+            store.save_mask(image_id, np.zeros((info.height, info.width), bool), "ann", origin="accepted_prediction")
+        assert "first mask that shows the target" in round_due(store, 10)
+        label(store, 1)
+        assert round_due(store, 10) is None
+
+
 def test_failed_round_is_recorded_and_the_last_model_keeps_serving(workspace, monkeypatch):
     bt = make_trainer(workspace)
     label(bt.store, 3)
