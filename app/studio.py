@@ -250,6 +250,19 @@ class Studio:
             return self.task(annotator, "nothing of yours to undo")
         return self.task(annotator, f"{self.store.image(undone.image_id).name}: undid your {undone.origin} save")
 
+    def keep(self, annotator: str, view: str) -> dict[str, Any]:
+        """The canvas says the annotator is still editing (brush strokes reach the server only with the save): keep
+        their lease, or SaveRefused if the image went to someone else meanwhile."""
+        self._keep_lease(annotator, self._handout(annotator, view).image_id)
+        return {"kept": True}
+
+    def _keep_lease(self, annotator: str, image_id: int) -> None:
+        key = (annotator, image_id)
+        if time.monotonic() - self._renewed.get(key, -math.inf) > RENEW_EVERY_S:
+            if not renew_lease(self.store, annotator, image_id):  # a durable commit: not on every click
+                raise SaveRefused(f"image {image_id} is being labeled by someone else now")
+            self._renewed[key] = time.monotonic()
+
     def refine(self, annotator: str, view: str, positive: list, negative: list,
                box: list | None = None) -> dict[str, Any]:
         """Re-run the decoder on the cached embedding with clicks and a box (LiteMedSAM needs the box with clicks:
@@ -272,11 +285,7 @@ class Studio:
                 start = box or [*positive[0], *positive[0]]
                 box = list(clicks_as_box(start, positive, (), CLICK_BOX_PAD * max(width, height)))
         box = _box(box or [0, 0, width, height], width, height)
-        key = (annotator, handout.image_id)
-        if time.monotonic() - self._renewed.get(key, -math.inf) > RENEW_EVERY_S:
-            if not renew_lease(self.store, annotator, handout.image_id):  # a durable commit: not on every click
-                raise SaveRefused(f"image {handout.image_id} is being labeled by someone else now")
-            self._renewed[key] = time.monotonic()
+        self._keep_lease(annotator, handout.image_id)
         embedding, geometry = self.slot.embedding(handout.image_id)
         with self.slot.lock:
             mask = self.slot.predictor.refine(embedding, geometry, positive=positive, negative=negative, box=box)

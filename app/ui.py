@@ -132,6 +132,9 @@ def build_ui(studio: Studio, default_annotator: str = "annotator") -> gr.Blocks:
         return studio.refine(who(request), as_text(data.get("view"), "view"), data.get("positive", []),
                              data.get("negative", []), data.get("box"))
 
+    def keep(data: dict, request: gr.Request) -> dict:
+        return studio.keep(who(request), as_text(data.get("view"), "view"))
+
     def page_slice(data: dict, request: gr.Request) -> dict:  # not `page`: a Gradio block attribute
         return studio.page(who(request), as_text(data.get("view"), "view"), data.get("step", 1))
 
@@ -149,7 +152,7 @@ def build_ui(studio: Studio, default_annotator: str = "annotator") -> gr.Blocks:
                         css_template=(STATIC / "annotator.css").read_text(),
                         js_on_load=(STATIC / "annotator.js").read_text(), elem_id="annotator",
                         server_functions=[reported(f) for f in (task, accept, no_finding, tag, skip, undo, refine,
-                                                                  display, page_slice)])
+                                                                  keep, display, page_slice)])
             with gr.Tab("Dashboard", id="dashboard") as dash_tab:
                 with gr.Row():
                     refresh = gr.Button("Refresh", scale=0, elem_id="dash-refresh")

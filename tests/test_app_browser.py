@@ -6,6 +6,7 @@ import base64
 import io
 import json
 import re
+import time
 import zipfile
 
 import numpy as np
@@ -178,6 +179,26 @@ def test_undo_asks_before_it_drops_unsaved_edits(page, server):
     page.once("dialog", lambda dialog: dialog.accept())
     act(page, press="u")
     assert image_id(page) != shown and "undid" in page.inner_text(".ann-message")
+
+
+def test_a_minute_of_brush_strokes_keeps_the_lease(page, server):
+    """Strokes are local until the save; after a minute of them the page tells the server the annotator is still
+    there, and the lease runs ten minutes from then."""
+    shown = image_id(page)
+    box = canvas_box(page)
+    page.keyboard.press("b")
+    page.evaluate("() => { window.realNow = Date.now; Date.now = () => window.realNow() + 120000; }")  # 2 min on
+    with page.expect_response(lambda r: r.url.endswith("/component_server/")
+                              and '"fn_name":"keep"' in (r.request.post_data or "")) as answer:
+        page.mouse.move(box["x"] + box["width"] / 3, box["y"] + box["height"] / 3)
+        page.mouse.down()
+        page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2, steps=4)
+        page.mouse.up()
+    assert answer.value.json() == {"kept": True}
+    page.evaluate("() => { Date.now = window.realNow; }")
+    with Store(server.workspace, create=False) as store:
+        lease = store.conn.execute("SELECT annotator, expires_at FROM leases WHERE image_id = ?", (shown,)).fetchone()
+    assert lease["annotator"] == me(page) and lease["expires_at"] > time.time() + 500
 
 
 def _is_refine(response) -> bool:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import dataclasses
 import io
+import time
 
 import numpy as np
 import pytest
@@ -138,6 +139,29 @@ def test_refine_checks_its_input_before_it_leases(setup):
     assert lease["annotator"] == "bob"
     done = studio.refine("bob", other["view"], [[w // 2, h // 2]], [[1, 1]], [0, 0, w, h])
     assert done["image_id"] == task["image_id"] and shown_mask(done).shape == (h, w)
+
+
+def test_keep_renews_the_lease_of_someone_still_editing_and_refuses_a_lost_one(setup, monkeypatch):
+    """Brush strokes reach the server only with the save: the canvas says it is still there with `keep`."""
+    _, store, studio = setup
+    task = studio.task("ann")
+
+    def expires() -> float:
+        return store.conn.execute("SELECT expires_at FROM leases WHERE image_id = ?",
+                                  (task["image_id"],)).fetchone()["expires_at"]
+
+    with store.transaction() as conn:
+        conn.execute("UPDATE leases SET expires_at = ?", (time.time() + 5,))  # about to run out
+    assert studio.keep("ann", task["view"]) == {"kept": True}
+    assert expires() > time.time() + 500  # ten minutes again
+    expire_leases(store)
+    other = studio.task("bob")
+    assert other["image_id"] == task["image_id"]
+    monkeypatch.setattr("app.studio.RENEW_EVERY_S", 0.0)  # not within the last renewal's 30 s
+    with pytest.raises(SaveRefused, match="someone else"):
+        studio.keep("ann", task["view"])
+    with pytest.raises(StaleView):
+        studio.keep("ann", other["view"])  # bob's showing is bob's
 
 
 def test_refine_click_limit_is_configurable(setup):

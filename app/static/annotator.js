@@ -158,7 +158,7 @@ async function show(t) {
   }
   const [base, cam, mask] = await Promise.all([loadImage(t.image), loadImage(t.cam), maskFrom(t.mask, t.width, t.height)]);
   Object.assign(S, { key: `${t.image_id}-${S.drawn}`, base, cam, mask, proposal: mask.slice(), W: t.width, H: t.height, pos: [], neg: [],
-                     box: t.box ? t.box.slice() : null, history: [], edited: false });
+                     box: t.box ? t.box.slice() : null, history: [], edited: false, keptAt: Date.now() });
   setView(1, 0, 0);  // each image starts whole
   showWindow(t.window, t.range);
   $('.ann-title').textContent = `${t.name} (image ${t.image_id}, ${t.width}×${t.height})` +
@@ -184,6 +184,20 @@ async function call(name, args) {
   } finally {
     S.busy = false;
     if (stale) reload(stale);
+  }
+}
+
+const KEEP_EVERY_MS = 60000;  // the 10-minute lease: brush strokes reach the server only with the save
+
+async function keepLease() {  // the annotator is still here: keep their lease (not through call(): never busy)
+  const t = S.task;
+  if (!t || t.image_id === null || Date.now() - (S.keptAt || 0) < KEEP_EVERY_MS) return;
+  S.keptAt = Date.now();
+  try {
+    const r = await server.keep({ view: t.view });
+    if (r && r.error && !r.stale) say(`${r.error} (your edits stay on screen)`, true);
+  } catch (err) {
+    // a lost keep-alive is no error of its own: the save will say if the image went to someone else
   }
 }
 
@@ -418,7 +432,7 @@ canvas.addEventListener('pointermove', (ev) => {
 
 canvas.addEventListener('pointerup', () => {
   if (S.panning) { S.panning = null; return; }
-  if (S.painting) { S.painting = false; showFacts(); }
+  if (S.painting) { S.painting = false; showFacts(); keepLease(); }
   if (S.dragStart) {
     S.dragStart = null;
     if (S.box && S.box[2] - S.box[0] > 2 && S.box[3] - S.box[1] > 2) {
