@@ -186,8 +186,8 @@ def _note_conflicts(store: Store, path: Path, mask_path: Path | None, records: l
     if differ:
         summary.notes.append((str(mask_path), f"differs from the mask the workspace holds for {len(differ)} of its "
                                               f"images, which was kept (edit it in the app to change it)"))
-    moved = {store.image(image_id).split for (image_id, new), record in zip(results, records)
-             if not new and store.image(image_id).split != record.split}
+    moved = {split for (image_id, new), record in zip(results, records)
+             if not new and (split := store.image(image_id).split) != record.split}
     if moved:
         summary.notes.append((str(path), f"already in the workspace in split {', '.join(sorted(moved))}, which was "
                                          f"kept; the manifest's split {records[0].split} was not applied"))
