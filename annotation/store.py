@@ -59,6 +59,10 @@ class SaveRefused(WorkspaceError):
     """A save that would overwrite someone else's work unseen (they hold the image, or saved it meanwhile)."""
 
 
+_LAST_SAVE = ("SELECT * FROM masks WHERE annotator = ? AND undone_at IS NULL AND origin != 'imported'"
+              " ORDER BY id DESC LIMIT 1")
+
+
 def utc_now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
 
@@ -437,15 +441,22 @@ class Store:
         with self.transaction() as conn:
             return self._add_mask(conn, image_id, row["mask_file"], "accepted_prediction", annotator, model_version)
 
-    def undo_last(self, annotator: str, lease_seconds: float = DEFAULT_LEASE_SECONDS) -> MaskInfo | None:
+    def last_save(self, annotator: str) -> MaskInfo | None:
+        """The save `undo_last` would withdraw now."""
+        row = self.conn.execute(_LAST_SAVE, (annotator,)).fetchone()
+        return None if row is None else from_row(MaskInfo, row)
+
+    def undo_last(self, annotator: str, lease_seconds: float = DEFAULT_LEASE_SECONDS,
+                  expected: int | None = None) -> MaskInfo | None:
         """Withdraw the annotator's most recent save; the image falls back to its previous version (or unlabeled)
-        and, if that leaves it unlabeled and free, is leased back to them so the queue returns it next."""
+        and, if that leaves it unlabeled and free, is leased back to them so the queue returns it next. With
+        `expected` (the mask id the annotator was shown as their last save) anything else is refused, so a repeated
+        request cannot withdraw a second save."""
         with self.transaction() as conn:
-            row = conn.execute(
-                "SELECT * FROM masks WHERE annotator = ? AND undone_at IS NULL AND origin != 'imported'"
-                " ORDER BY id DESC LIMIT 1",
-                (annotator,),
-            ).fetchone()
+            row = conn.execute(_LAST_SAVE, (annotator,)).fetchone()
+            if expected is not None and (row is None or row["id"] != expected):
+                raise SaveRefused(f"save {expected} is no longer your last one (undone already, or you saved since): "
+                                  "nothing undone")
             if row is None:
                 return None
             row = conn.execute(

@@ -243,9 +243,12 @@ class Studio:
         skip(self.store, annotator, image_id)
         return self.task(annotator, f"{self.store.image(image_id).name}: skipped (back of your queue)")
 
-    def undo(self, annotator: str) -> dict[str, Any]:
-        """Withdraw the annotator's last save; that image comes back to them if it is unlabeled again."""
-        undone = self.store.undo_last(annotator)
+    def undo(self, annotator: str, save: int | None = None) -> dict[str, Any]:
+        """Withdraw the annotator's last save; that image comes back to them if it is unlabeled again. `save` (the
+        `last_save` id the page was shown) makes the request safe to repeat: only that save is withdrawn."""
+        if save is not None and (isinstance(save, bool) or not isinstance(save, int)):
+            raise RequestError(f"save must be a mask id (an integer), not {save!r}")
+        undone = self.store.undo_last(annotator, expected=save)
         if undone is None:
             return self.task(annotator, "nothing of yours to undo")
         return self.task(annotator, f"{self.store.image(undone.image_id).name}: undid your {undone.origin} save")
@@ -409,11 +412,13 @@ class Studio:
 
     def _header(self, annotator: str) -> dict[str, Any]:
         pool = self.store.split_states("pool")
+        last = self.store.last_save(annotator)
         trainer = dashboard.trainer_line(read_status(self.store.root), read_remote_status(self.store.root),
                                           self.local_trainer)
         return {"annotator": annotator, "done": pool.get("masked", 0) + pool.get("no_finding", 0),
                 "left": pool.get("unlabeled", 0), "model": self.slot.version, "model_note": self.slot.note(),
-                "workspace_note": self.store.get_setting(WORKSPACE_NOTE, ""), "trainer": trainer}
+                "workspace_note": self.store.get_setting(WORKSPACE_NOTE, ""), "trainer": trainer,
+                "last_save": None if last is None else {"id": last.id, "image": self.store.image(last.image_id).name}}
 
     def export(self, fmt: str, include_predictions: bool = False) -> tuple[Path, str]:
         """`adasam export` zipped for download -> (zip, one-line summary). Zips live in one folder of this server's,

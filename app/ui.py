@@ -126,7 +126,7 @@ def build_ui(studio: Studio, default_annotator: str = "annotator") -> gr.Blocks:
         return studio.skip(who(request), as_text(data.get("view"), "view"))
 
     def undo(data: dict, request: gr.Request) -> dict:
-        return studio.undo(who(request))
+        return studio.undo(who(request), data.get("save"))
 
     def refine(data: dict, request: gr.Request) -> dict:
         return studio.refine(who(request), as_text(data.get("view"), "view"), data.get("positive", []),
@@ -229,8 +229,8 @@ def build_ui(studio: Studio, default_annotator: str = "annotator") -> gr.Blocks:
         def api_skip(view: str, request: gr.Request = None) -> dict:
             return studio.skip(who(request), as_text(view, "view"))
 
-        def api_undo(request: gr.Request) -> dict:
-            return studio.undo(who(request))
+        def api_undo(save: int | None = None, request: gr.Request = None) -> dict:
+            return studio.undo(who(request), save)
 
         def api_refine(view: str, positive: str = "[]", negative: str = "[]", box: str = "null",
                        request: gr.Request = None) -> dict:

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from annotation import PredictionRecord, Store, WorkspaceError, next_task, schema
+from annotation import PredictionRecord, SaveRefused, Store, WorkspaceError, next_task, schema
 from annotation.records import ImageRecord
 from annotation_fixtures import seed_images
 
@@ -89,6 +89,22 @@ def test_mask_versions_parent_no_finding_and_undo(store):
     assert [m.version for m in store.mask_history(image_id)] == [1, 2, 3]
     again = store.save_mask(image_id, mask, "alice")
     assert (again.version, again.parent_version) == (4, None)
+
+
+def test_undo_with_the_expected_save_withdraws_that_save_only_once(store):
+    first_id, second_id = seed_images(store, 2)
+    mask = np.ones((4, 5), dtype=bool)
+    store.save_mask(first_id, mask, "alice")
+    shown = store.save_mask(second_id, mask, "alice")
+    assert store.last_save("alice").id == shown.id and store.last_save("bob") is None
+    assert store.undo_last("alice", expected=shown.id).id == shown.id
+    with pytest.raises(SaveRefused, match="no longer your last"):  # the same request again: the first save stays
+        store.undo_last("alice", expected=shown.id)
+    assert store.image(first_id).state == "masked" and store.image(second_id).state == "unlabeled"
+    assert store.last_save("alice").image_id == first_id
+    store.undo_last("alice")
+    with pytest.raises(SaveRefused):
+        store.undo_last("alice", expected=shown.id)  # nothing left to undo is refused too, not taken as done
 
 
 def test_masks_must_match_the_image_size(store):

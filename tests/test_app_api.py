@@ -69,6 +69,23 @@ def test_accept_drawn_mask_then_undo(client, server):
         assert store.image(task["image_id"]).state == "unlabeled"
 
 
+def test_undo_names_the_save_and_a_repeated_undo_withdraws_nothing_more(client, server):
+    first = client.predict(api_name="/task")
+    second = client.predict(first["view"], api_name="/no_finding")
+    third = client.predict(second["view"], api_name="/no_finding")
+    with Store(server.workspace, create=False) as store:
+        assert third["last_save"]["image"] == store.image(second["image_id"]).name  # the save U would withdraw
+    back = client.predict(third["last_save"]["id"], api_name="/undo")
+    assert back["image_id"] == second["image_id"] and back["last_save"]["id"] == second["last_save"]["id"]
+    with pytest.raises(gradio_client.exceptions.AppError, match="no longer your last"):
+        client.predict(third["last_save"]["id"], api_name="/undo")  # replayed: the first no-finding stays
+    with Store(server.workspace, create=False) as store:
+        assert store.image(first["image_id"]).state == "no_finding"
+        assert store.image(second["image_id"]).state == "unlabeled"
+    with pytest.raises(gradio_client.exceptions.AppError, match="mask id"):
+        client.predict("7", api_name="/undo")
+
+
 def test_accept_unchanged_records_the_prediction(client, server):
     task = client.predict(api_name="/task")
     client.predict(task["view"], None, api_name="/accept")

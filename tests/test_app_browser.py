@@ -153,6 +153,8 @@ def test_no_finding_skip_and_undo_by_keyboard(page, server):
     assert image_id(page) != second
     with Store(server.workspace, create=False) as store:
         assert any(e["what"] == "skip" for e in store.events(image_id=second, limit=5))
+        first_name = store.image(first).name
+    assert first_name in page.get_attribute('[data-act="undo"]', "title")  # the button names what U withdraws
     act(page, press="u")  # undo the no-finding: that image comes back
     assert image_id(page) == first
     assert "undid" in page.inner_text(".ann-message")

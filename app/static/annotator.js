@@ -146,6 +146,8 @@ async function show(t) {
   element.dataset.annotator = t.annotator || '';
   $('.ann-counts').textContent = `${t.done} done · ${t.left} left · you are ${t.annotator}`;
   $('.ann-model').textContent = `${t.model_note} ${t.trainer ? '· ' + t.trainer : ''}`;
+  $('[data-act="undo"]').title = t.last_save ? `Withdraw your last save (${t.last_save.image}) and go back to it (U)`
+    : 'Nothing of yours to undo';
   const empty = t.image_id === null;
   $('.ann-empty').hidden = !empty;
   canvas.hidden = empty;
@@ -236,6 +238,7 @@ async function act(name) {
   if (name === 'undo' && S.edited && !window.confirm('Undo your last save? The unsaved edits on this image '
                                                    + 'will be lost.')) return;
   const args = { view: t ? t.view : null };  // the showing this action answers
+  if (name === 'undo' && t && t.last_save) args.save = t.last_save.id;  // a repeated request cannot undo twice
   if (name === 'accept') args.mask = S.edited ? encodeMask() : null;
   const next = await call(name, args);
   if (next) await show(next);
