@@ -9,7 +9,9 @@ import functools
 import hashlib
 import html
 import json
+import sys
 import traceback
+import uuid
 from pathlib import Path
 from typing import Any, Optional
 
@@ -84,9 +86,11 @@ def reported(fn):
             return fn(data, request)
         except REFUSALS as exc:  # refused as asked: nothing changed
             return {"error": str(exc), "stale": isinstance(exc, StaleView)}
-        except Exception as exc:  # noqa: BLE001 - shown to the annotator, logged in full here
+        except Exception:  # noqa: BLE001 - a defect: logged in full here, the page gets a reference to it
+            ref = uuid.uuid4().hex[:8]
+            print(f"server error {ref} in {fn.__name__}:", file=sys.stderr)
             traceback.print_exc()
-            return {"error": f"{type(exc).__name__}: {exc}"}
+            return {"error": f"server error {ref} (the server's log has the details); reload to see what was saved"}
 
     return run
 

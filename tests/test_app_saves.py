@@ -351,3 +351,21 @@ def test_paging_through_a_volume_leases_the_neighbouring_unlabeled_slice(tmp_pat
     finally:
         studio.close()
         store.close()
+
+
+def test_a_server_defect_reaches_the_page_as_a_reference_to_the_log_not_its_text(capsys):
+    from app.ui import reported
+
+    def task(data, request):
+        raise KeyError("/srv/secret/workspace/masks/7.png")
+
+    def no_finding(data, request):
+        raise SaveRefused("image 7 is being labeled by someone else now")
+
+    answer = reported(task)({}, None)
+    logged = capsys.readouterr().err
+    ref = answer["error"].split()[2]
+    assert answer["error"].startswith("server error ") and "KeyError" not in answer["error"]
+    assert "secret" not in answer["error"] and "reload" in answer["error"]
+    assert f"server error {ref} in task" in logged and "KeyError: '/srv/secret" in logged  # the log has it all
+    assert reported(no_finding)({}, None) == {"error": "image 7 is being labeled by someone else now", "stale": False}
