@@ -211,6 +211,13 @@ def build_micro_random(seed: int = 0, dim: int = 32) -> Backbone:
                     pixel_scale=1.0, pixel_mean=(0.0, 0.0, 0.0), pixel_std=(1.0, 1.0, 1.0))
 
 
+def _random_weights(name: str, checkpoint: str | Path | None, build: Callable[[], Backbone]) -> Backbone:
+    """The test backbones: a checkpoint given to one would be silently ignored, so it is refused."""
+    if checkpoint is not None:
+        raise BackboneError(f"{name} is a test backbone with random weights: it takes no checkpoint ({checkpoint})")
+    return build()
+
+
 # name -> builder(checkpoint path or None), as segment-anything's `sam_model_registry`: a new backbone is one
 # function and one line here
 BACKBONE_REGISTRY: dict[str, Callable[[str | Path | None], Backbone]] = {
@@ -218,7 +225,7 @@ BACKBONE_REGISTRY: dict[str, Callable[[str | Path | None], Backbone]] = {
     "sam_vit_b": lambda checkpoint: _build_sam_vit("sam_vit_b", checkpoint),
     "sam_vit_l": lambda checkpoint: _build_sam_vit("sam_vit_l", checkpoint),
     "sam_vit_h": lambda checkpoint: _build_sam_vit("sam_vit_h", checkpoint),
-    "tiny_random": lambda checkpoint: _build_tiny_random(),
-    "micro_random": lambda checkpoint: build_micro_random(),
+    "tiny_random": lambda checkpoint: _random_weights("tiny_random", checkpoint, _build_tiny_random),
+    "micro_random": lambda checkpoint: _random_weights("micro_random", checkpoint, build_micro_random),
 }
 BACKBONES = tuple(BACKBONE_REGISTRY)

@@ -26,6 +26,13 @@ def test_parse_backbone_spec():
     assert parse_backbone_spec(" sam_vit_h : x.pth ") == ("sam_vit_h", "x.pth")
 
 
+def test_a_test_backbone_refuses_a_checkpoint_it_would_ignore():
+    for spec in ("micro_random:/missing.pth", "tiny_random:weights.pth"):
+        with pytest.raises(BackboneError, match="takes no checkpoint"):
+            build_backbone(spec)
+    assert build_backbone("micro_random").name == "micro_random"
+
+
 def test_unknown_backbone_is_one_line():
     with pytest.raises(BackboneError) as err:
         build_backbone("resnet50")
