@@ -177,6 +177,9 @@ def _train(args: argparse.Namespace, folder, pool: list, val: list, backbone, ra
     if resume:
         trainer.load_resume_state(out / "last.pt")
         say(f"resuming {out} from step {trainer.step}")
+    precision = str(trainer.dtype).removeprefix("torch.")
+    if precision != "float32":
+        say(f"training steps compute in {precision} on this CPU (ADASAM_PRECISION=float32: in float32)")
     started = time.time()
     best = trainer.run()
     elapsed = time.time() - started
@@ -186,7 +189,8 @@ def _train(args: argparse.Namespace, folder, pool: list, val: list, backbone, ra
         "method": args.method, "masks": args.masks, "tags": args.tags, "seed": args.seed, "backbone": args.backbone,
         "n_pool": len(pool), "n_masked": len(masked), "n_tagged": len(tagged), "n_unlabeled": len(unlabeled),
         "n_val": len(val), "model_config": asdict(config), "train_config": asdict(train_config),
-        "best": best, "train_seconds": elapsed, "embeddings_computed": cache.encoded, "ranks": ranks.world})
+        "best": best, "train_seconds": elapsed, "embeddings_computed": cache.encoded, "ranks": ranks.world,
+        "precision": precision})
     print(f"trained in {elapsed:.0f} s; best val step {best['step']} (score {best['score']:.3f}); wrote {out}/model.pt")
     return 0
 

@@ -63,7 +63,8 @@ def decode(mask_decoder: nn.Module, prompt_encoder: nn.Module, embeddings: torch
 def _compiled_decode(embeddings: torch.Tensor) -> Callable | None:
     """The compiled `_decode` where `compiled_decoding` asks for it and it pays (see the module's docstring)."""
     if not (getattr(_state, "on", False) and embeddings.shape[0] > 1 and embeddings.device.type == "cpu"
-            and not torch.is_grad_enabled()):
+            and not torch.is_grad_enabled() and not torch.is_autocast_enabled("cpu")):  # a bf16 training step's
+        # decodes: a second graph would compile for them
         return None
     if "decode" not in _compiled:
         logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)  # else "No CUDA runtime is found"

@@ -129,11 +129,13 @@ def augmented(transform, images: torch.Tensor, targets: torch.Tensor) -> tuple[t
 
 def fit(net: torch.nn.Module, images: torch.Tensor, targets: torch.Tensor, val_score: Callable[[], float],
         config: ImageViewTraining, seed: int, log: Callable[[dict], None] = lambda record: None,
-        after_step: Callable[[], None] = lambda: None) -> dict:
+        after_step: Callable[[], None] = lambda: None, dtype: torch.dtype = torch.float32) -> dict:
     """Train `net` on N x 1 x S x S images and targets (Dice + cross-entropy, Adam) until `val_score` (higher is
     better; called in eval mode every `eval_every` steps, on the averaged weights while `net` holds them) stops
     improving; `net` ends with the best weights. `after_step` is called after every step; what it raises ends the
     fit there (a stop request: the fit may take minutes). Returns {"best_step", "score", "stopped_at", "history"}.
+    `dtype` bfloat16: each step computes in it (autocast; the trainer's choice, model.device.training_dtype);
+    weights, loss and validation stay float32.
 
     The averaged weights (`config.ema_decay`): 55 BUSI masks give a noisy val curve step to step, and the average
     scored higher on val at most evaluations and on held-out pool lesions (benchmarks/README.md, "Twenty-second
@@ -162,7 +164,9 @@ def fit(net: torch.nn.Module, images: torch.Tensor, targets: torch.Tensor, val_s
             flip = torch.as_tensor(rng.random(len(index)) < 0.5)
             x = torch.where(flip[:, None, None, None], x.flip(-1), x)
             y = torch.where(flip[:, None, None, None], y.flip(-1), y)
-        loss = loss_fn(net(x.to(device)), y.to(device))
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
+            logits = net(x.to(device))
+        loss = loss_fn(logits.float(), y.to(device))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

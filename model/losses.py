@@ -7,7 +7,7 @@ import torch.nn.functional as F
 
 def dice_loss(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
     """1 - soft Dice per image, averaged; `weight` (same shape) down-weights unsure pixels."""
-    prob = torch.sigmoid(logits).flatten(1)
+    prob = torch.sigmoid(logits.float()).flatten(1)  # float32 sums, also when the step computes in bfloat16
     target = target.flatten(1)
     w = torch.ones_like(prob) if weight is None else weight.flatten(1)
     intersection = (w * prob * target).sum(1)

@@ -172,6 +172,21 @@ def test_the_view_is_scored_and_kept_as_an_average_of_its_weights_while_training
     assert result["best_step"] == 20 and all(torch.equal(v, scored[1][k]) for k, v in net.state_dict().items())
 
 
+def test_a_bfloat16_fit_computes_its_steps_in_bfloat16_and_keeps_float32_weights(data, monkeypatch):
+    from model.image_view import build_unet, fit
+
+    torch.manual_seed(0)
+    net = build_unet((4, 8))
+    images = torch.stack([i.image for i in data.masked])
+    targets = torch.stack([mask_target(i.mask) for i in data.masked])
+    seen = []
+    net.register_forward_hook(lambda module, args, out: seen.append(out.dtype) if module.training else None)
+    config = ImageViewTraining(steps=4, eval_every=2, patience=0, min_steps=0)
+    result = fit(net, images, targets, lambda: 0.5, config, seed=0, dtype=torch.bfloat16)
+    assert seen == [torch.bfloat16] * 4 and result["stopped_at"] == 4  # every training step
+    assert {p.dtype for p in net.parameters()} == {torch.float32}
+
+
 def test_proposals_become_targets_by_the_tags(data):
     """Tagged target-free: empty; tagged present: the decoder's mask whatever the gate says; untagged: the gated
     proposal, as the annotator would see it."""
@@ -256,7 +271,7 @@ def test_without_target_free_images_every_proposal_is_a_target(data, tmp_path, m
 
 
 def test_a_self_trained_view_that_scores_lower_on_val_is_not_kept(data, tmp_path, monkeypatch, keep_view):
-    def ruin(net, images, targets, score, config, seed, log):
+    def ruin(net, images, targets, score, config, seed, log, **options):
         net.forward = corner
         for parameter in net.parameters():
             parameter.data.add_(1.0)  # weights that differ from the first view's, as any training leaves them

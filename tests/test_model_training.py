@@ -93,6 +93,35 @@ def test_losses_fall_on_a_toy_problem(trained):
         assert last < factor * first, (key, first, last)
 
 
+@pytest.mark.parametrize("precision", ["float32", "bfloat16"])
+def test_a_step_computes_in_the_chosen_precision_and_keeps_float32_weights(pool, tmp_path, monkeypatch, precision):
+    monkeypatch.setenv("ADASAM_PRECISION", precision)
+    trainer = _trainer(tmp_path, _data(pool), lr_heads=3e-3)
+    dtype = getattr(torch, precision)
+    inputs = trainer._embeddings(pool[0][:3])
+    assert trainer.dtype == dtype and inputs.dtype == dtype
+    assert inputs.is_contiguous(memory_format=torch.channels_last) == (precision == "bfloat16")
+    assert torch.equal(inputs.float()[1], pool[0][1].embedding.to(dtype).float())  # each row its own embedding
+    losses = [trainer.train_step() for _ in range(STEPS)]
+    assert all(math.isfinite(v) for step in losses for v in step.values())
+    assert np.mean([s["cam"] for s in losses[-5:]]) < 0.5 * np.mean([s["cam"] for s in losses[:5]])
+    assert {p.dtype for p in trainer.model.parameters()} == {torch.float32}
+    assert {v.dtype for v in trainer.optimizer.state_dict()["state"][0].values() if v.dim()} == {torch.float32}
+
+
+def test_the_precision_switch_is_checked_and_auto_follows_the_hardware(monkeypatch):
+    from model.device import DeviceError, native_bf16, training_dtype
+
+    monkeypatch.setenv("ADASAM_PRECISION", "float16")
+    with pytest.raises(DeviceError, match="ADASAM_PRECISION='float16'"):
+        training_dtype(torch.device("cpu"))
+    monkeypatch.setenv("ADASAM_PRECISION", "auto")
+    assert training_dtype(torch.device("cpu")) == (torch.bfloat16 if native_bf16() else torch.float32)
+    assert training_dtype(torch.device("cuda")) == torch.float32  # not measured on GPUs: float32 there
+    monkeypatch.delenv("ADASAM_PRECISION")
+    assert training_dtype(torch.device("cpu")) == (torch.bfloat16 if native_bf16() else torch.float32)
+
+
 def test_classifier_learns_presence(trained, pool):
     """Measured on images training never saw (the pool trained it; val is not used by this run either). A ranking
     alone is not enough (without the map and presence losses every probability is ~0 yet AUC is still 1): the default
