@@ -267,7 +267,7 @@ class Trainer:
     def _perturbed(self, embeddings: torch.Tensor, seed: int) -> torch.Tensor:
         noise = torch.randn(embeddings.shape, generator=torch.Generator().manual_seed(seed))
         return (F.dropout2d(embeddings, self.config.perturb_dropout)
-                + self.config.perturb_noise * embeddings.std().detach() * noise.to(embeddings.device))
+                + self.config.perturb_noise * embeddings.std().detach() * noise.to(embeddings.device, embeddings.dtype))
 
     def _map_consistency(self) -> torch.Tensor | None:
         """The student's map on a perturbed embedding agrees with the EMA teacher's map on the clean one (None: this
