@@ -179,7 +179,7 @@ def _train(args: argparse.Namespace, folder, pool: list, val: list, backbone, ra
         say(f"resuming {out} from step {trainer.step}")
     precision = str(trainer.dtype).removeprefix("torch.")
     if precision != "float32":
-        say(f"training steps compute in {precision} on this CPU (ADASAM_PRECISION=float32: in float32)")
+        say(f"training steps compute in {precision} (ADASAM_PRECISION)")
     started = time.time()
     best = trainer.run()
     elapsed = time.time() - started

@@ -6,13 +6,11 @@ from __future__ import annotations
 import ctypes
 import os
 import platform
-import re
-from pathlib import Path
 
 import torch
 
 _M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4  # glibc's mallopt parameters (malloc.h)
-PRECISION_SWITCH, PRECISIONS = "ADASAM_PRECISION", ("auto", "float32", "bfloat16")  # `training_dtype`
+PRECISION_SWITCH, PRECISIONS = "ADASAM_PRECISION", ("float32", "bfloat16")  # `training_dtype`
 
 
 class DeviceError(RuntimeError):
@@ -57,24 +55,13 @@ def keep_freed_memory() -> bool:
     return bool(libc.mallopt(_M_MMAP_MAX, 0)) and bool(libc.mallopt(_M_TRIM_THRESHOLD, 1 << 30))
 
 
-def native_bf16() -> bool:
-    """Whether this CPU computes bfloat16 in hardware (AMX or AVX-512 BF16, from the kernel's CPU flags). Elsewhere
-    PyTorch emulates bf16 on the CPU, slower than float32."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return re.search(r"\b(amx_bf16|avx512_bf16)\b", flags) is not None
-
-
 def training_dtype(device: torch.device) -> torch.dtype:
-    """What a training step computes in: `ADASAM_PRECISION` (auto, float32, bfloat16), by default ("auto") bfloat16
-    on a CPU that computes it in hardware, where a BUSI training step took 0.72 s against 0.92 s in float32 and the
-    image view's 46 ms against 60 ms (2 cores with AMX; benchmarks/README.md, twenty-sixth session), float32
-    elsewhere (GPUs too: not measured there). Weights, optimiser state, losses and evaluation stay float32."""
-    precision = os.environ.get(PRECISION_SWITCH) or "auto"
+    """What a training step computes in: `ADASAM_PRECISION`, float32 (the default) or bfloat16 (autocast; weights,
+    optimiser state, losses and evaluation stay float32). On 2 cores with AMX, bfloat16 steps were 1.29x faster (an
+    app round's 60 steps 47 s against 61 s), but one seed each of `adasam train` and of two app rounds scored lower
+    on val (0.805 against 0.825; 0.71 against 0.78), so it is not the default (benchmarks/README.md, twenty-sixth
+    session). Only worth it where the CPU computes bf16 in hardware (AMX, AVX-512 BF16); elsewhere it is emulated."""
+    precision = os.environ.get(PRECISION_SWITCH) or "float32"
     if precision not in PRECISIONS:
         raise DeviceError(f"{PRECISION_SWITCH}={precision!r}: choose one of {', '.join(PRECISIONS)}")
-    if precision == "auto":
-        return torch.bfloat16 if device.type == "cpu" and native_bf16() else torch.float32
     return getattr(torch, precision)

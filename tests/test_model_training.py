@@ -109,17 +109,16 @@ def test_a_step_computes_in_the_chosen_precision_and_keeps_float32_weights(pool,
     assert {v.dtype for v in trainer.optimizer.state_dict()["state"][0].values() if v.dim()} == {torch.float32}
 
 
-def test_the_precision_switch_is_checked_and_auto_follows_the_hardware(monkeypatch):
-    from model.device import DeviceError, native_bf16, training_dtype
+def test_the_precision_switch_is_checked_and_float32_by_default(monkeypatch):
+    from model.device import DeviceError, training_dtype
 
     monkeypatch.setenv("ADASAM_PRECISION", "float16")
     with pytest.raises(DeviceError, match="ADASAM_PRECISION='float16'"):
         training_dtype(torch.device("cpu"))
-    monkeypatch.setenv("ADASAM_PRECISION", "auto")
-    assert training_dtype(torch.device("cpu")) == (torch.bfloat16 if native_bf16() else torch.float32)
-    assert training_dtype(torch.device("cuda")) == torch.float32  # not measured on GPUs: float32 there
+    monkeypatch.setenv("ADASAM_PRECISION", "bfloat16")
+    assert training_dtype(torch.device("cpu")) == torch.bfloat16
     monkeypatch.delenv("ADASAM_PRECISION")
-    assert training_dtype(torch.device("cpu")) == (torch.bfloat16 if native_bf16() else torch.float32)
+    assert training_dtype(torch.device("cpu")) == torch.float32
 
 
 def test_classifier_learns_presence(trained, pool):
