@@ -173,7 +173,7 @@ class Trainer:
     def _embeddings(self, items: list[Item]) -> torch.Tensor:
         """The items' model inputs (cached embeddings, or preprocessed images when the encoder trains) on the device.
         A bfloat16 step takes cached embeddings in bfloat16 and channels-last, the layout oneDNN's bf16 convolutions
-        want: converted here once, not by autocast at every layer that reads them (a third of the step's time)."""
+        want: converted here once, not by autocast at every layer that reads them (a fifth of the step's time)."""
         if self.dtype == torch.float32 or self.model.encodes_live:
             return torch.stack([i.embedding for i in items]).to(self.model.device).float()
         inputs = torch.empty((len(items), *items[0].embedding.shape), dtype=self.dtype,
