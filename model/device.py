@@ -58,8 +58,8 @@ def keep_freed_memory() -> bool:
 def training_dtype(device: torch.device) -> torch.dtype:
     """What a training step computes in: `ADASAM_PRECISION`, float32 (the default) or bfloat16 (autocast; weights,
     optimiser state, losses and evaluation stay float32). On 2 cores with AMX, bfloat16 steps were 1.29x faster (an
-    app round's 60 steps 47 s against 61 s), but one seed each of `adasam train` and of two app rounds scored lower
-    on val (0.805 against 0.825; 0.71 against 0.78), so it is not the default (benchmarks/README.md, twenty-sixth
+    app round's 60 steps 47 s against 61 s), but on BUSI at 10% masks dice_all fell by 0.035 on both seeds run and
+    val Dice was lower on both and in two app rounds, so it is not the default (benchmarks/README.md, twenty-sixth
     session). Only worth it where the CPU computes bf16 in hardware (AMX, AVX-512 BF16); elsewhere it is emulated."""
     precision = os.environ.get(PRECISION_SWITCH) or "float32"
     if precision not in PRECISIONS:
