@@ -14,7 +14,7 @@ from model.atomic import save_torch
 from model.backbones import Backbone, backbone_view, build_backbone
 from model.cam import activation_map, cam_peaks, cam_to_box, central_box
 from model.decoder import decode
-from model.heads import LocationClassifier, SharedAdapter
+from model.heads import LocationClassifier, PresenceHead, SharedAdapter
 from model.lora import apply_lora
 from model.preprocess import Geometry, mask_box
 
@@ -40,6 +40,7 @@ class AdaSamConfig:
     encoder_lora: int = 0  # LoRA rank on the encoder's attention (0 = frozen encoder, cached embeddings)
     image_view: bool = False  # the classifier also reads the image (model.image_view): its map joins the CAM's
     has_negatives: bool = True  # False: the data had no target-absent image; presence is then assumed
+    presence_head: bool = False  # P(target present) from a head of its own (model.heads.PresenceHead), not the map's
 
     @property
     def cam_prompted(self) -> bool:
@@ -66,6 +67,8 @@ class AdaSam(nn.Module):
         self.adapter = SharedAdapter(dim, config.adapter_hidden)
         self.classifier = LocationClassifier(dim, dropout=config.classifier_dropout)
         self.image_view = image_view.build_unet() if config.image_view else None
+        self.presence = PresenceHead(dim, config.adapter_hidden, config.classifier_dropout) \
+            if config.presence_head else None
         for parameter in backbone.parameters():
             parameter.requires_grad_(False)
         for parameter in backbone.mask_decoder.parameters():
@@ -120,6 +123,14 @@ class AdaSam(nn.Module):
                 points: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Features + one prompt per image -> (B x 1 x H x W mask logits at 4x the embedding size, IoU)."""
         return decode(self.backbone.mask_decoder, self.backbone.prompt_encoder, features, boxes=boxes, points=points)
+
+    def presence_reader(self, embeddings: torch.Tensor, features: torch.Tensor) -> tuple[nn.Module, torch.Tensor]:
+        """(the classifier that decides P(target present), the features it reads): the presence head's over its own
+        adapter when the model has one, else the map's classifier over `features` (the model's adapted
+        `embeddings`)."""
+        if self.presence is None:
+            return self.classifier, features
+        return self.presence.classifier, self.presence.adapter(embeddings)
 
     def cam(self, features: torch.Tensor, valid: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """(B x h x w map in [0, 1] that prompts the decoder, B x 2 presence logits)."""
@@ -177,10 +188,10 @@ class AdaSam(nn.Module):
         return logits, boxes
 
     def trainable_state(self) -> dict[str, torch.Tensor]:
-        """The weights training may change (adapter, classifier, decoder, LoRA): the frozen encoder is not stored,
-        it comes from the backbone checkpoint. The decoder is stored even when a run kept it frozen, so a model
-        warm-started from one with a trained decoder keeps it."""
-        kept = ("backbone.mask_decoder.", "image_view.")  # also when frozen: a warm start must keep them
+        """The weights training may change (adapter, classifier, decoder, LoRA, image view) and the presence head:
+        the frozen encoder is not stored, it comes from the backbone checkpoint. The decoder is stored even when a
+        run kept it frozen, so a model warm-started from one with a trained decoder keeps it."""
+        kept = ("backbone.mask_decoder.", "image_view.", "presence.")  # stored also when frozen
         names = {n for n, p in self.named_parameters() if p.requires_grad or n.startswith(kept)}
         return {k: v.detach().cpu().clone() for k, v in self.state_dict().items() if k in names}
 

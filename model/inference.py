@@ -93,11 +93,15 @@ class Predictor:
         model, config = self.model, self.model.config
         valid = valid_grid(geometries, model.grid)
         with torch.no_grad():
-            features = model.features(embeddings)
+            embedded = model.embed(embeddings)
+            features = model.adapter(embedded)
             cams, logits = model.cam(features, valid)
             cams = model.prompt_maps(cams, images, geometries)
+            classifier, presence_features = model.presence_reader(embedded, features)
+            if classifier is not model.classifier:
+                logits = classifier(presence_features, valid)
         if self.dropout_samples > 1:
-            probability = mc_dropout_probability(model.classifier, features, self.dropout_samples, valid)
+            probability = mc_dropout_probability(classifier, presence_features, self.dropout_samples, valid)
         else:
             probability = logits.softmax(1)[:, 1]
         if config.method == "supervised" or not config.has_negatives:

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from model.adasam import AdaSamConfig, CheckpointError, checkpoint_problem, load_checkpoint, save_checkpoint
-from model.inference import Predictor
+from model.inference import Predictor, valid_grid
 from model.losses import consistency_loss, dice_loss, map_loss, segmentation_loss
 from model.metrics import box_iou, presence_auc
 from model.preprocess import mask_box
@@ -412,3 +412,91 @@ def test_training_a_model_leaves_the_shared_encoder_in_eval_mode():
     assert model.adapter.training and not base.image_encoder.training
     with torch.inference_mode():
         torch.testing.assert_close(base.encode(images), before)
+
+
+# -- presence from the last weights -----------------------------------------------------------------------------------
+
+def _head_state(model) -> dict:
+    return {f"{part}.{k}": v for part in ("adapter", "classifier")
+            for k, v in getattr(model.presence, part).state_dict().items()}
+
+
+def _last_weights(payload: dict, source: str) -> dict:
+    """The adapter and classifier of last.pt's student ("state") or EMA teacher ("teacher")."""
+    return {k: v for k, v in payload[source].items() if k.startswith(("adapter.", "classifier."))}
+
+
+@pytest.mark.parametrize("unlabeled", [True, False])
+def test_model_pt_decides_presence_with_the_last_weights_and_prompts_with_the_picked_ones(pool, tmp_path, monkeypatch,
+                                                                                           unlabeled):
+    """The checkpoint val picks (step 2 here) keeps its map and decoder; presence comes from the last step's adapter
+    and classifier: the EMA teacher's when unlabeled images train one, else the student's."""
+    scores = iter([0.9, 0.1, 0.1])
+    trainer = _trainer(tmp_path, _data(pool, with_val=True), steps=6, eval_every=2, patience=2,
+                       use_unlabeled=unlabeled)
+    monkeypatch.setattr(trainer, "validate", lambda: {"n_lesion": 1, "dice_lesion_ungated": next(scores)})
+    picked = {}
+    original_save = save_checkpoint
+
+    def remember(model, path, extra=None):
+        if path.name == "model.pt" and "presence_head" not in (extra or {}):
+            picked.setdefault(extra["step"], {k: v.clone() for k, v in model.trainable_state().items()})
+        original_save(model, path, extra)
+
+    monkeypatch.setattr("model.train.save_checkpoint", remember)
+    best = trainer.run()
+    assert best["step"] == 2 and trainer.step == 6
+    source = "teacher" if unlabeled else "state"
+    assert best["presence_head"] == {"weights": "EMA teacher" if unlabeled else "student", "step": 6}
+    model, payload = load_checkpoint(tmp_path, backbone=micro_backbone())
+    assert model.config.presence_head and payload["presence_head"]["step"] == 6
+    last = _last_weights(torch.load(tmp_path / "last.pt", weights_only=False), source)
+    assert _states_equal(_head_state(model), last)
+    map_weights = {k: v for k, v in model.trainable_state().items() if k.startswith(("adapter.", "classifier."))}
+    assert _states_equal(map_weights, {k: v for k, v in picked[2].items() if k in map_weights})
+    assert not _states_equal(map_weights, last)  # the two parts really differ
+
+    _, val = pool
+    embeddings, geometries = torch.stack([i.embedding for i in val]), [i.geometry for i in val]
+    valid = valid_grid(geometries, model.grid)
+    with torch.no_grad():
+        head_probability = model.presence.classifier(model.presence.adapter(embeddings), valid).softmax(1)[:, 1]
+        map_probability = model.cam(model.features(embeddings), valid)[1].softmax(1)[:, 1]
+    predictions = Predictor(model).predict_batch(embeddings, geometries)
+    assert [p.probability for p in predictions] == pytest.approx(head_probability.tolist(), abs=1e-6)
+    assert not np.allclose([p.probability for p in predictions], map_probability.numpy(), atol=1e-4)
+    without = load_checkpoint(tmp_path, backbone=micro_backbone())[0]
+    without.presence, without.config.presence_head = None, False
+    for with_head, plain in zip(predictions, Predictor(without).predict_batch(embeddings, geometries)):
+        np.testing.assert_allclose(with_head.cam, plain.cam, atol=1e-6)  # the map that prompts is the picked one
+        assert np.array_equal(with_head.raw_mask, plain.raw_mask)
+
+
+def test_a_resumed_finished_run_keeps_its_presence_head(pool, tmp_path):
+    data = _data(pool, with_val=True)
+    _trainer(tmp_path, data, steps=4, eval_every=2).run()
+    first = torch.load(tmp_path / "model.pt", weights_only=False)
+    again = _trainer(tmp_path, data, steps=4, eval_every=2)
+    again.load_resume_state(tmp_path / "last.pt")
+    again.run()
+    second = torch.load(tmp_path / "model.pt", weights_only=False)
+    assert second["presence_head"] == first["presence_head"] and second["config"]["presence_head"]
+    heads = [{k: v for k, v in p["state"].items() if k.startswith("presence.")} for p in (first, second)]
+    assert heads[0] and _states_equal(*heads)
+
+
+def test_no_presence_head_without_a_classifier_that_saw_negatives_nor_in_a_warm_start(pool, tmp_path):
+    items, val = pool
+    positives = [i for i in items if i.mask.any()]
+    no_negatives = TrainingData(masked=positives[:6], tagged=positives, unlabeled=positives[6:], val=list(val))
+    for name, data, kwargs in (("positives", no_negatives, {"has_negatives": False}),
+                               ("supervised", _data(pool, with_val=True), {"method": "supervised"})):
+        _trainer(tmp_path / name, data, steps=2, eval_every=2, **kwargs).run()
+        model, payload = load_checkpoint(tmp_path / name, backbone=micro_backbone())
+        assert model.presence is None and "presence_head" not in payload
+    _trainer(tmp_path / "run", _data(pool, with_val=True), steps=2, eval_every=2).run()
+    served, _ = load_checkpoint(tmp_path / "run", backbone=micro_backbone())
+    assert served.presence is not None
+    warm = build_training_model(model_config("adasam", "micro", _data(pool)), 0, micro_backbone(),
+                                init=tmp_path / "run")
+    assert warm.presence is None and not warm.config.presence_head  # the next round makes its own
