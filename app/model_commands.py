@@ -188,7 +188,7 @@ def _train(args: argparse.Namespace, folder, pool: list, val: list, backbone, ra
     write_json(out / "summary.json", {
         "method": args.method, "masks": args.masks, "tags": args.tags, "seed": args.seed, "backbone": args.backbone,
         "n_pool": len(pool), "n_masked": len(masked), "n_tagged": len(tagged), "n_unlabeled": len(unlabeled),
-        "n_val": len(val), "model_config": asdict(config), "train_config": asdict(train_config),
+        "n_val": len(val), "model_config": asdict(trainer.model.config), "train_config": asdict(train_config),
         "best": best, "train_seconds": elapsed, "embeddings_computed": cache.encoded, "ranks": ranks.world,
         "precision": precision})
     print(f"trained in {elapsed:.0f} s; best val step {best['step']} (score {best['score']:.3f}); wrote {out}/model.pt")

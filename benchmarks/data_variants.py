@@ -52,11 +52,13 @@ def variant_ids(folder, name: str, seed: int) -> set[str]:
 
 def write_variant(source: str | Path, out: str | Path, name: str, seed: int = 0) -> dict[str, tuple[int, int]]:
     """Write variant `name` of the data folder `source` to `out`/`name`; returns {split: (target-free, target)}."""
+    target = Path(out) / name
+    if Path(source).resolve() in (target.resolve(), *target.resolve().parents):
+        raise DataError(f"{target}: would overwrite the source folder {source}; write the variant elsewhere")
     folder = load_data_folder(source)
     if folder.split_source != "manifest":
         raise DataError(f"{source}: manifest.csv gives no split for its images: a variant keeps the source's splits")
     kept = variant_ids(folder, name, seed)
-    target = Path(out) / name
     if target.exists():
         shutil.rmtree(target)
     for sub in ("images", "masks"):

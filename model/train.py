@@ -470,26 +470,44 @@ class Trainer:
         classifier (the EMA teacher's where training keeps one), while its map and decoder stay the val-picked
         checkpoint's. Val's lesion Dice often picks that checkpoint before the classifier has learned to tell images
         apart: the last weights' val presence AUC was higher in 6 of 7 BUSI runs probed and on data two thirds
-        target-free (benchmarks/README.md, "Twenty-seventh session"). Done once, recorded in model.pt."""
+        target-free (benchmarks/README.md, "Twenty-seventh session"). Recorded in model.pt with the step it was taken
+        at; done again only when a resumed run trained further. Not for an encoder with LoRA: the head would read
+        the picked checkpoint's encoder, not the one it learned on."""
         config = self.model.config
         path = self.out / "model.pt"
-        if config.method != "adasam" or not config.has_negatives or not path.exists():
+        if config.method != "adasam" or not config.has_negatives or config.encoder_lora or not path.exists():
             return
         last = self.teacher if self.teacher is not None else self.model
         states = [copy.deepcopy(part.state_dict()) for part in (last.adapter, last.classifier)]
         payload = torch.load(path, map_location="cpu", weights_only=False)
-        if self.model.presence is None:
-            self.model.presence = PresenceHead(self.model.backbone.embedding_shape[0], config.adapter_hidden,
-                                               config.classifier_dropout).to(self.model.device)
-        self.model.config = replace(config, presence_head=True)
-        if "presence_head" in payload:  # a resumed run: model.pt holds the head already
-            self.best["presence_head"] = payload["presence_head"]
+        self._match_saved(payload)
+        done = payload.get("presence_head")
+        if done is not None and done.get("step") == self.step:  # a resumed finished run: model.pt holds it
+            self.best["presence_head"] = done
             return
-        self.model.eval().load_state_dict(payload["state"], strict=False)
-        for part, state in zip((self.model.presence.adapter, self.model.presence.classifier), states):
+        model = self.model
+        if model.presence is None:
+            model.presence = PresenceHead(model.backbone.embedding_shape[0], config.adapter_hidden,
+                                          config.classifier_dropout).to(model.device)
+        model.config = replace(model.config, presence_head=True)
+        model.eval().load_state_dict(payload["state"], strict=False)
+        for part, state in zip((model.presence.adapter, model.presence.classifier), states):
             part.load_state_dict(state)
         self._record("presence_head", payload, {"weights": "EMA teacher" if last is self.teacher else "student",
                                                 "step": self.step})
+
+    def _match_saved(self, payload: dict) -> None:
+        """Give the model the parts model.pt has, before its weights are loaded: a run resumed after it finished is
+        rebuilt from its training settings, so it must not bring back an image view the check dropped, and it
+        needs the presence head model.pt holds."""
+        saved, model = AdaSamConfig.from_dict(payload["config"]), self.model
+        if not saved.image_view and model.image_view is not None:
+            model.image_view = None
+            model.config = replace(model.config, image_view=False)
+        if saved.presence_head and model.presence is None:
+            model.presence = PresenceHead(model.backbone.embedding_shape[0], saved.adapter_hidden,
+                                          saved.classifier_dropout).to(model.device)
+            model.config = replace(model.config, presence_head=True)
 
     def calibrate_best(self) -> None:
         """Load the val-picked weights (model.pt) into the model, choose its CAM and presence thresholds on val and
@@ -499,6 +517,7 @@ class Trainer:
         if not (self.config.calibrate and self.data.val and path.exists()):
             return
         payload = torch.load(path, map_location="cpu", weights_only=False)
+        self._match_saved(payload)
         self.model.load_state_dict(payload["state"], strict=False)
         # the checkpoint's val summary was taken at the current threshold: no need to evaluate that one again
         measured = {self.model.config.cam_threshold: payload.get("val", {}).get("dice_lesion_ungated")}
@@ -598,6 +617,7 @@ class Trainer:
         if phase in payload:
             self.best[phase] = payload[phase]
             return None
+        self._match_saved(payload)
         self.model.eval().load_state_dict(payload["state"], strict=False)
         self.model.config = AdaSamConfig.from_dict(payload["config"])
         return payload

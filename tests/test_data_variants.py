@@ -65,3 +65,9 @@ def test_a_folder_without_splits_or_tags_is_refused(source, tmp_path):
     (source / "manifest.csv").unlink()
     with pytest.raises(DataError, match="no split"):
         write_variant(source, tmp_path / "out", "all_positive")
+
+
+def test_a_variant_never_overwrites_its_source(source):
+    with pytest.raises(DataError, match="would overwrite the source"):
+        write_variant(source, source.parent, "source")
+    assert (source / "manifest.csv").exists()

@@ -62,6 +62,9 @@ def test_train_writes_a_run(run):
     assert summary["embeddings_computed"] == 8  # pool + val; the test split is never touched
     assert summary["train_config"]["steps"] == 4 and summary["model_config"]["backbone"] == "tiny_random"
     assert summary["model_config"]["has_negatives"] is True
+    saved = torch.load(folder / "model.pt", weights_only=False)
+    assert summary["model_config"] == saved["config"] and saved["config"]["presence_head"]  # the model as saved
+    assert summary["best"]["presence_head"] == saved["presence_head"]
     assert summary["best"]["step"] == 4  # evaluated at the last step, though off the 50-step schedule
     assert "generated (seed 0)" in run["stdout"] and "wrote" in run["stdout"]
     assert "error" not in run["stderr"].lower() and "Traceback" not in run["stderr"]

@@ -313,6 +313,11 @@ def test_a_view_that_does_worse_than_the_cam_alone_is_dropped(data, tmp_path):
     items = data.val
     Predictor(loaded).predict_batch(torch.stack([i.embedding for i in items]), [i.geometry for i in items])  # no
     # images needed any more
+    again = Trainer(view_model(), config, data, tmp_path, log=lambda line: None)  # rebuilt with a view, as on resume
+    again.load_resume_state(tmp_path / "last.pt")
+    again.run()
+    reloaded, _ = load_checkpoint(tmp_path / "model.pt", micro_backbone())
+    assert reloaded.image_view is None and not reloaded.config.image_view  # the dropped view stays dropped
 
 
 def test_the_check_keeps_the_view_and_its_threshold_where_the_cam_alone_does_no_better(data, tmp_path,

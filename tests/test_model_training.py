@@ -472,17 +472,33 @@ def test_model_pt_decides_presence_with_the_last_weights_and_prompts_with_the_pi
         assert np.array_equal(with_head.raw_mask, plain.raw_mask)
 
 
-def test_a_resumed_finished_run_keeps_its_presence_head(pool, tmp_path):
+def test_a_resumed_finished_run_keeps_its_presence_head_and_one_trained_further_takes_a_new_one(pool, tmp_path):
     data = _data(pool, with_val=True)
     _trainer(tmp_path, data, steps=4, eval_every=2).run()
     first = torch.load(tmp_path / "model.pt", weights_only=False)
-    again = _trainer(tmp_path, data, steps=4, eval_every=2)
-    again.load_resume_state(tmp_path / "last.pt")
-    again.run()
-    second = torch.load(tmp_path / "model.pt", weights_only=False)
+    last = torch.load(tmp_path / "last.pt", weights_only=False)
+    for key in last["teacher"]:  # were the head copied again, it would now differ
+        if key.startswith("classifier."):
+            last["teacher"][key] = last["teacher"][key] + 1.0
+    torch.save(last, tmp_path / "last.pt")
+
+    def resumed(steps):
+        trainer = _trainer(tmp_path, data, steps=steps, eval_every=2)
+        trainer.load_resume_state(tmp_path / "last.pt")
+        trainer.run()
+        return trainer, torch.load(tmp_path / "model.pt", weights_only=False)
+
+    def head(payload):
+        return {k: v for k, v in payload["state"].items() if k.startswith("presence.")}
+
+    _, second = resumed(4)
     assert second["presence_head"] == first["presence_head"] and second["config"]["presence_head"]
-    heads = [{k: v for k, v in p["state"].items() if k.startswith("presence.")} for p in (first, second)]
-    assert heads[0] and _states_equal(*heads)
+    assert head(first) and _states_equal(head(first), head(second))
+    further, third = resumed(6)  # two more steps: the head is the new last step's
+    assert third["presence_head"] == {"weights": "EMA teacher", "step": 6}
+    teacher = _last_weights(torch.load(tmp_path / "last.pt", weights_only=False), "teacher")
+    assert _states_equal({k.removeprefix("presence."): v for k, v in head(third).items()}, teacher)
+    assert _states_equal(_head_state(further.model), teacher)
 
 
 def test_no_presence_head_without_a_classifier_that_saw_negatives_nor_in_a_warm_start(pool, tmp_path):
@@ -500,3 +516,18 @@ def test_no_presence_head_without_a_classifier_that_saw_negatives_nor_in_a_warm_
     warm = build_training_model(model_config("adasam", "micro", _data(pool)), 0, micro_backbone(),
                                 init=tmp_path / "run")
     assert warm.presence is None and not warm.config.presence_head  # the next round makes its own
+
+
+def test_an_encoder_with_lora_gets_no_presence_head(pool, tmp_path):
+    """The head would read the picked checkpoint's encoder, not the one its weights learned on."""
+    trainer = _trainer(tmp_path, _data(pool, with_val=True), steps=2, eval_every=2)
+    trainer.train_step()
+    trainer.train_step()
+    trainer._evaluate_and_save([], 0.0)
+    trainer.model.config = AdaSamConfig(**{**asdict(trainer.model.config), "encoder_lora": 2})
+    trainer.keep_presence_head()
+    assert trainer.model.presence is None and "presence_head" not in torch.load(tmp_path / "model.pt",
+                                                                                 weights_only=False)
+    trainer.model.config = AdaSamConfig(**{**asdict(trainer.model.config), "encoder_lora": 0})
+    trainer.keep_presence_head()  # the same run without LoRA does get one
+    assert trainer.model.presence is not None
