@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import contextlib
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -123,6 +123,14 @@ class AdaSam(nn.Module):
                 points: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Features + one prompt per image -> (B x 1 x H x W mask logits at 4x the embedding size, IoU)."""
         return decode(self.backbone.mask_decoder, self.backbone.prompt_encoder, features, boxes=boxes, points=points)
+
+    def add_presence_head(self) -> PresenceHead:
+        """Give the model a presence head (untrained until its weights are loaded), and the config that says so."""
+        if self.presence is None:
+            self.presence = PresenceHead(self.backbone.embedding_shape[0], self.config.adapter_hidden,
+                                         self.config.classifier_dropout).to(self.device)
+        self.config = replace(self.config, presence_head=True)
+        return self.presence
 
     def presence_reader(self, embeddings: torch.Tensor, features: torch.Tensor) -> tuple[nn.Module, torch.Tensor]:
         """(the classifier that decides P(target present), the features it reads): the presence head's over its own

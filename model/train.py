@@ -43,7 +43,6 @@ from model.decoder import compiled_decoding
 from model.device import training_dtype
 from model.distributed import Ranks
 from model.evaluate import Item, batch_inputs, evaluate
-from model.heads import PresenceHead
 from model.image_view import ImageViewTraining, build_unet, fit, lesion_dice, mask_target
 from model.inference import Predictor, valid_grid
 from model.losses import consistency_loss, map_consistency_loss, map_loss, segmentation_loss
@@ -486,12 +485,9 @@ class Trainer:
             self.best["presence_head"] = done
             return
         model = self.model
-        if model.presence is None:
-            model.presence = PresenceHead(model.backbone.embedding_shape[0], config.adapter_hidden,
-                                          config.classifier_dropout).to(model.device)
-        model.config = replace(model.config, presence_head=True)
+        head = model.add_presence_head()
         model.eval().load_state_dict(payload["state"], strict=False)
-        for part, state in zip((model.presence.adapter, model.presence.classifier), states):
+        for part, state in zip((head.adapter, head.classifier), states):
             part.load_state_dict(state)
         self._record("presence_head", payload, {"weights": "EMA teacher" if last is self.teacher else "student",
                                                 "step": self.step})
@@ -504,10 +500,8 @@ class Trainer:
         if not saved.image_view and model.image_view is not None:
             model.image_view = None
             model.config = replace(model.config, image_view=False)
-        if saved.presence_head and model.presence is None:
-            model.presence = PresenceHead(model.backbone.embedding_shape[0], saved.adapter_hidden,
-                                          saved.classifier_dropout).to(model.device)
-            model.config = replace(model.config, presence_head=True)
+        if saved.presence_head:
+            model.add_presence_head()
 
     def calibrate_best(self) -> None:
         """Load the val-picked weights (model.pt) into the model, choose its CAM and presence thresholds on val and
