@@ -23,7 +23,8 @@ from model.evaluate import batch_inputs  # noqa: E402
 from model.inference import Predictor  # noqa: E402
 
 data, run = sys.argv[1:3]
-count, repeats, threads = (int(a) for a in (sys.argv[3:4] or ["32"]) + (sys.argv[4:5] or ["5"]) + (sys.argv[5:6] or ["1"]))
+given = sys.argv[3:6]
+count, repeats, threads = (int(a) for a in given + ["32", "5", "1"][len(given):])
 torch.set_num_threads(threads)
 base = build_backbone("litemedsam")
 model, _ = load_checkpoint(Path(run), base)
