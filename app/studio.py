@@ -270,9 +270,9 @@ class Studio:
                box: list | None = None) -> dict[str, Any]:
         """Re-run the decoder on the cached embedding with clicks and a box (LiteMedSAM needs the box with clicks:
         the one given, else the shown mask's box, else the proposal's, else one around the positive clicks, else the
-        whole image; model.inference turns the clicks into edits of that box for it, and a + click the box's mask
-        misses into the mask of a smaller box around the click, added). Input is checked before anything happens;
-        someone still editing keeps their lease."""
+        whole image; model.inference turns the clicks into edits of that box for it, a + click the box's mask misses
+        into the mask of a smaller box around the click, added, and a - click on the mask beyond the box into that
+        piece removed). Input is checked before anything happens; someone still editing keeps their lease."""
         started = time.perf_counter()
         handout = self._handout(annotator, view)
         height, width = handout.shape
@@ -291,8 +291,7 @@ class Studio:
         self._keep_lease(annotator, handout.image_id)
         embedding, geometry = self.slot.embedding(handout.image_id)
         with self.slot.lock:
-            mask = self.slot.predictor.refine(embedding, geometry, positive=positive, negative=negative, box=box)
-            used = self.slot.predictor.edited_box(geometry, box, positive, negative)
+            mask, used = self.slot.predictor.redraw(embedding, geometry, positive=positive, negative=negative, box=box)
         return {"image_id": handout.image_id, "mask": png_data_url((mask * 255).astype(np.uint8)),
                 "box": [round(float(v), 1) for v in used], "pixels": int(mask.sum()),
                 "ms": round(1000 * (time.perf_counter() - started), 1)}

@@ -245,8 +245,8 @@ def test_a_click_outside_the_prompt_box_widens_it(setup, monkeypatch):
     task = studio.task("ann")
     w, h = task["width"], task["height"]
     used = []
-    real = studio.slot.predictor.refine
-    monkeypatch.setattr(studio.slot.predictor, "refine", lambda *a, **k: used.append(k["box"]) or real(*a, **k))
+    real = studio.slot.predictor.redraw
+    monkeypatch.setattr(studio.slot.predictor, "redraw", lambda *a, **k: used.append(k["box"]) or real(*a, **k))
     drawn = studio.refine("ann", task["view"], [], [[1, 1]], [10, 10, 30, 30])  # a box given is used as given
     assert used[-1] == (10, 10, 30, 30) and drawn["box"] == [10, 10, 30, 30]  # and said back, to be drawn
     studio.refine("ann", task["view"], [], [[3, 3]])  # untrained, no proposal and no positive click: the whole image

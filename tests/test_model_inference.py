@@ -10,7 +10,7 @@ import torch
 
 from model.adasam import AdaSam, AdaSamConfig
 from model.evaluate import Item, evaluate
-from model.inference import Predictor, clicks_as_box, part_box, valid_grid
+from model.inference import Predictor, clicks_as_box, cut_outside, part_box, valid_grid
 from model.overlay import cam_overlay, display_image
 from model.preprocess import Geometry, box_to_model, logits_to_original, mask_box
 from model.uncertainty import (binary_entropy, classifier_uncertainty, combined_uncertainty,
@@ -149,15 +149,28 @@ def test_clicks_as_box_widen_for_positives_and_cut_for_negatives():
     assert clicks_as_box(box, [], [(80.0, 80.0)], pad=5) == box  # outside: nothing to cut
 
 
+def test_a_negative_click_moves_the_edge_that_cuts_least_of_the_mask():
+    box, mask = (10.0, 20.0, 50.0, 60.0), np.zeros((70, 60), bool)
+    mask[20:60, 10:30] = True  # the target fills the box's left half
+    assert clicks_as_box(box, [], [(32.0, 22.0)], pad=5) == (10, 23, 50, 60)  # no mask: the nearest edge (top)
+    assert clicks_as_box(box, [], [(32.0, 22.0)], pad=5, mask=mask) == (10, 20, 31, 60)  # the right: cuts nothing
+    assert clicks_as_box(box, [], [(32.0, 22.0)], 5, np.zeros_like(mask)) == (10, 23, 50, 60)  # all equal: nearest
+    # a second click is weighed on what the first left: moving the bottom edge cuts 3 of its 40 rows, the least
+    assert clicks_as_box(box, [], [(32.0, 22.0), (20.0, 57.0)], 5, mask) == (10, 20, 31, 56)
+
+
 def test_a_box_trained_decoder_gets_clicks_as_box_edits(items, monkeypatch):
     item = items[1]
     predictor = Predictor(_model())
-    box, click, other = (20.0, 15.0, 60.0, 50.0), (75.0, 40.0), (25.0, 30.0)
+    box, click, other = (20.0, 15.0, 60.0, 50.0), (75.0, 40.0), (30.0, 45.0)
     assert shared_backbone("litemedsam").box_prompts and not predictor.model.backbone.box_prompts  # MedSAM's, SAM's
     with_points = predictor.refine(item.embedding, item.geometry, positive=[click], negative=[other], box=box)
     monkeypatch.setattr(predictor.model.backbone, "box_prompts", True)
-    edited = clicks_as_box(box, [click], [other], 0.05 * max(item.geometry.height, item.geometry.width))
-    as_box = predictor.refine(item.embedding, item.geometry, positive=[click], negative=[other], box=box)
+    pad = 0.05 * max(item.geometry.height, item.geometry.width)
+    widened = clicks_as_box(box, [click], [], pad)
+    edited = clicks_as_box(widened, [], [other], pad, predictor.refine(item.embedding, item.geometry, box=widened))
+    as_box, used = predictor.redraw(item.embedding, item.geometry, positive=[click], negative=[other], box=box)
+    assert used == edited != clicks_as_box(box, [click], [other], pad)  # not the nearest edge (the bottom) here
     expected = predictor.refine(item.embedding, item.geometry, box=edited)
     if not expected[int(click[1]), int(click[0])]:  # the click's own part box, when the box's mask misses it
         expected |= predictor.refine(item.embedding, item.geometry, box=part_box(edited, *click))
@@ -187,6 +200,38 @@ def test_a_positive_click_the_box_mask_misses_adds_its_part_box(items, monkeypat
         grown += bool((refined & ~whole).any())
     assert grown > 0  # the rule changes masks here, so the test can tell it apart from box edits alone
     assert part_box(box, 20.0, 70.0) == (10.0, 52.5, 40.0, 80.0)  # a quarter of the box's sides each way, clipped
+
+
+def test_a_negative_click_on_the_mask_beyond_the_box_removes_that_piece():
+    mask = np.zeros((60, 80), bool)
+    mask[20:40, 20:50] = True  # inside the box (20, 20, 50, 40) ...
+    mask[25:30, 50:70] = True  # ... a spill past its right edge
+    mask[38:48, 30:35] = True  # ... and one past its bottom edge
+    box = (20.0, 20.0, 50.0, 40.0)
+    cut = cut_outside(mask, box, [], [(60.5, 27.5)])
+    assert not cut[25:30, 50:70].any() and cut[20:40, 20:50].all() and cut[40:48, 30:35].all()
+    assert np.array_equal(cut_outside(mask, box, [(65.5, 26.5)], [(60.5, 27.5)]), mask)  # a + click there keeps it
+    assert np.array_equal(cut_outside(mask, box, [], [(30.5, 30.5)]), mask)  # inside the box: clicks_as_box's job
+    assert np.array_equal(cut_outside(mask, box, [], [(5.5, 5.5)]), mask)  # off the mask: nothing to remove
+    both = cut_outside(mask, box, [], [(60.5, 27.5), (32.5, 45.5)])
+    assert np.array_equal(both, mask & ~np.isin(np.arange(80)[None], range(50, 80)) & ~(np.arange(60)[:, None] >= 40))
+
+
+def test_refine_cuts_the_spill_a_negative_click_lies_on(items, monkeypatch):
+    item = items[1]
+    predictor = Predictor(_model())
+    monkeypatch.setattr(predictor.model.backbone, "box_prompts", True)
+    spill = np.zeros((item.geometry.height, item.geometry.width), bool)
+    spill[20:40, 20:60] = True
+    spill[28:32, 60:90] = True  # past the right edge of every box below
+    monkeypatch.setattr(predictor, "_decode", lambda geometry, box=None, positive=(), negative=(): spill.copy())
+    box = (20.0, 20.0, 60.0, 40.0)
+    refined = predictor.refine(item.embedding, item.geometry, negative=[(80.5, 30.5)], box=box)
+    assert np.array_equal(refined, spill & (np.arange(spill.shape[1]) < 60)[None])
+    widened = predictor.refine(item.embedding, item.geometry, positive=[(70.5, 29.5)], negative=[(85.5, 30.5)],
+                               box=box)
+    right = math.ceil(predictor.redraw(item.embedding, item.geometry, [(70.5, 29.5)], [(85.5, 30.5)], box)[1][2])
+    assert 70 < right < 85 and widened[28:32, 60:right].all() and not widened[:, right:].any()
 
 
 def _stock_sam(item: Item, points=None, box=None) -> np.ndarray:
