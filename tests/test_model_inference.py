@@ -10,7 +10,7 @@ import torch
 
 from model.adasam import AdaSam, AdaSamConfig
 from model.evaluate import Item, evaluate
-from model.inference import Predictor, clicks_as_box, cut_outside, part_box, valid_grid
+from model.inference import CLICK_PART_SHARES, Predictor, clicks_as_box, cut_outside, part_box, valid_grid
 from model.overlay import cam_overlay, display_image
 from model.preprocess import Geometry, box_to_model, logits_to_original, mask_box
 from model.uncertainty import (binary_entropy, classifier_uncertainty, combined_uncertainty,
@@ -190,15 +190,25 @@ def test_a_positive_click_the_box_mask_misses_adds_its_part_box(items, monkeypat
     inner = [(x, y) for y in range(18, 73, 3) for x in range(18, 83, 3)]  # farther than the pad from the edges
     covered = next((x + 0.5, y + 0.5) for x, y in inner if whole[y, x])
     assert np.array_equal(predictor.refine(item.embedding, item.geometry, positive=[covered], box=box), whole)
-    grown = 0
+    grown, steps = 0, set()
     missed = [(x, y) for x, y in inner if not whole[y, x]]
     for x, y in missed[:: max(1, len(missed) // 8)]:
         click = (x + 0.5, y + 0.5)
         refined = predictor.refine(item.embedding, item.geometry, positive=[click], box=box)
-        part = predictor.refine(item.embedding, item.geometry, box=part_box(box, *click))
-        assert np.array_equal(refined, whole | part)  # the box is not widened: the click is inside it
+        expected = whole.copy()  # the box is not widened: the click is inside it
+        for step, share in enumerate(CLICK_PART_SHARES):  # smaller part boxes while the click is missed
+            if expected[y, x]:
+                break
+            steps.add(step)
+            expected |= predictor.refine(item.embedding, item.geometry, box=part_box(box, *click, share))
+        if not expected[y, x]:  # then the first part box with the click as a point
+            steps.add("point")
+            monkeypatch.setattr(predictor.model.backbone, "box_prompts", False)  # so refine sends box and point
+            expected |= predictor.refine(item.embedding, item.geometry, box=part_box(box, *click), positive=[click])
+            monkeypatch.setattr(predictor.model.backbone, "box_prompts", True)
+        assert np.array_equal(refined, expected)
         grown += bool((refined & ~whole).any())
-    assert grown > 0  # the rule changes masks here, so the test can tell it apart from box edits alone
+    assert grown > 0 and len(steps) > 1  # the rules change masks here, beyond the first part box
     assert part_box(box, 20.0, 70.0) == (10.0, 52.5, 40.0, 80.0)  # a quarter of the box's sides each way, clipped
 
 
@@ -213,6 +223,11 @@ def test_a_negative_click_on_the_mask_beyond_the_box_removes_that_piece():
     assert np.array_equal(cut_outside(mask, box, [(65.5, 26.5)], [(60.5, 27.5)]), mask)  # a + click there keeps it
     assert np.array_equal(cut_outside(mask, box, [], [(30.5, 30.5)]), mask)  # inside the box: clicks_as_box's job
     assert np.array_equal(cut_outside(mask, box, [], [(5.5, 5.5)]), mask)  # off the mask: nothing to remove
+    edge = (19.5, 20.0, 50.0, 40.0)  # column 19's centre lies on the left edge: beyond the box for both rules
+    spill = mask.copy()
+    spill[30:32, 19] = True
+    assert clicks_as_box(edge, [], [(19.5, 30.5)], pad=5) == edge
+    assert np.array_equal(cut_outside(spill, edge, [], [(19.5, 30.5)]), mask)
     both = cut_outside(mask, box, [], [(60.5, 27.5), (32.5, 45.5)])
     assert np.array_equal(both, mask & ~np.isin(np.arange(80)[None], range(50, 80)) & ~(np.arange(60)[:, None] >= 40))
 
@@ -230,7 +245,8 @@ def test_refine_cuts_the_spill_a_negative_click_lies_on(items, monkeypatch):
     assert np.array_equal(refined, spill & (np.arange(spill.shape[1]) < 60)[None])
     widened = predictor.refine(item.embedding, item.geometry, positive=[(70.5, 29.5)], negative=[(85.5, 30.5)],
                                box=box)
-    right = math.ceil(predictor.redraw(item.embedding, item.geometry, [(70.5, 29.5)], [(85.5, 30.5)], box)[1][2])
+    x1 = predictor.redraw(item.embedding, item.geometry, [(70.5, 29.5)], [(85.5, 30.5)], box)[1][2]
+    right = math.ceil(x1 - 0.5)  # the first column whose centre is not inside the widened box
     assert 70 < right < 85 and widened[28:32, 60:right].all() and not widened[:, right:].any()
 
 
