@@ -19,6 +19,7 @@ CLICK_BOX_PAD = 0.05  # a positive click outside the box widens it to the click 
 CLICK_PART_SHARE = 0.25  # a positive click the box's mask misses adds the mask of a box this share of the box's
 # sides to each side of the click (half the box across): on BUSI val, effort.py's NoC@90 from the proposal 3.90 ->
 # 3.57 and from a box 2.66 -> 2.41 (0.5: 3.77 / 2.41; 0.15: 3.67 / 2.21; benchmarks/README.md, seventeenth session)
+DECODES_KEPT = 64  # masks a predictor keeps for the image being edited (a 1000 x 1000 image: 1 MB each)
 CLICK_PART_SHARES = (CLICK_PART_SHARE, CLICK_PART_SHARE / 2, CLICK_PART_SHARE / 4)  # while a + click is still missed,
 # the next smaller part box, then the first with the click as a point: a + click that changed nothing was clicked
 # again and again (BUSI val, 10% masks: NoC@90 from the proposal 2.82 -> 2.42, mean of seeds 0-2; twenty-ninth session)
@@ -117,6 +118,8 @@ class Predictor:
         self.dropout_samples = dropout_samples
         self._embedding: torch.Tensor | None = None  # held, so `is` cannot match a recycled object
         self._features: torch.Tensor | None = None
+        self._decoded: dict[tuple, np.ndarray] = {}  # prompt -> mask on the features held: each redraw applies
+        # every click so far again, and repeats most of the last redraw's decodes (part boxes, the widened box)
 
     def predict(self, embedding: torch.Tensor, geometry: Geometry, image: torch.Tensor | None = None) -> Prediction:
         return self.predict_batch(embedding[None], [geometry], None if image is None else image[None])[0]
@@ -209,7 +212,7 @@ class Predictor:
             raise ValueError("refine needs at least one click or a box")
         if embedding is not self._embedding:
             self._features = self.model.features(embedding[None])
-            self._embedding = embedding
+            self._embedding, self._decoded = embedding, {}
         if not (box is not None and self.model.backbone.box_prompts and (positive or negative)):
             return self._decode(geometry, box, positive, negative), box
         pad = CLICK_BOX_PAD * max(geometry.height, geometry.width)
@@ -218,7 +221,7 @@ class Predictor:
         inside = any(x0 < x < x1 and y0 < y < y1 for x, y in negative)
         box = clicks_as_box(widened, (), negative, pad, self._decode(geometry, widened) if inside else None)
         mask = self._decode(geometry, box)
-        for x, y in positive:
+        for x, y in dict.fromkeys((float(x), float(y)) for x, y in positive):  # a click repeated is decoded once
             row, column = min(int(y), mask.shape[0] - 1), min(int(x), mask.shape[1] - 1)
             for share in CLICK_PART_SHARES:
                 if mask[row, column]:
@@ -229,7 +232,17 @@ class Predictor:
         return cut_outside(mask, box, positive, negative), box
 
     def _decode(self, geometry: Geometry, box=None, positive=(), negative=()) -> np.ndarray:
-        """One decoder pass on the cached features -> boolean mask at original size."""
+        """One decoder pass on the cached features -> boolean mask at original size (a copy of the one kept, when
+        this image was given the same prompt before)."""
+        key = (geometry.height, geometry.width, None if box is None else tuple(float(v) for v in box),
+               tuple((float(x), float(y)) for x, y in positive), tuple((float(x), float(y)) for x, y in negative))
+        if key not in self._decoded:
+            if len(self._decoded) >= DECODES_KEPT:
+                del self._decoded[next(iter(self._decoded))]
+            self._decoded[key] = self._decode_once(geometry, box, positive, negative)
+        return self._decoded[key].copy()
+
+    def _decode_once(self, geometry: Geometry, box=None, positive=(), negative=()) -> np.ndarray:
         points = None
         if positive or negative:
             coords = np.array(list(positive) + list(negative), dtype=np.float32).reshape(-1, 2) * geometry.scale

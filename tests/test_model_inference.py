@@ -209,6 +209,14 @@ def test_a_positive_click_the_box_mask_misses_adds_its_part_box(items, monkeypat
         assert np.array_equal(refined, expected)
         grown += bool((refined & ~whole).any())
     assert grown > 0 and len(steps) > 1  # the rules change masks here, beyond the first part box
+    decoded, decode = [], predictor._decode
+    monkeypatch.setattr(predictor, "_decode", lambda *a, **k: decoded.append(1) or decode(*a, **k))
+    click = (missed[0][0] + 0.5, missed[0][1] + 0.5)
+    once = predictor.refine(item.embedding, item.geometry, positive=[click], box=box)
+    calls = len(decoded)
+    assert calls > 2 and np.array_equal(predictor.refine(item.embedding, item.geometry, positive=[click] * 3, box=box),
+                                        once)
+    assert len(decoded) == 2 * calls  # a click repeated is decoded once
     assert part_box(box, 20.0, 70.0) == (10.0, 52.5, 40.0, 80.0)  # a quarter of the box's sides each way, clipped
 
 
@@ -290,6 +298,21 @@ def test_refine_reuses_features_of_the_same_image(items):
     mask_b = predictor.refine(b.embedding, b.geometry, box=(10, 10, 50, 50))
     assert predictor._features is not features
     assert np.array_equal(mask_b, Predictor(_model()).refine(b.embedding, b.geometry, box=(10, 10, 50, 50)))
+
+
+def test_refine_keeps_the_masks_it_decoded_for_the_image_being_edited(items, monkeypatch):
+    predictor = Predictor(_model())
+    a, b = items[1], items[2]
+    decoded, decode = [], predictor._decode_once
+    monkeypatch.setattr(predictor, "_decode_once", lambda *args, **k: decoded.append(1) or decode(*args, **k))
+    first = predictor.refine(a.embedding, a.geometry, box=(10, 10, 50, 50))
+    first[:] = ~first  # the caller's copy: what is kept does not change
+    again = predictor.refine(a.embedding, a.geometry, box=(10, 10, 50, 50))
+    assert len(decoded) == 1 and np.array_equal(again, ~first)
+    other = predictor.refine(b.embedding, b.geometry, box=(10, 10, 50, 50))  # another image: decoded afresh
+    assert len(decoded) == 2 and not np.array_equal(other, again)
+    predictor.refine(a.embedding, a.geometry, box=(10, 10, 50, 50))
+    assert len(decoded) == 3  # only the image being edited is kept
 
 
 def test_valid_grid():
