@@ -206,8 +206,8 @@ class Predictor:
         (clicks_as_box, reading the mask of the box widened for the positive clicks when a negative click lies
         inside it), each positive click its mask still misses adds the mask of a smaller box around it (part_box;
         smaller again, then with the click as a point, while it is missed: CLICK_PART_SHARES), and a negative click
-        on the mask beyond the box removes that piece (cut_outside). Other decoders get the
-        clicks as points, with the box as given."""
+        on the mask beyond the box removes that piece (cut_outside). Other decoders get the clicks as points, with
+        the box as given."""
         if not positive and not negative and box is None:
             raise ValueError("refine needs at least one click or a box")
         if embedding is not self._embedding:
