@@ -32,7 +32,6 @@ from app.errors import RequestError, StaleView
 from app.model_slot import PRETRAINED, ModelSlot
 from app.pictures import cam_picture, decode_mask, png_data_url
 from app.status import RETRAIN_REQUESTED, TAG, WORKSPACE_NOTE, read_remote_status, read_status
-from model.inference import CLICK_BOX_PAD, clicks_as_box
 from model.metrics import dice
 from model.preprocess import mask_box
 
@@ -269,10 +268,11 @@ class Studio:
     def refine(self, annotator: str, view: str, positive: list, negative: list,
                box: list | None = None) -> dict[str, Any]:
         """Re-run the decoder on the cached embedding with clicks and a box (LiteMedSAM needs the box with clicks:
-        the one given, else the shown mask's box, else the proposal's, else one around the positive clicks, else the
-        whole image; model.inference turns the clicks into edits of that box for it, a + click the box's mask misses
-        into the mask of a smaller box around the click, added, and a - click on the mask beyond the box into that
-        piece removed). Input is checked before anything happens; someone still editing keeps their lease."""
+        the one given, else the shown mask's box, else the proposal's, else the whole image when no click is +;
+        model.inference turns the clicks into edits of that box for it, starts a box at + clicks when there is none
+        or they are far from it, adds for a + click the box's mask misses the mask of a smaller box around it, and
+        removes the piece of the mask beyond the box a - click lies on). Input is checked before anything happens;
+        someone still editing keeps their lease."""
         started = time.perf_counter()
         handout = self._handout(annotator, view)
         height, width = handout.shape
@@ -283,17 +283,14 @@ class Studio:
         if box is None:
             shown_box = mask_box(handout.mask())
             box = list(handout.box) if shown_box is None else [float(v) for v in (*shown_box[:2], *(shown_box[2:] + 1))]
-            if positive:  # a click outside the proposal's box says the target reaches further: follow it (with no
-                # proposal, the box starts at the first positive click, not at the whole image)
-                start = box or [*positive[0], *positive[0]]
-                box = list(clicks_as_box(start, positive, (), CLICK_BOX_PAD * max(width, height)))
-        box = _box(box or [0, 0, width, height], width, height)
+        # no box and a + click: the predictor starts one at the clicks; no box and no + click: the whole image
+        box = _box(box, width, height) if box else None if positive else (0.0, 0.0, float(width), float(height))
         self._keep_lease(annotator, handout.image_id)
         embedding, geometry = self.slot.embedding(handout.image_id)
         with self.slot.lock:
             mask, used = self.slot.predictor.redraw(embedding, geometry, positive=positive, negative=negative, box=box)
         return {"image_id": handout.image_id, "mask": png_data_url((mask * 255).astype(np.uint8)),
-                "box": [round(float(v), 1) for v in used], "pixels": int(mask.sum()),
+                "box": None if used is None else [round(float(v), 1) for v in used], "pixels": int(mask.sum()),
                 "ms": round(1000 * (time.perf_counter() - started), 1)}
 
     def page(self, annotator: str, view: str, step: Any) -> dict[str, Any]:

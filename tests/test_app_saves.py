@@ -240,7 +240,7 @@ def test_export_zips_are_cleaned_up(setup, monkeypatch):
     assert not second.parent.parent.exists()
 
 
-def test_a_click_outside_the_prompt_box_widens_it(setup, monkeypatch):
+def test_the_box_a_refine_starts_from(setup, monkeypatch):
     _, store, studio = setup
     task = studio.task("ann")
     w, h = task["width"], task["height"]
@@ -251,18 +251,20 @@ def test_a_click_outside_the_prompt_box_widens_it(setup, monkeypatch):
     assert used[-1] == (10, 10, 30, 30) and drawn["box"] == [10, 10, 30, 30]  # and said back, to be drawn
     studio.refine("ann", task["view"], [], [[3, 3]])  # untrained, no proposal and no positive click: the whole image
     assert used[-1] == (0, 0, w, h)
-    studio.refine("ann", task["view"], [[20, 10]], [])  # untrained: a box around the positive click
-    pad = CLICK_BOX_PAD * max(w, h)
-    assert used[-1] == pytest.approx((max(0, 20 - pad), max(0, 10 - pad), min(w, 20 + pad), min(h, 10 + pad)))
+    drawn = studio.refine("ann", task["view"], [[20, 10]], [])  # no proposal, a + click: no box, the predictor's
+    assert used[-1] is None and drawn["box"] is None  # call (this decoder takes clicks as points, with no box)
+    monkeypatch.setattr(studio.slot.predictor.model.backbone, "box_prompts", True)  # LiteMedSAM's: it starts one
+    drawn = studio.refine("ann", task["view"], [[20, 10]], [])
+    embedding, geometry = studio.slot.embedding(task["image_id"])
+    assert drawn["box"] == pytest.approx(list(studio.slot.predictor.start_box(geometry, [(20.0, 10.0)])), abs=0.05)
     handout = studio._handouts[task["view"]]
     small = np.zeros(handout.shape, bool)
     small[2:6, 2:6] = True
     studio._handouts[task["view"]] = dataclasses.replace(handout, packed=np.packbits(small))  # as if it proposed this
     studio.refine("ann", task["view"], [], [[3, 3]])
     assert used[-1] == (2, 2, 6, 6)  # the shown mask's box
-    studio.refine("ann", task["view"], [[40, 30]], [])
-    x0, y0, x1, y1 = used[-1]
-    assert (x0, y0) == (2, 2) and (x1, y1) == pytest.approx((40 + pad, 30 + pad))
+    studio.refine("ann", task["view"], [[7, 5]], [])
+    assert used[-1] == (2, 2, 6, 6)  # the predictor widens it (model.inference.clicks_as_box)
 
 
 def test_the_box_a_redraw_was_given_comes_back_to_be_drawn(setup, monkeypatch):

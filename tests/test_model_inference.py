@@ -176,8 +176,32 @@ def test_a_box_trained_decoder_gets_clicks_as_box_edits(items, monkeypatch):
         expected |= predictor.refine(item.embedding, item.geometry, box=part_box(edited, *click))
     assert np.array_equal(as_box, expected)
     assert not np.array_equal(as_box, with_points)
-    clicks_only = predictor.refine(item.embedding, item.geometry, positive=[click])  # no box: the clicks as clicks
-    assert np.array_equal(clicks_only, _stock_sam(item, points=[(click, 1)]))
+    clicks_only, started = predictor.redraw(item.embedding, item.geometry, positive=[click])  # no box: one starts
+    assert started == predictor.start_box(item.geometry, [click])  # at the click, not the clicks as points
+    assert np.array_equal(clicks_only, predictor.redraw(item.embedding, item.geometry, [click], box=started)[0])
+
+
+def test_positive_clicks_far_from_the_box_start_a_box_of_their_own(items, monkeypatch):
+    """A + click far from the proposal's box is on a target the proposal missed: widening the box to it spanned both
+    (BUSI val: whole misses took 8-10 clicks); the new box is the size the decoder's IoU estimate rates best."""
+    item = items[1]
+    predictor = Predictor(_model())
+    monkeypatch.setattr(predictor.model.backbone, "box_prompts", True)
+    geometry, pad = item.geometry, 0.05 * max(item.geometry.height, item.geometry.width)
+    box = (10.0, 10.0, 30.0, 26.0)  # longer side 20: + clicks within 10 of it widen it, farther ones start anew
+    near, far = (38.5, 20.5), (80.5, 70.5)
+    assert predictor.redraw(item.embedding, geometry, [near], box=box)[1] == clicks_as_box(box, [near], [], pad)
+    mask, started = predictor.redraw(item.embedding, geometry, [far], [(20.5, 18.5)], box=box)
+    assert started == predictor.start_box(geometry, [far]) and started[0] > 30
+    assert predictor.redraw(item.embedding, geometry, [near, far], box=box)[1] == clicks_as_box(box, [near, far], [],
+                                                                                                 pad)
+    candidates = [(max(0.0, far[0] - k * pad), max(0.0, far[1] - k * pad), min(float(geometry.width), far[0] + k * pad),
+                   min(float(geometry.height), far[1] + k * pad)) for k in (1, 2, 4)]
+    with torch.no_grad():
+        features = predictor.model.features(item.embedding[None])
+        ious = [float(predictor.model.segment(features, boxes=torch.from_numpy(box_to_model(b, geometry))[None])[1])
+                for b in candidates]
+    assert started == candidates[int(np.argmax(ious))] and len(set(ious)) == 3
 
 
 def test_a_positive_click_the_box_mask_misses_adds_its_part_box(items, monkeypatch):
