@@ -188,11 +188,13 @@ def test_positive_clicks_far_from_the_box_start_a_box_of_their_own(items, monkey
     predictor = Predictor(_model())
     monkeypatch.setattr(predictor.model.backbone, "box_prompts", True)
     geometry, pad = item.geometry, 0.05 * max(item.geometry.height, item.geometry.width)
-    box = (10.0, 10.0, 30.0, 26.0)  # longer side 20: + clicks within 10 of it widen it, farther ones start anew
+    box = (10.0, 10.0, 30.0, 26.0)  # + clicks within 10 beside it or 8 above or below widen it, farther ones start
     near, far = (38.5, 20.5), (80.5, 70.5)
     assert predictor.redraw(item.embedding, geometry, [near], box=box)[1] == clicks_as_box(box, [near], [], pad)
     mask, started = predictor.redraw(item.embedding, geometry, [far], [(20.5, 18.5)], box=box)
     assert started == predictor.start_box(geometry, [far]) and started[0] > 30
+    below = (20.5, 35.5)  # 9.5 below: nearer than the box is wide, farther than it is high
+    assert predictor.redraw(item.embedding, geometry, [below], box=box)[1] == predictor.start_box(geometry, [below])
     assert predictor.redraw(item.embedding, geometry, [near, far], box=box)[1] == clicks_as_box(box, [near, far], [],
                                                                                                  pad)
     candidates = [(max(0.0, far[0] - k * pad), max(0.0, far[1] - k * pad), min(float(geometry.width), far[0] + k * pad),
