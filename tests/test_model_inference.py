@@ -254,7 +254,10 @@ def test_a_negative_click_on_the_mask_beyond_the_box_removes_that_piece():
     box = (20.0, 20.0, 50.0, 40.0)
     cut = cut_outside(mask, box, [], [(60.5, 27.5)])
     assert not cut[25:30, 50:70].any() and cut[20:40, 20:50].all() and cut[40:48, 30:35].all()
-    assert np.array_equal(cut_outside(mask, box, [(65.5, 26.5)], [(60.5, 27.5)]), mask)  # a + click there keeps it
+    split = cut_outside(mask, box, [(65.5, 27.5)], [(55.5, 27.5)])  # a + click on it too: the part nearer it stays
+    assert np.array_equal(split, mask & ~((np.arange(80)[None] < 60) & (np.arange(80)[None] >= 50)))
+    assert np.array_equal(cut_outside(mask, box, [(65.5, 27.5), (52.5, 27.5)], [(58.5, 27.5)]),
+                          mask & ~((np.arange(80)[None] >= 56) & (np.arange(80)[None] < 62)))  # the middle goes
     assert np.array_equal(cut_outside(mask, box, [], [(30.5, 30.5)]), mask)  # inside the box: clicks_as_box's job
     assert np.array_equal(cut_outside(mask, box, [], [(5.5, 5.5)]), mask)  # off the mask: nothing to remove
     edge = (19.5, 20.0, 50.0, 40.0)  # column 19's centre lies on the left edge: beyond the box for both rules
