@@ -82,8 +82,9 @@ class ModelSlot:
     def note(self) -> str:
         if not self.trained:
             skipped = f" (the workspace's model cannot be used: {self.unusable})" if self.unusable else ""
-            return ("Untrained backbone: no proposal and no CAM yet. Drag a box around the target (X) and SAM draws "
-                    f"it, or press F for no finding; the next training round brings proposals{skipped}.")
+            return ("Untrained backbone: no proposal and no CAM yet. Drag a box around the target (X), or + click its "
+                    "middle (P), and SAM draws it, or press F for no finding; the next training round brings "
+                    f"proposals{skipped}.")
         dice_text = self.metrics.get("dice_lesion")
         score = "" if dice_text is None or math.isnan(dice_text) else f", val Dice {dice_text:.3f}"
         return f"Model {self.version} (trained on {self.metrics.get('n_masks', '?')} masks{score})"
