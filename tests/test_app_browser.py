@@ -236,9 +236,8 @@ def test_point_click_redraws_the_mask(page):
     sent, negative = _click(page, 0.8, 0.7)
     page.wait_for_function("Number(document.querySelector('[data-drawn]').dataset.refined || 0) >= 2")
     assert _near(sent["positive"], [[0.3 * w, 0.4 * h]]) and _near(sent["negative"], [[0.8 * w, 0.7 * h]])
-    assert sent["box"] == positive["box"]  # the box the first redraw was given is the one the page sends next ...
-    shown = re.search(r"Prompt box (-?\d+), (-?\d+), (-?\d+), (-?\d+)", page.inner_text(".ann-facts")).groups()
-    assert all(abs(int(a) - b) <= 0.5 for a, b in zip(shown, negative["box"]))  # ... and the one it shows, rounded
+    assert sent["box"] == positive["box"] is None  # no proposal, and this decoder takes clicks as points: no box
+    assert "Prompt box —" in page.inner_text(".ann-facts")  # is started for them (LiteMedSAM's is: test_app_saves)
     assert mask_pixels(page) == negative["pixels"]  # the page shows the answer to both clicks ...
     changed = int((pixels_of(negative["mask"]) != pixels_of(positive["mask"])).sum())
     assert changed > 0  # ... and the negative click changed it
@@ -246,9 +245,14 @@ def test_point_click_redraws_the_mask(page):
     page.keyboard.press("x")  # drag a box: SAM redraws inside it
     page.mouse.move(box["x"] + box["width"] * 0.2, box["y"] + box["height"] * 0.2)
     page.mouse.down()
-    page.mouse.move(box["x"] + box["width"] * 0.6, box["y"] + box["height"] * 0.7, steps=4)
-    page.mouse.up()
+    with page.expect_response(_is_refine) as answer:
+        page.mouse.move(box["x"] + box["width"] * 0.6, box["y"] + box["height"] * 0.7, steps=4)
+        page.mouse.up()
     page.wait_for_function("Number(document.querySelector('[data-drawn]').dataset.refined || 0) >= 3")
+    dragged = answer.value.json()
+    assert _near([dragged["box"][:2], dragged["box"][2:]], [[0.2 * w, 0.2 * h], [0.6 * w, 0.7 * h]])
+    shown = re.search(r"Prompt box (-?\d+), (-?\d+), (-?\d+), (-?\d+)", page.inner_text(".ann-facts")).groups()
+    assert all(abs(int(a) - b) <= 0.5 for a, b in zip(shown, dragged["box"]))  # the box SAM was given, shown
     page.keyboard.press("Control+z")  # the last edit is undone locally
     page.keyboard.press("r")  # back to the model's proposal
     assert mask_pixels(page) == before and "(edited)" not in page.inner_text(".ann-facts")
