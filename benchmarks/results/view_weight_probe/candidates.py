@@ -22,7 +22,7 @@ from model.cache import DEFAULT_CACHE_DIR, model_inputs  # noqa: E402
 from model.dataset import SPLIT_SEED, load_data_folder, load_items, masked_ids  # noqa: E402
 from model.evaluate import batch_inputs  # noqa: E402
 from model.inference import valid_grid  # noqa: E402
-from model.metrics import dice  # noqa: E402
+from model.metrics import box_iou, dice  # noqa: E402
 from model.preprocess import logits_to_original  # noqa: E402
 
 torch.set_num_threads(1)
@@ -30,13 +30,6 @@ model = load_model(sys.argv[1]).eval()
 cfg = model.config
 folder = load_data_folder(ROOT.parent / "shared" / "datasets" / "busi", seed=SPLIT_SEED)
 THRS = (0.2, 0.3, 0.4, 0.5)
-
-
-def box_iou(a, b):
-    w = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    h = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = w * h
-    return inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter + 1e-9)
 
 
 def components(m, source, hw):
@@ -62,10 +55,10 @@ def components(m, source, hw):
 
 out = {"threshold": cfg.cam_threshold}
 masked = masked_ids(folder.split("pool"), 0.1, int(sys.argv[2]))
+inputs = model_inputs(model.backbone, cfg.encoder_lora, DEFAULT_CACHE_DIR)
 for split in ("val", "test", "heldout"):
     samples = folder.split("pool" if split == "heldout" else split)
     samples = [s for s in samples if s.mask_path is not None and s.id not in masked]
-    inputs = model_inputs(model.backbone, cfg.encoder_lora, DEFAULT_CACHE_DIR)
     items = [i for i in load_items(samples, inputs, with_images=True) if i.mask.any()]
     rows = []
     for start in range(0, len(items), 16):

@@ -32,9 +32,9 @@ THRS = (0.2, 0.3, 0.4, 0.5)
 SHARES = (0.0, 0.25, 0.5, 0.75, 1.0)
 
 out = {"model_threshold": cfg.cam_threshold}
+inputs = model_inputs(model.backbone, cfg.encoder_lora, DEFAULT_CACHE_DIR)
 for split in sys.argv[3:] or ("val", "test"):
     samples = [s for s in folder.split(split) if s.mask_path is not None]
-    inputs = model_inputs(model.backbone, cfg.encoder_lora, DEFAULT_CACHE_DIR)
     items = [i for i in load_items(samples, inputs, with_images=True) if i.mask.any()]
     rows = []
     for start in range(0, len(items), 16):
