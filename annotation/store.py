@@ -80,7 +80,7 @@ class Store:
         self.files = FileStore(self.root / "files")
         self._local = threading.local()
         self._lock = threading.Lock()
-        self._connections: list[sqlite3.Connection] = []
+        self._connections: list[tuple[threading.Thread, sqlite3.Connection]] = []
         try:
             with self.transaction() as conn:
                 schema.migrate(conn)
@@ -96,9 +96,12 @@ class Store:
 
     @property
     def conn(self) -> sqlite3.Connection:
-        """This thread's connection (autocommit; writes go through `transaction`)."""
+        """This thread's connection (autocommit; writes go through `transaction`). Opening one closes those of
+        threads that have ended: the web server runs requests on worker threads that come and go, and each kept
+        connection holds two file descriptors (300 short-lived threads held 600 until the process ran out)."""
         conn = getattr(self._local, "conn", None)
         if conn is None:
+            self._close_orphans()
             conn = sqlite3.connect(self.db_path, timeout=60, isolation_level=None, check_same_thread=False)
             conn.row_factory = sqlite3.Row
             conn.execute("PRAGMA journal_mode = WAL")
@@ -107,8 +110,15 @@ class Store:
             self._local.conn, self._local.depth = conn, 0
             self._local.db = sqlite_utils.Database(conn, execute_plugins=False)
             with self._lock:
-                self._connections.append(conn)
+                self._connections.append((threading.current_thread(), conn))
         return conn
+
+    def _close_orphans(self) -> None:
+        with self._lock:
+            ended = [conn for thread, conn in self._connections if not thread.is_alive()]
+            self._connections = [(thread, conn) for thread, conn in self._connections if thread.is_alive()]
+        for conn in ended:
+            conn.close()
 
     @property
     def db(self) -> sqlite_utils.Database:
@@ -145,7 +155,7 @@ class Store:
 
     def close(self) -> None:
         with self._lock:
-            for conn in self._connections:
+            for _, conn in self._connections:
                 conn.close()
             self._connections.clear()
         self._local = threading.local()

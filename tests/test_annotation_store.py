@@ -252,6 +252,27 @@ def test_threads_share_a_store(store):
         thread.join()
     assert not errors and store.counts().no_finding == 20
 
+def test_connections_of_ended_threads_are_closed(store):
+    """A web server's worker threads come and go; each kept connection holds file descriptors until none is left."""
+    import threading
+
+    seed_images(store, 2)
+    opened = []
+
+    def read() -> None:
+        opened.append(store.conn)
+        store.image_ids()
+
+    for _ in range(30):
+        thread = threading.Thread(target=read)
+        thread.start()
+        thread.join()
+    assert len(store._connections) <= 2  # this thread's and the last worker's
+    with pytest.raises(sqlite3.ProgrammingError):  # an ended thread's connection is closed
+        opened[0].execute("SELECT 1")
+    assert len(store.image_ids()) == 2  # this thread's connection still works
+
+
 
 def test_the_reads_the_trainer_needs(store):
     ids = seed_images(store, 8, split_every=4)  # ids[0] and ids[4] are val
