@@ -67,6 +67,10 @@ def import_sources(store: Store, sources: Iterable[str | os.PathLike[str]], *, w
             summary.skip(path, str(exc) if isinstance(exc, DecodeError) else f"{type(exc).__name__}: {first_line(exc)}")
     for mask in layout.escaped:
         summary.skip(mask, f"path escapes the masks folder (links to {mask.resolve()})")
+    for manifest, ids in layout.unmatched_rows(walked):
+        shown = ", ".join(repr(i) for i in ids[:3]) + (f" and {len(ids) - 3} more" if len(ids) > 3 else "")
+        summary.notes.append((str(manifest), f"{len(ids)} row(s) match no imported image ({shown}): their split and "
+                              "has_lesion were not applied; ids are file names, with or without the extension"))
     if with_masks:
         for mask in layout.unused_masks(walked):
             summary.skip(mask, HIDDEN if mask.name.startswith(".") else "mask has no image with the same name")
@@ -240,6 +244,8 @@ class _Layout:
         self._manifests: dict[Path, dict[str, dict[str, str]] | DecodeError] = {}
         self._mask_dirs: dict[Path, dict[str, Path]] = {}
         self._used: set[Path] = set()
+        self._matched: dict[Path, set[str]] = {}  # manifest -> the ids of its rows that an image matched
+        self._served: dict[Path, set[Path]] = {}  # manifest -> the folders of the images looked up in it
         self.escaped: list[Path] = []
 
     def manifest_values(self, image: Path) -> tuple[str, bool | None]:
@@ -249,9 +255,26 @@ class _Layout:
             candidates.append(image.parent.parent / MANIFEST)
         for candidate in candidates:
             if candidate.is_file():
-                row = self._manifest(candidate).get(stem(image))
+                table = self._manifest(candidate)
+                key = stem(image) if stem(image) in table else image.name  # ids with the extension match too
+                self._served.setdefault(candidate, set()).add(image.parent.absolute())
+                row = table.get(key)
+                if row:
+                    self._matched.setdefault(candidate, set()).add(key)
                 return (_split(row, candidate), _flag(row, candidate)) if row else ("pool", None)
         return "pool", None
+
+    def unmatched_rows(self, walked: set[Path]) -> list[tuple[Path, list[str]]]:
+        """(manifest, ids) for rows no image matched, where the manifest's images were imported whole: a row meant
+        to put an image in `test` that silently matches nothing would leave that image in the pool."""
+        out = []
+        for manifest, folders in self._served.items():
+            table = self._manifests[manifest]
+            if isinstance(table, dict) and folders & walked:
+                ids = [key for key in table if key not in self._matched.get(manifest, set())]
+                if ids:
+                    out.append((manifest, ids))
+        return out
 
     def _manifest(self, path: Path) -> dict[str, dict[str, str]]:
         if path not in self._manifests:

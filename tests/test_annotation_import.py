@@ -247,6 +247,21 @@ def test_a_manifest_naming_an_image_twice_skips_its_images(store, tmp_path):
     assert summary.added == 0 and len(summary.skipped) == 2
     assert all("'case_000' is on two rows" in reason for _, reason in summary.skipped)
 
+def test_manifest_ids_may_carry_the_extension_and_rows_matching_nothing_are_noted(store, tmp_path):
+    """A row that matches no image must not pass in silence: the image it meant for `test` would train in the pool."""
+    src = tmp_path / "set"
+    make_dataset(src, n=3, splits=["pool", "test", "val"])
+    text = (src / "manifest.csv").read_text().replace("case_001,", "case_001.png,").replace("case_002,", "case_2,")
+    (src / "manifest.csv").write_text(text)
+    summary = import_sources(store, [src], progress=False)
+    assert summary.added == 3 and summary.skipped == []
+    assert {i.name: i.split for i in store.images()} == {"case_000": "pool", "case_001": "test", "case_002": "pool"}
+    assert [path for path, _ in summary.notes] == [str(src / "manifest.csv")]
+    assert "1 row(s) match no imported image ('case_2')" in summary.notes[0][1]
+    single = import_sources(store, [src / "images" / "case_000.png"], progress=False)  # one file: no such note
+    assert single.notes == []
+
+
 
 def test_a_reimport_keeps_the_workspace_and_says_where_the_files_now_differ(store, tmp_path):
     src = tmp_path / "set"
