@@ -67,6 +67,8 @@ def import_sources(store: Store, sources: Iterable[str | os.PathLike[str]], *, w
             summary.skip(path, str(exc) if isinstance(exc, DecodeError) else f"{type(exc).__name__}: {first_line(exc)}")
     for mask in layout.escaped:
         summary.skip(mask, f"path escapes the masks folder (links to {mask.resolve()})")
+    for mask, reason in layout.ambiguous.items():
+        summary.skip(mask, reason)
     for manifest, ids in layout.unmatched_rows(walked):
         shown = ", ".join(repr(i) for i in ids[:3]) + (f" and {len(ids) - 3} more" if len(ids) > 3 else "")
         summary.notes.append((str(manifest), f"{len(ids)} row(s) match no imported image ({shown}): their split and "
@@ -242,11 +244,13 @@ class _Layout:
 
     def __init__(self) -> None:
         self._manifests: dict[Path, dict[str, dict[str, str]] | DecodeError] = {}
-        self._mask_dirs: dict[Path, dict[str, Path]] = {}
+        self._mask_dirs: dict[Path, dict[str, list[Path]]] = {}
+        self._image_names: dict[Path, dict[str, list[str]]] = {}  # images/ folder -> stem -> file names
         self._used: set[Path] = set()
         self._matched: dict[Path, set[str]] = {}  # manifest -> the ids of its rows that an image matched
         self._served: dict[Path, set[Path]] = {}  # manifest -> the folders of the images looked up in it
         self.escaped: list[Path] = []
+        self.ambiguous: dict[Path, str] = {}  # mask -> why no image was given it
 
     def manifest_values(self, image: Path) -> tuple[str, bool | None]:
         """(split, has_lesion) for an image: from the manifest beside it or beside its images/ folder."""
@@ -296,12 +300,13 @@ class _Layout:
         return table
 
     def mask_for(self, image: Path) -> Path | None:
-        """`../masks/<same stem>.*` for an image inside an images/ folder."""
+        """`../masks/<same stem>.*` for an image inside an images/ folder; None where the pairing is ambiguous (two
+        masks, or two images, share the stem: `a.png` and `a.tif`), the masks then listed in `ambiguous`."""
         if image.parent.name != "images":
             return None
         mask_dir = image.parent.parent / "masks"
         if mask_dir not in self._mask_dirs:
-            index: dict[str, Path] = {}
+            index: dict[str, list[Path]] = {}
             if mask_dir.is_dir():
                 real = mask_dir.resolve()
                 for path in sorted(mask_dir.iterdir()):
@@ -309,19 +314,30 @@ class _Layout:
                     if ignored or not (path.is_file() or path.is_symlink()):
                         continue
                     if _inside(path, real):
-                        index.setdefault(stem(path), path)
+                        index.setdefault(stem(path), []).append(path)
                     else:
                         self.escaped.append(path)
             self._mask_dirs[mask_dir] = index
-        mask = self._mask_dirs[mask_dir].get(stem(image))
-        if mask is not None:
-            self._used.add(mask)
-        return mask
+        masks = self._mask_dirs[mask_dir].get(stem(image), [])
+        self._used.update(masks)
+        if image.parent not in self._image_names:
+            self._image_names[image.parent] = {}
+            for path in sorted(image.parent.iterdir()):
+                if not path.name.startswith("."):
+                    self._image_names[image.parent].setdefault(stem(path), []).append(path.name)
+        images = self._image_names[image.parent].get(stem(image), [])
+        if len(masks) > 1 or (masks and len(images) > 1):
+            reason = (f"masks {', '.join(m.name for m in masks)} share a name" if len(masks) > 1 else
+                      f"images {', '.join(sorted(images))} share its name")
+            self.ambiguous.update({mask: f"{reason}: which mask is whose cannot be known (rename them)"
+                                   for mask in masks})
+            return None
+        return masks[0] if masks else None
 
     def unused_masks(self, walked: set[Path]) -> list[Path]:
         """Masks matching no image, in masks/ folders whose images/ folder was imported whole."""
         return [path for mask_dir, index in self._mask_dirs.items() if (mask_dir.parent / "images").absolute() in walked
-                for path in index.values() if path not in self._used]
+                for paths in index.values() for path in paths if path not in self._used]
 
 
 def _split(row: dict[str, str], manifest: Path) -> str:

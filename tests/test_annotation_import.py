@@ -376,3 +376,27 @@ def test_hidden_files_named_like_images_are_listed_never_silently_dropped(store,
     assert listed == {name: "hidden file (name starts with '.'): not imported; rename it to import it"
                       for name in ("images/..png", "images/.hidden.png", ".scan.nii.gz", "masks/.case_000.png")}
     assert import_sources(store, [src / "images" / ".hidden.png"], progress=False).added == 1  # named: imported
+
+
+def test_a_mask_whose_image_is_ambiguous_is_given_to_no_image(store, tmp_path):
+    """`a.png` and `a.tif` in images/, or two masks named `a`: which mask is whose cannot be known, so none is
+    taken (one mask was given to both images) and every such mask is listed with why."""
+    src = tmp_path / "set"
+    square = np.zeros((8, 8), np.uint8)
+    square[:2, :2] = 255
+    write_image(src / "images" / "a.png", np.full((8, 8), 5, np.uint8))
+    write_image(src / "images" / "a.tif", np.full((8, 8), 6, np.uint8))
+    write_image(src / "masks" / "a.png", square)
+    write_image(src / "images" / "b.png", np.full((8, 8), 7, np.uint8))
+    write_image(src / "masks" / "b.png", square)
+    write_image(src / "masks" / "b.bmp", square.T.copy())
+    write_image(src / "images" / "c.png", np.full((8, 8), 8, np.uint8))
+    write_image(src / "masks" / "c.png", square)
+    summary = import_sources(store, [src], progress=False)
+    assert (summary.added, summary.masks_added) == (4, 1)
+    skipped = dict(summary.skipped)
+    assert set(skipped) == {str(src / "masks" / name) for name in ("a.png", "b.png", "b.bmp")}
+    assert "images a.png, a.tif share its name" in skipped[str(src / "masks" / "a.png")]
+    assert "masks b.bmp, b.png share a name" in skipped[str(src / "masks" / "b.png")]
+    masked = [(i.name, i.original_path.endswith("c.png")) for i in store.images() if store.load_mask(i.id) is not None]
+    assert masked == [("c", True)]
