@@ -22,6 +22,7 @@ import shutil
 import time
 import uuid
 import warnings
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -124,11 +125,20 @@ def export_zip(store: Store, folder: str | os.PathLike[str], fmt: str, *, includ
 
 
 def _unique_names(labeled: list[tuple[ImageInfo, MaskInfo]]) -> list[str]:
-    """Image names as file names; a name two images share gets the image id appended."""
-    counts: dict[str, int] = {}
+    """Image names as file names, unique even where case is ignored (macOS, Windows): a name two images share gets
+    the image id appended, and again while that is taken too (images 'a', 'a' and 'a_1' gave 'a_1' twice)."""
+    counts = Counter(image.name.casefold() for image, _ in labeled)
+    taken = {name for name, n in counts.items() if n == 1}
+    names = []
     for image, _ in labeled:
-        counts[image.name] = counts.get(image.name, 0) + 1
-    return [image.name if counts[image.name] == 1 else f"{image.name}_{image.id}" for image, _ in labeled]
+        name = image.name
+        if counts[name.casefold()] > 1:
+            name = f"{name}_{image.id}"
+            while name.casefold() in taken:
+                name = f"{name}_{image.id}"
+            taken.add(name.casefold())
+        names.append(name)
+    return names
 
 
 def _remove_stale_temporaries(out: Path) -> None:
@@ -162,10 +172,16 @@ def _write_coco(store: Store, tmp: Path, items: list[_Item]) -> dict[str, list[P
     from pycocotools import mask as mask_utils
 
     images, annotations = [], []
+    originals = Counter(Path(item.image.original_path).name.casefold() for item in items)
     for item in items:
         image = item.image
+        original = Path(image.original_path).name
         single = image.frame_index is None and image.slice_index is None
-        images.append({"id": image.id, "file_name": Path(image.original_path).name if single else f"{item.name}.png",
+        if single and originals[original.casefold()] == 1:
+            file_name = original
+        else:  # a frame, a slice, or a file name another exported image has too: the export's unique name
+            file_name = f"{item.name}{Path(original).suffix if single else '.png'}"
+        images.append({"id": image.id, "file_name": file_name,
                        "width": image.width, "height": image.height, "adasam_name": item.name})
         pixels = item.pixels(store)
         if pixels.any():

@@ -246,3 +246,32 @@ def test_nifti_export_keeps_every_volume_apart_across_axes_and_same_stems(store,
         saved = nib.load(tmp_path / "out" / files[volume_id].pop())
         assert saved.shape == tuple(volume["shape"]) and np.allclose(saved.affine, volume["affine"])
         assert np.array_equal(np.asanyarray(saved.dataobj), expected[volume_id])
+
+
+@pytest.mark.parametrize("fmt", ["png", "coco"])
+def test_images_sharing_a_name_export_under_names_no_two_share(store, tmp_path, fmt):
+    """Images named 'a', 'a' and 'a_1' (or 'A' and 'a', one file on macOS) gave 'a_1' twice: PNG aborted, and COCO
+    had two images with one file name."""
+    names = ["a", "a", "a_1", "A", "b"]
+    for k, name in enumerate(names):
+        path = tmp_path / "src" / str(k) / f"{name}.png"
+        path.parent.mkdir(parents=True)
+        Image.fromarray(np.full((4, 4), k * 10, np.uint8)).save(path)
+    import_sources(store, [tmp_path / "src"], progress=False)
+    masks = {}
+    for k, image in enumerate(store.images()):
+        masks[image.id] = np.zeros((4, 4), bool)
+        masks[image.id][k % 4, k // 4] = True
+        store.save_mask(image.id, masks[image.id], "ann")
+    summary = export_workspace(store, tmp_path / "out", fmt)
+    manifest = read_manifest(tmp_path / "out")
+    assert summary.images == 5 and len({name.casefold() for name in manifest}) == 5
+    assert manifest["b"]["image_id"] == str(store.images()[-1].id)  # a name no other image has is kept
+    if fmt == "png":
+        for name, row in manifest.items():
+            exported = np.array(Image.open(tmp_path / "out" / "masks" / f"{name}.png")) > 0
+            assert np.array_equal(exported, masks[int(row["image_id"])])
+    else:
+        document = json.loads((tmp_path / "out" / "annotations.json").read_text())
+        assert len({image["file_name"].casefold() for image in document["images"]}) == 5
+        assert {image["file_name"] for image in document["images"]} >= {"b.png"}
