@@ -26,6 +26,7 @@ import numpy as np
 
 from annotation import (EXPORT_FORMATS, MaskInfo, SaveRefused, Store, export_zip, next_task, renew_lease, skip,
                         take)
+from annotation.decode import first_line
 from annotation.queue import peek_next
 from app import dashboard
 from app.errors import RequestError, StaleView
@@ -39,6 +40,7 @@ RENEW_EVERY_S = 30.0  # clicks renew the 10-minute lease at most this often
 MAX_POINTS = 64  # clicks per refine (adasam serve --max-points): each one costs decoder time under the model lock
 HANDOUTS_PER_ANNOTATOR = 8  # showings an annotator can still answer (a reload or prefetch race needs a few)
 HANDOUTS_MAX = 4096  # showings remembered in all (masks bit-packed: ~30 KB each at 500 x 500)
+RENDER_TRIES = 3  # images in a row that cannot be shown before a request fails instead of skipping on
 EXPORT_KEEP_S = 600.0  # a downloaded export zip is deleted after this long (Gradio serves its own copy)
 
 
@@ -184,14 +186,31 @@ class Studio:
     def task(self, annotator: str, message: str = "") -> dict[str, Any]:
         """The annotator's current (or next) image with the model's proposal, counts and notes. `view` in the answer
         names this showing: every later action on the image must echo it."""
-        task = next_task(self.store, annotator)
         payload: dict[str, Any] = {"image_id": None, "view": None}
-        if task is not None:
-            view = self.view(task.image.id)
+        failed: list[int] = []
+        while (task := next_task(self.store, annotator)) is not None:
+            if task.image.id in failed:  # only images that cannot be shown are left
+                skip(self.store, annotator, task.image.id)
+                break
+            try:
+                view = self.view(task.image.id)
+            except Exception as exc:
+                # an image whose pixel file is gone or unreadable was handed out again and again (the lease keeps
+                # it), and the page cannot skip what it never showed: skip it here, say so, log it, go on
+                error = f"{type(exc).__name__}: {first_line(exc)}"
+                self.store.log_event(annotator, "render_failed", {"error": error}, task.image.id)
+                skip(self.store, annotator, task.image.id)
+                failed.append(task.image.id)
+                note = f"{task.image.name} could not be shown ({error}) and was skipped"
+                message = f"{message}; {note}" if message else note
+                if len(failed) >= RENDER_TRIES:  # not one bad image: a fault the server must report
+                    raise
+                continue
             payload = dict(view.payload)
             payload["view"] = self._hand_out(annotator, view).token
             payload["skipped_before"] = task.skipped_before
             self._prefetch(annotator)
+            break
         payload.update(self._header(annotator), message=message)
         return payload
 

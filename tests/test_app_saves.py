@@ -371,3 +371,27 @@ def test_a_server_defect_reaches_the_page_as_a_reference_to_the_log_not_its_text
     assert "secret" not in answer["error"] and "reload" in answer["error"]
     assert f"server error {ref} in task" in logged and "KeyError: '/srv/secret" in logged  # the log has it all
     assert reported(no_finding)({}, None) == {"error": "image 7 is being labeled by someone else now", "stale": False}
+
+
+def test_an_image_that_cannot_be_shown_is_skipped_and_said_not_handed_out_again(setup):
+    """Its pixel file gone: the lease kept handing it back, every request failed, and the page could not skip what
+    it never showed."""
+    _, store, studio = setup
+    first = studio.task("ann")["image_id"]
+    studio._ahead.submit(lambda: None).result()  # the prefetch of the next image is done: clearing is final
+    studio._views.clear()
+    store.files.path(store.image(first).file).unlink()
+    task = studio.task("ann")
+    assert task["image_id"] not in (None, first) and task["view"]
+    assert f"{store.image(first).name} could not be shown (FileNotFoundError" in task["message"]
+    events = [e for e in store.events() if e["what"] == "render_failed"]
+    assert [(e["image_id"], e["who"]) for e in events] == [(first, "ann")]
+    for image in store.images(split="pool", state="unlabeled"):  # break every image: the request fails, loudly
+        path = store.files.path(image.file)
+        if path.exists():
+            path.unlink()
+    studio._ahead.submit(lambda: None).result()
+    studio._views.clear()
+    with pytest.raises(FileNotFoundError):
+        studio.task("ann")
+    assert len([e for e in store.events() if e["what"] == "render_failed"]) == 1 + studio_module.RENDER_TRIES
