@@ -204,14 +204,24 @@ class Store:
     # -- registering images ------------------------------------------------------------------------------------
 
     def register_volume(self, path: str, axis: int, shape: Sequence[int], affine: Sequence[Sequence[float]]) -> int:
-        """Record a sliced volume (once per path and axis) and return its id."""
+        """Record a sliced volume (once per path and axis) and return its id. The same path with another shape or
+        affine is refused: the file changed since it was imported, and its slices' masks could no longer be stacked
+        back into it (a volume that grew from 3 to 5 slices broke every NIfTI export)."""
+        shape, affine = [int(v) for v in shape], [[float(v) for v in row] for row in affine]
         with self.transaction() as conn:
             conn.execute(
                 "INSERT INTO volumes (path, axis, shape, affine, imported_at) VALUES (?, ?, ?, ?, ?)"
                 " ON CONFLICT(path, axis) DO NOTHING",
-                (path, axis, json.dumps(list(shape)), json.dumps([list(map(float, r)) for r in affine]), utc_now()),
+                (path, axis, json.dumps(shape), json.dumps(affine), utc_now()),
             )
-            return conn.execute("SELECT id FROM volumes WHERE path = ? AND axis = ?", (path, axis)).fetchone()[0]
+            row = conn.execute("SELECT id, shape, affine FROM volumes WHERE path = ? AND axis = ?",
+                               (path, axis)).fetchone()
+            known_shape, known_affine = json.loads(row["shape"]), json.loads(row["affine"])
+            if known_shape != shape or not np.allclose(known_affine, affine):
+                what = f"shape {known_shape} then, {shape} now" if known_shape != shape else "its affine differs"
+                raise WorkspaceError(f"{path} changed since it was imported ({what}): its masks could no longer be "
+                                     "stacked into one volume; import the new file under another name")
+            return row["id"]
 
     def volume(self, volume_id: int) -> dict[str, Any]:
         row = self.conn.execute("SELECT * FROM volumes WHERE id = ?", (volume_id,)).fetchone()

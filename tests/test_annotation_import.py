@@ -400,3 +400,17 @@ def test_a_mask_whose_image_is_ambiguous_is_given_to_no_image(store, tmp_path):
     assert "masks b.bmp, b.png share a name" in skipped[str(src / "masks" / "b.png")]
     masked = [(i.name, i.original_path.endswith("c.png")) for i in store.images() if store.load_mask(i.id) is not None]
     assert masked == [("c", True)]
+
+
+def test_a_volume_that_changed_since_its_import_is_refused_not_mixed_in(store, tmp_path):
+    """Its slices would join the old volume's row: the stored shape stayed 3 slices, and NIfTI export then failed."""
+    data = np.random.default_rng(0).integers(0, 200, (6, 6, 5)).astype(np.uint8)
+    write_nifti(tmp_path / "vol.nii.gz", data[:, :, :3].copy())
+    assert import_sources(store, [tmp_path / "vol.nii.gz"], progress=False).added == 3
+    write_nifti(tmp_path / "vol.nii.gz", data)
+    summary = import_sources(store, [tmp_path / "vol.nii.gz"], progress=False)
+    assert summary.added == 0 and len(summary.skipped) == 1
+    assert "changed since it was imported (shape [6, 6, 3] then, [6, 6, 5] now)" in summary.skipped[0][1]
+    assert len(store.images()) == 3 and store.volume(store.images()[0].volume_id)["shape"] == [6, 6, 3]
+    write_nifti(tmp_path / "vol.nii.gz", data[:, :, :3].copy())  # the same file again: nothing to refuse
+    assert import_sources(store, [tmp_path / "vol.nii.gz"], progress=False).skipped == []
