@@ -43,6 +43,7 @@ class Decoded:
     window: tuple[float, float] | None = None  # (center, width) of the default display window
     invert: bool = False
     volume: VolumeInfo | None = None
+    non_finite: int = 0  # NaN or infinite values found (set to the lowest finite value)
 
 
 def suffix(path: Path) -> str:
@@ -76,10 +77,28 @@ def decode(path: Path, axis: int = -1, max_pixels: int | None = MAX_IMAGE_PIXELS
         raise DecodeError("empty file")
     kind = kind_of(path)
     if kind == "DICOM":
-        return _decode_dicom(path, max_pixels)
-    if kind == "NIfTI":
-        return _decode_nifti(path, axis, max_pixels)
-    return _decode_raster(path, kind, max_pixels)
+        decoded = _decode_dicom(path, max_pixels)
+    elif kind == "NIfTI":
+        decoded = _decode_nifti(path, axis, max_pixels)
+    else:
+        decoded = _decode_raster(path, kind, max_pixels)
+    return _finite(decoded)
+
+
+def _finite(decoded: Decoded) -> Decoded:
+    """NaN and infinite values (a float NIfTI's masked-out voxels) set to the lowest finite value, counted in
+    `non_finite`: one NaN made the whole model input NaN, and the page's value range null."""
+    bad = sum(int(np.count_nonzero(~np.isfinite(f))) for f in decoded.frames if f.dtype.kind == "f")
+    if not bad:
+        return decoded
+    finite = [f[np.isfinite(f)] for f in decoded.frames if f.dtype.kind == "f"]
+    low = min((float(v.min()) for v in finite if v.size), default=0.0)
+    decoded.frames = [np.where(np.isfinite(f), f, low).astype(f.dtype) if f.dtype.kind == "f" else f
+                      for f in decoded.frames]
+    decoded.non_finite = bad
+    if decoded.window is None or not all(np.isfinite(decoded.window)):
+        decoded.window = percentile_window(np.stack([f.astype(np.float32) for f in decoded.frames]))
+    return decoded
 
 
 def check_size(width: int, height: int, max_pixels: int | None, per: str = "") -> None:

@@ -132,6 +132,9 @@ def _import_file(store: Store, path: Path, layout: "_Layout", with_masks: bool, 
     mask_path = layout.mask_for(path) if with_masks else None  # first: a skipped image's mask is not an orphan
     split, has_lesion = layout.manifest_values(path)
     decoded = decode(path, axis, max_pixels)
+    if decoded.non_finite:
+        summary.notes.append((str(path), f"{decoded.non_finite} NaN or infinite value(s) set to the lowest finite "
+                              "value"))
     positions = list(range(len(decoded.frames)))  # frame or slice numbers within the file
     volume_path = str(path.absolute())
     if in_series is not None:  # one slice of a DICOM series: the series is the volume

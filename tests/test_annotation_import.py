@@ -414,3 +414,19 @@ def test_a_volume_that_changed_since_its_import_is_refused_not_mixed_in(store, t
     assert len(store.images()) == 3 and store.volume(store.images()[0].volume_id)["shape"] == [6, 6, 3]
     write_nifti(tmp_path / "vol.nii.gz", data[:, :, :3].copy())  # the same file again: nothing to refuse
     assert import_sources(store, [tmp_path / "vol.nii.gz"], progress=False).skipped == []
+
+
+def test_nan_and_infinite_voxels_become_the_lowest_finite_value_and_are_noted(store, tmp_path):
+    """One NaN voxel made the whole model input NaN (percentiles of NaN) and the page's value range null."""
+    data = np.random.default_rng(0).normal(100, 20, (16, 16, 2)).astype(np.float32)
+    data[0, 0, :] = np.nan
+    data[1, 1, 0] = np.inf
+    write_nifti(tmp_path / "mr.nii.gz", data)
+    summary = import_sources(store, [tmp_path / "mr.nii.gz"], progress=False)
+    assert summary.added == 2 and summary.notes == [(str(tmp_path / "mr.nii.gz"),
+                                                     "3 NaN or infinite value(s) set to the lowest finite value")]
+    finite = data[np.isfinite(data)]
+    for image in store.images():
+        pixels = store.load_image(image.id)
+        assert np.isfinite(pixels).all() and pixels[0, 0] == finite.min()
+        assert all(np.isfinite(store.value_range(image.id))) and all(np.isfinite(store.display_window(image.id)))
