@@ -136,7 +136,7 @@ def _import_file(store: Store, path: Path, layout: "_Layout", with_masks: bool, 
         summary.notes.append((str(path), f"{decoded.non_finite} NaN or infinite value(s) set to the lowest finite "
                               "value"))
     positions = list(range(len(decoded.frames)))  # frame or slice numbers within the file
-    volume_path = str(path.absolute())
+    volume_path = as_text(str(path.absolute()))
     if in_series is not None:  # one slice of a DICOM series: the series is the volume
         decoded.position_kind = "slice"
         decoded.volume = VolumeInfo(2, in_series.shape, in_series.affine)
@@ -149,11 +149,12 @@ def _import_file(store: Store, path: Path, layout: "_Layout", with_masks: bool, 
             summary.skip(mask_path, f"{first_line(exc)}; image imported without its mask")
 
     # Files first (complete, content-addressed), rows after: a row never points at a missing or partial file.
-    absolute = str(path.absolute())
+    absolute = as_text(str(path.absolute()))
     records, mask_files = [], []
     for index, (position, pixels) in enumerate(zip(positions, decoded.frames)):
         sha, relpath = store.files.put(pixels, "images")
-        records.append(_record(decoded, pixels, position, sha, relpath, stem(path), absolute, split, has_lesion))
+        records.append(_record(decoded, pixels, position, sha, relpath, as_text(stem(path)), absolute, split,
+                               has_lesion))
         mask_files.append(None if masks is None else store.files.put_mask(masks[index]))
 
     added = masks_added = 0
@@ -341,6 +342,12 @@ class _Layout:
         """Masks matching no image, in masks/ folders whose images/ folder was imported whole."""
         return [path for mask_dir, index in self._mask_dirs.items() if (mask_dir.parent / "images").absolute() in walked
                 for paths in index.values() for path in paths if path not in self._used]
+
+
+def as_text(name: str) -> str:
+    """A file name as the workspace stores it: bytes that are not UTF-8 (`caf\\xe9.png` from a Latin-1 disk) written
+    as backslash escapes, since SQLite text must be UTF-8 (the image was skipped with a raw UnicodeEncodeError)."""
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 def _split(row: dict[str, str], manifest: Path) -> str:

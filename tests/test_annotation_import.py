@@ -430,3 +430,14 @@ def test_nan_and_infinite_voxels_become_the_lowest_finite_value_and_are_noted(st
         pixels = store.load_image(image.id)
         assert np.isfinite(pixels).all() and pixels[0, 0] == finite.min()
         assert all(np.isfinite(store.value_range(image.id))) and all(np.isfinite(store.display_window(image.id)))
+
+
+def test_a_file_name_that_is_not_utf8_is_imported_under_an_escaped_name(store, tmp_path):
+    """SQLite text must be UTF-8: the image was skipped with a raw UnicodeEncodeError and its pixel file left behind."""
+    folder = os.fsencode(tmp_path / "src")
+    os.makedirs(folder)
+    Image.fromarray(np.full((8, 8), 7, np.uint8)).save(folder + b"/caf\xe9.png")
+    summary = import_sources(store, [tmp_path / "src"], progress=False)
+    assert (summary.added, summary.skipped) == (1, [])
+    image = store.images()[0]
+    assert image.name == "caf\\xe9" and image.original_path == f"{tmp_path / 'src'}/caf\\xe9.png"
