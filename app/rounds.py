@@ -194,12 +194,12 @@ class Verdict:
 
 def publish_round(store: Store, base: Backbone, round_id: int, checkpoint: Path, val: list[Item],
                   metrics: dict[str, Any], check: Callable[[], None] = lambda: None,
-                  still_ours: Callable[[], None] = lambda: None) -> Verdict:
+                  registering: Callable[["Verdict"], None] = lambda verdict: None) -> Verdict:
     """Score `checkpoint` on the validation items, compare with the serving model on the same items, copy it into
     WORKSPACE/models/ (complete and synced before the store points at it) and register it, published or not.
-    `check` may stop the work before the comparison; `still_ours` runs in the transaction that registers the model
-    and raises when the round may no longer have one (a remote trainer's token revoked while its upload was scored):
-    then nothing is registered and the copy is removed."""
+    `check` may stop the work before the comparison; `registering` runs in the transaction that registers the model
+    (to end the round in it too) and may raise when the round may no longer have one (a remote trainer's token
+    revoked while its upload was scored): then nothing is registered and the copy is removed."""
     serving = serving_model(store)
     metrics = dict(metrics)
     val_dice, published, note = None, True, None
@@ -222,14 +222,15 @@ def publish_round(store: Store, base: Backbone, round_id: int, checkpoint: Path,
     with open(tmp, "rb") as handle:
         os.fsync(handle.fileno())
     os.replace(tmp, path)
+    verdict = Verdict(version, val_dice, published, note, metrics)
     try:
         with store.transaction():
-            still_ours()
             store.register_model(version, path, metrics, round_id, published=published)
+            registering(verdict)
     except BaseException:
         path.unlink(missing_ok=True)
         raise
-    return Verdict(version, val_dice, published, note, metrics)
+    return verdict
 
 
 def val_summary(base: Backbone, checkpoint: str | Path, val: list[Item]) -> dict:

@@ -31,7 +31,7 @@ from annotation import RoundInfo, RoundTaken, Store, WorkspaceError
 from annotation.store import LOCAL_TRAINER
 from app.model_slot import ModelSlot
 from app.rounds import (
-    items, plan_round, publish_round, round_due, round_finished, round_started, validation_masks,
+    Verdict, items, plan_round, publish_round, round_due, round_finished, round_started, validation_masks,
 )
 from app.status import write_remote_status
 from app.trainer import workspace_pixels
@@ -239,15 +239,19 @@ class TrainerAPI:
             reported = payload.get("metrics") if isinstance(payload.get("metrics"), dict) else {}
             metrics = {k: v for k, v in reported.items() if k in UPLOAD_METRICS and _finite(v)}
             self._own(rnd.id, name)
+
+            def end_round(verdict: Verdict) -> None:
+                """In the transaction that registers the model: a token revoked since scoring began registers
+                nothing, and a registered model always has its round ended (two transactions left a race)."""
+                self._own(rnd.id, name)
+                store.finish_round(rnd.id, "done", val_dice=verdict.val_dice, model_version=verdict.version,
+                                   note=verdict.note, who=name, owner=name)
+                round_finished(store, rnd.labels_used)
+
             verdict = publish_round(store, self.slot.base, rnd.id, clean, val,
-                                    {**metrics, "round": rnd.id, "trainer": name},
-                                    still_ours=lambda: self._own(rnd.id, name))  # scoring takes a while
+                                    {**metrics, "round": rnd.id, "trainer": name}, registering=end_round)
         finally:
             clean.unlink(missing_ok=True)
-        with store.transaction():
-            store.finish_round(rnd.id, "done", val_dice=verdict.val_dice, model_version=verdict.version,
-                               note=verdict.note, who=name, owner=name)
-            round_finished(store, rnd.labels_used)
         write_remote_status(store.root)
         return {"version": verdict.version, "published": verdict.published, "val_dice": verdict.val_dice,
                 "note": verdict.note}

@@ -21,7 +21,7 @@ from annotation import RoundTaken, Store, WorkspaceError
 from app.cli import main
 from app.model_slot import ModelSlot
 from app.remote_trainer import RemoteError, RemoteTrainer, RoundLost, TrainerClient
-from app.rounds import RoundPlan, items, plan_round, round_score, val_summary, validation_masks
+from app.rounds import RoundPlan, items, plan_round, round_finished, round_score, val_summary, validation_masks
 from app.status import IMAGE_VIEW, read_remote_status
 from app.trainer import workspace_pixels
 from app.trainer_api import API, TrainerAPI
@@ -291,6 +291,26 @@ def test_a_token_revoked_while_its_upload_is_scored_gets_nothing_published(api, 
         trainer.run(rounds=1, poll_s=0)
     assert not store.models() and not list((store.root / "models").glob("*.pt"))
     assert store.rounds()[-1].status == "cancelled"
+
+
+def test_a_model_is_registered_only_with_its_round_ended_in_the_same_transaction(api, monkeypatch):
+    """Registering the model and ending the round were two transactions: a token revoked between them left a served
+    model whose round read 'cancelled'. Now a failure ending the round registers nothing."""
+    store = api["store"]
+    trainer = RemoteTrainer(client(api), "micro_random", api["root"] / "trainer-cache", api["root"] / "mirror")
+    calls = []
+
+    def failing_once(*args, **kwargs):  # ending the round fails; recording the failure afterwards works
+        calls.append(args)
+        if len(calls) == 1:
+            trainer.stop.set()  # the trainer reports the failed upload and returns instead of polling on
+            raise OSError("disk full")
+        return round_finished(*args, **kwargs)
+
+    monkeypatch.setattr("app.trainer_api.round_finished", failing_once)
+    assert trainer.run(rounds=1, poll_s=0) == 0
+    assert len(calls) == 2 and not store.models() and not list((store.root / "models").glob("*.pt"))
+    assert store.rounds()[-1].status == "failed" and store.rounds()[-1].model_version is None
 
 
 def test_a_trainer_that_loses_its_round_stops_and_uploads_nothing(api):
