@@ -188,6 +188,7 @@ class Studio:
         names this showing: every later action on the image must echo it."""
         payload: dict[str, Any] = {"image_id": None, "view": None}
         failed: list[int] = []
+        self.slot.refresh()  # a model that fails to load is the server's fault, not the image's: no skipping for it
         while (task := next_task(self.store, annotator)) is not None:
             if task.image.id in failed:  # only images that cannot be shown are left
                 skip(self.store, annotator, task.image.id)
