@@ -67,7 +67,11 @@ def load_data_folder(root: str | Path, seed: int = 0) -> DataFolder:
     masks_dir = root / "masks"
     masks = {p.stem: p for p in sorted(masks_dir.iterdir())} if masks_dir.is_dir() else {}
     manifest = _read_manifest(root / "manifest.csv")
-    if manifest and all(r.get("split") for r in manifest.values()):
+    if any((r.get("split") or "").strip() for r in manifest.values()):
+        blank = sorted(i for i, r in manifest.items() if not (r.get("split") or "").strip())
+        if blank:  # a generated split instead would put some of the manifest's test images into training
+            raise DataError(f"{root / 'manifest.csv'}: no split for {blank[0]!r} ({len(blank)} row(s)); "
+                            "give every row pool, val or test, or leave the column empty everywhere")
         unknown = {r["split"] for r in manifest.values()} - set(SPLITS)
         if unknown:
             raise DataError(f"{root / 'manifest.csv'}: unknown split(s) {sorted(unknown)}; use pool/val/test")

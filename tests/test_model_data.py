@@ -70,6 +70,19 @@ def test_manifest_without_split_column_is_split_by_seed(tmp_path):
     assert [s.has_lesion for s in folder.samples[:2]] == [True, False]
 
 
+def test_a_manifest_split_with_a_blank_cell_is_refused_not_replaced_by_a_generated_one(tmp_path):
+    """One empty split cell switched the whole folder to a generated split: the manifest's test images trained."""
+    root = write_blob_dataset(tmp_path / "d", n=12, negatives=3, size=(20, 24))
+    rows = list(csv.DictReader((root / "manifest.csv").open()))
+    rows[5]["split"] = " "
+    with (root / "manifest.csv").open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    with pytest.raises(DataError, match=f"no split for '{rows[5]['id']}' \\(1 row\\(s\\)\\)"):
+        load_data_folder(root)
+
+
 def test_seeded_split_small():
     split = seeded_split(["a", "b", "c"], 0)
     assert sorted(split.values()) == ["pool", "test", "val"]
