@@ -54,6 +54,16 @@ class DataFolder:
             for s in self.samples:
                 writer.writerow([s.id, s.split, "" if s.has_lesion is None else int(s.has_lesion)])
 
+    def moved_since(self, path: Path) -> list[tuple[str, str, str]]:
+        """(id, split then, split now) for each image whose split differs from a run's `split.csv` at `path`
+        (none when there is no such file). A generated split is redrawn whenever the images change, so an image a
+        run trained on can now sit in test."""
+        if not path.is_file():
+            return []
+        with path.open(newline="") as handle:
+            then = {row["id"]: row["split"] for row in csv.DictReader(handle)}
+        return [(s.id, then[s.id], s.split) for s in self.samples if s.id in then and then[s.id] != s.split]
+
 
 def load_data_folder(root: str | Path, seed: int = 0) -> DataFolder:
     """Index a data folder; raise DataError for an empty or malformed one."""

@@ -319,6 +319,23 @@ def test_evaluate_refuses_bad_input(run, data, tmp_path):
     _assert_refused(code, err, "evaluate", "is a folder")
 
 
+def test_evaluate_refuses_a_folder_whose_generated_split_moved_since_training(run, data, tmp_path):
+    """One image more, and the generated split is drawn anew: images the run trained on could be scored as test."""
+    copy = tmp_path / "data"
+    shutil.copytree(data, copy)
+    for k in range(10, 14):
+        shutil.copy(copy / "images" / "img_001.png", copy / "images" / f"img_{k:03d}.png")
+        shutil.copy(copy / "masks" / "img_001.png", copy / "masks" / f"img_{k:03d}.png")
+    moved = [i for i, split in seeded_split(sorted([*IDS, *(f"img_{k:03d}" for k in range(10, 14))]), 0).items()
+             if i in SPLIT and split != SPLIT[i]]
+    assert moved  # the premise: adding images moves some of the old ones
+    report = tmp_path / "eval.json"
+    code, _, err = run_cli("evaluate", "--data", copy, "--model", run["folder"], "--json", report,
+                           "--cache", tmp_path / "cache")
+    _assert_refused(code, err, "evaluate", f"{len(moved)} image(s) are in another split than when")
+    assert not report.exists()
+
+
 def test_predict_refuses_an_unreadable_image(run, data, tmp_path):
     bad = tmp_path / "bad.png"
     bad.write_text("text")
