@@ -170,13 +170,13 @@ def _train(args: argparse.Namespace, folder, pool: list, val: list, backbone, ra
         trainer = Trainer(model, train_config, data, out, log=say, ranks=ranks)
     except ValueError as exc:  # e.g. none of the masked pool images contains the target
         raise CommandError(f"{args.data}: {exc} (use a larger --masks or another --seed)") from None
+    resume = ranks.from_main((out / "last.pt").exists())  # every rank resumes from the same file, or none does
+    if resume:  # refused before anything is written when it was started on other data or settings
+        trainer.load_resume_state(out / "last.pt")
+        say(f"resuming {out} from step {trainer.step}")
     if ranks.main:
         out.mkdir(parents=True, exist_ok=True)
         folder.write_split(out / "split.csv")
-    resume = ranks.from_main((out / "last.pt").exists())  # every rank resumes from the same file, or none does
-    if resume:
-        trainer.load_resume_state(out / "last.pt")
-        say(f"resuming {out} from step {trainer.step}")
     precision = str(trainer.dtype).removeprefix("torch.")
     if precision != "float32":
         say(f"training steps compute in {precision} (ADASAM_PRECISION)")

@@ -237,7 +237,7 @@ class BackgroundTrainer:
         marker = self.work / "round.json"
         wanted = {"model": asdict(trainer.model.config), "steps": trainer.config.steps, "from": self._from_version()}
         if (self.work / "last.pt").exists() and marker.exists() and json.loads(marker.read_text()) == wanted:
-            trainer.load_resume_state(self.work / "last.pt")
+            trainer.load_resume_state(self.work / "last.pt", same_data=False)  # on the labels there are now
             self.resumed_from = trainer.step
             self.status(message=f"resumed an interrupted round at step {trainer.step}")
             return

@@ -88,6 +88,18 @@ class TrainingData:
     val: list[Item]
 
 
+def data_identity(data: TrainingData) -> dict[str, list]:
+    """Which images a run trains and validates on, and the tags it reads: what a resumed run must find again."""
+    return {"masked": sorted(str(i.id) for i in data.masked), "val": sorted(str(i.id) for i in data.val),
+            "unlabeled": sorted(str(i.id) for i in data.unlabeled),
+            "tags": sorted([str(i.id), bool(i.tag)] for i in data.tagged)}
+
+
+def _settings(train_config: dict) -> dict:
+    """A TrainConfig's fields less the step budget (`--steps`, which also caps the image view's)."""
+    return {k: v for k, v in train_config.items() if k not in ("steps", "image_view")}
+
+
 class Trainer:
     """Trains `model` on `data`, writing model.pt / last.pt to `out`.
 
@@ -336,12 +348,15 @@ class Trainer:
         extra = {"step": self.step, "optimizer": self.optimizer.state_dict(), "best": self.best,
                  "history": self.history, "rng": self.rng.bit_generator.state,
                  "torch_rng": torch.random.get_rng_state(), "train_config": asdict(self.config),
-                 "image_view": self.image_view_report}
+                 "image_view": self.image_view_report, "data": data_identity(self.data)}
         if self.teacher is not None:
             extra["teacher"] = self.teacher.trainable_state()
         save_checkpoint(self.model, self.out / "last.pt", extra)
 
-    def load_resume_state(self, path: Path) -> None:
+    def load_resume_state(self, path: Path, same_data: bool = True) -> None:
+        """Continue from `path` (last.pt). `same_data`: refuse one started on other images, tags or settings (the
+        step budget apart: a run may be given more steps); the app's trainer resumes an interrupted round on the
+        labels there are now."""
         payload = torch.load(path, map_location="cpu", weights_only=False)
         earlier, config = AdaSamConfig.from_dict(payload["config"]), self.model.config
         _same_encoder(earlier, config, f"{path}")
@@ -354,6 +369,13 @@ class Trainer:
             self.optimizer.load_state_dict(payload["optimizer"])
         except ValueError as exc:  # other trainable parts (--freeze-adapter, an image view ...)
             raise CheckpointError(f"{path}: trains other parts than this run would ({exc}): {again}") from None
+        if same_data:  # other masks, tags, split or seed: it would go on as the old run, its summary saying the new
+            changed = [what for key, now, what in (
+                ("data", data_identity(self.data), "other masked, tagged, unlabeled or val images"),
+                ("train_config", _settings(asdict(self.config)), "other training settings"))
+                if key in payload and _settings(payload[key]) != json.loads(json.dumps(now))]  # older last.pt: none
+            if changed:
+                raise CheckpointError(f"{path}: started with {' and '.join(changed)}: {again}")
         if self.teacher is not None and "teacher" in payload:
             self.teacher.load_state_dict(payload["teacher"], strict=False)
         self.step, self.best, self.history = payload["step"], payload["best"], payload["history"]

@@ -217,12 +217,19 @@ def test_a_run_starts_or_resumes_only_from_the_same_encoder_setting(run, data, c
 
 
 def test_a_run_resumes_only_with_the_settings_it_was_started_with(run, data, cache):
-    """Another method, or other trainable parts, in a run folder that holds last.pt: one line, not a traceback."""
+    """Another method, other trainable parts, other masks or tags, or other settings in a run folder that holds
+    last.pt: one line, not a traceback, and the run's summary untouched (a resumed run trained on as the old one
+    while summary.json claimed the new settings). More steps are allowed (test_second_train_resumes_from_the_cache)."""
     for extra, said in ((["--method", "supervised"], "a run of adasam on tiny_random, this one asks for supervised"),
-                        (["--freeze-adapter"], "trains other parts than this run would")):
+                        (["--freeze-adapter"], "trains other parts than this run would"),
+                        (["--seed", 1], "started with other masked, tagged, unlabeled or val images"),
+                        (["--tags", "masked"], "started with other masked, tagged, unlabeled or val images"),
+                        (["--no-unlabeled"], "started with other training settings")):
         code, _, err = run_cli("train", "--data", data, "--out", run["folder"], "--backbone", "tiny_random",
                                "--steps", 2, "--cache", cache, "--masks", 0.5, *extra)
         _assert_refused(code, err, "train", "last.pt", said, progress=True)
+    summary = json.loads((run["folder"] / "summary.json").read_text())
+    assert (summary["seed"], summary["tags"], summary["train_config"]["use_unlabeled"]) == (0, "all", True)
 
 
 # -- bad input --------------------------------------------------------------------------------------------------------
