@@ -160,3 +160,17 @@ def test_litemedsam_box_with_positive_vs_negative_click(lite):
     cy, cx = round(centre[1]), round(centre[0])
     assert positive[cy, cx] and not negative[cy, cx]
     assert dice(positive, lite["mask"]) > 0.6
+
+
+def test_a_model_loads_only_over_the_backbone_it_was_trained_on(tmp_path):
+    """Same shapes, other weights (micro_random seed 1 against 0; LiteMedSAM against a fine-tuned copy): the state
+    loaded without a word and every prediction was wrong."""
+    from model.adasam import CheckpointError, build_adasam, load_checkpoint, save_checkpoint
+    from model.backbones import build_micro_random
+
+    model = build_adasam(AdaSamConfig(backbone="micro_random"), build_micro_random(0))
+    save_checkpoint(model, tmp_path / "model.pt")
+    assert load_checkpoint(tmp_path, build_micro_random(0))[0].backbone.identity == "micro_random-0-32"
+    with pytest.raises(CheckpointError) as exc:
+        load_checkpoint(tmp_path, build_micro_random(1))
+    assert "trained on backbone micro_random-0-32, not on this one (micro_random-1-32)" in _one_line(exc)
