@@ -3,10 +3,12 @@ plus the names of the workspace settings both processes share. A file, not a set
 second do not fill the workspace's event log."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import threading
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -28,10 +30,27 @@ def status_path(workspace: str | os.PathLike[str]) -> Path:
 
 def write_status(workspace: str | os.PathLike[str], **status: Any) -> None:
     path = status_path(workspace)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".status-{os.getpid()}.tmp")
-    tmp.write_text(json.dumps({**status, "updated": time.time(), "pid": os.getpid()}, default=str))
-    os.replace(tmp, path)
+    _write_best_effort(path, path.with_name(f".status-{os.getpid()}.tmp"),
+                       json.dumps({**status, "updated": time.time(), "pid": os.getpid()}, default=str))
+
+
+def _write_best_effort(path: Path, tmp: Path, text: str) -> None:
+    """Progress only: a full or read-only disk must not stop the trainer or the server (it did both, the server's
+    loop writing the trainer's status), so a failed write is warned about once per file and skipped."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        if str(path) not in _UNWRITABLE:
+            _UNWRITABLE.add(str(path))
+            warnings.warn(f"cannot write {path} ({exc.strerror or exc}): progress is not shown until it can",
+                          RuntimeWarning, stacklevel=3)
+
+
+_UNWRITABLE: set[str] = set()  # status files a write failed for (warned once)
 
 
 def remote_status_path(workspace: str | os.PathLike[str]) -> Path:
@@ -42,10 +61,8 @@ def write_remote_status(workspace: str | os.PathLike[str], **status: Any) -> Non
     """The progress a trainer on another machine last reported (nothing: no remote round running). A file of its
     own: the workspace's trainer process keeps writing status.json while it embeds and re-scores."""
     path = remote_status_path(workspace)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".remote-{os.getpid()}-{threading.get_ident()}.tmp")  # one per request thread
-    tmp.write_text(json.dumps({**status, "updated": time.time()}))
-    os.replace(tmp, path)
+    _write_best_effort(path, path.with_name(f".remote-{os.getpid()}-{threading.get_ident()}.tmp"),  # one per thread
+                       json.dumps({**status, "updated": time.time()}))
 
 
 def read_remote_status(workspace: str | os.PathLike[str]) -> dict[str, Any]:

@@ -124,3 +124,21 @@ def test_a_failing_round_is_not_retried_until_new_labels(workspace, monkeypatch)
     trainer.stop = CountedStop(6)
     trainer.run()
     assert len(attempts) == 2 and [r.status for r in trainer.store.rounds()] == ["failed", "failed"]
+
+
+def test_a_status_file_that_cannot_be_written_stops_neither_trainer_nor_server(tmp_path):
+    """A full or read-only disk: the status write raised, ending the trainer's loop and the server's (which writes
+    the trainer's status as it supervises it). Progress is skipped instead, with one warning per file."""
+    import warnings
+
+    from app.status import write_remote_status, write_status
+
+    (tmp_path / "trainer").write_text("not a folder")  # every write under trainer/ fails with an OSError
+    with pytest.warns(RuntimeWarning, match="cannot write .*status.json"):
+        write_status(tmp_path, state="training", step=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # said once, not at every progress update
+        write_status(tmp_path, state="training", step=2)
+    with pytest.warns(RuntimeWarning, match="cannot write .*remote.json"):
+        write_remote_status(tmp_path, step=1)
+    assert read_status(tmp_path) == {} and (tmp_path / "trainer").read_text() == "not a folder"
