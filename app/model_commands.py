@@ -97,9 +97,15 @@ def cmd_train(args: argparse.Namespace) -> int:
     from model.dataset import SPLIT_SEED, load_data_folder
     from model.device import default_device
     from model.distributed import join, leave
+    from model.train import check_init
 
     if not 0 < args.masks <= 1:
         raise CommandError(f"--masks must be in (0, 1], got {args.masks}")
+    if args.seed < 0:
+        raise CommandError(f"--seed must be 0 or more, got {args.seed}")
+    if args.cam_threshold is not None and not 0 < args.cam_threshold < 1:  # NaN fails too
+        raise CommandError(f"--cam-threshold is a probability in (0, 1), got {args.cam_threshold} (at 1 or more "
+                           "no map reaches it and every prompt is the fallback box)")
     if args.steps is not None and args.steps < 1:
         raise CommandError(f"--steps must be at least 1, got {args.steps}")
     folder = load_data_folder(args.data, seed=SPLIT_SEED)
@@ -118,7 +124,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     args.image_view = view_fits if args.image_view is None else args.image_view
     ranks = join(default_device())  # one process, or one of torchrun's: rank 0 validates, writes and prints
     try:
-        return _train(args, folder, pool, val, build_backbone(args.backbone), ranks)
+        backbone = build_backbone(args.backbone)  # after join: on this rank's GPU
+        if args.init:  # refused now, not after the data is embedded
+            check_init(args.init, args.encoder_lora, backbone)
+        return _train(args, folder, pool, val, backbone, ranks)
     finally:
         leave(ranks)
 

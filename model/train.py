@@ -678,8 +678,7 @@ def build_training_model(config: AdaSamConfig, seed: int, backbone=None, init: s
     """A fresh model (seeded), or one warm-started from an earlier model's trainable weights (`init`)."""
     torch.manual_seed(seed)
     if init is not None:
-        _, _, earlier = read_checkpoint(init)
-        _same_encoder(earlier, config, f"{init}")
+        check_init(init, config.encoder_lora)
         model, _ = load_checkpoint(init, backbone)
         model.config = config
         model.presence = None  # a run gives its model a presence head of its own when it ends
@@ -687,6 +686,17 @@ def build_training_model(config: AdaSamConfig, seed: int, backbone=None, init: s
             model.image_view = build_unet().to(model.device) if config.image_view else None
         return model
     return build_adasam(config, backbone)
+
+
+def check_init(init: str | Path, encoder_lora: int, backbone=None) -> None:
+    """CheckpointError unless a run with this encoder setting (and `backbone`, if given) can start from `init`:
+    `adasam train` asks before it embeds the data (hours on a large folder), not after."""
+    path, payload, earlier = read_checkpoint(init)
+    _same_encoder(earlier, replace(earlier, encoder_lora=encoder_lora), f"{init}")
+    trained_on = payload.get("backbone_identity")
+    if backbone is not None and trained_on and trained_on != backbone.identity:
+        raise CheckpointError(f"{path}: trained on backbone {trained_on}, not on this one ({backbone.identity}); "
+                              "give the backbone it was trained on (--backbone), or start afresh")
 
 
 def _same_encoder(earlier: AdaSamConfig, config: AdaSamConfig, source: str) -> None:

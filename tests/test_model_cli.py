@@ -309,6 +309,24 @@ def test_masks_fraction_out_of_range(small, tmp_path):
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.parametrize("extra, needle", [(["--seed", "-1"], "--seed must be 0 or more"),
+                                           (["--cam-threshold", "7"], "--cam-threshold is a probability in (0, 1)"),
+                                           (["--cam-threshold", "nan"], "--cam-threshold is a probability in (0, 1)")])
+def test_a_seed_or_threshold_out_of_range_is_refused(small, tmp_path, extra, needle):
+    """A negative seed ended in numpy's traceback; a threshold of 7 trained a model whose every prompt fell back."""
+    code, _, err = _train(small, tmp_path / "run", tmp_path / "cache", *extra)
+    _assert_refused(code, err, "train", needle)
+    assert not (tmp_path / "run").exists()
+
+
+def test_an_init_from_another_backbone_is_refused_before_the_data_is_embedded(run, small, tmp_path):
+    """It failed in load_state_dict with a traceback, after every image was encoded."""
+    code, _, err = run_cli("train", "--data", small, "--out", tmp_path / "warm", "--backbone", "micro_random",
+                           "--steps", 2, "--cache", tmp_path / "cache", "--init", run["folder"])
+    _assert_refused(code, err, "train", "trained on backbone tiny_random", "micro_random")  # no progress bar
+    assert not (tmp_path / "warm").exists() and not (tmp_path / "cache").exists()
+
+
 def test_evaluate_refuses_bad_input(run, data, tmp_path):
     copy = tmp_path / "data"
     shutil.copytree(data, copy)
