@@ -32,6 +32,7 @@ class ModelSlot:
         self.base = build_backbone(backbone)
         self.cache = EmbeddingCache(cache_dir, self.base)
         self.lock = threading.RLock()  # one model call at a time: 2 cores, and Predictor.refine keeps state
+        self._swapping = threading.Lock()  # one model load at a time: two at once could swap the older in last
         self.version = PRETRAINED
         self.model: AdaSam = build_adasam(AdaSamConfig(backbone=backbone, method="supervised", cascade=0),
                                           backbone_view(self.base)).eval()
@@ -51,14 +52,18 @@ class ModelSlot:
         info = self.store.latest_model()
         if info is None or info.version == self.version:
             return False
-        self.unusable = checkpoint_problem(info.checkpoint_path)
-        if self.unusable:  # e.g. trained by an earlier version: keep serving what we have until the next round
-            return False
-        model, _ = load_checkpoint(info.checkpoint_path, backbone_view(self.base))
-        with self.lock:
-            self.model, self.predictor = model.eval(), Predictor(model)
-            self.version, self.metrics = info.version, dict(info.metrics)
-        return True
+        with self._swapping:
+            info = self.store.latest_model()  # again: another request may have swapped it in meanwhile
+            if info.version == self.version:
+                return False
+            self.unusable = checkpoint_problem(info.checkpoint_path)
+            if self.unusable:  # e.g. trained by an earlier version: keep serving what we have until the next round
+                return False
+            model, _ = load_checkpoint(info.checkpoint_path, backbone_view(self.base))
+            with self.lock:
+                self.model, self.predictor = model.eval(), Predictor(model)
+                self.version, self.metrics = info.version, dict(info.metrics)
+            return True
 
     def embedding(self, image_id: int) -> tuple[torch.Tensor, Geometry]:
         """The cached embedding (computed now if the background embedder has not reached this image yet)."""

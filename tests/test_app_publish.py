@@ -177,6 +177,33 @@ def test_a_model_from_an_earlier_version_is_replaced_not_served(trainer):
     assert slot.refresh() and slot.version == "r0002" and slot.unusable is None
 
 
+def test_requests_refreshing_at_once_load_the_new_model_once(trainer, monkeypatch):
+    """Each request refreshes the slot; two loading at once could both load, and the later swap put back the older
+    model when a round was published between them."""
+    import threading
+    import time
+
+    from app import model_slot
+
+    slot = ModelSlot(trainer.store, "micro_random", trainer.root.parent / "cache")
+    label(trainer.store, 3)
+    trainer.train_round()
+    loads, real = [], model_slot.load_checkpoint
+
+    def slow_load(*args, **kwargs):
+        loads.append(args[0])
+        time.sleep(0.3)  # both requests are inside refresh before the first load ends
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(model_slot, "load_checkpoint", slow_load)
+    threads = [threading.Thread(target=slot.refresh) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(loads) == 1 and slot.version == trainer.store.latest_model().version == "r0002"
+
+
 def noisy(mean: float, n: int = 40, spread: float = 0.3) -> list[float]:
     """n per-image scores averaging `mean`, half `spread` above it and half below."""
     return [mean + spread * (1 if k % 2 else -1) for k in range(n)]
