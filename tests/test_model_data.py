@@ -14,6 +14,13 @@ from model_fixtures import one_torch_thread, write_blob_dataset, write_blob_fold
 
 # -- data folders -----------------------------------------------------------------------------------------------------
 
+def rewrite_manifest(root, rows: list[dict]) -> None:
+    with (root / "manifest.csv").open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
 def test_folder_with_manifest(tmp_path):
     root = write_blob_dataset(tmp_path / "d", n=12, negatives=3, size=(20, 24))
     folder = load_data_folder(root)
@@ -31,16 +38,10 @@ def test_has_lesion_is_read_like_the_importer_reads_it(tmp_path):
     rows = list(csv.DictReader((root / "manifest.csv").open()))
     for row, value in zip(rows, ["TRUE", " yes ", "na", "0", "No", ""]):
         row["has_lesion"] = value
-    with (root / "manifest.csv").open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    rewrite_manifest(root, rows)
     assert [s.has_lesion for s in load_data_folder(root).samples] == [True, True, None, False, False, None]
     rows[2]["has_lesion"] = "maybe"  # once read as "no lesion"; now a clear error naming the image
-    with (root / "manifest.csv").open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    rewrite_manifest(root, rows)
     with pytest.raises(DataError, match=f"{rows[2]['id']}: has_lesion 'maybe' is not 0 or 1"):
         load_data_folder(root)
 
@@ -75,10 +76,7 @@ def test_a_manifest_split_with_a_blank_cell_is_refused_not_replaced_by_a_generat
     root = write_blob_dataset(tmp_path / "d", n=12, negatives=3, size=(20, 24))
     rows = list(csv.DictReader((root / "manifest.csv").open()))
     rows[5]["split"] = " "
-    with (root / "manifest.csv").open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    rewrite_manifest(root, rows)
     with pytest.raises(DataError, match=f"no split for '{rows[5]['id']}' \\(1 row\\(s\\)\\)"):
         load_data_folder(root)
 
