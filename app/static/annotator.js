@@ -8,7 +8,7 @@ const layer = document.createElement('canvas');  // the mask overlay (fill + out
 const S = {
   task: null, base: null, cam: null, mask: null, proposal: null, W: 0, H: 0,
   tool: 'brush', camOn: true, maskOn: true, edited: false, pos: [], neg: [], box: null,
-  history: [], painting: false, last: null, dragStart: null, busy: false, drawn: 0, refined: 0,
+  history: [], painting: false, last: null, dragStart: null, busy: false, loading: false, drawn: 0, refined: 0,
   zoom: 1, panX: 0, panY: 0, panning: null, spaceDown: false,  // the view: image pixel at the canvas' top left
 };
 const MAX_ZOOM = 16;
@@ -142,7 +142,18 @@ function say(text, error = false) {
 }
 
 async function show(t) {
-  S.task = t;
+  // S.task (the view every action answers) changes together with the mask and size it belongs to, after the
+  // pictures are decoded; until then no action is sent: an accept pressed meanwhile sent the previous image's mask
+  // with the new image's view (same size: saved on the new image as the annotator's own)
+  S.loading = true;
+  try {
+    await showTask(t);
+  } finally {
+    S.loading = false;
+  }
+}
+
+async function showTask(t) {
   element.dataset.annotator = t.annotator || '';
   $('.ann-counts').textContent = `${t.done} done · ${t.left} left · you are ${t.annotator}`;
   $('.ann-model').textContent = `${t.model_note} ${t.trainer ? '· ' + t.trainer : ''}`;
@@ -153,13 +164,13 @@ async function show(t) {
   canvas.hidden = empty;
   if (empty) {
     $('.ann-title').textContent = 'Queue empty';
-    S.base = null; S.W = 0; showFacts(); say(t.message);
+    S.task = t; S.base = null; S.W = 0; showFacts(); say(t.message);
     element.dataset.imageId = '';
     element.dataset.drawn = String(++S.drawn);
     return;
   }
   const [base, cam, mask] = await Promise.all([loadImage(t.image), loadImage(t.cam), maskFrom(t.mask, t.width, t.height)]);
-  Object.assign(S, { key: `${t.image_id}-${S.drawn}`, base, cam, mask, proposal: mask.slice(), W: t.width, H: t.height, pos: [], neg: [],
+  Object.assign(S, { task: t, key: `${t.image_id}-${S.drawn}`, base, cam, mask, proposal: mask.slice(), W: t.width, H: t.height, pos: [], neg: [],
                      box: t.box ? t.box.slice() : null, history: [], edited: false, keptAt: Date.now() });
   setView(1, 0, 0);  // each image starts whole
   showWindow(t.window, t.range);
@@ -172,7 +183,7 @@ async function show(t) {
 }
 
 async function call(name, args) {
-  if (S.busy) return null;
+  if (S.busy || S.loading) return null;
   S.busy = true;
   let stale = null;
   try {
@@ -301,7 +312,7 @@ function maskBox(mask, W, H) {
 
 async function page(step) {  // edited: the slice is saved first
   if (!S.task || S.task.image_id === null) return;
-  const before = { box: S.mask ? maskBox(S.mask, S.W, S.H) : null, W: S.W, H: S.H };
+  const before = { id: S.task.image_id, box: S.mask ? maskBox(S.mask, S.W, S.H) : null, W: S.W, H: S.H };
   const t = S.edited ? await call('accept', { view: S.task.view, mask: encodeMask(), step })
     : await call('page_slice', { view: S.task.view, step });
   if (!t) return;
@@ -311,7 +322,8 @@ async function page(step) {  // edited: the slice is saved first
     return;
   }
   await show(t);
-  if (before.box && before.W === S.W && before.H === S.H && !S.mask.some((v) => v)) {
+  // the box only on the neighbouring slice itself (not on the queue's next image when no slice was free)
+  if (before.box && t.paged_from === before.id && before.W === S.W && before.H === S.H && !S.mask.some((v) => v)) {
     S.box = before.box;
     await refine();
     say(`${t.message}: the previous slice's box prompted this mask`);
@@ -469,7 +481,7 @@ document.addEventListener('keydown', (ev) => {
   if (key === ' ') { ev.preventDefault(); S.spaceDown = true; return; }  // held: drag pans
   if ((ev.ctrlKey || ev.metaKey) && key === 'z') { ev.preventDefault(); undoEdit(); return; }
   if (ev.ctrlKey || ev.metaKey || ev.altKey) return;
-  if (KEYS[key]) { ev.preventDefault(); act(KEYS[key]); }
+  if (KEYS[key]) { ev.preventDefault(); if (!ev.repeat) act(KEYS[key]); }  // a held key is one action, not a burst
   else if (TOOLS[key]) { setTool(TOOLS[key]); }
   else if (key === '0') { setView(1, 0, 0); draw(); }
   else if (key === 'pagedown' || key === 'pageup') { ev.preventDefault(); page(key === 'pagedown' ? 1 : -1); }
