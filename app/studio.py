@@ -225,19 +225,24 @@ class Studio:
             info = self.store.image(handout.image_id)
             shown = handout.mask()
             mask = shown if mask_png is None else decode_mask(mask_png, (info.height, info.width))
-            unchanged = bool(np.array_equal(mask, shown))
-            origin = "accepted_prediction" if unchanged else "human"
+            # before the first round the page proposes nothing: what is saved is the annotator's own, even an empty
+            # canvas accepted as it was (stored as a model's proposal, export left it out and the dashboard counted
+            # it as a proposal accepted with Dice 1)
+            proposed = handout.model_version != PRETRAINED
+            accepted = proposed and bool(np.array_equal(mask, shown))
+            origin = "accepted_prediction" if accepted else "human"
             saved = self.store.save_mask(info.id, mask, annotator, origin=origin, model_version=_registered(handout),
                                          shown_version=handout.shown_version)
-        self._review(annotator, handout, mask, saved.version)
-        what = "accepted as proposed" if unchanged else "saved your corrected mask"
+        if proposed:
+            self._review(annotator, handout, mask, saved.version)
+        what = "accepted as proposed" if accepted else "saved your corrected mask" if proposed else "saved your mask"
         message = f"{info.name}: {what}{self._conflict_note(saved)}"
         if step is not None:
             neighbour = self.store.neighbour_slice(info.id, step)
             if neighbour is not None and take(self.store, annotator, neighbour):
                 message += f"; slice {self.store.image(neighbour).slice_index} of this volume next"
-            else:
-                message += "; no free slice that way in this volume: the queue's next image"
+                return _paged(self.task(annotator, message), info.id, neighbour)
+            message += "; no free slice that way in this volume: the queue's next image"
         return self.task(annotator, message)
 
     def no_finding(self, annotator: str, view: str) -> dict[str, Any]:
@@ -325,7 +330,8 @@ class Studio:
             return self.task(annotator, f"no unlabeled slice {way} this one in its volume (or it is not a slice)")
         if not take(self.store, annotator, neighbour):
             raise SaveRefused(f"the next slice (image {neighbour}) is being labeled by someone else now")
-        return self.task(annotator, f"slice {self.store.image(neighbour).slice_index} of this volume")
+        return _paged(self.task(annotator, f"slice {self.store.image(neighbour).slice_index} of this volume"),
+                      handout.image_id, neighbour)
 
     def display(self, annotator: str, view: str, center: Any = None, width: Any = None) -> dict[str, Any]:
         """The shown image again through another window (window/level on the canvas; none given: the image's own),
@@ -462,6 +468,15 @@ class Studio:
         self._ahead.shutdown(wait=True, cancel_futures=True)
         if self._exports is not None:
             shutil.rmtree(self._exports, ignore_errors=True)
+
+
+def _paged(payload: dict[str, Any], previous: int, neighbour: int) -> dict[str, Any]:
+    """Mark a task that is the neighbouring slice paged to (`paged_from`: the slice left): only then may the page
+    prompt SAM with the box of the mask left behind (it did so on any image of the same size, e.g. the queue's next
+    image when no slice was free, and a carried-over lesion was saved as the annotator's)."""
+    if payload.get("image_id") == neighbour:
+        payload["paged_from"] = previous
+    return payload
 
 
 def _registered(handout: Handout) -> str | None:

@@ -86,15 +86,17 @@ def test_undo_names_the_save_and_a_repeated_undo_withdraws_nothing_more(client, 
         client.predict("7", api_name="/undo")
 
 
-def test_accept_unchanged_records_the_prediction(client, server):
+def test_accept_unchanged_before_the_first_round_saves_the_annotators_mask(client, server):
+    """Before the first round nothing is proposed: an accepted canvas is the annotator's own, not a prediction
+    (export leaves predictions out unless asked; test_app_saves covers accepting a trained model's proposal)."""
     task = client.predict(api_name="/task")
+    assert task["model"] == "pretrained"
     client.predict(task["view"], None, api_name="/accept")
     with Store(server.workspace, create=False) as store:
         saved = store.latest_mask(task["image_id"])
-        assert saved.origin == "accepted_prediction" and saved.model_version is None  # pretrained: unregistered
+        assert (saved.origin, saved.model_version) == ("human", None)
         assert np.array_equal(store.load_mask(task["image_id"]), decode(task["mask"]) > 127)
-        review = [e for e in store.events(image_id=task["image_id"]) if e["what"] == "review"]
-        assert review[0]["details"]["dice_shown_saved"] == 1.0
+        assert not [e for e in store.events(image_id=task["image_id"]) if e["what"] == "review"]
 
 
 @pytest.fixture(scope="module")
@@ -166,7 +168,8 @@ def test_dashboard_and_export(server, tmp_path):
     assert data["labels"]["images"] == 14 and data["validation"]["images"] is None
     mine = [row for row in data["annotators"] if row["annotator"] == task["annotator"]]
     assert len(mine) == 1 and (mine[0]["drawn"], mine[0]["total"]) == (1, 1)
-    assert data["effort"]["reviews"] == before["effort"]["reviews"] + 1
+    assert task["model"] == "pretrained"  # no proposal yet: the save is no review of one (effort counts proposals)
+    assert data["effort"]["reviews"] == before["effort"]["reviews"]
     message = client.predict(api_name="/retrain_now")
     assert "trainer" in message
     with Store(server.workspace, create=False) as store:

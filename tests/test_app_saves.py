@@ -60,10 +60,19 @@ def test_accept_unchanged_saves_the_mask_shown_after_a_new_model_and_an_emptied_
     studio._views.clear()  # what 20 annotators' prefetching did to the 32-entry cache
     assert not np.array_equal(studio.view(task["image_id"]).mask, shown_mask(task))  # the new model differs
     after = studio.accept("ann", task["view"])
-    assert "accepted as proposed" in after["message"]
     saved = store.latest_mask(task["image_id"])
-    assert saved.origin == "accepted_prediction" and saved.model_version is None  # the untrained backbone's view
     assert np.array_equal(store.load_mask(task["image_id"]), shown_mask(task))
+    # shown before the first round, which proposes nothing: the mask is the annotator's, not a model's
+    assert "saved your mask" in after["message"] and (saved.origin, saved.model_version) == ("human", None)
+    assert not [e for e in store.events(image_id=task["image_id"]) if e["what"] == "review"]
+    assert after["model"] == "r0001"  # the next image is the trained model's proposal: accepted, it is that
+    accepted = studio.accept("ann", after["view"])
+    assert "accepted as proposed" in accepted["message"]
+    saved = store.latest_mask(after["image_id"])
+    assert (saved.origin, saved.model_version) == ("accepted_prediction", "r0001")
+    assert np.array_equal(store.load_mask(after["image_id"]), shown_mask(after))
+    review = [e for e in store.events(image_id=after["image_id"]) if e["what"] == "review"]
+    assert review[0]["details"]["dice_shown_saved"] == 1.0
 
 
 def test_a_view_answers_only_its_annotator_and_only_once(setup):
@@ -340,7 +349,9 @@ def test_paging_through_a_volume_leases_the_neighbouring_unlabeled_slice(tmp_pat
             studio.page("ann", shown["view"], 2)
         after = studio.page("ann", shown["view"], 1)
         assert after["image_id"] == slices[3] and "slice 3" in after["message"]
-        assert studio.task("ann")["image_id"] == slices[3]  # the queue hands out the slice paged to
+        assert after["paged_from"] == slices[1]  # the page may carry slice 1's box to this slice
+        again = studio.task("ann")
+        assert again["image_id"] == slices[3] and "paged_from" not in again  # the queue hands out the slice paged to
         assert take(store, "bob", slices[4]) and not take(store, "ann", slices[4])
         with pytest.raises(SaveRefused, match="someone else"):
             studio.page("ann", after["view"], 1)  # slice 4 is bob's
@@ -350,6 +361,12 @@ def test_paging_through_a_volume_leases_the_neighbouring_unlabeled_slice(tmp_pat
         assert first["image_id"] == slices[0]
         stay = studio.page("ann", first["view"], -1)  # nothing before slice 0: said, and ann stays on it
         assert stay["image_id"] == slices[0] and "no unlabeled slice before" in stay["message"]
+        assert "paged_from" not in stay
+        square = np.zeros((36, 40), bool)  # a slice is the transpose: 40 wide, 36 high
+        square[5:9, 5:9] = True
+        off = studio.accept("ann", stay["view"], mask_png(square), step=-1)  # saved; no slice before: the queue's
+        assert off["image_id"] != slices[0] and "the queue's next image" in off["message"]
+        assert "paged_from" not in off  # not a neighbour: the page must not carry slice 0's box to it
     finally:
         studio.close()
         store.close()
