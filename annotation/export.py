@@ -57,6 +57,7 @@ class _Item:
     mask: MaskInfo
     empty: bool = False  # set by the writer
     source: Any = None  # the source file's DICOM header (DICOM SEG only)
+    refused: str | None = None  # why the writer could not write it (DICOM SEG only): listed as skipped
 
     def pixels(self, store: Store) -> np.ndarray:
         """The boolean mask (all False for no-finding), read when needed so big exports stay small in memory."""
@@ -95,6 +96,10 @@ def export_workspace(store: Store, out: str | os.PathLike[str], fmt: str, *, inc
         writer = {"png": _write_png, "coco": _write_coco, "nifti": _write_nifti, "nnunet": _write_nnunet,
                   "dicom-seg": _write_dicom_seg}[fmt]
         mask_files = writer(store, tmp, items)
+        skipped += [(item.name, item.refused) for item in items if item.refused]
+        items = [item for item in items if not item.refused]
+        if not items:
+            raise WorkspaceError(f"nothing could be exported as {fmt} ({skipped[0][1]}, for one)")
         _write_manifest(store, tmp, items, mask_files)
         _write_provenance(store, tmp, items, fmt, include_predictions)
         _validate(store, tmp, fmt, items, mask_files)
@@ -290,42 +295,62 @@ def _with_dicom_sources(items: list[_Item]) -> tuple[list[_Item], list[tuple[str
 
 
 def _write_dicom_seg(store: Store, tmp: Path, items: list[_Item]) -> dict[str, list[Placement]]:
-    """One DICOM SEG per source series, `dicom-seg/<SeriesInstanceUID>.dcm` (highdicom): a binary segment on each
-    labeled slice, referencing its source instance, so a PACS or viewer (OHIF, 3D Slicer) overlays it on the series.
-    No-finding slices, like unlabeled ones, hold no frame (the manifest tells them apart). Masks a person accepted
-    from the model make the segment SEMIAUTOMATIC, else MANUAL."""
-    import highdicom as hd
-    from pydicom.sr.codedict import codes
-    from pydicom.uid import generate_uid
-
+    """One DICOM SEG per source volume (the slices of a series the import stacked by their geometry),
+    `dicom-seg/<SeriesInstanceUID>.dcm`, and one per other source image, `dicom-seg/<SOPInstanceUID>.dcm`
+    (highdicom): a binary segment on each labeled slice, referencing its source instance, so a PACS or viewer (OHIF,
+    3D Slicer) overlays it. Ultrasound and secondary captures carry no geometry, and a series of them in one SEG was
+    refused, aborting the whole export; a volume highdicom still refuses is written image by image, and an image it
+    refuses alone is left out with why (`refused`). No-finding slices, like unlabeled ones, hold no frame (the
+    manifest tells them apart). Masks a person accepted from the model make the segment SEMIAUTOMATIC, else MANUAL."""
     (tmp / "dicom-seg").mkdir()
-    series: dict[str, list[_Item]] = {}
+    groups: dict[str, list[_Item]] = {}
     for item in items:
-        series.setdefault(str(item.source.SeriesInstanceUID), []).append(item)
+        series = getattr(item.source, "SeriesInstanceUID", None)
+        stacked = item.image.volume_id is not None and series is not None and "FrameOfReferenceUID" in item.source
+        groups.setdefault(str(series) if stacked else str(getattr(item.source, "SOPInstanceUID", item.name)),
+                          []).append(item)
     label = store.get_setting(LABEL_NAME, "lesion")
     files: dict[str, list[Placement]] = {}
-    for number, (uid, members) in enumerate(series.items(), start=1):
-        assisted = any(item.mask.origin == "accepted_prediction" for item in members)
-        segment = hd.seg.SegmentDescription(
-            segment_number=1, segment_label=label,
-            segmented_property_category=hd.sr.CodedConcept("49755003", "SCT", "Morphologically Altered Structure"),
-            segmented_property_type=hd.sr.CodedConcept("52988006", "SCT", "Lesion"),
-            algorithm_type=hd.seg.SegmentAlgorithmTypeValues.SEMIAUTOMATIC if assisted
-            else hd.seg.SegmentAlgorithmTypeValues.MANUAL,
-            algorithm_identification=hd.AlgorithmIdentificationSequence(
-                name="ADA-SAM", family=codes.cid7162.ArtificialIntelligence, version="0.1.0") if assisted else None)
-        seg = hd.seg.Segmentation(
-            source_images=[item.source for item in members],
-            pixel_array=np.stack([item.pixels(store) for item in members]).astype(np.uint8),
-            segmentation_type=hd.seg.SegmentationTypeValues.BINARY, segment_descriptions=[segment],
-            series_instance_uid=generate_uid(), series_number=9000 + number, sop_instance_uid=generate_uid(),
-            instance_number=1, manufacturer="ADA-SAM Studio", manufacturer_model_name="adasam",
-            software_versions="0.1.0", device_serial_number="none",
-            series_description=f"ADA-SAM Studio {label} masks")
+    work = list(groups.items())
+    while work:
+        uid, members = work.pop(0)
+        try:
+            seg = _segmentation(store, members, label, series_number=9000 + len(files) + 1)
+        except (ValueError, AttributeError, TypeError) as exc:  # highdicom's refusals, or a header lacking a tag
+            if len(members) > 1:  # image by image, as lone images
+                work += [(str(getattr(m.source, "SOPInstanceUID", m.name)), [m]) for m in members]
+            else:
+                members[0].refused = f"DICOM SEG refused for its source ({type(exc).__name__}: {first_line(exc)})"
+            continue
         relpath = f"dicom-seg/{uid}.dcm"
         seg.save_as(tmp / relpath)
         files.update({item.name: [(relpath, None, None)] for item in members})
     return files
+
+
+def _segmentation(store: Store, members: list[_Item], label: str, series_number: int) -> Any:
+    """The highdicom Segmentation of `members` (one source series, or one image)."""
+    import highdicom as hd
+    from pydicom.sr.codedict import codes
+    from pydicom.uid import generate_uid
+
+    assisted = any(item.mask.origin == "accepted_prediction" for item in members)
+    segment = hd.seg.SegmentDescription(
+        segment_number=1, segment_label=label,
+        segmented_property_category=hd.sr.CodedConcept("49755003", "SCT", "Morphologically Altered Structure"),
+        segmented_property_type=hd.sr.CodedConcept("52988006", "SCT", "Lesion"),
+        algorithm_type=hd.seg.SegmentAlgorithmTypeValues.SEMIAUTOMATIC if assisted
+        else hd.seg.SegmentAlgorithmTypeValues.MANUAL,
+        algorithm_identification=hd.AlgorithmIdentificationSequence(
+            name="ADA-SAM", family=codes.cid7162.ArtificialIntelligence, version="0.1.0") if assisted else None)
+    return hd.seg.Segmentation(
+        source_images=[item.source for item in members],
+        pixel_array=np.stack([item.pixels(store) for item in members]).astype(np.uint8),
+        segmentation_type=hd.seg.SegmentationTypeValues.BINARY, segment_descriptions=[segment],
+        series_instance_uid=generate_uid(), series_number=series_number, sop_instance_uid=generate_uid(),
+        instance_number=1, manufacturer="ADA-SAM Studio", manufacturer_model_name="adasam",
+        software_versions="0.1.0", device_serial_number="none",
+        series_description=f"ADA-SAM Studio {label} masks")
 
 
 def _slice_view(data: np.ndarray, axis: int, position: int) -> np.ndarray:

@@ -149,3 +149,37 @@ def test_dicom_seg_export_of_a_workspace_without_dicom_says_why(store, tmp_path)
     with pytest.raises(WorkspaceError, match="nothing to export as DICOM SEG.*not imported from a DICOM file"):
         export_workspace(store, tmp_path / "out", "dicom-seg")
     assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".out.tmp-*"))  # nor a temporary folder
+
+
+def test_dicom_seg_export_of_images_without_a_volume_writes_one_seg_each(store, tmp_path):
+    """A series the import could not stack (no geometry, as ultrasound, or a slice without its position) went into
+    one SEG, which highdicom refused, and the whole export failed. Each such image gets a SEG of its own; one that
+    highdicom refuses even alone (here a file without study and series UIDs) is listed as skipped, with why, and the
+    rest are exported."""
+    import highdicom as hd
+
+    slices = write_series(tmp_path / "ct", drop_position=1)  # imported as four lone images
+    for path, _ in slices.values():  # ultrasound-like: no geometry at all, but the positionless one
+        ds = pydicom.dcmread(path)
+        if "ImagePositionPatient" in ds:
+            del ds.ImageOrientationPatient, ds.ImagePositionPatient, ds.PixelSpacing, ds.FrameOfReferenceUID
+        ds.save_as(path)
+    bare = write_dicom(tmp_path / "ct" / "bare.dcm", np.arange(42, dtype=np.int16).reshape(6, 7))
+    import_sources(store, [tmp_path / "ct"], progress=False)
+    by_path = {image.original_path: image for image in store.images()}
+    masks = {}
+    for k, (path, pixels) in [*slices.items(), ("bare", (bare, np.zeros((6, 7))))]:
+        masks[k] = np.zeros(pixels.shape, bool)
+        masks[k][1, 2] = True
+        store.save_mask(by_path[str(path.absolute())].id, masks[k], "alice")
+    summary = export_workspace(store, tmp_path / "out", "dicom-seg")
+    assert summary.images == 4 and len(summary.skipped) == 1
+    assert summary.skipped[0][0] == by_path[str(bare.absolute())].name
+    assert "DICOM SEG refused for its source" in summary.skipped[0][1]
+    assert len(list((tmp_path / "out" / "dicom-seg").iterdir())) == 4
+    for k in range(4):
+        source = pydicom.dcmread(slices[k][0])
+        seg = hd.seg.segread(tmp_path / "out" / "dicom-seg" / f"{source.SOPInstanceUID}.dcm")
+        pixels = seg.get_pixels_by_source_instance([source.SOPInstanceUID], segment_numbers=[1],
+                                                   ignore_spatial_locations=True)
+        assert np.array_equal(pixels[0, :, :, 0] > 0, masks[k])
