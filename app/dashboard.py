@@ -104,8 +104,10 @@ def projection(store: Store, rounds: list[dict]) -> dict[str, Any]:
               if r["published"] and r["masks"] and r["val_dice"] is not None]
     found = project([m for m, _ in points], [d for _, d in points], target)
     if found is None:
-        return {"target": target, "estimate": None,
-                "why": f"needs {MIN_POINTS} published rounds with different mask counts ({len(points)} so far)"}
+        counts = len({m for m, _ in points})
+        why = (f"needs {MIN_POINTS} published rounds with different mask counts ({counts} so far)"
+               if counts < MIN_POINTS else f"no learning curve fits the {len(points)} published rounds yet")
+        return {"target": target, "estimate": None, "why": why}
     fit = found.fit
     finite = lambda v: _num(v) if math.isfinite(v) else None  # noqa: E731 - infinite: not reached (JSON-safe)
     return {"target": target, "estimate": finite(found.masks), "low": finite(found.low),

@@ -255,8 +255,8 @@ def build_ui(studio: Studio, default_annotator: str = "annotator") -> gr.Blocks:
 def dice_curve_svg(rounds: list[dict], projection: dict | None = None, width: int = 560, height: int = 300) -> str:
     """Validation Dice against the number of masks trained on, one point per finished round (inline SVG), with the
     fitted learning curve (dashed) and the target Dice (dotted) when the dashboard has a projection."""
-    points = [(r["masks"], r["val_dice"], r["round"]) for r in rounds
-              if r["val_dice"] is not None and r["masks"] is not None and r["published"]]
+    points = sorted((r["masks"], r["val_dice"], r["round"]) for r in rounds  # by masks: undos can lower the count
+                    if r["val_dice"] is not None and r["masks"] is not None and r["published"])
     held_back = [(r["masks"], r["val_dice"], r["round"]) for r in rounds
                  if r["val_dice"] is not None and r["masks"] is not None and not r["published"]]
     title = "<div style='font-weight:600;margin-bottom:4px'>Validation Dice vs. masks used</div>"

@@ -2,6 +2,8 @@
 good model, a stopped round resumes; the fixed validation set; the server's model swap; auth files."""
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -464,6 +466,12 @@ def test_the_dashboard_projects_the_masks_needed_for_the_target_dice(tmp_path):
         studio = Studio(store, ModelSlot(store, "micro_random", tmp_path / "cache"))
         early = studio.projection(rising[:3])
         assert early["estimate"] is None and "needs 4 published rounds" in early["why"]
+        repeated = studio.projection(rising[:3] + rounds([30, 30], [0.7, 0.71]))  # five rounds, three mask counts
+        assert "with different mask counts (3 so far)" in repeated["why"]
+        undone = rounds([10, 30, 20], [0.5, 0.7, 0.6])  # an undo between rounds: fewer masks in a later round
+        drawn = re.search(r"<path d='([^']*)' fill='none' stroke='#1e88e5'", dice_curve_svg(undone)).group(1)
+        xs = [float(step[1:].split(",")[0]) for step in drawn.split()]
+        assert xs == sorted(xs)  # the line runs along the mask axis, not back and forth
         assert early["target"] == DEFAULT_TARGET_DICE
         found = studio.projection(rising)
         assert found["estimate"] == pytest.approx(124, rel=0.01) and found["low"] <= found["estimate"] <= found["high"]
