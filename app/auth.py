@@ -8,6 +8,7 @@ repeated failures for one name make that name wait (see `Throttle`; app/guard.py
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import hashlib
 import hmac
 import math
@@ -28,7 +29,10 @@ NAME_FAILURES = 5  # failed logins for one name within NAME_WINDOW_S before that
 NAME_WINDOW_S = 15 * 60.0
 NAME_COOLDOWN_S = 30.0  # the first wait; it doubles with each further failure ...
 NAME_MAX_COOLDOWN_S = 300.0  # ... up to this
+NAME_WIDE_FAILURES = 10 * NAME_FAILURES  # failed logins for one name from all addresses before it waits everywhere
 CHECKS_AT_ONCE = 2  # password checks running together (each keeps a core busy)
+CLIENT_ADDRESS: contextvars.ContextVar[str] = contextvars.ContextVar("client_address", default="unknown")
+# set by app.guard.Guard for each request: the login check keys its name throttle by name and address
 MAX_NAME_CHARS = 64
 NAME_PATTERN = re.compile(r"[\w.@-]+( [\w.@-]+)*")  # letters, digits, _ . @ - and single inner spaces
 _NO_USER = f"pbkdf2_sha256${ITERATIONS}$-$-"  # checked for unknown names, so they take as long as known ones
@@ -141,25 +145,33 @@ def name_throttle(clock: Callable[[], float] = time.monotonic) -> Throttle:
     return Throttle(NAME_FAILURES, NAME_WINDOW_S, NAME_COOLDOWN_S, NAME_MAX_COOLDOWN_S, clock)
 
 
-def checker(users: dict[str, str], throttle: Throttle | None = None) -> Callable[[str, str], Awaitable[bool]]:
+def checker(users: dict[str, str], throttle: Throttle | None = None,
+            name_wide: Throttle | None = None) -> Callable[[str, str], Awaitable[bool]]:
     """The coroutine Gradio's login awaits: (name, password) -> allowed. PBKDF2 runs in a worker thread; a name
-    with too many recent failures is refused with 429 before its password is looked at."""
+    with too many recent failures from this client address (`throttle`), or from all of them (`name_wide`, ten
+    times as many), is refused with 429 before its password is looked at. Keyed by name alone, anyone could keep a
+    colleague locked out with five wrong passwords every five minutes."""
     throttle = throttle or name_throttle()
+    name_wide = name_wide or Throttle(NAME_WIDE_FAILURES, NAME_WINDOW_S, NAME_COOLDOWN_S, NAME_MAX_COOLDOWN_S,
+                                      throttle.clock)
     slots = asyncio.Semaphore(CHECKS_AT_ONCE)
 
     async def check(name: str, password: str) -> bool:
-        wait = throttle.wait(name)
+        here = f"{name}\0{CLIENT_ADDRESS.get()}"
+        wait = max(throttle.wait(here), name_wide.wait(name))
         if wait > 0:
             from fastapi import HTTPException
 
             seconds = math.ceil(wait)
             raise HTTPException(status_code=429, headers={"Retry-After": str(seconds)},
                                 detail=f"Too many failed logins for {name!r}: try again in {seconds} s.")
-        throttle.fail(name)  # counted before the check, so guesses sent in parallel see each other
+        throttle.fail(here)  # counted before the check, so guesses sent in parallel see each other
+        name_wide.fail(name)
         async with slots:
             allowed = await asyncio.to_thread(verify_password, password, users.get(name, _NO_USER))
         if allowed and name in users:
-            throttle.reset(name)
+            throttle.reset(here)
+            name_wide.forgive(name)  # the name's own success: not a guess (others' failures still count)
         return allowed and name in users
 
     return check

@@ -1,6 +1,7 @@
-"""One pure ASGI middleware in front of the Gradio app (`Guard`): it refuses request bodies over a size limit before
-they are read into memory, makes a client address that keeps failing logins wait (429), and gives every browser an
-anonymous id cookie (`BROWSER_COOKIE`) so that, without --auth, each browser can be told apart."""
+"""One pure ASGI middleware in front of the Gradio app (`Guard`): it refuses requests a page of another site sends
+(403), request bodies over a size limit before they are read into memory, makes a client address that keeps failing
+logins wait (429), and gives every browser an anonymous id cookie (`BROWSER_COOKIE`) so that, without --auth, each
+browser can be told apart."""
 from __future__ import annotations
 
 import math
@@ -8,13 +9,14 @@ import re
 import secrets
 import time
 from collections.abc import Callable
+from urllib.parse import urlsplit
 
 from starlette.datastructures import Headers
 from starlette.requests import cookie_parser
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.auth import Throttle
+from app.auth import CLIENT_ADDRESS, Throttle
 
 BROWSER_COOKIE = "adasam-browser"
 BROWSER_COOKIE_MAX_AGE = 400 * 24 * 3600  # browsers cap a cookie's life at 400 days anyway
@@ -31,6 +33,18 @@ def address_throttle(clock: Callable[[], float] = time.monotonic) -> Throttle:
 
 class _TooLarge(Exception):
     """Raised into the app from `receive` once the body passed the limit; the 413 has been sent by then."""
+
+
+def cross_site(headers: Headers) -> bool:
+    """A browser's request from a page of another site: its Origin names another host than the request is for (the
+    proxy's forwarded host, if any). Gradio's CORS answers any origin with credentials allowed once the server is
+    reached by a name other than localhost, so a hostile page an annotator visited could read images and save or
+    undo masks as them. Requests without an Origin (scripts, the Python client, same-site page loads) pass."""
+    origin = headers.get("origin")
+    if origin is None:
+        return False
+    host = (headers.get("x-forwarded-host") or headers.get("host") or "").split(",")[0].strip().lower()
+    return urlsplit(origin.strip()).netloc.lower() != host  # "null" (a sandboxed page) has no host: refused too
 
 
 def _is_login(scope: Scope) -> bool:
@@ -55,16 +69,24 @@ class Guard:
         return self.max_body_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "websocket" and cross_site(Headers(scope=scope)):
+            await send({"type": "websocket.close", "code": 1008})
+            return
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         headers = Headers(scope=scope)
+        if cross_site(headers):
+            await JSONResponse({"detail": "Cross-site request refused: open ADA-SAM Studio at its own address."},
+                               status_code=403)(scope, receive, send)
+            return
         length = headers.get("content-length")
         limit = self.limit_for(scope)
         if length is not None and (not length.strip().isdigit() or int(length) > limit):
             await self._too_large(scope, receive, send, limit)
             return
         address = scope["client"][0] if scope.get("client") else "unknown"
+        CLIENT_ADDRESS.set(address)  # this request's context: the login check (app.auth.checker) reads it
         login = _is_login(scope)
         if login:
             wait = self.logins.wait(address)

@@ -119,6 +119,30 @@ def test_checker_locks_a_name_without_checking_its_password(monkeypatch):
     assert float(asyncio.run(after_cooldown()).headers["Retry-After"]) == 2 * auth.NAME_COOLDOWN_S
 
 
+def test_checker_locks_a_name_for_the_address_that_failed_not_for_its_owner_elsewhere():
+    """Keyed by name alone, five wrong passwords every five minutes from anywhere kept a colleague locked out. Now
+    each address gets its own count for a name, and only ten times as many failures lock the name everywhere."""
+    clock = Clock()
+    check = checker(_users(), name_throttle(clock))
+
+    async def from_address(address: str, password: str) -> bool:
+        auth.CLIENT_ADDRESS.set(address)  # what app.guard.Guard sets for each request
+        return await check("alice", password)
+
+    async def attempts():
+        for _ in range(auth.NAME_FAILURES):
+            assert await from_address("10.0.0.66", "guess") is False
+        with pytest.raises(HTTPException):
+            await from_address("10.0.0.66", "s3cret")  # the guessing address waits, even with the password
+        assert await from_address("10.0.0.7", "s3cret") is True  # alice at her own desk does not
+        for k in range(auth.NAME_WIDE_FAILURES - auth.NAME_FAILURES):  # many addresses guessing together ...
+            assert await from_address(f"10.1.{k // 4}.{k % 4}", "guess") is False
+        with pytest.raises(HTTPException):
+            await from_address("10.0.0.7", "s3cret")  # ... lock the name everywhere
+
+    asyncio.run(attempts())
+
+
 def test_checker_success_resets_the_count():
     check = checker(_users(), name_throttle(Clock()))
 
@@ -241,6 +265,21 @@ def test_guard_gives_each_browser_an_id_cookie():
     again = client.get("/")  # the client sends the cookie back: no new one
     assert "set-cookie" not in again.headers and again.json()["browser"] == cookie
     assert TestClient(client.app).get("/").cookies.get(BROWSER_COOKIE) != cookie  # another browser, another id
+
+
+def test_guard_refuses_requests_from_a_page_of_another_site():
+    """Gradio's CORS answers any origin with credentials once the server is reached by a name other than localhost:
+    a hostile page an annotator visited could read images and save masks as them."""
+    client = TestClient(_client().app, base_url="http://annot.lan:7860")
+    assert client.post("/", content=b"x").status_code == 200  # a script: no Origin
+    assert client.post("/", content=b"x", headers={"Origin": "http://annot.lan:7860"}).status_code == 200  # the page
+    for origin in ("http://evil.example", "http://annot.lan:9999", "null"):
+        refused = client.post("/", content=b"x", headers={"Origin": origin})
+        assert refused.status_code == 403 and "Cross-site" in refused.json()["detail"]
+    assert client.options("/", headers={"Origin": "http://evil.example",  # the preflight too
+                                        "Access-Control-Request-Method": "POST"}).status_code == 403
+    proxied = {"Origin": "https://annot.example.org", "X-Forwarded-Host": "annot.example.org"}  # behind a TLS proxy
+    assert client.post("/", content=b"x", headers=proxied).status_code == 200
 
 
 # --- user names --------------------------------------------------------------------------------------------------
