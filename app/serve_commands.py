@@ -4,13 +4,16 @@ another machine with --server), `adasam trainer-token` (what remote trainers log
 from __future__ import annotations
 
 import argparse
+import atexit
 import getpass
 import ipaddress
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -166,6 +169,17 @@ def check_rounds(args: argparse.Namespace) -> None:
             raise CommandError(f"{flag} must be at least 1")
 
 
+def private_gradio_files() -> None:
+    """Gradio copies every file it serves (export zips: masks, and images in an nnU-Net export) into its temp folder,
+    by default /tmp/gradio, which every user of the machine can list and read. Unless GRADIO_TEMP_DIR says where,
+    use a folder only this user can open (mkdtemp: 0700), removed when the server exits. Before gradio is imported:
+    it reads the variable then."""
+    if not os.environ.get("GRADIO_TEMP_DIR"):
+        folder = tempfile.mkdtemp(prefix="adasam-gradio-")
+        os.environ["GRADIO_TEMP_DIR"] = folder
+        atexit.register(shutil.rmtree, folder, ignore_errors=True)
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     warning = check_exposure(args)
     if args.max_points is not None and args.max_points < 1:
@@ -179,6 +193,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     check_rounds(args)
     if warning:
         print(warning, flush=True)
+    private_gradio_files()
 
     import gradio as gr
     from starlette.middleware import Middleware

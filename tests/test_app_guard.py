@@ -384,3 +384,20 @@ def test_supervisor_caps_the_backoff_and_stop_ends_the_trainer(tmp_path):
     clock.now += 1000
     supervisor.poll()  # stopped on purpose: not restarted
     assert supervisor.process is None and read_status(tmp_path)["restarts"] == 1
+
+
+def test_the_server_keeps_gradios_copies_of_exports_private(monkeypatch, tmp_path):
+    """Gradio copies each export zip it serves into /tmp/gradio by default, readable by every user of the machine."""
+    import os
+    import stat
+
+    from app.serve_commands import private_gradio_files
+
+    monkeypatch.delenv("GRADIO_TEMP_DIR", raising=False)
+    private_gradio_files()
+    folder = Path(os.environ["GRADIO_TEMP_DIR"])
+    assert folder.is_dir() and stat.S_IMODE(folder.stat().st_mode) == 0o700
+    folder.rmdir()
+    monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path))  # the user's own choice is kept
+    private_gradio_files()
+    assert os.environ["GRADIO_TEMP_DIR"] == str(tmp_path)
