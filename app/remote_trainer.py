@@ -27,6 +27,7 @@ import torch
 from app.rounds import RoundPlan, round_trainer, training_data
 from app.trainer_api import API
 from model.adasam import CheckpointError, read_checkpoint
+from model.atomic import save_torch
 from model.backbones import build_backbone
 from model.cache import EmbeddingCache
 from model.distributed import Ranks
@@ -260,9 +261,11 @@ class RemoteTrainer:
             return None
         path = self.client.model(plan.init, work / f"init-{plan.init}.pt")
         try:
-            read_checkpoint(path, weights_only=True)  # tensors and plain values only: nothing that runs code
+            _, payload, _ = read_checkpoint(path, weights_only=True)  # tensors and plain values only: no code
         except CheckpointError as exc:
             raise RemoteError(f"the server's model {plan.init} is not a plain checkpoint: {exc}") from None
+        save_torch(payload, path)  # rewritten from what that safe load read: the training's own loads of it (full
+        # unpickling) can then meet nothing else, whatever the two loaders would make of the downloaded bytes
         return str(path)
 
     def _image_path(self, sha256: str) -> Path:

@@ -271,7 +271,7 @@ class TrainerAPI:
         if problem:
             raise CheckpointError(problem)
         try:  # the weights must fit this backbone's model (names and shapes)
-            model, _ = load_checkpoint(path, backbone_view(self.slot.base))
+            model, _ = load_checkpoint(path, backbone_view(self.slot.base), weights_only=True)  # from the network
         except CheckpointError:
             raise
         except Exception as exc:

@@ -250,9 +250,11 @@ def read_checkpoint(path: str | Path, weights_only: bool = False) -> tuple[Path,
         raise CheckpointError(f"{path}: not an ADA-SAM checkpoint ({type(exc).__name__})") from None
 
 
-def load_checkpoint(path: str | Path, backbone: Backbone | None = None) -> tuple[AdaSam, dict]:
-    """(model, the whole payload) from a checkpoint file or a run folder holding `model.pt`."""
-    path, payload, config = read_checkpoint(path)
+def load_checkpoint(path: str | Path, backbone: Backbone | None = None,
+                    weights_only: bool = False) -> tuple[AdaSam, dict]:
+    """(model, the whole payload) from a checkpoint file or a run folder holding `model.pt`; `weights_only` for a
+    file from elsewhere, as `read_checkpoint`."""
+    path, payload, config = read_checkpoint(path, weights_only=weights_only)
     if payload.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{path}: made by another version of ADA-SAM Studio (checkpoint format "
                               f"{payload.get('format')}, this one reads {CHECKPOINT_FORMAT}); train it again")

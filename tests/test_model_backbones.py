@@ -174,3 +174,22 @@ def test_a_model_loads_only_over_the_backbone_it_was_trained_on(tmp_path):
     with pytest.raises(CheckpointError) as exc:
         load_checkpoint(tmp_path, build_micro_random(1))
     assert "trained on backbone micro_random-0-32, not on this one (micro_random-1-32)" in _one_line(exc)
+
+
+def test_a_checkpoint_from_elsewhere_loads_tensors_and_plain_values_only(tmp_path):
+    """The trainer API loaded an upload with full unpickling after a weights-only check of the same bytes; it now
+    loads it weights-only too, so nothing in the file can run code."""
+    import os
+
+    from model.adasam import CheckpointError, build_adasam, load_checkpoint, save_checkpoint
+    from model.backbones import build_micro_random
+
+    class Code:
+        def __reduce__(self):
+            return (os.system, ("touch " + str(tmp_path / "pwned"),))
+
+    save_checkpoint(build_adasam(AdaSamConfig(backbone="micro_random"), build_micro_random(0)), tmp_path / "m.pt",
+                    {"note": Code()})
+    with pytest.raises(CheckpointError, match="not an ADA-SAM checkpoint"):
+        load_checkpoint(tmp_path / "m.pt", build_micro_random(0), weights_only=True)
+    assert not (tmp_path / "pwned").exists()
