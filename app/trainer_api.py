@@ -31,7 +31,8 @@ from annotation import RoundInfo, RoundTaken, Store, WorkspaceError
 from annotation.store import LOCAL_TRAINER
 from app.model_slot import ModelSlot
 from app.rounds import (
-    Verdict, items, plan_round, publish_round, round_due, round_finished, round_started, validation_masks,
+    RoundPlan, Verdict, items, plan_round, publish_round, round_due, round_finished, round_started,
+    validation_masks,
 )
 from app.status import write_remote_status
 from app.trainer import workspace_pixels
@@ -53,6 +54,8 @@ class TrainerAPI:
         self.store, self.slot, self.round_every, self.steps = store, slot, round_every, steps
         self.accept_rounds = accept_rounds
         self.publishing = threading.Lock()  # one upload checked at a time: no two publish one round
+        self._plans: dict[int, tuple[RoundPlan, frozenset[int]]] = {}  # round -> its plan and images, as claimed:
+        # what its trainer may download
         for left in (Path(store.root) / "models").glob(".upload-*"):  # by a server killed mid-upload
             left.unlink(missing_ok=True)
         if accept_rounds:  # a round the workspace's own trainer left running will never finish now
@@ -82,10 +85,14 @@ class TrainerAPI:
 
         @router.get("/images/{image_id}")
         def image(image_id: int, name: str = trainer) -> Response:
+            if image_id not in self._plan_of(name)[1]:
+                raise HTTPException(403, f"image {image_id} is not in your round's plan")
             return self.image(image_id)
 
         @router.get("/models/{version}")
         def model(version: str, name: str = trainer) -> FileResponse:
+            if version != self._plan_of(name)[0].init:
+                raise HTTPException(403, f"model {version} is not the one your round starts from")
             return self.model(version)
 
         @router.post("/rounds/{round_id}/progress")
@@ -125,6 +132,7 @@ class TrainerAPI:
         except Exception as exc:
             self._fail(round_id, name, labels, f"planning the round: {type(exc).__name__}: {exc}")
             raise
+        self._plans = {round_id: (plan, frozenset(plan.image_ids()))}  # only the running round's trainer downloads
         write_remote_status(store.root, trainer=name, round=round_id, step=0, total=self.steps)
         return {"round": round_id, "plan": plan.to_json(), "images": images, "steps": self.steps,
                 "backbone": {"spec": self.slot.spec, "identity": self.slot.base.identity}}
@@ -189,6 +197,21 @@ class TrainerAPI:
             received.unlink(missing_ok=True)
 
     # -- checks ----------------------------------------------------------------------------------------------------
+
+    def _plan_of(self, name: str) -> tuple[RoundPlan, frozenset[int]]:
+        """The plan of the running round `name` owns: a token downloads that round's images and starting model
+        only (it could fetch any image, test split included, at any time, even from a server taking no remote
+        rounds); 409 without such a round. Planned again after a server restart."""
+        if not self.accept_rounds:
+            raise HTTPException(409, "this server trains its rounds itself (start it with --remote-trainers)")
+        running = [r for r in self.store.rounds() if r.status == "running" and r.owner == name]
+        if not running:
+            raise HTTPException(409, "no running round of yours: claim one first")
+        round_id = running[-1].id
+        if round_id not in self._plans:
+            plan = plan_round(self.store, round_id)
+            self._plans = {round_id: (plan, frozenset(plan.image_ids()))}
+        return self._plans[round_id]
 
     def _own(self, round_id: int, name: str) -> RoundInfo:
         """The round, its claim renewed, if it is running and `name`'s; else 409."""

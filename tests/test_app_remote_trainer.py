@@ -26,6 +26,7 @@ from app.status import IMAGE_VIEW, read_remote_status
 from app.trainer import workspace_pixels
 from app.trainer_api import API, TrainerAPI
 from app.testing import free_port
+from annotation_fixtures import seed_images
 from app_fixtures import Server, label, make_workspace, wait_for
 from model import train as train_module
 from model.distributed import Ranks
@@ -150,6 +151,10 @@ def test_a_claim_hands_out_the_round_plan_and_a_second_trainer_waits(api):
     assert answer["backbone"]["identity"] == api["slot"].base.identity
     pixels = np.load(io.BytesIO(call(api, "GET", "/images/1").content))
     assert np.array_equal(pixels, store.load_image(1))
+    (outside,) = seed_images(store, 1)  # imported after the claim: not an image of this round
+    refused = call(api, "GET", f"/images/{outside}")
+    assert refused.status_code == 403 and "not in your round's plan" in refused.json()["detail"]
+    assert call(api, "GET", "/images/1", "gpu2").status_code == 409  # a token without the round downloads nothing
 
     taken = call(api, "POST", "/rounds", "gpu2")
     assert taken.status_code == 409 and "gpu1" in taken.json()["detail"]
@@ -166,9 +171,11 @@ def test_a_claim_hands_out_the_round_plan_and_a_second_trainer_waits(api):
 def test_a_server_that_trains_itself_refuses_claims(api):
     app = FastAPI(routes=TrainerAPI(api["store"], api["slot"], 2, 6, accept_rounds=False).router().routes)
     before = state(api["store"])
-    response = TestClient(app).post(API + "/rounds", headers={"Authorization": f"Bearer {api['tokens']['gpu1']}"})
+    headers = {"Authorization": f"Bearer {api['tokens']['gpu1']}"}
+    response = TestClient(app).post(API + "/rounds", headers=headers)
     assert response.status_code == 409 and "--remote-trainers" in response.json()["detail"]
     assert state(api["store"]) == before
+    assert TestClient(app).get(API + "/images/1", headers=headers).status_code == 409  # nor does it hand out images
 
 
 def test_a_bad_upload_is_refused_and_its_round_recorded_as_failed(api, tmp_path):
