@@ -416,11 +416,13 @@ class Store:
     # -- masks -------------------------------------------------------------------------------------------------
 
     def save_mask(self, image_id: int, mask: np.ndarray, annotator: str, origin: str = "human",
-                  model_version: str | None = None, shown_version: int | None = None) -> MaskInfo:
+                  model_version: str | None = None, shown_version: int | None = None,
+                  unchanged: bool = False) -> MaskInfo:
         """Save a new mask version (parent = the current one), label the image and release its lease.
 
         `shown_version` (the image's live mask version when the annotator was shown it, 0 for none) makes the save
-        answer to what they saw: see `_claim`. None (imports, scripts) skips that check.
+        answer to what they saw: see `_claim`. None (imports, scripts) skips that check. `unchanged`: what was shown,
+        saved without an edit (an accepted prediction always is): refused, not kept beside, if someone saved since.
         """
         if origin not in ORIGINS or origin == "no_finding":
             raise WorkspaceError(f"origin must be human, accepted_prediction or imported, not {origin!r}")
@@ -431,7 +433,8 @@ class Store:
                                  f"{info.width}x{info.height}")
         relpath = self.files.put_mask(mask > 0)
         with self.transaction() as conn:
-            return self._add_mask(conn, image_id, relpath, origin, annotator, model_version, shown_version)
+            return self._add_mask(conn, image_id, relpath, origin, annotator, model_version, shown_version,
+                                  unchanged or origin == "accepted_prediction")
 
     def mark_no_finding(self, image_id: int, annotator: str, shown_version: int | None = None) -> MaskInfo:
         """Record that the image was looked at and shows nothing to segment (exported as an empty mask)."""
@@ -529,11 +532,11 @@ class Store:
         return [(_image_info(row), MaskInfo(**{c: row[f"mask_{c}"] for c in _MASK_COLUMNS})) for row in rows]
 
     def _add_mask(self, conn: sqlite3.Connection, image_id: int, relpath: str | None, origin: str, annotator: str,
-                  model_version: str | None, shown_version: int | None = None) -> MaskInfo:
+                  model_version: str | None, shown_version: int | None = None, unchanged: bool = False) -> MaskInfo:
         last = conn.execute("SELECT COALESCE(MAX(version), 0) FROM masks WHERE image_id = ?", (image_id,)).fetchone()[0]
         current = self.latest_mask(image_id)  # this thread's connection: inside the transaction
         parent = None if current is None else current.version
-        conflict = None if shown_version is None else self._claim(conn, image_id, annotator, origin, shown_version,
+        conflict = None if shown_version is None else self._claim(conn, image_id, annotator, unchanged, shown_version,
                                                                   current)
         row = conn.execute(
             "INSERT INTO masks (image_id, version, parent_version, origin, annotator, model_version, file, created_at,"
@@ -549,14 +552,15 @@ class Store:
         return from_row(MaskInfo, row)
 
     @staticmethod
-    def _claim(conn: sqlite3.Connection, image_id: int, annotator: str, origin: str, shown_version: int,
+    def _claim(conn: sqlite3.Connection, image_id: int, annotator: str, unchanged: bool, shown_version: int,
                current: MaskInfo | None) -> int | None:
         """May `annotator`, shown version `shown_version` of the image, save it now? Returns the version this save
         conflicts with (None: none), or raises SaveRefused and nothing changes.
 
         Only the lease holder, or anyone while the image is free, may save. If someone saved the image after it was
-        shown, an unchanged proposal is refused (it would replace work unseen); a human decision (a drawn mask, no
-        finding) is kept as a new version that names the one it did not see, so both stay and the conflict shows.
+        shown, an unchanged save (a proposal accepted as is, or an empty canvas accepted before the first round) is
+        refused (it would replace work unseen); a human decision (a drawn mask, no finding) is kept as a new version
+        that names the one it did not see, so both stay and the conflict shows.
         Their own earlier save (in another tab) is no conflict.
         """
         lease = conn.execute("SELECT annotator, expires_at FROM leases WHERE image_id = ?", (image_id,)).fetchone()
@@ -564,9 +568,9 @@ class Store:
             raise SaveRefused(f"image {image_id} is being labeled by {lease['annotator']} now: nothing was saved")
         if current is None or current.version == shown_version or current.annotator == annotator:
             return None  # nothing saved since, or only by themselves (another tab): their latest word stands
-        if origin == "accepted_prediction":
+        if unchanged:
             raise SaveRefused(f"image {image_id} was saved by {current.annotator} (version {current.version})"
-                              f" after it was shown to you: your unchanged proposal was not saved")
+                              f" after it was shown to you: what you accepted unchanged was not saved")
         return current.version
 
     @staticmethod

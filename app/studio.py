@@ -232,7 +232,8 @@ class Studio:
             accepted = proposed and bool(np.array_equal(mask, shown))
             origin = "accepted_prediction" if accepted else "human"
             saved = self.store.save_mask(info.id, mask, annotator, origin=origin, model_version=_registered(handout),
-                                         shown_version=handout.shown_version)
+                                         shown_version=handout.shown_version,
+                                         unchanged=bool(np.array_equal(mask, shown)))
         if proposed:
             self._review(annotator, handout, mask, saved.version)
         what = "accepted as proposed" if accepted else "saved your corrected mask" if proposed else "saved your mask"
