@@ -234,8 +234,7 @@ class Studio:
             saved = self.store.save_mask(info.id, mask, annotator, origin=origin, model_version=_registered(handout),
                                          shown_version=handout.shown_version,
                                          unchanged=bool(np.array_equal(mask, shown)))
-        if proposed:
-            self._review(annotator, handout, mask, saved.version)
+        self._review(annotator, handout, mask, saved.version)
         what = "accepted as proposed" if accepted else "saved your corrected mask" if proposed else "saved your mask"
         message = f"{info.name}: {what}{self._conflict_note(saved)}"
         if step is not None:
@@ -425,7 +424,10 @@ class Studio:
                 f" and the conflict is listed on the dashboard")
 
     def _review(self, annotator: str, handout: Handout, saved: np.ndarray, version: int) -> None:
-        """Remember how far the saved mask is from the proposal shown: the dashboard's effort-saved figure."""
+        """Remember how far the saved mask is from the proposal shown: the dashboard's effort-saved figure. Nothing
+        before the first round: nothing was proposed (an empty canvas counted as a proposal kept with Dice 1)."""
+        if handout.model_version == PRETRAINED:
+            return
         shown = handout.mask()
         self.store.log_event(annotator, "review", {
             "dice_shown_saved": round(dice(shown, saved), 4), "model": handout.model_version,
