@@ -19,6 +19,7 @@ VALIDATION_SOURCE = "validation_source"  # setting: how it was chosen (shown on 
 WORKSPACE_NOTE = "workspace_note"  # setting: what the images are (written by the first-run seeding)
 QUEUE_STRATEGY = "queue_strategy"  # setting: the active-learning strategy ordering the queue (model.strategies)
 IMAGE_VIEW = "image_view"  # setting: rounds train the classifier's image view too (adasam serve: at first on)
+REMOTE_DOWNLOADS = "remote_round_downloads"  # setting: the images and model a remote round's trainer may download
 TARGET_DICE = "target_dice"  # setting: the val Dice the project lead wants; the dashboard projects masks to reach it
 DEFAULT_TARGET_DICE = 0.8
 TAG = "finding"  # the image-level tag: the target (lesion, organ...) is present in the image

@@ -195,9 +195,10 @@ class Studio:
                 break
             try:
                 view = self.view(task.image.id)
-            except Exception as exc:
-                # an image whose pixel file is gone or unreadable was handed out again and again (the lease keeps
-                # it), and the page cannot skip what it never showed: skip it here, say so, log it, go on
+            except (OSError, ValueError, EOFError) as exc:
+                # the image's own data gone, unreadable or corrupt: it was handed out again and again (the lease
+                # keeps it), and the page cannot skip what it never showed. Skip it here, say so, log it, go on. A
+                # fault of the server's own (a bug, out of memory) is no image's, and is raised as it was.
                 error = f"{type(exc).__name__}: {first_line(exc)}"
                 self.store.log_event(annotator, "render_failed", {"error": error}, task.image.id)
                 skip(self.store, annotator, task.image.id)
@@ -229,11 +230,11 @@ class Studio:
             # canvas accepted as it was (stored as a model's proposal, export left it out and the dashboard counted
             # it as a proposal accepted with Dice 1)
             proposed = handout.model_version != PRETRAINED
-            accepted = proposed and bool(np.array_equal(mask, shown))
+            unchanged = bool(np.array_equal(mask, shown))
+            accepted = proposed and unchanged
             origin = "accepted_prediction" if accepted else "human"
             saved = self.store.save_mask(info.id, mask, annotator, origin=origin, model_version=_registered(handout),
-                                         shown_version=handout.shown_version,
-                                         unchanged=bool(np.array_equal(mask, shown)))
+                                         shown_version=handout.shown_version, unchanged=unchanged)
         self._review(annotator, handout, mask, saved.version)
         what = "accepted as proposed" if accepted else "saved your corrected mask" if proposed else "saved your mask"
         message = f"{info.name}: {what}{self._conflict_note(saved)}"

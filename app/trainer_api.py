@@ -31,10 +31,9 @@ from annotation import RoundInfo, RoundTaken, Store, WorkspaceError
 from annotation.store import LOCAL_TRAINER
 from app.model_slot import ModelSlot
 from app.rounds import (
-    RoundPlan, Verdict, items, plan_round, publish_round, round_due, round_finished, round_started,
-    validation_masks,
+    Verdict, items, plan_round, publish_round, round_due, round_finished, round_started, validation_masks,
 )
-from app.status import write_remote_status
+from app.status import REMOTE_DOWNLOADS, write_remote_status
 from app.trainer import workspace_pixels
 from model.adasam import CHECKPOINT_FORMAT, CheckpointError, load_checkpoint, read_checkpoint, serving_problem
 from model.backbones import backbone_view
@@ -54,8 +53,7 @@ class TrainerAPI:
         self.store, self.slot, self.round_every, self.steps = store, slot, round_every, steps
         self.accept_rounds = accept_rounds
         self.publishing = threading.Lock()  # one upload checked at a time: no two publish one round
-        self._plans: dict[int, tuple[RoundPlan, frozenset[int]]] = {}  # round -> its plan and images, as claimed:
-        # what its trainer may download
+        self._downloads: tuple[int, frozenset[int], str | None] | None = None  # (round, its images, its init)
         for left in (Path(store.root) / "models").glob(".upload-*"):  # by a server killed mid-upload
             left.unlink(missing_ok=True)
         if accept_rounds:  # a round the workspace's own trainer left running will never finish now
@@ -85,13 +83,13 @@ class TrainerAPI:
 
         @router.get("/images/{image_id}")
         def image(image_id: int, name: str = trainer) -> Response:
-            if image_id not in self._plan_of(name)[1]:
+            if image_id not in self._downloads_of(name)[1]:
                 raise HTTPException(403, f"image {image_id} is not in your round's plan")
             return self.image(image_id)
 
         @router.get("/models/{version}")
         def model(version: str, name: str = trainer) -> FileResponse:
-            if version != self._plan_of(name)[0].init:
+            if version != self._downloads_of(name)[2]:
                 raise HTTPException(403, f"model {version} is not the one your round starts from")
             return self.model(version)
 
@@ -132,7 +130,9 @@ class TrainerAPI:
         except Exception as exc:
             self._fail(round_id, name, labels, f"planning the round: {type(exc).__name__}: {exc}")
             raise
-        self._plans = {round_id: (plan, frozenset(plan.image_ids()))}  # only the running round's trainer downloads
+        self._downloads = (round_id, frozenset(plan.image_ids()), plan.init)  # what this round's trainer may fetch
+        store.set_setting(REMOTE_DOWNLOADS, {"round": round_id, "images": sorted(self._downloads[1]),
+                                             "init": plan.init}, who=name)  # the same after a server restart
         write_remote_status(store.root, trainer=name, round=round_id, step=0, total=self.steps)
         return {"round": round_id, "plan": plan.to_json(), "images": images, "steps": self.steps,
                 "backbone": {"spec": self.slot.spec, "identity": self.slot.base.identity}}
@@ -198,20 +198,21 @@ class TrainerAPI:
 
     # -- checks ----------------------------------------------------------------------------------------------------
 
-    def _plan_of(self, name: str) -> tuple[RoundPlan, frozenset[int]]:
-        """The plan of the running round `name` owns: a token downloads that round's images and starting model
-        only (it could fetch any image, test split included, at any time, even from a server taking no remote
-        rounds); 409 without such a round. Planned again after a server restart."""
+    def _downloads_of(self, name: str) -> tuple[int, frozenset[int], str | None]:
+        """(round, image ids, starting model) of the running round `name` owns, as its plan was handed out: a token
+        downloads that round's images and model only (it could fetch any image, test split included, at any time,
+        even from a server taking no remote rounds); 409 without such a round."""
         if not self.accept_rounds:
             raise HTTPException(409, "this server trains its rounds itself (start it with --remote-trainers)")
-        running = [r for r in self.store.rounds() if r.status == "running" and r.owner == name]
-        if not running:
+        running = self.store.latest_round()  # one round runs at a time: the latest
+        if running is None or running.status != "running" or running.owner != name:
             raise HTTPException(409, "no running round of yours: claim one first")
-        round_id = running[-1].id
-        if round_id not in self._plans:
-            plan = plan_round(self.store, round_id)
-            self._plans = {round_id: (plan, frozenset(plan.image_ids()))}
-        return self._plans[round_id]
+        if self._downloads is None or self._downloads[0] != running.id:  # the server restarted since the claim
+            saved = self.store.get_setting(REMOTE_DOWNLOADS) or {}
+            if saved.get("round") != running.id:
+                raise HTTPException(409, f"round {running.id}'s plan is not known here: claim a round again")
+            self._downloads = (running.id, frozenset(saved["images"]), saved["init"])
+        return self._downloads
 
     def _own(self, round_id: int, name: str) -> RoundInfo:
         """The round, its claim renewed, if it is running and `name`'s; else 409."""

@@ -155,6 +155,12 @@ def test_a_claim_hands_out_the_round_plan_and_a_second_trainer_waits(api):
     refused = call(api, "GET", f"/images/{outside}")
     assert refused.status_code == 403 and "not in your round's plan" in refused.json()["detail"]
     assert call(api, "GET", "/images/1", "gpu2").status_code == 409  # a token without the round downloads nothing
+    label(store, 2)  # new labels, then a server restart: the plan handed out still says what may be fetched
+    restarted = FastAPI(routes=TrainerAPI(store, api["slot"], 2, 6, accept_rounds=True).router().routes)
+    headers = {"Authorization": f"Bearer {api['tokens']['gpu1']}"}
+    assert all(TestClient(restarted).get(API + f"/images/{i}", headers=headers).status_code == 200
+               for i in plan.image_ids())
+    assert TestClient(restarted).get(API + f"/images/{outside}", headers=headers).status_code == 403
 
     taken = call(api, "POST", "/rounds", "gpu2")
     assert taken.status_code == 409 and "gpu1" in taken.json()["detail"]
