@@ -35,16 +35,24 @@ class _TooLarge(Exception):
     """Raised into the app from `receive` once the body passed the limit; the 413 has been sent by then."""
 
 
-def cross_site(headers: Headers) -> bool:
-    """A browser's request from a page of another site: its Origin names another host than the request is for (the
-    proxy's forwarded host, if any). Gradio's CORS answers any origin with credentials allowed once the server is
-    reached by a name other than localhost, so a hostile page an annotator visited could read images and save or
-    undo masks as them. Requests without an Origin (scripts, the Python client, same-site page loads) pass."""
+def cross_site(headers: Headers, allowed: frozenset[str] = frozenset()) -> str | None:
+    """Why a browser's request comes from a page of another site, or None: its Origin names neither the host the
+    request is for (Host, or a proxy's X-Forwarded-Host: a page cannot set either across sites without a preflight,
+    and preflights are refused too) nor an `allowed` origin (`adasam serve --allowed-origin`, for a proxy that
+    rewrites both). Gradio's CORS answers any origin with credentials once the server is reached by a name other
+    than localhost, so a hostile page an annotator visited could read images and save or undo masks as them.
+    Requests without an Origin (scripts, the Python client, page loads) pass."""
     origin = headers.get("origin")
     if origin is None:
-        return False
-    host = (headers.get("x-forwarded-host") or headers.get("host") or "").split(",")[0].strip().lower()
-    return urlsplit(origin.strip()).netloc.lower() != host  # "null" (a sandboxed page) has no host: refused too
+        return None
+    parts = urlsplit(origin.strip().lower())
+    if f"{parts.scheme}://{parts.netloc}" in allowed:
+        return None
+    for name in ("host", "x-forwarded-host"):
+        host = (headers.get(name) or "").split(",")[0].strip().lower()
+        if host and (parts.netloc == host or (":" not in host and parts.hostname == host)):  # a header without a
+            return None  # port (X-Forwarded-Host $host) names the host whatever port the page used
+    return f"its Origin {origin} is not this server's address ({headers.get('host')})"  # "null" (sandboxed) too
 
 
 def _is_login(scope: Scope) -> bool:
@@ -55,10 +63,11 @@ class Guard:
     """Pure ASGI (streams: nothing is buffered). Add it with `Middleware(Guard, max_body_bytes=...)`."""
 
     def __init__(self, app: ASGIApp, max_body_bytes: int = MAX_BODY_BYTES, logins: Throttle | None = None,
-                 uploads: tuple[str, int] | None = None) -> None:
+                 uploads: tuple[str, int] | None = None, allowed_origins: tuple[str, ...] = ()) -> None:
         """`uploads`: (path pattern, limit) of requests whose bodies may be larger: remote trainers' model uploads,
-        whose endpoint checks the token before it reads the body."""
+        whose endpoint checks the token before it reads the body. `allowed_origins`: see `cross_site`."""
         self.app = app
+        self.allowed_origins = frozenset(o.strip().lower().rstrip("/") for o in allowed_origins)
         self.max_body_bytes = max_body_bytes
         self.logins = logins or address_throttle()
         self.uploads = (re.compile(uploads[0]), uploads[1]) if uploads else None
@@ -69,15 +78,17 @@ class Guard:
         return self.max_body_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "websocket" and cross_site(Headers(scope=scope)):
+        if scope["type"] == "websocket" and cross_site(Headers(scope=scope), self.allowed_origins):
             await send({"type": "websocket.close", "code": 1008})
             return
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         headers = Headers(scope=scope)
-        if cross_site(headers):
-            await JSONResponse({"detail": "Cross-site request refused: open ADA-SAM Studio at its own address."},
+        why = cross_site(headers, self.allowed_origins)
+        if why:
+            await JSONResponse({"detail": f"Cross-site request refused: {why}. Behind a proxy, forward the Host (or "
+                                          "X-Forwarded-Host) header, or start the server with --allowed-origin."},
                                status_code=403)(scope, receive, send)
             return
         length = headers.get("content-length")

@@ -45,6 +45,9 @@ def register(sub) -> None:
                    help="serve a non-loopback --host without logins (anyone who reaches the port can annotate)")
     p.add_argument("--max-request-mb", type=float, default=16.0, metavar="N",
                    help="refuse request bodies over N MB (default 16)")
+    p.add_argument("--allowed-origin", action="append", default=[], metavar="URL",
+                   help="the address users open, e.g. https://studio.example.org, where a proxy forwards neither "
+                        "Host nor X-Forwarded-Host (requests from other sites' pages are refused)")
     p.add_argument("--annotator", default=os.environ.get("USER") or "annotator",
                    help="name saved with every mask when there is no --auth (default: $USER)")
     p.add_argument("--backbone", default="litemedsam",
@@ -242,7 +245,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
                         show_error=True, theme=theme, css=_page_css(), share=False, enable_monitoring=False,
                         app_kwargs={"routes": trainer_api.router().routes, "middleware": [Middleware(
                             Guard, max_body_bytes=int(args.max_request_mb * 2**20),
-                            uploads=(UPLOAD_PATH, int(args.max_model_mb * 2**20)))]})
+                            uploads=(UPLOAD_PATH, int(args.max_model_mb * 2**20)),
+                            allowed_origins=tuple(args.allowed_origin))]})
         except OSError as exc:
             raise CommandError(f"cannot listen on {args.host}:{args.port} ({exc}); is another server running? "
                                f"Choose another --port") from None

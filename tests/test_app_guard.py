@@ -278,8 +278,13 @@ def test_guard_refuses_requests_from_a_page_of_another_site():
         assert refused.status_code == 403 and "Cross-site" in refused.json()["detail"]
     assert client.options("/", headers={"Origin": "http://evil.example",  # the preflight too
                                         "Access-Control-Request-Method": "POST"}).status_code == 403
-    proxied = {"Origin": "https://annot.example.org", "X-Forwarded-Host": "annot.example.org"}  # behind a TLS proxy
-    assert client.post("/", content=b"x", headers=proxied).status_code == 200
+    proxied = {"Origin": "https://annot.example.org:8443", "X-Forwarded-Host": "annot.example.org"}  # a TLS proxy
+    assert client.post("/", content=b"x", headers=proxied).status_code == 200  # ($host: the name, not the port)
+    rewritten = TestClient(_client(allowed_origins=("https://Annot.example.org/",)).app, base_url="http://127.0.0.1")
+    assert rewritten.post("/", content=b"x", headers={"Origin": "https://annot.example.org"}).status_code == 200
+    refused = rewritten.post("/", content=b"x", headers={"Origin": "https://evil.example"})
+    assert refused.status_code == 403
+    assert "https://evil.example is not this server's address (127.0.0.1)" in refused.json()["detail"]
 
 
 # --- user names --------------------------------------------------------------------------------------------------
