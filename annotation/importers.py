@@ -19,7 +19,7 @@ import numpy as np
 from tqdm import tqdm
 
 from annotation.decode import (KINDS, MAX_IMAGE_PIXELS, DecodeError, Decoded, VolumeInfo, binary_frames, decode,
-                               first_line, kind_of, stem)
+                               first_line, kind_of, stem, suffix)
 from annotation.dicom_series import SeriesSlice, plan_series
 from annotation.records import SPLITS, ImageRecord
 from annotation.store import Store
@@ -315,8 +315,8 @@ class _Layout:
                 real = mask_dir.resolve()
                 for path in sorted(mask_dir.iterdir()):
                     ignored = path.name.startswith(".") and not _hidden_image(path.name)  # hidden images get listed
-                    if ignored or not (path.is_file() or path.is_symlink()):
-                        continue
+                    if ignored or not (path.is_file() or path.is_symlink()) or not _could_be_image(path):
+                        continue  # a sidecar (a.json beside a.nii.gz) is no second mask of a
                     if _inside(path, real):
                         index.setdefault(stem(path), []).append(path)
                     else:
@@ -327,7 +327,7 @@ class _Layout:
         if image.parent not in self._image_names:
             self._image_names[image.parent] = {}
             for path in sorted(image.parent.iterdir()):
-                if not path.name.startswith("."):
+                if not path.name.startswith(".") and path.is_file() and _could_be_image(path):
                     self._image_names[image.parent].setdefault(stem(path), []).append(path.name)
         images = self._image_names[image.parent].get(stem(image), [])
         if len(masks) > 1 or (masks and len(images) > 1):
@@ -342,6 +342,11 @@ class _Layout:
         """Masks matching no image, in masks/ folders whose images/ folder was imported whole."""
         return [path for mask_dir, index in self._mask_dirs.items() if (mask_dir.parent / "images").absolute() in walked
                 for paths in index.values() for path in paths if path not in self._used]
+
+
+def _could_be_image(path: Path) -> bool:
+    """An image's extension, or none (DICOM files often have none): what can pair with a mask by stem."""
+    return suffix(path) in KINDS or not path.suffix
 
 
 def as_text(name: str) -> str:

@@ -392,10 +392,14 @@ def test_a_mask_whose_image_is_ambiguous_is_given_to_no_image(store, tmp_path):
     write_image(src / "masks" / "b.bmp", square.T.copy())
     write_image(src / "images" / "c.png", np.full((8, 8), 8, np.uint8))
     write_image(src / "masks" / "c.png", square)
+    (src / "images" / "c.json").write_text("{}")  # sidecars share the stem but are no image or mask of c
+    (src / "masks" / "c.txt").write_text("notes")
     summary = import_sources(store, [src], progress=False)
     assert (summary.added, summary.masks_added) == (4, 1)
     skipped = dict(summary.skipped)
-    assert set(skipped) == {str(src / "masks" / name) for name in ("a.png", "b.png", "b.bmp")}
+    assert set(skipped) == {str(src / "masks" / name) for name in ("a.png", "b.png", "b.bmp")} | {
+        str(src / "images" / "c.json")}  # tried as an image, as before
+    assert "masks" not in skipped[str(src / "images" / "c.json")]
     assert "images a.png, a.tif share its name" in skipped[str(src / "masks" / "a.png")]
     assert "masks b.bmp, b.png share a name" in skipped[str(src / "masks" / "b.png")]
     masked = [(i.name, i.original_path.endswith("c.png")) for i in store.images() if store.load_mask(i.id) is not None]
