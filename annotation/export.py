@@ -311,12 +311,12 @@ def _write_dicom_seg(store: Store, tmp: Path, items: list[_Item]) -> dict[str, l
                           []).append(item)
     label = store.get_setting(LABEL_NAME, "lesion")
     files: dict[str, list[Placement]] = {}
-    work = list(groups.items())
+    work, written = list(groups.items()), 0
     while work:
-        uid, members = work.pop(0)
+        uid, members = work.pop()
         try:
-            seg = _segmentation(store, members, label, series_number=9000 + len(files) + 1)
-        except (ValueError, AttributeError, TypeError) as exc:  # highdicom's refusals, or a header lacking a tag
+            seg = _segmentation(store, members, label, series_number=9001 + written)
+        except (ValueError, AttributeError) as exc:  # highdicom's refusals, or a header lacking a tag (pydicom)
             if len(members) > 1:  # image by image, as lone images
                 work += [(str(getattr(m.source, "SOPInstanceUID", m.name)), [m]) for m in members]
             else:
@@ -324,6 +324,7 @@ def _write_dicom_seg(store: Store, tmp: Path, items: list[_Item]) -> dict[str, l
             continue
         relpath = f"dicom-seg/{uid}.dcm"
         seg.save_as(tmp / relpath)
+        written += 1
         files.update({item.name: [(relpath, None, None)] for item in members})
     return files
 

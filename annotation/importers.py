@@ -136,11 +136,12 @@ def _import_file(store: Store, path: Path, layout: "_Layout", with_masks: bool, 
         summary.notes.append((str(path), f"{decoded.non_finite} NaN or infinite value(s) set to the lowest finite "
                               "value"))
     positions = list(range(len(decoded.frames)))  # frame or slice numbers within the file
-    volume_path = as_text(str(path.absolute()))
+    absolute = as_text(str(path.absolute()))
+    volume_path = absolute
     if in_series is not None:  # one slice of a DICOM series: the series is the volume
         decoded.position_kind = "slice"
         decoded.volume = VolumeInfo(2, in_series.shape, in_series.affine)
-        positions, volume_path = [in_series.position], in_series.volume_path
+        positions, volume_path = [in_series.position], as_text(in_series.volume_path)
     masks = None
     if mask_path is not None:
         try:
@@ -149,7 +150,6 @@ def _import_file(store: Store, path: Path, layout: "_Layout", with_masks: bool, 
             summary.skip(mask_path, f"{first_line(exc)}; image imported without its mask")
 
     # Files first (complete, content-addressed), rows after: a row never points at a missing or partial file.
-    absolute = as_text(str(path.absolute()))
     records, mask_files = [], []
     for index, (position, pixels) in enumerate(zip(positions, decoded.frames)):
         sha, relpath = store.files.put(pixels, "images")
@@ -277,8 +277,8 @@ class _Layout:
         to put an image in `test` that silently matches nothing would leave that image in the pool."""
         out = []
         for manifest, folders in self._served.items():
-            table = self._manifests[manifest]
-            if isinstance(table, dict) and folders & walked:
+            table = self._manifests[manifest]  # read: a manifest that failed to read served no image
+            if folders & walked:
                 ids = [key for key in table if key not in self._matched.get(manifest, set())]
                 if ids:
                     out.append((manifest, ids))

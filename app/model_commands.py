@@ -299,15 +299,16 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     samples = [s for s in folder.split(args.split) if s.mask_path is not None]
     if not samples:
         raise CommandError(f"{args.data}: no image with a mask in split {args.split!r}")
-    model = load_model(args.model)
     run = Path(args.model) if Path(args.model).is_dir() else Path(args.model).parent
+    trained = not (args.model == "pretrained" or args.model.startswith("pretrained:"))  # no run, no split of its own
     generated = folder.split_source != "manifest"  # a manifest's split is the user's own, even on other data
-    moved = folder.moved_since(run / "split.csv") if generated else []
+    moved = folder.moved_since(run / "split.csv") if generated and trained else []
     if moved:
         image_id, then, now = moved[0]
         raise CommandError(f"{args.data}: {len(moved)} image(s) are in another split than when {args.model} was "
                            f"trained ({image_id}: {then} then, {now} now; see its split.csv): the folder changed, "
                            "and the scores could count images it trained on. Give the folder a manifest.csv split")
+    model = load_model(args.model)
     items = load_items(samples, model_inputs(model.backbone, model.config.encoder_lora,
                                              args.cache or DEFAULT_CACHE_DIR), with_images=model.config.image_view)
     started = time.time()

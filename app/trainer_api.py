@@ -265,9 +265,9 @@ class TrainerAPI:
             self._own(rnd.id, name)
 
             def end_round(verdict: Verdict) -> None:
-                """In the transaction that registers the model: a token revoked since scoring began registers
-                nothing, and a registered model always has its round ended (two transactions left a race)."""
-                self._own(rnd.id, name)
+                """In the transaction that registers the model: a round no longer `name`'s (its token revoked
+                since scoring began) registers nothing (RoundTaken), and a registered model always has its round
+                ended (two transactions left a race)."""
                 store.finish_round(rnd.id, "done", val_dice=verdict.val_dice, model_version=verdict.version,
                                    note=verdict.note, who=name, owner=name)
                 round_finished(store, rnd.labels_used)

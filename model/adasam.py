@@ -259,14 +259,20 @@ def load_checkpoint(path: str | Path, backbone: Backbone | None = None,
         raise CheckpointError(f"{path}: made by another version of ADA-SAM Studio (checkpoint format "
                               f"{payload.get('format')}, this one reads {CHECKPOINT_FORMAT}); train it again")
     model = build_adasam(config, backbone)
-    trained_on = payload.get("backbone_identity")
-    if trained_on and trained_on != model.backbone.identity:  # same shapes, other weights: it would load, and be wrong
-        raise CheckpointError(f"{path}: trained on backbone {trained_on}, not on this one ({model.backbone.identity}); "
-                              "give the backbone it was trained on, or train it again")
+    same_backbone(path, payload, model.backbone.identity)
     result = model.load_state_dict(payload["state"], strict=False)  # copies onto the model's device
     if result.unexpected_keys:
         raise CheckpointError(f"{path}: weights do not fit this model, e.g. {result.unexpected_keys[0]!r}")
     return model.eval(), payload
+
+
+def same_backbone(path: str | Path, payload: dict, identity: str) -> None:
+    """CheckpointError unless the checkpoint was trained on the backbone `identity` names (or does not say): same
+    shapes with other weights would load without a word, and predict wrong."""
+    trained_on = payload.get("backbone_identity")
+    if trained_on and trained_on != identity:
+        raise CheckpointError(f"{path}: trained on backbone {trained_on}, not on this one ({identity}); give the "
+                              "backbone it was trained on, or train it again")
 
 
 def checkpoint_problem(path: str | Path) -> str | None:

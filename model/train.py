@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 
 from model.adasam import (AdaSam, AdaSamConfig, CheckpointError, build_adasam, load_checkpoint, read_checkpoint,
-                          save_checkpoint, whole_box)
+                          same_backbone, save_checkpoint, whole_box)
 from model.calibrate import calibrate, calibrate_presence
 from model.decoder import compiled_decoding
 from model.device import training_dtype
@@ -693,10 +693,8 @@ def check_init(init: str | Path, encoder_lora: int, backbone=None) -> None:
     `adasam train` asks before it embeds the data (hours on a large folder), not after."""
     path, payload, earlier = read_checkpoint(init)
     _same_encoder(earlier, replace(earlier, encoder_lora=encoder_lora), f"{init}")
-    trained_on = payload.get("backbone_identity")
-    if backbone is not None and trained_on and trained_on != backbone.identity:
-        raise CheckpointError(f"{path}: trained on backbone {trained_on}, not on this one ({backbone.identity}); "
-                              "give the backbone it was trained on (--backbone), or start afresh")
+    if backbone is not None:
+        same_backbone(path, payload, backbone.identity)
 
 
 def _same_encoder(earlier: AdaSamConfig, config: AdaSamConfig, source: str) -> None:
