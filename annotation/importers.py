@@ -23,7 +23,7 @@ from annotation.decode import (KINDS, MAX_IMAGE_PIXELS, DecodeError, Decoded, Vo
 from annotation.dicom_series import SeriesSlice, plan_series
 from annotation.records import SPLITS, ImageRecord
 from annotation.store import Store
-from model.manifest import parse_has_lesion, rows_by_id
+from model.manifest import parse_has_lesion, row_for, rows_by_id
 
 MANIFEST = "manifest.csv"
 HIDDEN = "hidden file (name starts with '.'): not imported; rename it to import it"
@@ -263,13 +263,12 @@ class _Layout:
             candidates.append(image.parent.parent / MANIFEST)
         for candidate in candidates:
             if candidate.is_file():
-                table = self._manifest(candidate)
-                key = stem(image) if stem(image) in table else image.name  # ids with the extension match too
+                found = row_for(self._manifest(candidate), stem(image), image.name)
                 self._served.setdefault(candidate, set()).add(image.parent.absolute())
-                row = table.get(key)
-                if row:
-                    self._matched.setdefault(candidate, set()).add(key)
-                return (_split(row, candidate), _flag(row, candidate)) if row else ("pool", None)
+                if found is None:
+                    return "pool", None
+                self._matched.setdefault(candidate, set()).add(found[0])
+                return _split(found[1], candidate), _flag(found[1], candidate)
         return "pool", None
 
     def unmatched_rows(self, walked: set[Path]) -> list[tuple[Path, list[str]]]:

@@ -14,7 +14,7 @@ import numpy as np
 from model.distributed import Ranks
 from model.evaluate import Item
 from model.image_view import image_input
-from model.manifest import parse_has_lesion, rows_by_id
+from model.manifest import parse_has_lesion, row_for, rows_by_id
 from model.preprocess import ImageReadError, read_image, read_mask
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
@@ -85,7 +85,8 @@ def load_data_folder(root: str | Path, seed: int = 0) -> DataFolder:
         unknown = {r["split"] for r in manifest.values()} - set(SPLITS)
         if unknown:
             raise DataError(f"{root / 'manifest.csv'}: unknown split(s) {sorted(unknown)}; use pool/val/test")
-        splits = {i: manifest[i]["split"] for i in images if i in manifest}
+        rows = {i: row_for(manifest, i, path.name) for i, path in images.items()}
+        splits = {i: found[1]["split"] for i, found in rows.items() if found}
         missing = sorted(set(images) - set(splits))
         if missing:
             raise DataError(f"{root / 'manifest.csv'}: no row for image {missing[0]!r} ({len(missing)} missing)")
@@ -95,8 +96,9 @@ def load_data_folder(root: str | Path, seed: int = 0) -> DataFolder:
         source = f"generated (seed {seed})"
     samples = []
     for image_id, path in images.items():
+        found = row_for(manifest, image_id, path.name)
         try:
-            tag = parse_has_lesion(manifest.get(image_id, {}).get("has_lesion"))
+            tag = parse_has_lesion(found[1].get("has_lesion") if found else None)
         except ValueError as exc:
             raise DataError(f"{root / 'manifest.csv'}: {image_id}: {exc}") from None
         samples.append(Sample(image_id, path, masks.get(image_id), splits[image_id], tag))

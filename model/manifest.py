@@ -31,3 +31,12 @@ def rows_by_id(rows: Iterable[dict[str, str]]) -> dict[str, dict[str, str]]:
             raise ValueError(f"id {row['id']!r} is on two rows")
         table[row["id"]] = row
     return table
+
+
+def row_for(table: dict[str, dict[str, str]], stem: str, name: str) -> tuple[str, dict[str, str]] | None:
+    """(id, row) of the image whose file is `name` (`stem` without its extension): ids are file names with or
+    without the extension."""
+    for key in (stem, name):
+        if key in table:
+            return key, table[key]
+    return None

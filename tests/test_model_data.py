@@ -71,6 +71,17 @@ def test_manifest_without_split_column_is_split_by_seed(tmp_path):
     assert [s.has_lesion for s in folder.samples[:2]] == [True, False]
 
 
+def test_manifest_ids_may_carry_the_extension_as_in_import(tmp_path):
+    """`adasam import` reads `img_003.png` as the id of images/img_003.png; `adasam train` said "no row"."""
+    root = write_blob_dataset(tmp_path / "d", n=12, negatives=3, size=(20, 24))
+    before = {s.id: (s.split, s.has_lesion) for s in load_data_folder(root).samples}
+    rows = list(csv.DictReader((root / "manifest.csv").open()))
+    for row in rows[::2]:
+        row["id"] += ".png"
+    rewrite_manifest(root, rows)
+    assert {s.id: (s.split, s.has_lesion) for s in load_data_folder(root).samples} == before
+
+
 def test_a_manifest_split_with_a_blank_cell_is_refused_not_replaced_by_a_generated_one(tmp_path):
     """One empty split cell switched the whole folder to a generated split: the manifest's test images trained."""
     root = write_blob_dataset(tmp_path / "d", n=12, negatives=3, size=(20, 24))
