@@ -12,7 +12,8 @@ import numpy as np
 import torch
 
 from annotation import Store
-from model.adasam import AdaSam, AdaSamConfig, build_adasam, checkpoint_problem, load_checkpoint
+from model.adasam import (AdaSam, AdaSamConfig, CheckpointError, build_adasam, checkpoint_problem,
+                          load_checkpoint)
 from model.backbones import backbone_view, build_backbone
 from model.cache import EmbeddingCache
 from model.image_view import image_input
@@ -33,6 +34,7 @@ class ModelSlot:
         self.cache = EmbeddingCache(cache_dir, self.base)
         self.lock = threading.RLock()  # one model call at a time: 2 cores, and Predictor.refine keeps state
         self._swapping = threading.Lock()  # one model load at a time: two at once could swap the older in last
+        self._refused: str | None = None  # the version whose load failed (not tried again at every request)
         self.version = PRETRAINED
         self.model: AdaSam = build_adasam(AdaSamConfig(backbone=backbone, method="supervised", cascade=0),
                                           backbone_view(self.base)).eval()
@@ -54,12 +56,16 @@ class ModelSlot:
             return False
         with self._swapping:
             info = self.store.latest_model()  # again: another request may have swapped it in meanwhile
-            if info.version == self.version:
+            if info.version in (self.version, self._refused):
                 return False
             self.unusable = checkpoint_problem(info.checkpoint_path)
             if self.unusable:  # e.g. trained by an earlier version: keep serving what we have until the next round
                 return False
-            model, _ = load_checkpoint(info.checkpoint_path, backbone_view(self.base))
+            try:
+                model, _ = load_checkpoint(info.checkpoint_path, backbone_view(self.base))
+            except CheckpointError as exc:  # e.g. trained on another backbone than this server's: said on the
+                self.unusable, self._refused = str(exc), info.version  # dashboard, not raised at every request
+                return False
             with self.lock:
                 self.model, self.predictor = model.eval(), Predictor(model)
                 self.version, self.metrics = info.version, dict(info.metrics)
@@ -92,4 +98,5 @@ class ModelSlot:
                     f"proposals{skipped}.")
         dice_text = self.metrics.get("dice_lesion")
         score = "" if dice_text is None or math.isnan(dice_text) else f", val Dice {dice_text:.3f}"
-        return f"Model {self.version} (trained on {self.metrics.get('n_masks', '?')} masks{score})"
+        newer = f"; the newest cannot be used: {self.unusable}" if self.unusable else ""
+        return f"Model {self.version} (trained on {self.metrics.get('n_masks', '?')} masks{score}{newer})"

@@ -204,6 +204,24 @@ def test_requests_refreshing_at_once_load_the_new_model_once(trainer, monkeypatc
     assert len(loads) == 1 and slot.version == trainer.store.latest_model().version == "r0002"
 
 
+def test_a_model_of_another_backbone_is_marked_unusable_not_raised_at_every_request(trainer, monkeypatch):
+    """A server started with another --backbone than the workspace's models were trained on: each request's refresh
+    raised the load's CheckpointError; now the slot keeps what it serves and says why, trying the load once."""
+    from app import model_slot
+    from model.backbones import build_micro_random
+
+    slot = ModelSlot(trainer.store, "micro_random", trainer.root.parent / "cache")
+    assert slot.version == "r0001"
+    slot.base = build_micro_random(1)  # the same shapes, other weights: the model's own backbone is micro_random-0
+    label(trainer.store, 3)
+    trainer.train_round()
+    loads, real = [], model_slot.load_checkpoint
+    monkeypatch.setattr(model_slot, "load_checkpoint", lambda *a, **k: loads.append(a) or real(*a, **k))
+    assert not slot.refresh() and not slot.refresh()
+    assert slot.version == "r0001" and len(loads) == 1  # not tried again at every request
+    assert "trained on backbone micro_random-0-32, not on this one (micro_random-1-32)" in slot.note()
+
+
 def noisy(mean: float, n: int = 40, spread: float = 0.3) -> list[float]:
     """n per-image scores averaging `mean`, half `spread` above it and half below."""
     return [mean + spread * (1 if k % 2 else -1) for k in range(n)]
