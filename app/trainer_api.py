@@ -130,9 +130,8 @@ class TrainerAPI:
         except Exception as exc:
             self._fail(round_id, name, labels, f"planning the round: {type(exc).__name__}: {exc}")
             raise
-        self._downloads = (round_id, frozenset(plan.image_ids()), plan.init)  # what this round's trainer may fetch
-        store.set_setting(REMOTE_DOWNLOADS, {"round": round_id, "images": sorted(self._downloads[1]),
-                                             "init": plan.init}, who=name)  # the same after a server restart
+        store.set_setting(REMOTE_DOWNLOADS, {"round": round_id, "images": sorted(plan.image_ids()),
+                                             "init": plan.init}, who=name)  # what its trainer may fetch, restarts too
         write_remote_status(store.root, trainer=name, round=round_id, step=0, total=self.steps)
         return {"round": round_id, "plan": plan.to_json(), "images": images, "steps": self.steps,
                 "backbone": {"spec": self.slot.spec, "identity": self.slot.base.identity}}
@@ -207,7 +206,7 @@ class TrainerAPI:
         running = self.store.latest_round()  # one round runs at a time: the latest
         if running is None or running.status != "running" or running.owner != name:
             raise HTTPException(409, "no running round of yours: claim one first")
-        if self._downloads is None or self._downloads[0] != running.id:  # the server restarted since the claim
+        if self._downloads is None or self._downloads[0] != running.id:  # read once a round (the ids as a set)
             saved = self.store.get_setting(REMOTE_DOWNLOADS) or {}
             if saved.get("round") != running.id:
                 raise HTTPException(409, f"round {running.id}'s plan is not known here: claim a round again")

@@ -370,10 +370,15 @@ class Trainer:
         except ValueError as exc:  # other trainable parts (--freeze-adapter, an image view ...)
             raise CheckpointError(f"{path}: trains other parts than this run would ({exc}): {again}") from None
         if same_data:  # other masks, tags, split or seed: it would go on as the old run, its summary saying the new
-            changed = [what for key, now, what in (
-                ("data", data_identity(self.data), "other masked, tagged, unlabeled or val images"),
-                ("train_config", _settings(asdict(self.config)), "other training settings"))
-                if key in payload and _settings(payload[key]) != json.loads(json.dumps(now))]  # older last.pt: none
+            def saved(value):  # as last.pt holds it (tuples as lists); an older last.pt has neither key: no check
+                return json.loads(json.dumps(value))
+
+            changed = []
+            if "data" in payload and payload["data"] != saved(data_identity(self.data)):
+                changed.append("other masked, tagged, unlabeled or val images")
+            settings = _settings(asdict(self.config))
+            if "train_config" in payload and _settings(payload["train_config"]) != saved(settings):
+                changed.append("other training settings")
             if changed:
                 raise CheckpointError(f"{path}: started with {' and '.join(changed)}: {again}")
         if self.teacher is not None and "teacher" in payload:
