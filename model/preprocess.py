@@ -119,9 +119,10 @@ def box_to_model(box: np.ndarray | list[float], geometry: Geometry) -> np.ndarra
 
 
 def box_to_original(box: np.ndarray | list[float], geometry: Geometry) -> np.ndarray:
-    """An (x0, y0, x1, y1) box in model input pixels -> original pixels, clipped to the image."""
+    """An (x0, y0, x1, y1) box in model input pixels -> original pixels, clipped to the image. Edges, not pixel
+    indices: x1 and y1 lie just past the last pixel covered, so a box of the whole image ends at (width, height)."""
     out = np.asarray(box, dtype=np.float32) / geometry.scale
-    return np.clip(out, 0, [geometry.width - 1, geometry.height - 1, geometry.width - 1, geometry.height - 1])
+    return np.clip(out, 0, [geometry.width, geometry.height, geometry.width, geometry.height])
 
 
 def logits_to_original(logits: torch.Tensor, geometry: Geometry) -> torch.Tensor:

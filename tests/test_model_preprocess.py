@@ -34,7 +34,7 @@ def test_box_round_trip(shape):
 def test_box_to_original_clips_to_the_image():
     g = Geometry(100, 50, 256)  # resized 256 x 128; the right half of the input is padding
     out = box_to_original([-10, -10, 250, 300], g)
-    assert out.tolist() == [0, 0, 49, 99]
+    assert out.tolist() == [0, 0, 50, 100]  # edges: the far one lies just past the last pixel
 
 
 def _check_normalised(tensor: torch.Tensor, size: int) -> None:
