@@ -62,7 +62,8 @@ def image_input(image: np.ndarray, size: int = SIZE) -> torch.Tensor:
 
 def mask_target(mask: np.ndarray, size: int = SIZE) -> torch.Tensor:
     """A bool H x W mask -> 1 x size x size float target, stretched as `image_input` stretches the image."""
-    return F.interpolate(torch.from_numpy(mask.astype(np.float32))[None, None], size=(size, size), mode="nearest")[0]
+    tensor = torch.from_numpy(mask.astype(np.float32))[None, None]
+    return F.interpolate(tensor, size=(size, size), mode="nearest-exact")[0]  # "nearest" shifts half a pixel
 
 
 @torch.no_grad()

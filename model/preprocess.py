@@ -8,7 +8,7 @@ An image goes through exactly these steps, whatever its source:
 3. Geometry: the longest side is resized to the backbone's input size (bilinear, antialiased) and the short side is
    padded with zeros at the bottom/right, so pixel (x, y) of the original maps to (x * scale, y * scale).
 
-Masks take step 3 only (nearest neighbour), boxes are multiplied by the same scale, and predicted logits are cropped
+Masks take step 3 only (nearest neighbour, sampled at pixel centres), boxes are multiplied by the same scale, and predicted logits are cropped
 to the unpadded area and resized back to the original size. Change anything here and bump PREPROCESS_VERSION: the
 embedding cache keys on it.
 """
@@ -105,7 +105,7 @@ def preprocess_mask(mask: np.ndarray, size: int) -> torch.Tensor:
     """Original boolean mask -> 1 x size x size float tensor, aligned with preprocess_image."""
     geometry = Geometry(int(mask.shape[0]), int(mask.shape[1]), size)
     tensor = torch.from_numpy(np.asarray(mask, dtype=np.float32))[None, None]
-    tensor = F.interpolate(tensor, size=geometry.resized, mode="nearest")
+    tensor = F.interpolate(tensor, size=geometry.resized, mode="nearest-exact")  # "nearest" shifts half a pixel
     return _pad(tensor[0], size)
 
 

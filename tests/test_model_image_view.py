@@ -432,3 +432,18 @@ def test_a_warm_start_gains_a_fresh_view_or_drops_one(tmp_path):
     save_checkpoint(gained, tmp_path / "view.pt")
     dropped = build_training_model(AdaSamConfig(backbone="micro"), 0, micro_backbone(), init=tmp_path / "view.pt")
     assert dropped.image_view is None and not any(k.startswith("image_view.") for k in dropped.trainable_state())
+
+
+
+def test_a_mask_target_keeps_its_place():
+    """The view's target sits where `image_input` puts its image: sampled at pixel centres, not corners (the mean
+    shift over rectangles at many offsets, in target pixels; torch's "nearest" gives +0.5)."""
+    errors = []
+    for offset in range(40):
+        mask = np.zeros((600, 500), bool)
+        mask[200 + offset:330 + offset, 120 + offset:300 + offset] = True
+        target = mask_target(mask)[0].numpy()
+        ys, xs = np.nonzero(target)
+        scale = np.array([target.shape[1] / 500, target.shape[0] / 600])
+        errors.append(np.array([xs.mean() + 0.5, ys.mean() + 0.5]) - np.array([210 + offset, 265 + offset]) * scale)
+    np.testing.assert_allclose(np.mean(errors, axis=0), 0, atol=0.1)
