@@ -180,8 +180,10 @@ def _train(args: argparse.Namespace, folder, pool: list, val: list, backbone, ra
     except ValueError as exc:  # e.g. none of the masked pool images contains the target
         raise CommandError(f"{args.data}: {exc} (use a larger --masks or another --seed)") from None
     resume = ranks.from_main((out / "last.pt").exists())  # every rank resumes from the same file, or none does
+    resumed_from = None
     if resume:  # refused before anything is written when it was started on other data or settings
         trainer.load_resume_state(out / "last.pt")
+        resumed_from = trainer.step
         say(f"resuming {out} from step {trainer.step}")
     if ranks.main:
         out.mkdir(parents=True, exist_ok=True)
@@ -199,7 +201,8 @@ def _train(args: argparse.Namespace, folder, pool: list, val: list, backbone, ra
         "n_pool": len(pool), "n_masked": len(masked), "n_tagged": len(tagged), "n_unlabeled": len(unlabeled),
         "n_val": len(val), "model_config": asdict(trainer.model.config), "train_config": asdict(train_config),
         "best": best, "train_seconds": elapsed, "embeddings_computed": cache.encoded, "ranks": ranks.world,
-        "precision": precision})
+        "precision": precision,
+        "resumed_from_step": resumed_from})  # train_seconds counts this process only: a resumed run's are partial
     print(f"trained in {elapsed:.0f} s; best val step {best['step']} (score {best['score']:.3f}); wrote {out}/model.pt")
     return 0
 

@@ -225,21 +225,21 @@ def end_with(parent: int) -> None:
 def simulate(args, folder: DataFolder, source: Path, strategy: str, seed: int, out: Path) -> dict:
     """One strategy and seed (or the full-label reference): the curve of test Dice against labels."""
     path = out / "runs" / f"{strategy}_seed{seed}.json"
+    pool = folder.split("pool")
+    n_pool = len(pool)
+    step = max(1, round(args.step * n_pool))
+    start, stop = max(1, round(args.start * n_pool)), round(args.stop * n_pool)
+    curve_config = {"step": step, "start": start, "stop": stop, "steps": args.steps, "image_view": args.image_view,
+                    "cold_start": args.cold_start, "backbone": args.backbone}
     if path.exists():
-        return json.loads(path.read_text())
+        return finished_curve(path, curve_config)
     started = time.time()
     torch.set_num_threads(args.threads)
     if args.quick:
         quick_view_budgets()  # in this process: curves run in spawned workers
-    pool = folder.split("pool")
     truth = {s.id: (read_mask(s.mask_path) if s.mask_path else None) for s in pool}
-    n_pool = len(pool)
-    step = max(1, round(args.step * n_pool))
-    start, stop = max(1, round(args.start * n_pool)), round(args.stop * n_pool)
     workspace = out / "workspaces" / f"{strategy}_seed{seed}"
     partial = partial_path(path)  # the curve so far, for a run cut short
-    curve_config = {"step": step, "start": start, "stop": stop, "steps": args.steps, "image_view": args.image_view,
-                    "cold_start": args.cold_start, "backbone": args.backbone}
     if strategy not in (FULL, STEM):
         branch_from_stem(out, strategy, seed, curve_config)
     curve = resumable_curve(partial, workspace, curve_config)
@@ -276,7 +276,7 @@ def simulate(args, folder: DataFolder, source: Path, strategy: str, seed: int, o
         for _ in range(args.reference_rounds - len(curve)):
             train_and_score()
     else:
-        labelled = bt.labels() + annotate(store, truth, max(0, start - bt.labels()))
+        labelled = bt.labels() + annotate(store, truth, max(0, on_grid(bt.labels(), start, step, stop) - bt.labels()))
         while True:
             if bt.due():  # the app's rule: enough new labels and at least one mask showing the target
                 train_and_score()
@@ -295,6 +295,24 @@ def simulate(args, folder: DataFolder, source: Path, strategy: str, seed: int, o
     path.write_text(json.dumps(result, indent=2, default=float))
     partial.unlink(missing_ok=True)
     return result
+
+
+def finished_curve(path: Path, config: dict) -> dict:
+    """A curve run before, read back; refused when it ran with other settings (hours of rounds are not redone
+    silently, nor tabled as if they were these). Curves from before 2026-12-04 recorded none: read as they are."""
+    saved = json.loads(path.read_text())
+    if "config" in saved and saved["config"] != config:
+        differ = {k: (saved["config"].get(k), v) for k, v in config.items() if saved["config"].get(k) != v}
+        raise ValueError(f"{path} ran with other settings (saved, asked): {differ}; choose another --out or move it")
+    return saved
+
+
+def on_grid(labels: int, start: int, step: int, stop: int) -> int:
+    """The label count the next round is due at: the first at `start`, then every `step`; a curve resumed in the
+    middle of annotating finishes the step instead of training off the grid of the other curves."""
+    if labels <= start:
+        return start
+    return min(stop, start + math.ceil((labels - start) / step) * step)
 
 
 def partial_path(path: Path) -> Path:
@@ -436,13 +454,16 @@ def summarise(results: dict) -> dict:
 def projection_check(results: dict, fit_upto: float) -> dict:
     """How far off the dashboard's learning curve was: fitted to a curve's val Dice up to `fit_upto` of the pool
     labelled (the dashboard's own fit, model.learning_curve), what it predicted at each later round against what
-    that round then measured. Per strategy: every (fraction, predicted - measured) pair over seeds, and the mean
-    absolute error."""
+    that round then measured. Published rounds only, as the dashboard fits them (a held-back round's val Dice is
+    of a model nobody served, and its row's mask count is the serving model's). Per strategy: every (fraction,
+    predicted - measured) pair over seeds, and the mean absolute error."""
     check: dict = {}
     for strategy, runs in results["strategies"].items():
         errors = []
         for run in runs:
-            points = [p for p in run["curve"] if p.get("val_dice") is not None]
+            points = [p for p, serving in zip(run["curve"], serving_val(run["curve"]))
+                      if p.get("val_dice") is not None and (p["published"] if p.get("published") is not None
+                                                            else serving == p["val_dice"])]  # older runs: rebuilt
             x = [p.get("masks") or p["labels"] for p in points]  # masks, as the dashboard fits (older runs: labels)
             early = [k for k, p in enumerate(points) if p["fraction"] <= fit_upto + 1e-9]
             fit = fit_learning_curve([x[k] for k in early], [points[k]["val_dice"] for k in early])

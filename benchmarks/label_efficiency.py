@@ -78,14 +78,38 @@ def adasam(setup: Setup, *args: str) -> None:
 
 
 def evaluate(setup: Setup, model: str, out: Path) -> dict:
-    """Test-split summary of one model (read back from out/eval_auto.json when it exists)."""
+    """Test-split summary of one model (read back from out/eval_auto.json when it exists and scored this model)."""
     path = out / "eval_auto.json"
+    if path.exists() and model.startswith("pretrained:") and json.loads(path.read_text()).get("model") != model:
+        path.unlink()  # another backbone's pretrained figure: seconds to redo
     if not path.exists():
         adasam(setup, "evaluate", "--data", setup.data, "--model", model, "--split", "test", "--json", str(path),
                "--cache", setup.cache)
     result = json.loads(path.read_text())
     result.pop("images", None)
     return result
+
+
+def check_settings(run_dir: Path, settings: dict) -> None:
+    """A finished run is tabled only if it was trained as asked: by its recorded settings, or for runs from before
+    they were recorded (2026-12-07) by the backbone and step cap its summary holds. Else refused, not retrained:
+    a run can take an hour."""
+    recorded = run_dir / "benchmark_settings.json"
+    if recorded.exists():
+        saved = json.loads(recorded.read_text())
+    elif (run_dir / "summary.json").exists():
+        from model.train import TrainConfig
+
+        summary = json.loads((run_dir / "summary.json").read_text())
+        saved = {**settings, "backbone": summary.get("backbone"),
+                 "steps": summary.get("train_config", {}).get("steps")}
+        settings = {**settings, "steps": settings["steps"] or TrainConfig.steps}
+    else:
+        return  # evaluated, never trained here (a run folder holding only eval_auto.json): nothing to compare
+    if saved != settings:
+        differ = {k: (saved.get(k), v) for k, v in settings.items() if saved.get(k) != v}
+        raise ValueError(f"{run_dir} was trained with other settings (saved, asked): {differ}; "
+                         "choose another --out or move it")
 
 
 def run_folder(setup: Setup, name: str, fraction: float, seed: int) -> Path:
@@ -101,10 +125,13 @@ def run(setup: Setup, name: str, fraction: float, seed: int, extra: list[str] | 
 
         print(f"# U-Net masks {fraction:g} seed {seed}", flush=True)
         return train_unet(setup.data, fraction, seed, run_dir, setup.unet)
+    settings = {"backbone": setup.backbone, "steps": setup.steps, "extra": list(extra)}
     if not (run_dir / "eval_auto.json").exists() and not (run_dir / "summary.json").exists():
         args = ["train", "--data", setup.data, "--out", str(run_dir), "--masks", f"{fraction:g}", "--seed", str(seed),
                 "--backbone", setup.backbone, "--cache", setup.cache, *extra]
         adasam(setup, *args, *(["--steps", str(setup.steps)] if setup.steps else []))
+        (run_dir / "benchmark_settings.json").write_text(json.dumps(settings))
+    check_settings(run_dir, settings)
     result = evaluate(setup, str(run_dir), run_dir)
     result["train_seconds"] = json.loads((run_dir / "summary.json").read_text())["train_seconds"]
     return result

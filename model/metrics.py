@@ -27,9 +27,13 @@ def box_iou(a: np.ndarray | None, b: np.ndarray | None) -> float:
 
 
 def hd95(prediction: np.ndarray, truth: np.ndarray) -> float:
-    """95th-percentile Hausdorff distance in pixels (MONAI); NaN when either mask is empty."""
-    if not prediction.any() or not truth.any():
+    """95th-percentile Hausdorff distance in pixels (MONAI). A missed target (empty prediction) scores the image's
+    diagonal, the worst distance there is, so a model that finds fewer targets cannot average a better figure over
+    the few it finds; NaN without a target (undefined)."""
+    if not truth.any():
         return math.nan
+    if not prediction.any():
+        return float(math.hypot(*truth.shape))
     import torch
     from monai.metrics import compute_hausdorff_distance
 

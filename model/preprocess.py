@@ -8,9 +8,9 @@ An image goes through exactly these steps, whatever its source:
 3. Geometry: the longest side is resized to the backbone's input size (bilinear, antialiased) and the short side is
    padded with zeros at the bottom/right, so pixel (x, y) of the original maps to (x * scale, y * scale).
 
-Masks take step 3 only (nearest neighbour, sampled at pixel centres), boxes are multiplied by the same scale, and predicted logits are cropped
-to the unpadded area and resized back to the original size. Change anything here and bump PREPROCESS_VERSION: the
-embedding cache keys on it.
+Masks take step 3 only (nearest neighbour, sampled at pixel centres), boxes are multiplied by the same scale, and
+predicted logits are cropped to the unpadded area and resized back to the original size. Change anything an image
+goes through and bump PREPROCESS_VERSION: the embedding cache keys on it (masks are not cached).
 """
 from __future__ import annotations
 

@@ -252,6 +252,74 @@ def test_the_serving_val_figure_is_rebuilt_by_the_publish_rule():
     assert rebuilt[5] == 0.30  # after an unmeasured model, the next one publishes
 
 
+def test_a_finished_run_is_tabled_only_if_trained_as_asked(tmp_path, monkeypatch):
+    """label_efficiency.py skipped training whenever a run folder held a summary: a 100-step run on another
+    backbone was tabled as a default one. Now its recorded settings (or, for older runs, its summary's backbone and
+    step cap) must match; a run trained as asked still reads back."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("label_efficiency", ROOT / "benchmarks" / "label_efficiency.py")
+    label_efficiency = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "label_efficiency", label_efficiency)  # its dataclasses look their module up
+    spec.loader.exec_module(label_efficiency)
+    asked = {"backbone": "litemedsam", "steps": None, "extra": ["--method", "adasam"]}
+    recorded = tmp_path / "recorded"
+    recorded.mkdir()
+    (recorded / "benchmark_settings.json").write_text(json.dumps(asked))
+    label_efficiency.check_settings(recorded, asked)
+    with pytest.raises(ValueError, match="other settings.*steps"):
+        label_efficiency.check_settings(recorded, {**asked, "steps": 100})
+    older = tmp_path / "older"  # no recorded settings: the summary's backbone and step cap decide
+    older.mkdir()
+    (older / "summary.json").write_text(json.dumps({"backbone": "micro_random", "train_config": {"steps": 100}}))
+    with pytest.raises(ValueError, match="backbone"):
+        label_efficiency.check_settings(older, asked)
+    with pytest.raises(ValueError, match="steps"):
+        label_efficiency.check_settings(older, {**asked, "backbone": "micro_random"})
+    label_efficiency.check_settings(older, {**asked, "backbone": "micro_random", "steps": 100})
+
+
+def test_the_projection_check_reads_published_rounds_as_the_dashboard_does():
+    """A round the publish check held back is neither fitted nor scored: its val Dice is of a model nobody served,
+    and its row's mask count is the serving model's (the audit found random seed 1's 99-label round paired so)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("active_learning", ROOT / "benchmarks" / "active_learning.py")
+    active_learning = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(active_learning)
+
+    def curve(held_back_dice):
+        rows = [{"fraction": f, "masks": m, "val_dice": 0.9 - 0.5 * m ** -0.5, "published": True}
+                for f, m in [(0.02, 10), (0.04, 20), (0.06, 30), (0.08, 40), (0.10, 50), (0.12, 60)]]
+        rows.insert(5, {"fraction": 0.10, "masks": 40, "val_dice": held_back_dice, "published": False})
+        return {"strategies": {"random": [{"seed": 0, "curve": rows}]}}
+
+    checks = [active_learning.projection_check(curve(d), 0.08)["strategies"]["random"] for d in (0.1, 0.95)]
+    assert checks[0] == checks[1]  # the held-back round's figure changes nothing
+    assert [p["fraction"] for p in checks[0]["pairs"]] == [0.10, 0.12]
+    assert checks[0]["mean_abs_error"] < 0.01  # the fit to an exact power law predicts the later published rounds
+
+
+def test_a_finished_curve_is_read_back_only_with_its_settings_and_rounds_stay_on_the_grid(tmp_path):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("active_learning", ROOT / "benchmarks" / "active_learning.py")
+    active_learning = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(active_learning)
+    config = {"step": 22, "start": 11, "stop": 165, "steps": None, "image_view": True, "cold_start": "random",
+              "backbone": "litemedsam"}
+    path = tmp_path / "random_seed0.json"
+    path.write_text(json.dumps({"config": config, "curve": [{"labels": 11}]}))
+    assert active_learning.finished_curve(path, config)["curve"] == [{"labels": 11}]
+    with pytest.raises(ValueError, match="other settings.*steps"):
+        active_learning.finished_curve(path, {**config, "steps": 30})
+    path.write_text(json.dumps({"curve": []}))  # from before settings were recorded: read as it is
+    assert active_learning.finished_curve(path, config) == {"curve": []}
+    # a curve resumed in the middle of annotating finishes the step: rounds at 11, 33, 55 ... as the others
+    assert [active_learning.on_grid(n, 11, 22, 165) for n in (0, 11, 12, 33, 40, 55, 160)] == [11, 11, 33, 33, 55,
+                                                                                                55, 165]
+
+
 def test_a_cut_active_learning_curve_resumes_where_it_stopped(tmp_path, monkeypatch):
     """A curve killed in its second round goes on from its workspace: the first round's row is kept, not retrained,
     and the run still ends with a row per round up to the stop fraction."""

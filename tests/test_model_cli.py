@@ -60,6 +60,7 @@ def test_train_writes_a_run(run):
     summary = json.loads((folder / "summary.json").read_text())
     assert summary["n_pool"] == 7 and summary["n_val"] == 1 and summary["n_masked"] == 4
     assert summary["embeddings_computed"] == 8  # pool + val; the test split is never touched
+    assert summary["resumed_from_step"] is None
     assert summary["train_config"]["steps"] == 4 and summary["model_config"]["backbone"] == "tiny_random"
     assert summary["model_config"]["has_negatives"] is True
     saved = torch.load(folder / "model.pt", weights_only=False)
@@ -108,7 +109,9 @@ def test_second_train_resumes_from_the_cache(run, data, cache):
                              "--steps", 4, "--cache", cache, "--masks", 0.5, "--seed", 0)
     assert code == 0, err
     assert "resuming" in out and "from step 4" in out
-    assert json.loads((run["folder"] / "summary.json").read_text())["embeddings_computed"] == 0
+    summary = json.loads((run["folder"] / "summary.json").read_text())
+    assert summary["embeddings_computed"] == 0
+    assert summary["resumed_from_step"] == 4  # so its train_seconds read as this part's, not the run's
 
 
 @pytest.fixture(scope="module")

@@ -156,7 +156,8 @@ def test_hd95_presence_auc_nanmean():
     b = np.roll(a, 3, axis=1)
     assert hd95(a, a) == 0.0
     assert hd95(a, b) == pytest.approx(3.0)
-    assert math.isnan(hd95(a, np.zeros_like(a)))
+    assert hd95(np.zeros_like(a), a) == pytest.approx(math.hypot(20, 20))  # a missed target: the worst distance
+    assert math.isnan(hd95(a, np.zeros_like(a)))  # no target: undefined
     assert presence_auc([0.9, 0.8, 0.1], [True, True, False]) == 1.0
     assert presence_auc([0.1, 0.8, 0.9], [True, True, False]) == 0.0
     assert math.isnan(presence_auc([0.5, 0.6], [True, True]))
@@ -165,12 +166,12 @@ def test_hd95_presence_auc_nanmean():
 
 def test_summarise_scores_lesions_apart_and_keeps_the_ungated_dice():
     rows = [{"lesion": True, "probability": 0.9, "dice": 0.8, "dice_ungated": 0.8, "hd95": 4.0},
-            {"lesion": True, "probability": 0.3, "dice": 0.0, "dice_ungated": 0.6, "hd95": math.nan},  # gated away
+            {"lesion": True, "probability": 0.3, "dice": 0.0, "dice_ungated": 0.6, "hd95": 30.0},  # gated away
             {"lesion": False, "probability": 0.2, "dice": 1.0, "dice_ungated": 0.0, "hd95": math.nan}]
     summary = summarise(rows)
     assert (summary["n_images"], summary["n_lesion"]) == (3, 2)
     assert summary["dice_lesion"] == pytest.approx(0.4) and summary["dice_lesion_ungated"] == pytest.approx(0.7)
-    assert summary["dice_all"] == pytest.approx(0.6) and summary["hd95_lesion"] == 4.0
+    assert summary["dice_all"] == pytest.approx(0.6) and summary["hd95_lesion"] == 17.0
     assert summary["presence_auc"] == 1.0
     ungated = summarise([{k: v for k, v in r.items() if k != "dice_ungated"} for r in rows])
     assert ungated["dice_lesion_ungated"] == ungated["dice_lesion"]  # a method without a gate

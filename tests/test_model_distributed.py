@@ -9,8 +9,12 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
+from model.adasam import AdaSamConfig
+from model.backbones import build_backbone
 from model.distributed import Ranks, join
+from model.train import build_training_model
 from model_fixtures import one_torch_thread, write_blob_dataset  # noqa: F401 (autouse)
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -51,7 +55,8 @@ def runs(tmp_path_factory) -> dict:
     cache = root / "cache"
     one = train(data, root / "one", cache, ranks=1, steps=60)
     two = train(data, root / "two", cache, ranks=2, steps=60)
-    return {"data": data, "cache": cache, "root": root, "one": one, "two": two}
+    weights = {name: torch.load(root / name / "last.pt", weights_only=False) for name in ("one", "two")}
+    return {"data": data, "cache": cache, "root": root, "one": one, "two": two, "weights": weights}
 
 
 def test_two_ranks_train_like_one(runs):
@@ -61,6 +66,23 @@ def test_two_ranks_train_like_one(runs):
     assert one["best"]["step"] > 0 and two["best"]["step"] > 0
     # same seed and global batches: the same val Dice within noise (rank shares see other perturbation noise)
     assert abs(one["best"]["score"] - two["best"]["score"]) < 0.05, (one["best"], two["best"])
+    # and the 2-rank run's steps train: the val Dice of this tiny backbone barely moves with training, so it alone
+    # could not tell a 2-rank run that never stepped its optimizer (an audit's mutation) from one that trained. The
+    # weights the ranks train together (adapter, map head; the image view trains before, outside DDP) must move from
+    # their seeded start about as far as one rank's do. (Not closer to one rank's than that: per-rank perturbation
+    # noise and dropout send 60 Adam steps of a tiny head apart.)
+    saved = runs["weights"]["one"]
+    start = build_training_model(AdaSamConfig.from_dict(saved["config"]), 0, build_backbone("micro_random"))
+    initial = start.trainable_state()
+    trained = {name: w["state"] for name, w in runs["weights"].items()}
+    keys = [k for k in initial if k in trained["one"] and k in trained["two"] and initial[k].is_floating_point()
+            and not k.startswith("image_view.")]
+    assert any(k.startswith("adapter.") for k in keys) and any(k.startswith("classifier.") for k in keys)
+
+    def moved(name: str) -> float:
+        return float(sum(((trained[name][k].float() - initial[k].float()) ** 2).sum() for k in keys) ** 0.5)
+
+    assert moved("one") > 0.5 and moved("two") > 0.5 * moved("one"), (moved("one"), moved("two"))
 
 
 def test_only_rank_zero_writes_and_prints(runs):
