@@ -11,7 +11,7 @@ import numpy as np
 
 from annotation import Store
 from app.model_slot import ModelSlot
-from app.rounds import FIRST_ROUND_LABELS, serving_model
+from app.rounds import FIRST_ROUND_LABELS, paired_standard_error, serving_model
 from app.status import (DEFAULT_TARGET_DICE, IMAGE_VIEW, QUEUE_STRATEGY, TARGET_DICE, VALIDATION_IDS,
                         WORKSPACE_NOTE, read_remote_status, read_status)
 from app.validation import validation_line
@@ -100,9 +100,9 @@ def target_dice(store: Store) -> float:
 def projection(store: Store, rounds: list[dict]) -> dict[str, Any]:
     """Masks needed to reach the target val Dice, from a learning curve fitted to the published rounds."""
     target = target_dice(store)
-    points = [(r["masks"], r["val_dice"]) for r in rounds
-              if r["published"] and r["masks"] and r["val_dice"] is not None]
-    found = project([m for m, _ in points], [d for _, d in points], target)
+    published = [r for r in rounds if r["published"] and r["masks"] and r["val_dice"] is not None]
+    points = [(r["masks"], r["val_dice"]) for r in published]
+    found = project([m for m, _ in points], [d for _, d in points], target, noise=point_noise(store, published))
     if found is None:
         counts = len({m for m, _ in points})
         why = (f"needs {MIN_POINTS} published rounds with different mask counts ({counts} so far)"
@@ -115,6 +115,15 @@ def projection(store: Store, rounds: list[dict]) -> dict[str, Any]:
             "fit": {"plateau": fit.plateau, "scale": fit.scale, "exponent": fit.exponent},
             "why": None if math.isfinite(found.masks) else
             f"the fitted curve levels off at {fit.plateau:.3f}, below the target"}
+
+
+def point_noise(store: Store, published: list[dict]) -> float:
+    """How far one round's val Dice may be off by noise alone: the standard error of the paired per-image
+    differences between consecutive published models (median over the pairs), split between the two (/sqrt 2); 0
+    where the models hold no per-image scores (then the fit's residuals alone size the range)."""
+    scores = [store.model(r["model"]).metrics.get("val_scores") if r.get("model") else None for r in published]
+    errors = [e for old, new in zip(scores, scores[1:]) if (e := paired_standard_error(new, old)) is not None]
+    return float(np.median(errors) / math.sqrt(2)) if errors else 0.0
 
 
 def trainer_line(status: dict[str, Any], remote: dict[str, Any] | None = None, local_trainer: bool = True) -> str:

@@ -137,8 +137,9 @@ def _summary(values: list[float]) -> dict:
     if not values:
         return {}
     ordered = sorted(values)
-    return {"n": len(values), "median": round(statistics.median(values), 1), "p90": round(ordered[int(0.9 * (len(ordered) - 1))], 1),
-            "min": round(ordered[0], 1), "max": round(ordered[-1], 1)}
+    return {"n": len(values), "median": round(statistics.median(values), 1),
+            "p90": round(ordered[int(0.9 * (len(ordered) - 1))], 1), "min": round(ordered[0], 1),
+            "max": round(ordered[-1], 1)}
 
 
 def _cuda() -> bool:

@@ -490,6 +490,28 @@ def test_the_dashboard_projects_the_masks_needed_for_the_target_dice(tmp_path):
         studio.close()
 
 
+def test_the_projection_range_carries_the_noise_of_the_val_figures(tmp_path):
+    """Four rounds on an exact curve leave no residuals; the models' per-image val scores say how far two equally
+    good models differ, and the range opens by that much (it was a point)."""
+    from app.dashboard import point_noise, projection
+
+    rng = np.random.default_rng(0)
+    masks = [10, 20, 30, 40]
+    with Store(make_workspace(tmp_path, n=4, n_val=1)) as store:
+        rounds = []
+        for k, m in enumerate(masks):
+            scores = {f"v{i}": float(np.clip(0.7 + rng.normal(0, 0.25), 0, 1)) for i in range(60)}
+            store.register_model(f"m{k}", tmp_path / f"m{k}.pt", {"n_masks": m, "val_scores": scores})
+            rounds.append({"round": k + 1, "masks": m, "val_dice": 0.85 - 0.9 * m ** -0.6, "published": True,
+                           "model": f"m{k}"})
+        noise = point_noise(store, rounds)
+        assert 0.02 < noise < 0.05  # unpaired draws of sd 0.25 over 60 images: sqrt(2) * 0.25 / sqrt(60) / sqrt(2)
+        found = projection(store, rounds)
+        assert found["low"] < 0.8 * found["estimate"] and (found["high"] is None or found["high"] > 1.25 * 124)
+        plain = projection(store, [{**r, "model": ""} for r in rounds])  # no scores: the residuals alone
+        assert plain["low"] == pytest.approx(plain["estimate"], rel=0.02)
+
+
 def test_the_trainer_imports_nothing_of_the_web_side():
     import subprocess
     import sys
