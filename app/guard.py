@@ -1,9 +1,10 @@
 """One pure ASGI middleware in front of the Gradio app (`Guard`): it refuses requests a page of another site sends
-(403), request bodies over a size limit before they are read into memory, makes a client address that keeps failing
+(403), requests to a loopback-only server under another host's name (DNS rebinding, 403), request bodies over a size limit before they are read into memory, makes a client address that keeps failing
 logins wait (429), and gives every browser an anonymous id cookie (`BROWSER_COOKIE`) so that, without --auth, each
 browser can be told apart."""
 from __future__ import annotations
 
+import ipaddress
 import math
 import re
 import secrets
@@ -55,6 +56,31 @@ def cross_site(headers: Headers, allowed: frozenset[str] = frozenset()) -> str |
     return f"its Origin {origin} is not this server's address ({headers.get('host')})"  # "null" (sandboxed) too
 
 
+def rebound(headers: Headers, allowed: frozenset[str] = frozenset()) -> str | None:
+    """Why a request to a server that listens on loopback only is for another host's name, or None. Any site can
+    point its own name at 127.0.0.1 (DNS rebinding): a browser then takes the server for that site and sends its
+    page's requests with Origin and Host both that name, which `cross_site` passes, and lets the page read the
+    answers: images, and masks saved as a new browser without --auth, the loopback default. Honest requests name
+    localhost or a loopback address (or a name an `allowed` origin has: a proxy on this machine keeping its Host)."""
+    host = (headers.get("host") or "").strip().lower()
+    if not host:
+        return None  # HTTP/1.0 without a Host: no browser sends that
+    try:
+        name = urlsplit(f"//{host}").hostname or ""
+    except ValueError:  # e.g. a port that is not a number
+        name = ""
+    if name == "localhost" or name.endswith(".localhost"):
+        return None
+    try:
+        if ipaddress.ip_address(name).is_loopback:
+            return None
+    except ValueError:
+        pass
+    if any(urlsplit(origin).hostname == name for origin in allowed):
+        return None
+    return f"its Host {host} is not a loopback name, and this server listens on loopback only"
+
+
 def _is_login(scope: Scope) -> bool:
     return scope["method"] == "POST" and scope["path"].rstrip("/").endswith("/login")
 
@@ -63,10 +89,13 @@ class Guard:
     """Pure ASGI (streams: nothing is buffered). Add it with `Middleware(Guard, max_body_bytes=...)`."""
 
     def __init__(self, app: ASGIApp, max_body_bytes: int = MAX_BODY_BYTES, logins: Throttle | None = None,
-                 uploads: tuple[str, int] | None = None, allowed_origins: tuple[str, ...] = ()) -> None:
+                 uploads: tuple[str, int] | None = None, allowed_origins: tuple[str, ...] = (),
+                 loopback: bool = False) -> None:
         """`uploads`: (path pattern, limit) of requests whose bodies may be larger: remote trainers' model uploads,
-        whose endpoint checks the token before it reads the body. `allowed_origins`: see `cross_site`."""
+        whose endpoint checks the token before it reads the body. `allowed_origins`: see `cross_site`. `loopback`:
+        the server listens on a loopback address only, so only loopback names are honest Hosts (`rebound`)."""
         self.app = app
+        self.loopback = loopback
         self.allowed_origins = frozenset(o.strip().lower().rstrip("/") for o in allowed_origins)
         self.max_body_bytes = max_body_bytes
         self.logins = logins or address_throttle()
@@ -77,18 +106,23 @@ class Guard:
             return self.uploads[1]
         return self.max_body_bytes
 
+    def refused(self, headers: Headers) -> str | None:
+        return cross_site(headers, self.allowed_origins) or (rebound(headers, self.allowed_origins)
+                                                              if self.loopback else None)
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "websocket" and cross_site(Headers(scope=scope), self.allowed_origins):
+        if scope["type"] == "websocket" and self.refused(Headers(scope=scope)):
             await send({"type": "websocket.close", "code": 1008})
             return
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         headers = Headers(scope=scope)
-        why = cross_site(headers, self.allowed_origins)
+        why = self.refused(headers)
         if why:
-            await JSONResponse({"detail": f"Cross-site request refused: {why}. Behind a proxy, forward the Host (or "
-                                          "X-Forwarded-Host) header, or start the server with --allowed-origin."},
+            await JSONResponse({"detail": f"Cross-site request refused: {why}. Open the page as localhost or "
+                                          "127.0.0.1; behind a proxy, forward the Host (or X-Forwarded-Host) header, "
+                                          "or start the server with --allowed-origin."},
                                status_code=403)(scope, receive, send)
             return
         length = headers.get("content-length")

@@ -47,7 +47,8 @@ def register(sub) -> None:
                    help="refuse request bodies over N MB (default 16)")
     p.add_argument("--allowed-origin", action="append", default=[], metavar="URL",
                    help="the address users open, e.g. https://studio.example.org, where a proxy forwards neither "
-                        "Host nor X-Forwarded-Host (requests from other sites' pages are refused)")
+                        "Host nor X-Forwarded-Host, or forwards that name as the Host to a server on 127.0.0.1 "
+                        "(requests from other sites' pages, and for other names on loopback, are refused)")
     p.add_argument("--annotator", default=os.environ.get("USER") or "annotator",
                    help="name saved with every mask when there is no --auth (default: $USER)")
     p.add_argument("--backbone", default="litemedsam",
@@ -246,7 +247,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
                         app_kwargs={"routes": trainer_api.router().routes, "middleware": [Middleware(
                             Guard, max_body_bytes=int(args.max_request_mb * 2**20),
                             uploads=(UPLOAD_PATH, int(args.max_model_mb * 2**20)),
-                            allowed_origins=tuple(args.allowed_origin))]})
+                            allowed_origins=tuple(args.allowed_origin), loopback=is_loopback(args.host))]})
         except OSError as exc:
             raise CommandError(f"cannot listen on {args.host}:{args.port} ({exc}); is another server running? "
                                f"Choose another --port") from None

@@ -41,6 +41,17 @@ def square(info, fraction: float = 0.25) -> np.ndarray:
     return mask
 
 
+def test_the_loopback_server_answers_its_own_names_only(server):
+    """`adasam serve` on 127.0.0.1 (the default) refuses a request for a rebound name (DNS rebinding), page and API
+    alike, and answers as localhost or 127.0.0.1."""
+    port = server.port
+    for host in (f"127.0.0.1:{port}", f"localhost:{port}"):
+        assert httpx.get(server.url + "/config", headers={"Host": host}).status_code == 200
+    for path in ("/", "/config"):
+        refused = httpx.get(server.url + path, headers={"Host": f"rebind.example:{port}"})
+        assert refused.status_code == 403 and "not a loopback name" in refused.json()["detail"]
+
+
 def test_task_has_pictures_and_counts(client):
     task = client.predict(api_name="/task")
     assert task["image_id"] is not None and task["annotator"].startswith("tester-")  # this client's own identity

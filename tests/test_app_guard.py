@@ -287,6 +287,27 @@ def test_guard_refuses_requests_from_a_page_of_another_site():
     assert "https://evil.example is not this server's address (127.0.0.1)" in refused.json()["detail"]
 
 
+def test_a_loopback_server_refuses_hosts_a_rebound_name_brings():
+    """DNS rebinding: a hostile page points its own name at 127.0.0.1; its requests then carry Origin and Host both
+    that name (same-site to the browser, so the Origin check passes) and it reads the answers. A loopback server
+    answers loopback names only; one that listens on the network keeps answering any name (as before)."""
+    rebound = {"Origin": "http://rebind.example:7860"}
+    for url in ("http://127.0.0.1:7860", "http://localhost:7860", "http://[::1]:7860", "http://127.0.0.2"):
+        client = TestClient(_client(loopback=True).app, base_url=url)
+        assert client.post("/", content=b"x", headers={"Origin": url}).status_code == 200
+    hostile = TestClient(_client(loopback=True).app, base_url="http://rebind.example:7860")
+    for call in (lambda: hostile.get("/"), lambda: hostile.post("/", content=b"x", headers=rebound)):
+        refused = call()
+        assert refused.status_code == 403 and "not a loopback name" in refused.json()["detail"]
+    assert TestClient(_client().app, base_url="http://rebind.example:7860").post(  # a server on the network
+        "/", content=b"x", headers=rebound).status_code == 200
+    proxied = TestClient(_client(loopback=True, allowed_origins=("https://studio.example.org",)).app,
+                         base_url="http://studio.example.org")  # a proxy on this machine keeping its Host
+    assert proxied.get("/").status_code == 200
+    bad_port = TestClient(_client(loopback=True).app, base_url="http://127.0.0.1:7860")
+    assert bad_port.get("/", headers={"Host": "[::1"}).status_code == 403  # unparsable: not a loopback name
+
+
 # --- user names --------------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("name", ["", "a:b", "x\ny", "tab\there", "cr\r", "#root", " alice", "alice ", "a  b",
