@@ -1,7 +1,8 @@
 """One pure ASGI middleware in front of the Gradio app (`Guard`): it refuses requests a page of another site sends
-(403), requests to a loopback-only server under another host's name (DNS rebinding, 403), request bodies over a size limit before they are read into memory, makes a client address that keeps failing
-logins wait (429), and gives every browser an anonymous id cookie (`BROWSER_COOKIE`) so that, without --auth, each
-browser can be told apart."""
+(403), requests to a loopback-only server under another host's name (DNS rebinding, 403), and request bodies over
+a size limit before they are read into memory; makes a client address that keeps failing logins wait (429); and
+gives every browser an anonymous id cookie (`BROWSER_COOKIE`) so that, without --auth, each browser can be told
+apart."""
 from __future__ import annotations
 
 import ipaddress
