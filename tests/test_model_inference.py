@@ -50,7 +50,7 @@ def test_prediction_is_at_original_size(items, predictions):
         for value in (p.uncertainty.classifier, p.uncertainty.segmentation, p.uncertainty.combined):
             assert _in_unit_interval(value)
         assert p.box.shape == (4,)
-        assert 0 <= p.box[0] <= p.box[2] <= shape[1] - 1 and 0 <= p.box[1] <= p.box[3] <= shape[0] - 1
+        assert 0 <= p.box[0] <= p.box[2] <= shape[1] and 0 <= p.box[1] <= p.box[3] <= shape[0]  # edges
         gated = p.probability >= 0.5
         assert np.array_equal(p.mask, p.raw_mask if gated else np.zeros_like(p.raw_mask))
 
@@ -85,7 +85,7 @@ def test_supervised_and_whole_prompt_use_the_whole_image(items):
     item = items[2]
     for config in ({"method": "supervised", "cascade": 0}, {"prompt": "whole", "cascade": 0}):
         p = Predictor(_model(**config)).predict(item.embedding, item.geometry)
-        np.testing.assert_allclose(p.box, [0, 0, item.geometry.width - 1, item.geometry.height - 1], atol=0.5)
+        np.testing.assert_allclose(p.box, [0, 0, item.geometry.width, item.geometry.height], atol=0.5)  # edges
         assert not p.box_is_fallback
 
 
