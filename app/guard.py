@@ -67,17 +67,18 @@ def rebound(headers: Headers, allowed: frozenset[str] = frozenset()) -> str | No
     if not host:
         return None  # HTTP/1.0 without a Host: no browser sends that
     try:
-        name = urlsplit(f"//{host}").hostname or ""
-    except ValueError:  # e.g. a port that is not a number
+        name = (urlsplit(f"//{host}").hostname or "").rstrip(".")  # "localhost." is localhost, fully qualified
+    except ValueError:  # e.g. an unclosed IPv6 bracket
         name = ""
     if name == "localhost" or name.endswith(".localhost"):
         return None
     try:
-        if ipaddress.ip_address(name).is_loopback:
+        address = ipaddress.ip_address(name)
+        if (getattr(address, "ipv4_mapped", None) or address).is_loopback:  # ::ffff:127.0.0.1 too
             return None
     except ValueError:
         pass
-    if any(urlsplit(origin).hostname == name for origin in allowed):
+    if any((urlsplit(origin).hostname or "").rstrip(".") == name for origin in allowed):
         return None
     return f"its Host {host} is not a loopback name, and this server listens on loopback only"
 

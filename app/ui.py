@@ -349,9 +349,11 @@ def projection_line(projection: dict) -> str:
     if projection["estimate"] is None:
         return head + projection["why"]
     high = "beyond reach" if projection["high"] is None else f"{projection['high']:.0f}"
-    return (head + f"about {projection['estimate']:.0f} masks (80% range {projection['low']:.0f} to {high}; "
-            f"{projection['masks_now']} now), an estimate from a learning curve fitted to {projection['rounds']} "
-            f"rounds that levels off at {projection['fit']['plateau']:.3f}")
+    spread = ("most refits to noise like the val figures' never reach it" if projection["low"] is None
+              else f"80% range {projection['low']:.0f} to {high}")  # None: infinite
+    return (head + f"about {projection['estimate']:.0f} masks ({spread}; {projection['masks_now']} now), an "
+            f"estimate from a learning curve fitted to {projection['rounds']} rounds that levels off at "
+            f"{projection['fit']['plateau']:.3f}")
 
 
 def conflicts_line(conflicts: list[dict]) -> str:

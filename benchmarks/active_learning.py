@@ -299,7 +299,7 @@ def simulate(args, folder: DataFolder, source: Path, strategy: str, seed: int, o
 
 def finished_curve(path: Path, config: dict) -> dict:
     """A curve run before, read back; refused when it ran with other settings (hours of rounds are not redone
-    silently, nor tabled as if they were these). Curves from before 2026-12-04 recorded none: read as they are."""
+    silently, nor tabled as if they were these). Curves from before 2026-12-05 recorded none: read as they are."""
     saved = json.loads(path.read_text())
     if "config" in saved and saved["config"] != config:
         differ = {k: (saved["config"].get(k), v) for k, v in config.items() if saved["config"].get(k) != v}

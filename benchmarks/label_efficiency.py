@@ -133,7 +133,9 @@ def run(setup: Setup, name: str, fraction: float, seed: int, extra: list[str] | 
         (run_dir / "benchmark_settings.json").write_text(json.dumps(settings))
     check_settings(run_dir, settings)
     result = evaluate(setup, str(run_dir), run_dir)
-    result["train_seconds"] = json.loads((run_dir / "summary.json").read_text())["train_seconds"]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    # a resumed run's summary times its last part only: not tabled as the run's
+    result["train_seconds"] = math.nan if summary.get("resumed_from_step") is not None else summary["train_seconds"]
     return result
 
 

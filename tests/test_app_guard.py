@@ -292,7 +292,8 @@ def test_a_loopback_server_refuses_hosts_a_rebound_name_brings():
     that name (same-site to the browser, so the Origin check passes) and it reads the answers. A loopback server
     answers loopback names only; one that listens on the network keeps answering any name (as before)."""
     rebound = {"Origin": "http://rebind.example:7860"}
-    for url in ("http://127.0.0.1:7860", "http://localhost:7860", "http://[::1]:7860", "http://127.0.0.2"):
+    for url in ("http://127.0.0.1:7860", "http://localhost:7860", "http://[::1]:7860", "http://127.0.0.2",
+                "http://localhost.:7860", "http://[::ffff:7f00:1]:7860"):
         client = TestClient(_client(loopback=True).app, base_url=url)
         assert client.post("/", content=b"x", headers={"Origin": url}).status_code == 200
     hostile = TestClient(_client(loopback=True).app, base_url="http://rebind.example:7860")
@@ -304,6 +305,7 @@ def test_a_loopback_server_refuses_hosts_a_rebound_name_brings():
     proxied = TestClient(_client(loopback=True, allowed_origins=("https://studio.example.org",)).app,
                          base_url="http://studio.example.org")  # a proxy on this machine keeping its Host
     assert proxied.get("/").status_code == 200
+    assert proxied.get("/", headers={"Host": "studio.example.org."}).status_code == 200  # fully qualified
     bad_port = TestClient(_client(loopback=True).app, base_url="http://127.0.0.1:7860")
     assert bad_port.get("/", headers={"Host": "[::1"}).status_code == 403  # unparsable: not a loopback name
 

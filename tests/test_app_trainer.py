@@ -510,6 +510,11 @@ def test_the_projection_range_carries_the_noise_of_the_val_figures(tmp_path):
         assert found["low"] < 0.8 * found["estimate"] and (found["high"] is None or found["high"] > 1.25 * 124)
         plain = projection(store, [{**r, "model": ""} for r in rounds])  # no scores: the residuals alone
         assert plain["low"] == pytest.approx(plain["estimate"], rel=0.02)
+    from app.ui import projection_line  # most refits never reaching the target: no range end to print
+
+    line = projection_line({"target": 0.8, "estimate": 124.0, "low": None, "high": None, "masks_now": 40,
+                            "rounds": 4, "fit": {"plateau": 0.85}})
+    assert "about 124 masks" in line and "never reach it" in line
 
 
 def test_the_trainer_imports_nothing_of_the_web_side():
