@@ -308,7 +308,7 @@ class Studio:
                                f"(adasam serve --max-points)")
         if box is None:
             shown_box = mask_box(handout.mask())
-            box = list(handout.box) if shown_box is None else [float(v) for v in (*shown_box[:2], *(shown_box[2:] + 1))]
+            box = list(handout.box) if shown_box is None else [float(v) for v in shown_box]
         # no box and a + click: the predictor starts one at the clicks; no box and no + click: the whole image
         box = _box(box, width, height) if box else None if positive else (0.0, 0.0, float(width), float(height))
         self._keep_lease(annotator, handout.image_id)

@@ -79,7 +79,7 @@ def simulate(studio, truths: dict[str, np.ndarray], start: str) -> list[dict]:
         box = task["box"]  # as the Annotate tab: the prompt box shown, then the box each redraw was given
         mask = shown
         if start == "box":
-            box, used = [float(v) for v in mask_box(truth) + np.array([0, 0, 1, 1])], 1
+            box, used = [float(v) for v in mask_box(truth)], 1
             drawn = studio.refine("simulated", task["view"], [], [], box)
             mask, box = decode_mask(drawn["mask"], truth.shape), drawn["box"]
         elif start == "clicks":

@@ -189,8 +189,7 @@ class AdaSam(nn.Module):
             for i, mask in enumerate((logits[:, 0] > 0).cpu()):
                 box = mask_box(mask)
                 if box is not None:
-                    new_boxes[i] = torch.as_tensor(box * scale + np.array([0, 0, scale, scale], dtype=np.float32),
-                                                   device=new_boxes.device)
+                    new_boxes[i] = torch.as_tensor(box * scale, device=new_boxes.device)
             boxes = new_boxes
             logits, _ = self.segment(features, boxes)
         return logits, boxes

@@ -6,6 +6,7 @@ import torch
 from scipy import ndimage
 
 from model.heads import LocationClassifier
+from model.preprocess import mask_box
 
 
 def activation_map(classifier: LocationClassifier, features: torch.Tensor, valid: torch.Tensor | None = None
@@ -45,8 +46,7 @@ def cam_to_box(cam: np.ndarray, threshold: float = 0.4, scale: float = 4.0, vali
         labels, _ = ndimage.label(region)
         peak = np.unravel_index(np.argmax(np.where(region, cam, -1)), cam.shape)
         region = labels == labels[peak]
-    ys, xs = np.nonzero(region)
-    box = np.array([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1], dtype=np.float32) * scale
+    box = mask_box(region) * scale
     box[[0, 2]] = np.clip(box[[0, 2]], 0, valid_hw[1])
     box[[1, 3]] = np.clip(box[[1, 3]], 0, valid_hw[0])
     return box, False

@@ -12,9 +12,6 @@ from model.inference import Predictor
 from model.metrics import box_iou, dice, hd95, nanmean, summarise
 from model.preprocess import Geometry, box_to_model, box_to_original, logits_to_original, mask_box
 
-_PAST_LAST = np.array([0, 0, 1, 1], np.float32)  # mask_box's last pixel -> the box's far edge, as prompts have it
-
-
 @dataclass
 class Item:
     """One image as training and evaluation see it: its model input plus whatever labels exist."""
@@ -57,7 +54,7 @@ def evaluate(model: AdaSam, items: list[Item], prompt: str = "auto", batch_size:
                 "id": item.id, "lesion": lesion, "probability": p.probability,
                 "dice": dice(p.mask, truth), "dice_ungated": dice(p.raw_mask, truth),
                 "hd95": hd95(p.mask, truth) if (with_hd95 and lesion) else math.nan,
-                "box_iou": box_iou(p.box, mask_box(truth) + _PAST_LAST) if lesion else math.nan,
+                "box_iou": box_iou(p.box, mask_box(truth)) if lesion else math.nan,
                 "box_fallback": p.box_is_fallback,
             })
     lesion_rows = [r for r in rows if r["lesion"]]
@@ -78,7 +75,7 @@ def _oracle(model: AdaSam, item: Item, prediction):
     box = mask_box(item.mask)
     if box is None:
         return prediction
-    model_box = torch.from_numpy(box_to_model(box + _PAST_LAST, item.geometry))[None]
+    model_box = torch.from_numpy(box_to_model(box, item.geometry))[None]
     logits, _ = model.segment(model.features(item.embedding[None]), model_box)
     mask = (logits_to_original(logits[0].cpu(), item.geometry)[0] > 0).numpy()
     prediction.mask = prediction.raw_mask = mask

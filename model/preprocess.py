@@ -139,9 +139,10 @@ def logits_to_original(logits: torch.Tensor, geometry: Geometry) -> torch.Tensor
 
 
 def mask_box(mask: np.ndarray | torch.Tensor) -> np.ndarray | None:
-    """Tight (x0, y0, x1, y1) box of a boolean mask, or None when it is empty."""
+    """The box a prompt draws around a mask, or None when it is empty: (x0, y0) its first pixel's corner, (x1, y1)
+    one past its last pixel, as the decoder's prompts have it (the CAM's box is the box of its region)."""
     mask = mask.numpy() if isinstance(mask, torch.Tensor) else np.asarray(mask)
     ys, xs = np.nonzero(mask > 0.5) if mask.dtype != bool else np.nonzero(mask)
     if len(xs) == 0:
         return None
-    return np.array([xs.min(), ys.min(), xs.max(), ys.max()], dtype=np.float32)
+    return np.array([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1], dtype=np.float32)

@@ -173,7 +173,6 @@ class Trainer:
         box = mask_box(target)
         if box is None:
             return whole_box((h, w))
-        box = box + np.array([0, 0, 1, 1], np.float32)
         side = np.array([box[2] - box[0], box[3] - box[1]] * 2, np.float32)
         box = box + self.rng.uniform(-1, 1, 4).astype(np.float32) * self.config.box_jitter * side
         return np.clip(box, 0, [w, h, w, h]).astype(np.float32)

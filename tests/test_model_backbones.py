@@ -122,7 +122,7 @@ def test_litemedsam_loads_strictly_in_eval_mode(lite):
 
 
 def _box_prompt(lite) -> torch.Tensor:
-    box = mask_box(lite["mask"]) + np.array([0, 0, 1, 1], np.float32)
+    box = mask_box(lite["mask"])
     return torch.from_numpy(box_to_model(box, lite["geometry"]))[None]
 
 
@@ -142,7 +142,7 @@ def test_untrained_adasam_is_the_pretrained_model(lite):
     model = AdaSam(AdaSamConfig(backbone="litemedsam"), lite["backbone"])
     features = model.features(lite["embedding"][None])
     assert torch.equal(features, lite["embedding"][None])
-    box = box_to_model(mask_box(lite["mask"]) + np.array([0, 0, 1, 1], np.float32), lite["geometry"])
+    box = box_to_model(mask_box(lite["mask"]), lite["geometry"])
     mask = Predictor(model).refine(lite["embedding"], lite["geometry"],
                                    box=tuple(float(v) for v in box / lite["geometry"].scale))
     assert dice(mask, lite["mask"]) > 0.8
@@ -154,7 +154,7 @@ def test_litemedsam_box_with_positive_vs_negative_click(lite):
     predictor = Predictor(model)
     ys, xs = np.nonzero(lite["mask"])
     centre = (float(xs.mean()), float(ys.mean()))
-    box = tuple(float(v) for v in mask_box(lite["mask"]) + np.array([0, 0, 1, 1], np.float32))
+    box = tuple(float(v) for v in mask_box(lite["mask"]))
     positive = predictor.refine(lite["embedding"], lite["geometry"], positive=[centre], box=box)
     negative = predictor.refine(lite["embedding"], lite["geometry"], negative=[centre], box=box)
     cy, cx = round(centre[1]), round(centre[0])

@@ -6,6 +6,7 @@ import pytest
 import torch
 from PIL import Image
 
+from model.cam import cam_to_box
 from model.metrics import dice
 from model.preprocess import (Geometry, ImageReadError, box_to_model, box_to_original, logits_to_original,
                               mask_box, normalise_intensity, preprocess_image, preprocess_mask, read_image,
@@ -98,10 +99,9 @@ def test_mask_aligns_with_image(shape, size):
     assert small.shape == (1, size, size)
     assert set(torch.unique(small).tolist()) <= {0.0, 1.0}
     # The mask's box after preprocessing is the original box mapped by box_to_model, within a pixel
-    # (boxes taken with an exclusive right/bottom edge so that the scale applies to whole pixels).
-    edge = np.array([0, 0, 1, 1], np.float32)
-    expected = box_to_model(mask_box(mask) + edge, g)
-    got = mask_box(small[0]) + edge
+    # (mask_box's far edges lie past the last pixel, so the scale applies to whole pixels).
+    expected = box_to_model(mask_box(mask), g)
+    got = mask_box(small[0])
     np.testing.assert_allclose(got, expected, atol=1.0)
     # and the mask sits on the bright blob of the preprocessed image
     inside = tensor[0][small[0] > 0].mean()
@@ -134,8 +134,11 @@ def test_mask_box():
     assert mask_box(mask) is None
     assert mask_box(torch.zeros(5, 5)) is None
     mask[2:5, 3:9] = True
-    assert mask_box(mask).tolist() == [3, 2, 8, 4]
-    assert mask_box(torch.from_numpy(mask).float()).tolist() == [3, 2, 8, 4]
+    assert mask_box(mask).tolist() == [3, 2, 9, 5]  # far edges one past the last pixel, as a prompt's
+    assert mask_box(torch.from_numpy(mask).float()).tolist() == [3, 2, 9, 5]
+    # the CAM's box of the same region, at a quarter of the size, is the same box scaled: one convention for both
+    cam_box, fallback = cam_to_box(mask.astype(np.float32), threshold=0.5, scale=4.0)
+    assert not fallback and cam_box.tolist() == [12, 8, 36, 20]
 
 
 def test_unreadable_image_is_one_line_naming_the_file(tmp_path):

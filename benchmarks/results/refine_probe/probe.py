@@ -23,7 +23,7 @@ def refine(self, annotator, view, positive, negative, box=None):
     pad = CLICK_BOX_MARGIN * max(width, height)
     if box is None:
         shown_box = mask_box(handout.mask())
-        box = list(handout.box) if shown_box is None else [float(v) for v in (*shown_box[:2], *(shown_box[2:] + 1))]
+        box = list(handout.box) if shown_box is None else [float(v) for v in shown_box]
         inside = [box and box[0] <= x <= box[2] and box[1] <= y <= box[3] for x, y in positive]
         if box and positive and "move" in VARIANT and not any(inside):
             # no positive click in the proposal's box: the proposal is elsewhere; a box of its size at the clicks
