@@ -137,7 +137,8 @@ def _train(args: argparse.Namespace, folder, pool: list, val: list, backbone, ra
     from model.cache import DEFAULT_CACHE_DIR, model_inputs
     from model.dataset import load_items, masked_ids
     from model.image_view import ImageViewTraining
-    from model.train import TrainConfig, Trainer, TrainingData, build_training_model, model_config
+    from model.train import (TrainConfig, Trainer, TrainingData, build_training_model, model_config,
+                             written_val_dice)
 
     say = print if ranks.main else _silent
     out = Path(args.out)
@@ -203,7 +204,9 @@ def _train(args: argparse.Namespace, folder, pool: list, val: list, backbone, ra
         "best": best, "train_seconds": elapsed, "embeddings_computed": cache.encoded, "ranks": ranks.world,
         "precision": precision,
         "resumed_from_step": resumed_from})  # train_seconds counts this process only: a resumed run's are partial
-    print(f"trained in {elapsed:.0f} s; best val step {best['step']} (score {best['score']:.3f}); wrote {out}/model.pt")
+    written = written_val_dice(best)
+    print(f"trained in {elapsed:.0f} s; best val step {best['step']} (score {best['score']:.3f}); wrote {out}/model.pt"
+          + (f" (val lesion Dice before gating {written:.3f})" if written is not None else ""))
     return 0
 
 

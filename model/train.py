@@ -650,6 +650,21 @@ class Trainer:
         self.log(json.dumps({phase: report}))
 
 
+def written_val_dice(best: dict) -> float | None:
+    """Val lesion Dice (before gating) of the model model.pt holds after every phase, from `Trainer.run`'s reports:
+    the checkpoint's score is the map head's; calibration, the view's self-training and the view check come after
+    it and may move it (by up to 0.045 on BUSI at 10% masks). None without a val lesion image."""
+    if not best.get("val", {}).get("n_lesion"):
+        return None
+    check, self_training = best.get("image_view_check"), best.get("view_self_training")
+    if check:
+        return check["val_dice_lesion_with_view" if check["kept"] else "val_dice_lesion_cam_alone"]
+    if self_training:
+        return self_training["val_dice_lesion_after" if self_training["kept"] else "val_dice_lesion_before"]
+    threshold = best.get("calibration", {}).get("cam_threshold")
+    return max(threshold["val_dice_lesion"].values()) if threshold else best["score"]
+
+
 def proposal_targets(model: AdaSam, items: list[Item], batch_size: int = 16) -> list[np.ndarray]:
     """What the model proposes for unlabeled images, as training targets: empty where an image is tagged
     target-free, the decoder's mask where tagged present, the presence-gated proposal where untagged."""

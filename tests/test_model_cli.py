@@ -19,6 +19,7 @@ from PIL import Image
 
 from app.cli import main
 from model.dataset import seeded_split
+from model.train import written_val_dice
 from model_fixtures import one_torch_thread, write_blob_dataset, write_blob_folder  # noqa: F401 (autouse)
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -68,6 +69,8 @@ def test_train_writes_a_run(run):
     assert summary["best"]["presence_head"] == saved["presence_head"]
     assert summary["best"]["step"] == 4  # evaluated at the last step, though off the 50-step schedule
     assert "generated (seed 0)" in run["stdout"] and "wrote" in run["stdout"]
+    written = written_val_dice(summary["best"])  # the model as written, after the phases that follow the steps
+    assert written is not None and f"(val lesion Dice before gating {written:.3f})" in run["stdout"]
     assert "error" not in run["stderr"].lower() and "Traceback" not in run["stderr"]
 
 

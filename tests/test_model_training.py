@@ -531,3 +531,22 @@ def test_an_encoder_with_lora_gets_no_presence_head(pool, tmp_path):
     trainer.model.config = AdaSamConfig(**{**asdict(trainer.model.config), "encoder_lora": 0})
     trainer.keep_presence_head()  # the same run without LoRA does get one
     assert trainer.model.presence is not None
+
+
+def test_written_val_dice_is_the_last_phase_s_figure():
+    """The checkpoint's score is the map head's; the phases after it (calibration, the view's self-training, the
+    view check) say what model.pt scores on val, each superseding the one before."""
+    from model.train import written_val_dice
+
+    best = {"score": 0.80, "step": 450, "val": {"n_lesion": 61}}
+    assert written_val_dice(best) == 0.80
+    best["calibration"] = {"cam_threshold": {"chosen": 0.4, "val_dice_lesion": {0.3: 0.79, 0.4: 0.81}}}
+    assert written_val_dice(best) == 0.81
+    best["view_self_training"] = {"kept": True, "val_dice_lesion_before": 0.81, "val_dice_lesion_after": 0.83}
+    assert written_val_dice(best) == 0.83
+    best["view_self_training"]["kept"] = False
+    assert written_val_dice(best) == 0.81
+    best["image_view_check"] = {"kept": False, "val_dice_lesion_with_view": 0.81, "val_dice_lesion_cam_alone": 0.82}
+    assert written_val_dice(best) == 0.82
+    assert written_val_dice({"score": 3.0, "step": 3, "val": {}}) is None  # no val: the score is the step
+    assert written_val_dice({"score": 0.6, "step": 3, "val": {"n_lesion": 0}}) is None  # score is dice_all then
