@@ -12,6 +12,7 @@ from model.inference import Predictor
 from model.metrics import box_iou, dice, hd95, nanmean, summarise
 from model.preprocess import Geometry, box_to_model, box_to_original, logits_to_original, mask_box
 
+
 @dataclass
 class Item:
     """One image as training and evaluation see it: its model input plus whatever labels exist."""
