@@ -62,9 +62,10 @@ def is_dicom(path: Path) -> bool:
 
 
 def kind_of(path: Path) -> str:
-    """The format a file is imported as, from its extension (or DICOM's magic bytes when it has none)."""
+    """The format a file is imported as, from its extension (or DICOM's magic bytes when it has none, or one no
+    format has: PACS exports name files by their instance UID, `1.2.840.113619.2.1`)."""
     kind = KINDS.get(suffix(path))
-    if kind is None and suffix(path) == "" and is_dicom(path):
+    if kind is None and is_dicom(path):
         kind = "DICOM"
     if kind is None:
         raise DecodeError(f"unsupported file type {suffix(path) or '(no extension)'!r}")
@@ -108,9 +109,38 @@ def check_size(width: int, height: int, max_pixels: int | None, per: str = "") -
                           f"limit of {max_pixels / 1e6:g} megapixels; raise it with --max-megapixels")
 
 
-def binary_frames(decoded: Decoded) -> list[np.ndarray]:
-    """A decoded mask file as boolean frames: anything above zero, in any channel, is the target."""
-    return [(f > 0).any(axis=-1) if f.ndim == 3 else f > 0 for f in decoded.frames]
+def decode_mask(path: Path, axis: int = -1, max_pixels: int | None = MAX_IMAGE_PIXELS) -> Decoded:
+    """A mask file decoded as an image is (same checks, same geometry), its frames boolean: the target is anything
+    above zero, in any channel; but in a palette image its indices above zero (index 0 is the background, whatever
+    colour the palette gives it), in an image whose alpha varies its opaque part (a transparent background may have
+    any colour), and in a JPEG, whose compression rings around every edge, what is above half the range."""
+    decoded = decode(path, axis, max_pixels)
+    kind = kind_of(path)
+    pages: list[np.ndarray | None] = [None] * len(decoded.frames)
+    if kind in PIL_FORMATS:
+        with _our_size_limit(), Image.open(path) as image:
+            pages = [_page_mask(page, kind) for page in ImageSequence.Iterator(image)]
+    decoded.frames = [page if page is not None else (f > 0).any(axis=-1) if f.ndim == 3 else f > 0
+                      for page, f in zip(pages, decoded.frames)]
+    return decoded
+
+
+def _page_mask(page: Image.Image, kind: str) -> np.ndarray | None:
+    """The target in one page of a raster mask, where its pixel values are not the answer (decode_mask); else None."""
+    page.load()
+    alpha = None
+    if page.mode in ("LA", "PA", "RGBA"):
+        alpha = np.array(page.getchannel("A"))
+    elif page.mode == "P" and "transparency" in page.info:
+        alpha = np.array(page.convert("RGBA").getchannel("A"))
+    if alpha is not None and alpha.min() != alpha.max():
+        return alpha >= 128
+    if page.mode in ("P", "PA"):
+        indices = np.array(page)
+        return (indices[..., 0] if indices.ndim == 3 else indices) > 0
+    if kind == "JPEG":
+        return np.array(page.convert("RGB")).max(axis=-1) > 127
+    return None
 
 
 def percentile_window(values: np.ndarray) -> tuple[float, float]:

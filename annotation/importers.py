@@ -18,7 +18,7 @@ from typing import Iterable
 import numpy as np
 from tqdm import tqdm
 
-from annotation.decode import (KINDS, MAX_IMAGE_PIXELS, DecodeError, Decoded, VolumeInfo, binary_frames, decode,
+from annotation.decode import (KINDS, MAX_IMAGE_PIXELS, DecodeError, Decoded, VolumeInfo, decode, decode_mask,
                                first_line, kind_of, stem, suffix)
 from annotation.dicom_series import SeriesSlice, plan_series
 from annotation.records import SPLITS, ImageRecord
@@ -232,8 +232,14 @@ def _source_key(path: str, decoded: Decoded, index: int) -> str:
 
 
 def _matching_masks(mask_path: Path, decoded: Decoded, axis: int, max_pixels: int | None) -> list[np.ndarray]:
-    """The mask file's frames, checked against the image's: same count, same size."""
-    masks = binary_frames(decode(mask_path, axis, max_pixels))
+    """The mask file's frames, checked against the image's: same count, same size (and for NIfTI, the same
+    affine)."""
+    mask = decode_mask(mask_path, axis, max_pixels)
+    masks = mask.frames
+    if mask.modality == decoded.modality == "NIfTI" and not np.allclose(
+            mask.volume.affine, decoded.volume.affine, atol=1e-3):  # same array, other orientation: mirrored slices
+        raise DecodeError("the mask's voxel-to-world affine differs from its image's (another orientation or "
+                          "origin): resample the mask onto the image's grid first")
     if len(masks) != len(decoded.frames):
         raise DecodeError(f"mask has {len(masks)} frames/slices but its image has {len(decoded.frames)}")
     for mask, image in zip(masks, decoded.frames):
@@ -249,6 +255,7 @@ class _Layout:
     def __init__(self) -> None:
         self._manifests: dict[Path, dict[str, dict[str, str]] | DecodeError] = {}
         self._mask_dirs: dict[Path, dict[str, list[Path]]] = {}
+        self._images_of: dict[Path, Path] = {}  # masks/ folder -> the images/ folder it holds the masks of
         self._image_names: dict[Path, dict[str, list[str]]] = {}  # images/ folder -> stem -> file names
         self._used: set[Path] = set()
         self._matched: dict[Path, set[str]] = {}  # manifest -> the ids of its rows that an image matched
@@ -303,11 +310,14 @@ class _Layout:
         return table
 
     def mask_for(self, image: Path) -> Path | None:
-        """`../masks/<same stem>.*` for an image inside an images/ folder; None where the pairing is ambiguous (two
-        masks, or two images, share the stem: `a.png` and `a.tif`), the masks then listed in `ambiguous`."""
-        if image.parent.name != "images":
+        """`masks/<same subfolders>/<same stem>.*` beside the images/ folder an image is in, at any depth below it
+        (`images/p1/a.png` has `masks/p1/a.png`); None where the pairing is ambiguous (two masks, or two images,
+        share the stem: `a.png` and `a.tif`), the masks then listed in `ambiguous`."""
+        images_dir = next((p for p in image.parents if p.name == "images" and (p.parent / "masks").is_dir()), None)
+        if images_dir is None:
             return None
-        mask_dir = image.parent.parent / "masks"
+        mask_dir = images_dir.parent / "masks" / image.parent.relative_to(images_dir)
+        self._images_of[mask_dir] = image.parent
         if mask_dir not in self._mask_dirs:
             index: dict[str, list[Path]] = {}
             if mask_dir.is_dir():
@@ -339,7 +349,7 @@ class _Layout:
 
     def unused_masks(self, walked: set[Path]) -> list[Path]:
         """Masks matching no image, in masks/ folders whose images/ folder was imported whole."""
-        return [path for mask_dir, index in self._mask_dirs.items() if (mask_dir.parent / "images").absolute() in walked
+        return [path for mask_dir, index in self._mask_dirs.items() if self._images_of[mask_dir].absolute() in walked
                 for paths in index.values() for path in paths if path not in self._used]
 
 
