@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageSequence, UnidentifiedImageError
+from PIL import Image, ImageOps, ImageSequence, UnidentifiedImageError
 
 RASTER = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".tif": "TIFF", ".tiff": "TIFF", ".bmp": "BMP"}
 KINDS = {**RASTER, ".dcm": "DICOM", ".dicom": "DICOM", ".nii": "NIfTI", ".nii.gz": "NIfTI"}
@@ -128,6 +128,7 @@ def decode_mask(path: Path, axis: int = -1, max_pixels: int | None = MAX_IMAGE_P
 def _page_mask(page: Image.Image, kind: str) -> np.ndarray | None:
     """The target in one page of a raster mask, where its pixel values are not the answer (decode_mask); else None."""
     page.load()
+    page = _upright(page)
     alpha = None
     if page.mode in ("LA", "PA", "RGBA"):
         alpha = np.array(page.getchannel("A"))
@@ -210,6 +211,7 @@ def _page_pixels(path: Path, page: Image.Image, index: int, max_pixels: int | No
     page.load()  # decodes now, so a truncated file fails here
     if _is_16bit_colour(path, page):
         return _read_16bit_colour(path, page.format or "", index)
+    page = _upright(page)
     mode = page.mode
     if mode.startswith("I;16"):
         return np.array(page).astype(np.uint16)
@@ -227,12 +229,19 @@ def _page_pixels(path: Path, page: Image.Image, index: int, max_pixels: int | No
     raise DecodeError(f"unsupported pixel mode {mode}")
 
 
+def _upright(page: Image.Image) -> Image.Image:
+    """The page as every viewer shows it: a JPEG or TIFF may store its pixels rotated or mirrored, with an EXIF
+    Orientation saying how (phones, some cameras), and masks are drawn on what is shown."""
+    return ImageOps.exif_transpose(page) if page.getexif().get(0x0112, 1) not in (1, None) else page
+
+
 def _is_16bit_colour(path: Path, page: Image.Image) -> bool:
-    """Pillow reads 16-bit colour as 8-bit without a word; spot it so the full depth can be kept."""
+    """Pillow reads 16-bit colour (and 16-bit grey with alpha) as 8-bit without a word; spot it so the full depth
+    can be kept."""
     if page.format == "PNG":
         with open(path, "rb") as handle:
             header = handle.read(26)
-        return header[24] == 16 and header[25] in (2, 6)
+        return header[24] == 16 and header[25] in (2, 4, 6)
     if page.format == "TIFF":
         bits = page.tag_v2.get(258, (8,))
         bits = bits if isinstance(bits, tuple) else (bits,)
@@ -250,6 +259,8 @@ def _read_16bit_colour(path: Path, fmt: str, index: int) -> np.ndarray:
         import tifffile
 
         pixels = tifffile.imread(path, key=index)
+    if pixels.ndim == 3 and pixels.shape[-1] == 2:  # grey and alpha: the picture is the grey
+        return np.ascontiguousarray(pixels[..., 0].astype(np.uint16))
     return np.ascontiguousarray(pixels[..., :3].astype(np.uint16))
 
 

@@ -518,3 +518,31 @@ def test_a_dicom_file_named_by_its_instance_uid_is_imported(store, tmp_path):
     write_dicom(tmp_path / "export" / "1.2.826.0.1.3680043.8.498.1", raw)  # as PACS exports name them
     summary = import_sources(store, [tmp_path / "export"], progress=False)
     assert (summary.added, summary.skipped) == (1, [])
+
+
+def test_16_bit_grey_with_alpha_keeps_its_depth(store, tmp_path):
+    import png
+
+    grey = (np.arange(64 * 64, dtype=np.uint32).reshape(64, 64) * 16).astype(np.uint16)
+    rows = np.dstack([grey, np.full_like(grey, 65535)]).reshape(64, -1)
+    with open(tmp_path / "la16.png", "wb") as handle:
+        png.Writer(64, 64, greyscale=True, alpha=True, bitdepth=16).write(handle, rows.tolist())
+    import_sources(store, [tmp_path / "la16.png"], progress=False)
+    assert np.array_equal(store.load_image(only_image(store).id), grey)  # was cut to 8 bits
+
+
+def test_an_exif_rotated_jpeg_is_stored_as_it_is_shown_and_its_mask_fits(store, tmp_path):
+    stored_rotated = np.zeros((20, 30, 3), np.uint8)
+    stored_rotated[:5, :5] = 255  # bright at the top left as stored; Orientation 3 shows it at the bottom right
+    exif = Image.Exif()
+    exif[0x0112] = 3
+    (tmp_path / "set" / "images").mkdir(parents=True)
+    Image.fromarray(stored_rotated).save(tmp_path / "set" / "images" / "y.jpg", exif=exif, quality=100)
+    shown = np.zeros((20, 30), bool)
+    shown[15:, 25:] = True  # the mask drawn on the image as viewers show it
+    write_image(tmp_path / "set" / "masks" / "y.png", shown.astype(np.uint8) * 255)
+    summary = import_sources(store, [tmp_path / "set"], progress=False)
+    assert (summary.added, summary.masks_added, summary.skipped) == (1, 1, [])
+    image = only_image(store)
+    bright = store.load_image(image.id).mean(axis=-1) > 128
+    assert np.array_equal(bright, shown) and np.array_equal(store.load_mask(image.id), shown)
