@@ -78,10 +78,15 @@ def _place(uid: str, members: list[tuple[Path, object]]) -> dict[Path, SeriesSli
         raise ValueError("two of its files lie at the same position")
     if gaps.max() - gaps.min() > max(TOLERANCE, 0.01 * gaps.mean()):
         raise ValueError(f"its slice gaps are uneven ({gaps.min():.3g}-{gaps.max():.3g} mm: a slice missing?)")
+    positions = np.array([geometry[k][4] for k in order])
+    step = (positions[-1] - positions[0]) / (len(order) - 1)  # along the normal, or slanted (a tilted gantry)
+    if not np.allclose(positions, positions[0] + np.outer(np.arange(len(order)), step),
+                       atol=max(TOLERANCE, 0.01 * float(np.linalg.norm(step)))):
+        raise ValueError("its slices do not lie on one line")
     lps = np.eye(4)
     lps[:3, 0] = row_cosine * spacing[1]  # x: along a row, one column to the next
     lps[:3, 1] = column_cosine * spacing[0]  # y: down a column, one row to the next
-    lps[:3, 2] = normal * gaps.mean()
+    lps[:3, 2] = step  # one slice to the next: the normal times the gap unless the gantry was tilted
     lps[:3, 3] = geometry[order[0]][4]
     affine = (np.diag([-1.0, -1.0, 1.0, 1.0]) @ lps).tolist()  # DICOM's LPS to NIfTI's RAS
     volume_path = str(members[order[0]][0].absolute().parent / f"{uid}.series")

@@ -18,8 +18,10 @@ ORIENTATION = [math.cos(ANGLE), math.sin(ANGLE), 0.0, -math.sin(ANGLE), math.cos
 
 
 def write_series(folder, n: int = 4, gap: float = 2.5, uid: str = "1.2.826.0.1.3680043.8.498.1",
-                 drop_position: int | None = None, shape: tuple[int, int] = (6, 7)) -> dict[int, tuple]:
-    """n slices of one series at z = 10 + k * gap, written in reverse file-name order: slice k -> (path, pixels)."""
+                 drop_position: int | None = None, shape: tuple[int, int] = (6, 7), shear: float = 0.0
+                 ) -> dict[int, tuple]:
+    """n slices of one series at z = 10 + k * gap (and y = 7 + k * shear: a tilted gantry), written in reverse
+    file-name order: slice k -> (path, pixels)."""
     slices = {}
     for k in range(n):
         pixels = np.random.default_rng([k, zlib.crc32(uid.encode()), shape[0]]).integers(0, 1000, shape)
@@ -35,7 +37,7 @@ def write_series(folder, n: int = 4, gap: float = 2.5, uid: str = "1.2.826.0.1.3
         ds.ImageOrientationPatient = ORIENTATION
         ds.PixelSpacing = list(SPACING)
         if k != drop_position:
-            ds.ImagePositionPatient = [-5.0, 7.0, 10.0 + k * gap]
+            ds.ImagePositionPatient = [-5.0, 7.0 + k * shear, 10.0 + k * gap]
         ds.save_as(path)
         slices[k] = (path, pixels)
     return slices
@@ -77,6 +79,16 @@ def test_the_volume_affine_maps_voxels_to_the_series_patient_positions(store, tm
         lps = np.array([-5.0, 7.0, 10.0 + 2.5 * k]) + row_cosine * SPACING[1] * i + column_cosine * SPACING[0] * j
         ras = lps * [-1, -1, 1]
         assert np.allclose(affine @ [i, j, k, 1], [*ras, 1], atol=1e-6), (i, j, k)
+
+
+def test_a_tilted_gantry_series_has_the_affine_of_its_slanted_slices(store, tmp_path):
+    shear = 2.5 * np.tan(np.radians(20))  # each slice 20 degrees off the normal: 0.91 mm more along y
+    write_series(tmp_path / "ct", shear=shear)
+    import_sources(store, [tmp_path / "ct"], progress=False)
+    affine = np.array(store.volume(store.images()[0].volume_id)["affine"])
+    for k in range(4):
+        lps = np.array([-5.0, 7.0 + k * shear, 10.0 + 2.5 * k])
+        assert np.allclose(affine @ [0, 0, k, 1], [*(lps * [-1, -1, 1]), 1], atol=1e-6), k
 
 
 def test_masks_of_a_series_export_as_one_nifti_volume(store, tmp_path):
