@@ -49,6 +49,11 @@ class RemoteError(Exception):
         self.retry = retry
 
 
+class ImageGone(RemoteError):
+    """The server cannot read an image of the round (410: its stored file is damaged); the round goes on without it,
+    as the server's own trainer does."""
+
+
 class RoundLost(Exception):
     """The server gave this trainer's round to another (it fell silent too long) or ended it."""
 
@@ -80,6 +85,8 @@ class TrainerClient:
                               f"WORKSPACE NAME` on the server and pass its file with --token")
         if response.status_code == 409:
             raise RoundLost(_detail(response))
+        if response.status_code == 410:
+            raise ImageGone(_detail(response))
         if response.status_code >= 400:
             raise RemoteError(f"{method} {API}{path}: {response.status_code} {_detail(response)}",
                               retry=response.status_code >= 500)
@@ -88,8 +95,13 @@ class TrainerClient:
     def claim(self) -> dict[str, Any]:
         return self._call("POST", "/rounds").json()
 
-    def image(self, image_id: int) -> np.ndarray:
-        return np.load(io.BytesIO(self._call("GET", f"/images/{image_id}").content), allow_pickle=False)
+    def image(self, image_id: int) -> np.ndarray | None:
+        """The image's stored pixels; None when the server cannot read them (ImageGone)."""
+        try:
+            content = self._call("GET", f"/images/{image_id}").content
+        except ImageGone:
+            return None
+        return np.load(io.BytesIO(content), allow_pickle=False)
 
     def model(self, version: str, path: Path) -> Path:
         tmp = path.with_name(f".{path.name}.tmp")
@@ -161,11 +173,12 @@ class RemoteTrainer:
         try:
             self._check_backbone(answer["backbone"])
             fetched = self._fetched(plan, answer["images"], work) if self.ranks.main else None
-            init, lost, error = self.ranks.from_main(fetched)  # every rank stops if rank 0's downloads did
+            init, gone, lost, error, retry = self.ranks.from_main(fetched)  # every rank stops if rank 0's downloads did
             if lost or error:
-                raise RoundLost(lost) if lost else RemoteError(error)
-            pixels = self._pixels(answer["images"])
-            self.cache.fill([pixels(i) for i in plan.image_ids()], self.ranks)  # each rank embeds its share
+                raise RoundLost(lost) if lost else RemoteError(error, retry=retry)
+            pixels = self._pixels(answer["images"], gone)
+            self.cache.fill([image for i in plan.image_ids() if (image := pixels(i)) is not None],
+                            self.ranks)  # each rank embeds its share
             data, sizes = training_data(plan, self.cache, pixels)
             trainer = round_trainer(data, self.spec, self.base, plan.round_id, int(answer["steps"]), work, init,
                                     self.ranks, image_view=plan.image_view)
@@ -180,9 +193,13 @@ class RemoteTrainer:
             self.say(f"round {plan.round_id} cancelled: this trainer was stopped")
         except RoundLost as exc:  # raised on every rank alike: the decision was sent
             self.say(f"round {plan.round_id} is no longer ours: {exc}")
-        except RemoteError as exc:
-            self._report_failed(plan.round_id, str(exc))
-            raise
+        except RemoteError as exc:  # raised on every rank alike: the decision was sent
+            if not exc.retry:
+                self._report_failed(plan.round_id, str(exc))
+                raise
+            # the network or the server, for now: the round is due again at once, and this trainer asks again
+            self._report_failed(plan.round_id, f"{exc} (to be tried again)", cancelled=True)
+            self.say(f"round {plan.round_id} cancelled: {exc}; asking for a round again")
         except Exception as exc:
             self._report_failed(plan.round_id, f"{type(exc).__name__}: {exc}")
             self.say(traceback.format_exc())
@@ -228,37 +245,46 @@ class RemoteTrainer:
         except (RemoteError, RoundLost):
             pass
 
-    def _fetched(self, plan: RoundPlan, images: dict[str, str], work: Path) -> tuple[str | None, str, str]:
-        """(model to start from, why the round was lost, what went wrong), as rank 0 tells the others."""
+    def _fetched(self, plan: RoundPlan, images: dict[str, str], work: Path
+                 ) -> tuple[str | None, list[int], str, str, bool]:
+        """(model to start from, images the server cannot read, why the round was lost, what went wrong, whether
+        that is worth trying again), as rank 0 tells the others."""
         try:
-            return self._fetch(plan, images, work), "", ""
+            return *self._fetch(plan, images, work), "", "", False
         except RoundLost as exc:
-            return None, str(exc), ""
+            return None, [], str(exc), "", False
         except RemoteError as exc:
-            return None, "", str(exc)
+            return None, [], "", str(exc), exc.retry
 
-    def _fetch(self, plan: RoundPlan, images: dict[str, str], work: Path) -> str | None:
-        """Download the images the mirror lacks and the model to start from; returns that model's path. Names
-        from the server are checked before they become paths, the model before it is loaded."""
+    def _fetch(self, plan: RoundPlan, images: dict[str, str], work: Path) -> tuple[str | None, list[int]]:
+        """Download the images the mirror lacks and the model to start from; returns that model's path and the
+        images the server could not read. Names from the server are checked before they become paths, the model
+        before it is loaded."""
         if not all(SHA256.fullmatch(sha) for sha in images.values()) or (
                 plan.init is not None and not VERSION.fullmatch(plan.init)):
             raise RemoteError("the server's round names images or a model in an unexpected form")
         missing = [int(i) for i, sha in images.items() if not self._image_path(sha).exists()]
         if missing:
             self.say(f"round {plan.round_id}: downloading {len(missing)} of {len(images)} images")
-        last_word = time.monotonic()
+        last_word, gone = time.monotonic(), []
         for image_id in missing:
             path = self._image_path(images[str(image_id)])
             tmp = path.with_name(f".{path.name}.tmp")
+            pixels = self.client.image(image_id)
+            if pixels is None:
+                gone.append(image_id)
+                continue
             with open(tmp, "wb") as handle:  # np.save on a name would append .npy to it
-                np.save(handle, self.client.image(image_id), allow_pickle=False)
+                np.save(handle, pixels, allow_pickle=False)
             os.replace(tmp, path)
             if time.monotonic() - last_word > ALIVE_EVERY_S:  # a long download must not cost the round
                 self.client.progress(plan.round_id, 0, 0)
                 last_word = time.monotonic()
+        if gone:
+            self.say(f"round {plan.round_id}: {len(gone)} images the server cannot read are left out")
         work.mkdir(parents=True, exist_ok=True)
         if plan.init is None:
-            return None
+            return None, gone
         path = self.client.model(plan.init, work / f"init-{plan.init}.pt")
         try:
             _, payload, _ = read_checkpoint(path, weights_only=True)  # tensors and plain values only: no code
@@ -266,13 +292,15 @@ class RemoteTrainer:
             raise RemoteError(f"the server's model {plan.init} is not a plain checkpoint: {exc}") from None
         save_torch(payload, path)  # rewritten from what that safe load read: the training's own loads of it (full
         # unpickling) can then meet nothing else, whatever the two loaders would make of the downloaded bytes
-        return str(path)
+        return str(path), gone
 
     def _image_path(self, sha256: str) -> Path:
         return self.mirror / "images" / f"{sha256}.npy"
 
-    def _pixels(self, images: dict[str, str]):
-        def pixels(image_id: int) -> np.ndarray:  # float32, as the server keys its cache (workspace_pixels)
+    def _pixels(self, images: dict[str, str], gone: list[int]):
+        def pixels(image_id: int) -> np.ndarray | None:  # float32, as the server keys its cache (workspace_pixels)
+            if image_id in gone:
+                return None
             return np.load(self._image_path(images[str(image_id)]), allow_pickle=False).astype(np.float32)
 
         return pixels
@@ -294,8 +322,12 @@ class RemoteTrainer:
             if self.ranks.main:
                 try:
                     self.client.progress(round_id, step, total)
-                except (RoundLost, RemoteError) as exc:
+                except RoundLost as exc:
                     lost = str(exc)
+                except RemoteError as exc:  # a refused token ends the round; a blip does not: the next report
+                    # renews the claim, and a claim that lapsed meanwhile answers 409 (RoundLost) then
+                    if not exc.retry:
+                        lost = str(exc)
             lost, stopping = self.ranks.from_main((lost, self.stop.is_set()))
             if lost:
                 raise RoundLost(lost)

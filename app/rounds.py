@@ -17,8 +17,9 @@ import io
 import math
 import os
 import shutil
+import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +29,7 @@ from PIL import Image
 from annotation import ModelInfo, Store, WorkspaceError
 from app.status import IMAGE_VIEW, LABELS_AT_LAST_ROUND, RETRAIN_REQUESTED, TAG
 from app.validation import fix_validation_set
-from model.adasam import checkpoint_problem, load_checkpoint, read_checkpoint
+from model.adasam import AdaSamConfig, checkpoint_problem, load_checkpoint, read_checkpoint
 from model.backbones import Backbone, backbone_view
 from model.cache import EmbeddingCache
 from model.distributed import Ranks
@@ -54,7 +55,8 @@ FRESH_IMAGE_VIEW = ImageViewTraining()  # a round that starts the image view: th
 WARM_IMAGE_VIEW = ImageViewTraining(min_steps=0, patience=2)  # a round whose start model has an image view goes on
 # training that view on the new masks until its val Dice stops improving for two evaluations (200 steps)
 
-Pixels = Callable[[int], np.ndarray]  # image id -> float32 pixels, as the embedding cache is keyed by
+Pixels = Callable[[int], np.ndarray | None]  # image id -> float32 pixels, as the embedding cache is keyed by; None:
+# the image cannot be read (its file damaged since the import), and a round goes on without it
 
 
 def round_due(store: Store, round_every: int) -> str | None:
@@ -74,6 +76,14 @@ def round_started(store: Store) -> int:
     if store.get_setting(RETRAIN_REQUESTED):
         store.set_setting(RETRAIN_REQUESTED, None, who="trainer")
     return store.label_count("pool")
+
+
+def round_cancelled(store: Store, round_id: int, error: str, who: str = "trainer", owner: str | None = None) -> None:
+    """End a round stopped part way (its trainer stopped) so that it is due again at once, whatever called for it:
+    a "Retrain now" that `round_started` took back is asked again, in the same transaction."""
+    with store.transaction():
+        store.finish_round(round_id, "cancelled", error=error[:500], who=who, owner=owner)
+        store.set_setting(RETRAIN_REQUESTED, time.time(), who=who)
 
 
 def round_finished(store: Store, labels: int) -> None:
@@ -142,12 +152,13 @@ def serving_model(store: Store) -> ModelInfo | None:
 def items(cache: EmbeddingCache, pixels: Pixels, ids: list[int], masks: dict[int, np.ndarray] | None = None,
           tags: dict[int, bool] | None = None) -> list[Item]:
     """Workspace images as model inputs: the cached embedding, and the image view's input (128 px, 64 kB: cheap
-    enough to carry always, so a model with an image view can score and validate on any of them)."""
+    enough to carry always, so a model with an image view can score and validate on any of them). Images `pixels`
+    cannot read are left out."""
     masks, tags = masks or {}, tags or {}
-    loaded = [pixels(i) for i in ids]
-    embedded = cache.get_many(loaded, progress=False)
+    loaded = [(i, image) for i in ids if (image := pixels(i)) is not None]
+    embedded = cache.get_many([image for _, image in loaded], progress=False)
     return [Item(str(i), emb, geo, masks.get(i), tags.get(i), image_input(image))
-            for i, (emb, geo), image in zip(ids, embedded, loaded)]
+            for (i, image), (emb, geo) in zip(loaded, embedded)]
 
 
 def training_data(plan: RoundPlan, cache: EmbeddingCache, pixels: Pixels) -> tuple[TrainingData, dict[str, int]]:
@@ -158,10 +169,10 @@ def training_data(plan: RoundPlan, cache: EmbeddingCache, pixels: Pixels) -> tup
     unlabeled = items(cache, pixels, [i for i in plan.unlabeled if i not in tag_only]) + [
         tag_only[i] for i in plan.unlabeled if i in tag_only]
     by_id = {int(item.id): item for item in masked} | tag_only
-    data = TrainingData(masked=masked, tagged=[by_id[i] for i in sorted(tags)], unlabeled=unlabeled,
+    data = TrainingData(masked=masked, tagged=[by_id[i] for i in sorted(tags) if i in by_id], unlabeled=unlabeled,
                         val=items(cache, pixels, sorted(plan.val_masks), plan.val_masks))
-    empty = sum(not m.any() for m in masks.values())
-    sizes = {"n_masks": len(masks) - empty, "n_empty": empty, "n_tagged": len(tags),
+    empty = sum(not item.mask.any() for item in masked)
+    sizes = {"n_masks": len(masked) - empty, "n_empty": empty, "n_tagged": len(data.tagged),
              "n_unlabeled_sampled": len(unlabeled), "n_val": len(data.val)}
     return data, sizes
 
@@ -179,6 +190,31 @@ def round_trainer(data: TrainingData, spec: str, base: Backbone, round_id: int, 
                                view_self_training=False)  # ~100 s a BUSI round for a gain val confirmed in
     # one round of two (benchmarks/README.md, "Fifteenth session"); the check that drops a weak view stays (30 s)
     return Trainer(model, train_config, data, work, log=lambda line: None, ranks=ranks)
+
+
+ROUND_DECIDES = ("backbone", "cam_threshold", "presence_threshold", "image_view", "presence_head", "has_negatives")
+
+
+def round_config_problem(config: AdaSamConfig) -> str | None:
+    """Why a model's config cannot be a round's (None if it can). A model from a remote trainer may differ from the
+    config `round_trainer` builds only where a round decides: its thresholds (calibrated on val: probabilities), its
+    image view and presence head (kept or not), whether its data had target-free images, and the backbone's name
+    (its weights' identity is checked apart). Any other value (300 cascade decodes, a huge adapter) would reach every
+    annotator's proposals unchecked."""
+    built = AdaSamConfig(method="adasam")  # as round_trainer's model_config, less what a round decides
+    for f in fields(AdaSamConfig):
+        value = getattr(config, f.name)
+        if f.name not in ROUND_DECIDES and (type(value) is not type(getattr(built, f.name))
+                                             or value != getattr(built, f.name)):
+            return f"{f.name} is {value!r}, rounds train with {getattr(built, f.name)!r}"
+    for name in ("cam_threshold", "presence_threshold"):
+        value = getattr(config, name)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
+            return f"{name} is {value!r}, not a probability"
+    for name in ("image_view", "presence_head", "has_negatives"):
+        if not isinstance(getattr(config, name), bool):
+            return f"{name} is {getattr(config, name)!r}, not true or false"
+    return None
 
 
 @dataclass

@@ -28,7 +28,7 @@ import time
 import traceback
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -36,8 +36,8 @@ import torch
 from annotation import PredictionRecord, Store
 from annotation.store import LOCAL_TRAINER
 from app.rounds import (
-    Verdict, items, plan_round, publish_round, round_due, round_finished, round_started, round_trainer, serving_model,
-    training_data,
+    Verdict, items, plan_round, publish_round, round_cancelled, round_due, round_finished, round_started, round_trainer,
+    serving_model, training_data,
 )
 from app.status import QUEUE_STRATEGY, write_status
 from model.adasam import checkpoint_problem, load_checkpoint
@@ -78,6 +78,7 @@ class BackgroundTrainer:
         self._vectors: dict[int, np.ndarray] = {}  # image vectors for diversity strategies, computed once per image
         self._ranked_for: tuple | None = None  # (model, strategy, labels) the queue was last ranked for
         self._seen_upto = 0
+        self.unreadable: set[int] = set()  # images whose stored file could not be read: left out from then on
         self._status: dict[str, Any] = {"state": "idle"}
         self._last_write = 0.0
         self.resumed_from: int | None = None  # the step an interrupted round was resumed at (None: started clean)
@@ -88,7 +89,7 @@ class BackgroundTrainer:
         for rnd in self.store.rounds():
             # left by a crash or kill -9 (to be redone), or by a remote trainer when rounds are trained here now
             if rnd.status == "running" and (self.train_rounds or rnd.owner == LOCAL_TRAINER):
-                self.store.finish_round(rnd.id, "cancelled", error="trainer stopped before the round finished")
+                round_cancelled(self.store, rnd.id, "trainer stopped before the round finished")
         self.status(state="idle", force=True)
         while not self.stopping():
             try:
@@ -128,8 +129,19 @@ class BackgroundTrainer:
 
     # -- embeddings --------------------------------------------------------------------------------------------
 
-    def pixels(self, image_id: int) -> np.ndarray:
-        return workspace_pixels(self.store, image_id)
+    def pixels(self, image_id: int) -> np.ndarray | None:
+        """The image's pixels, or None when its stored file cannot be read (damaged since the import): said once in
+        the event log, then left out of embedding, rounds and re-scoring, so that one bad file among thousands does
+        not stop every round (the Annotate tab skips it too)."""
+        if image_id in self.unreadable:
+            return None
+        try:
+            return workspace_pixels(self.store, image_id)
+        except (OSError, ValueError, EOFError) as exc:  # as Studio.task: the image's data, not the server, is at fault
+            self.unreadable.add(image_id)
+            self.store.log_event("trainer", "image_unreadable", {"error": f"{type(exc).__name__}: {exc}"[:300]},
+                                 image_id)
+            return None
 
     def embed_new(self) -> None:
         """Encode every image the cache lacks (new imports included), pool images first."""
@@ -139,7 +151,10 @@ class BackgroundTrainer:
         total = self.store.counts().images
         missing = []
         for image_id in new_ids:
-            if self.cache.path_for(content_hash(self.pixels(image_id))).exists():
+            pixels = self.pixels(image_id)
+            if pixels is None:
+                continue
+            if self.cache.path_for(content_hash(pixels)).exists():
                 self._embedded.add(image_id)
             else:
                 missing.append(image_id)
@@ -151,9 +166,10 @@ class BackgroundTrainer:
                         eta_s=_eta(started, done, len(missing)),
                         embedded={"done": len(self._embedded), "total": total})
             try:
-                self.cache.get(self.pixels(image_id))
-                self._embedded.add(image_id)
-            except Exception as exc:  # noqa: BLE001 - one unreadable image must not stop the others
+                if (pixels := self.pixels(image_id)) is not None:
+                    self.cache.get(pixels)
+                    self._embedded.add(image_id)
+            except Exception as exc:  # noqa: BLE001 - one image the encoder fails on must not stop the others
                 self.store.log_event("trainer", "embed_failed", {"error": f"{type(exc).__name__}: {exc}"}, image_id)
         self._seen_upto = max(new_ids)
         self.status(embedded={"done": len(self._embedded), "total": total})
@@ -180,10 +196,20 @@ class BackgroundTrainer:
         labels = round_started(store)
         round_id = store.start_round(labels)
         self.status(state="training", round=round_id, step=0, total=self.steps, eta_s=None, message="", force=True)
+
+        def end_round(verdict: Verdict) -> None:
+            """In the transaction that registers the model: a registered model always has its round ended (a kill
+            between two transactions left a served model beside a "cancelled" round, trained again). The work
+            folder stops being a round to resume first."""
+            (self.work / "round.json").unlink(missing_ok=True)
+            store.finish_round(round_id, "done", val_dice=verdict.val_dice, model_version=verdict.version,
+                               note=verdict.note)
+            round_finished(store, labels)
+
         try:
-            verdict = self._train(round_id)
+            verdict = self._train(round_id, end_round)
         except Stopped:
-            store.finish_round(round_id, "cancelled", error="server stopped during training; resumes on restart")
+            round_cancelled(store, round_id, "server stopped during training; resumes on restart")
             raise
         except Exception as exc:  # noqa: BLE001 - any failure is recorded; the last good model keeps serving
             error = f"{type(exc).__name__}: {exc}"
@@ -192,21 +218,19 @@ class BackgroundTrainer:
             round_finished(store, labels)  # wait for new labels (or Retrain now) before retrying
             self.status(state="idle", message=f"round {round_id} failed: {error[:200]}", force=True)
             return
-        store.finish_round(round_id, "done", val_dice=verdict.val_dice, model_version=verdict.version,
-                           note=verdict.note)
-        round_finished(store, labels)
         if not verdict.published:
             self.status(message=f"round {round_id}: {verdict.note}", force=True)
             return
         self.status(message=f"round {round_id} published {verdict.version}", force=True)
         self.rescore(verdict.version)
 
-    def _train(self, round_id: int) -> Verdict:
-        """Train a round and register its model (validation decoding compiled, as in model.train.Trainer.run)."""
+    def _train(self, round_id: int, registering: Callable[[Verdict], None]) -> Verdict:
+        """Train a round and register its model (validation decoding compiled, as in model.train.Trainer.run);
+        `registering` runs in the transaction that registers it (publish_round)."""
         with compiled_decoding():
-            return self._train_round(round_id)
+            return self._train_round(round_id, registering)
 
-    def _train_round(self, round_id: int) -> Verdict:
+    def _train_round(self, round_id: int, registering: Callable[[Verdict], None]) -> Verdict:
         plan = plan_round(self.store, round_id)
         data, sizes = training_data(plan, self.cache, self.pixels)
         self.check()
@@ -228,7 +252,7 @@ class BackgroundTrainer:
                    "view_self_training": best.get("view_self_training"),
                    "image_view_check": best.get("image_view_check")}
         verdict = publish_round(self.store, self.base, round_id, self.work / "model.pt", data.val, metrics,
-                                check=self.check)
+                                check=self.check, registering=registering)
         shutil.rmtree(self.work, ignore_errors=True)
         return verdict
 

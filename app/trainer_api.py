@@ -31,7 +31,8 @@ from annotation import RoundInfo, RoundTaken, Store, WorkspaceError
 from annotation.store import LOCAL_TRAINER
 from app.model_slot import ModelSlot
 from app.rounds import (
-    Verdict, items, plan_round, publish_round, round_due, round_finished, round_started, validation_masks,
+    Verdict, items, plan_round, publish_round, round_cancelled, round_config_problem, round_due, round_finished,
+    round_started, validation_masks,
 )
 from app.status import REMOTE_DOWNLOADS, write_remote_status
 from app.trainer import workspace_pixels
@@ -59,10 +60,14 @@ class TrainerAPI:
         if accept_rounds:  # a round the workspace's own trainer left running will never finish now
             for rnd in store.rounds():
                 if rnd.status == "running" and rnd.owner == LOCAL_TRAINER:
-                    store.finish_round(rnd.id, "cancelled", error="the server now takes rounds from remote trainers")
+                    round_cancelled(store, rnd.id, "the server now takes rounds from remote trainers")
 
-    def pixels(self, image_id: int) -> np.ndarray:
-        return workspace_pixels(self.store, image_id)
+    def pixels(self, image_id: int) -> np.ndarray | None:
+        """None for an image whose stored file cannot be read: the upload is scored without it, as rounds train."""
+        try:
+            return workspace_pixels(self.store, image_id)
+        except (OSError, ValueError, EOFError):
+            return None
 
     def trainer(self, authorization: str | None = Header(default=None)) -> str:
         """The dependency every endpoint has: the name of the token's trainer, or 401."""
@@ -142,6 +147,8 @@ class TrainerAPI:
             pixels = self.store.load_image(image_id)
         except WorkspaceError as exc:
             raise HTTPException(404, str(exc)) from None
+        except (OSError, ValueError, EOFError) as exc:  # its file damaged since the import: the round goes on without
+            raise HTTPException(410, f"image {image_id} cannot be read on the server ({type(exc).__name__})") from None
         buffer = io.BytesIO()
         np.save(buffer, pixels, allow_pickle=False)
         return Response(buffer.getvalue(), media_type="application/octet-stream")
@@ -171,7 +178,7 @@ class TrainerAPI:
         error = f"trainer {name!r}: {report.get('error', 'no reason given')}"
         if report.get("cancelled") is True:
             try:
-                self.store.finish_round(round_id, "cancelled", error=error[:500], who=name, owner=name)
+                round_cancelled(self.store, round_id, error, who=name, owner=name)
             except RoundTaken as exc:
                 raise HTTPException(409, str(exc)) from None
             write_remote_status(self.store.root)
@@ -290,7 +297,7 @@ class TrainerAPI:
                                   f"{self.slot.base.identity}")
         if config.method != "adasam" or not isinstance(payload.get("state"), dict):
             raise CheckpointError("not an ADA-SAM round model")
-        problem = serving_problem(config)
+        problem = serving_problem(config) or round_config_problem(config)
         if problem:
             raise CheckpointError(problem)
         try:  # the weights must fit this backbone's model (names and shapes)

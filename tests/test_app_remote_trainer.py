@@ -22,7 +22,7 @@ from app.cli import main
 from app.model_slot import ModelSlot
 from app.remote_trainer import RemoteError, RemoteTrainer, RoundLost, TrainerClient
 from app.rounds import RoundPlan, items, plan_round, round_finished, round_score, val_summary, validation_masks
-from app.status import IMAGE_VIEW, read_remote_status
+from app.status import IMAGE_VIEW, RETRAIN_REQUESTED, read_remote_status
 from app.trainer import workspace_pixels
 from app.trainer_api import API, TrainerAPI
 from app.testing import free_port
@@ -468,6 +468,94 @@ def test_a_trainer_stopped_mid_round_cancels_it_and_the_round_is_due_again_at_on
     stopped = store.rounds()[-1]
     assert stopped.status == "cancelled" and "stopped" in stopped.error and not store.models()
     assert call(api, "POST", "/rounds", "gpu2").json()["round"] == stopped.id + 1  # no wait for new labels
+
+
+def test_a_retrain_now_round_stopped_mid_way_is_due_again(api):
+    store = api["store"]
+    trainer = RemoteTrainer(client(api), "micro_random", api["root"] / "trainer-cache", api["root"] / "mirror")
+    assert trainer.run(rounds=1, poll_s=0) == 1
+    label(store, 1)  # one label of the two a round needs ...
+    assert call(api, "POST", "/rounds", "gpu2").json()["round"] is None
+    store.set_setting(RETRAIN_REQUESTED, 1.0, who="lead")  # ... and "Retrain now"
+    real = trainer.client.progress
+
+    def stop_now(round_id, step, total):
+        trainer.stop.set()
+        real(round_id, step, total)
+
+    trainer.client.progress = stop_now
+    assert trainer.run(rounds=1, poll_s=0) == 0 and store.rounds()[-1].status == "cancelled"
+    assert call(api, "POST", "/rounds", "gpu2").json()["round"] == store.rounds()[-2].id + 1  # not lost
+
+
+def test_network_blips_cost_a_remote_trainer_neither_its_process_nor_its_round(api):
+    """A download that times out cancels the round (due again at once) and the trainer asks again; a progress
+    report that fails is skipped, and the round trains on to its upload."""
+    store = api["store"]
+    said = []
+    trainer = RemoteTrainer(client(api), "micro_random", api["root"] / "trainer-cache", api["root"] / "mirror",
+                            say=said.append)
+    real_image, real_progress, blips = trainer.client.image, trainer.client.progress, []
+
+    def image_times_out_once(image_id):
+        if not blips:
+            blips.append("image")
+            raise RemoteError("cannot reach http://testserver: timed out", retry=True)
+        return real_image(image_id)
+
+    def progress_fails_once(round_id, step, total):
+        if step > 1 and "progress" not in blips:
+            blips.append("progress")
+            raise RemoteError("POST /rounds/1/progress: 502 Bad Gateway", retry=True)
+        real_progress(round_id, step, total)
+
+    trainer.client.image, trainer.client.progress = image_times_out_once, progress_fails_once
+    assert trainer.run(rounds=1, poll_s=0) == 1  # no exception: the process lives on
+    assert blips == ["image", "progress"]
+    cancelled, done = store.rounds()
+    assert (cancelled.status, done.status) == ("cancelled", "done") and "timed out" in cancelled.error
+    assert store.latest_model().version == done.model_version
+
+
+def test_an_image_the_server_cannot_read_is_left_out_of_a_remote_round(api):
+    store = api["store"]
+    bad = store.images(split="pool", state="unlabeled")[0]
+    store.files.path(bad.file).write_bytes(b"damaged")
+    round_id = call(api, "POST", "/rounds").json()["round"]
+    response = call(api, "GET", f"/images/{bad.id}")
+    assert response.status_code == 410 and "cannot be read" in response.json()["detail"]
+    call(api, "POST", f"/rounds/{round_id}/failed", json={"error": "test", "cancelled": True})
+    said = []
+    trainer = RemoteTrainer(client(api), "micro_random", api["root"] / "trainer-cache", api["root"] / "mirror",
+                            say=said.append)
+    assert trainer.run(rounds=1, poll_s=0) == 1
+    assert store.rounds()[-1].status == "done" and any("cannot read are left out" in line for line in said)
+
+
+def test_an_upload_whose_config_a_round_would_not_have_is_refused(api, tmp_path):
+    """Settings a round does not decide would reach every annotator's proposals unchecked (300 cascade decodes a
+    proposal); thresholds must be probabilities."""
+    from model.adasam import AdaSamConfig, build_adasam, save_checkpoint
+    from model.backbones import backbone_view
+
+    store = api["store"]
+    save_checkpoint(build_adasam(AdaSamConfig(backbone="micro_random"), backbone_view(api["slot"].base)),
+                    tmp_path / "m.pt", {"backbone_identity": api["slot"].base.identity})
+    whole = torch.load(tmp_path / "m.pt", weights_only=True)
+    for change, said in (({"cascade": 300}, "cascade"), ({"cam_points": 50}, "cam_points"),
+                         ({"presence_threshold": float("nan")}, "presence_threshold"),
+                         ({"cam_threshold": -5.0}, "cam_threshold"), ({"adapter_hidden": 64.0}, "adapter_hidden")):
+        torch.save({**whole, "config": {**whole["config"], **change}}, tmp_path / "changed.pt")
+        round_id = call(api, "POST", "/rounds").json()["round"]
+        response = call(api, "POST", f"/rounds/{round_id}/model", content=(tmp_path / "changed.pt").read_bytes())
+        assert response.status_code == 422 and said in response.json()["detail"], response.json()
+        assert store.rounds(round_id)[0].status == "failed" and not store.models()
+        store.set_setting(RETRAIN_REQUESTED, 1.0, who="lead")  # the next round is due
+    calibrated = {"cam_threshold": 0.3, "presence_threshold": 0.2, "image_view": False, "has_negatives": False}
+    torch.save({**whole, "config": {**whole["config"], **calibrated}}, tmp_path / "calibrated.pt")
+    round_id = call(api, "POST", "/rounds").json()["round"]
+    response = call(api, "POST", f"/rounds/{round_id}/model", content=(tmp_path / "calibrated.pt").read_bytes())
+    assert response.status_code == 200, response.json()  # what a round decides may differ
 
 
 def test_a_stop_during_the_image_view_cancels_the_round_in_one_process_and_waits_under_torchrun(api, monkeypatch):

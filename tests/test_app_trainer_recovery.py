@@ -10,7 +10,7 @@ import pytest
 
 from annotation import Store
 from app import trainer as trainer_module
-from app.status import read_status
+from app.status import RETRAIN_REQUESTED, read_status
 from app.trainer import BackgroundTrainer
 from app_fixtures import make_workspace
 from model_fixtures import one_torch_thread  # noqa: F401 (autouse)
@@ -142,3 +142,69 @@ def test_a_status_file_that_cannot_be_written_stops_neither_trainer_nor_server(t
     with pytest.warns(RuntimeWarning, match="cannot write .*remote.json"):
         write_remote_status(tmp_path, step=1)
     assert read_status(tmp_path) == {} and (tmp_path / "trainer").read_text() == "not a folder"
+
+
+def test_an_unreadable_image_is_left_out_and_rounds_go_on(tmp_path):
+    workspace = make_workspace(tmp_path, n=12, n_val=2, size=(48, 56))
+    trainer = make_trainer(workspace)
+    label(trainer.store)
+    trainer.train_round()  # r0001 serves
+    label(trainer.store)
+    bad = trainer.store.images(split="pool", state="unlabeled")[-1]
+    trainer.store.files.path(bad.file).write_bytes(b"not an image any more")  # damaged since the import
+    trainer.store.close()
+
+    again = make_trainer(workspace, CountedStop(1))  # a restart: every image is looked at again
+    again.run()
+    assert [r.status for r in again.store.rounds()] == ["done", "done"]
+    assert again.unreadable == {bad.id}
+    said = [e for e in again.store.events(limit=100) if e["what"] == "image_unreadable"]
+    assert [e["image_id"] for e in said] == [bad.id]  # once, however often it is asked for
+    scored = {p.image_id for p in again.store.pool_predictions(again.store.latest_model().version)}
+    assert bad.id not in scored and scored  # the pool was re-scored without it
+
+
+def test_a_stopped_round_asked_for_by_retrain_now_is_due_again(workspace):
+    trainer = make_trainer(workspace)
+    label(trainer.store)
+    trainer.train_round()
+    label(trainer.store, 1)  # one new label of the three a round needs ...
+    assert not trainer.due()
+    trainer.store.set_setting(RETRAIN_REQUESTED, 1.0, who="lead")  # ... and "Retrain now"
+    assert trainer.due()
+
+    def stopped_at_step_2() -> None:
+        if trainer._status.get("step") == 2:
+            raise trainer_module.Stopped()
+
+    trainer.check = stopped_at_step_2
+    with pytest.raises(trainer_module.Stopped):
+        trainer.train_round()
+    assert trainer.store.rounds()[-1].status == "cancelled"
+    trainer.store.close()
+    again = make_trainer(workspace)
+    assert again.due()  # the request was not lost with the round
+
+
+def test_a_kill_while_ending_a_round_leaves_no_model_beside_a_cancelled_round(workspace):
+    trainer = make_trainer(workspace)
+    label(trainer.store)
+    real = trainer.store.finish_round
+
+    def killed_when_done(round_id, status="done", **kwargs):
+        if status == "done":
+            raise Killed()  # kill -9 as the round is recorded done: its model must not serve without it
+        return real(round_id, status, **kwargs)
+
+    trainer.store.finish_round = killed_when_done
+    with pytest.raises(Killed):
+        trainer.train_round()
+    assert trainer.store.latest_model() is None and trainer.store.rounds()[-1].status == "running"
+    trainer.store.close()
+
+    again = make_trainer(workspace, CountedStop(1))
+    again.run()
+    rounds = again.store.rounds()
+    assert [r.status for r in rounds] == ["cancelled", "done"]
+    assert [m.version for m in again.store.models()] == [f"r{rounds[-1].id:04d}"] == [rounds[-1].model_version]
+    assert not again.due()  # the done round counted its labels in the same transaction
