@@ -257,15 +257,19 @@ class Studio:
         """An image-level label without a mask; the image goes to the back of this annotator's queue."""
         if not isinstance(present, bool):
             raise RequestError(f"present must be true or false, not {present!r}")
-        image_id = self._handout(annotator, view).image_id
-        self.store.set_tag(image_id, TAG, present, annotator)
-        skip(self.store, annotator, image_id)
+        with self._answering(annotator, view) as handout:  # answered: a late keep or refine on it takes nothing back
+            image_id = handout.image_id
+            self.store.set_tag(image_id, TAG, present, annotator)
+            skip(self.store, annotator, image_id)
         word = "present" if present else "absent"
         return self.task(annotator, f"{self.store.image(image_id).name}: tagged '{TAG} {word}' (no mask)")
 
     def skip(self, annotator: str, view: str) -> dict[str, Any]:
-        image_id = self._handout(annotator, view).image_id
-        skip(self.store, annotator, image_id)
+        """The image to the back of this annotator's queue. The showing is answered: a keep or refine still in
+        flight for it (a brush stroke just before S) is stale, and does not lease the skipped image again."""
+        with self._answering(annotator, view) as handout:
+            image_id = handout.image_id
+            skip(self.store, annotator, image_id)
         return self.task(annotator, f"{self.store.image(image_id).name}: skipped (back of your queue)")
 
     def undo(self, annotator: str, save: int | None = None) -> dict[str, Any]:
@@ -326,9 +330,12 @@ class Studio:
             raise RequestError(f"step must be 1 or -1, not {step!r}")
         handout = self._handout(annotator, view)
         neighbour = self.store.neighbour_slice(handout.image_id, step)
-        if neighbour is None:  # said, not refused: the annotator stays where they are
+        if neighbour is None:  # said, not refused: the annotator stays on the same showing (a new one could hold
+            # another model's proposal, which an unedited Accept would then save unseen)
             way = "after" if step > 0 else "before"
-            return self.task(annotator, f"no unlabeled slice {way} this one in its volume (or it is not a slice)")
+            return {**self._header(annotator), "image_id": handout.image_id, "view": view,
+                    "model": handout.model_version,
+                    "message": f"no unlabeled slice {way} this one in its volume (or it is not a slice)"}
         if not take(self.store, annotator, neighbour):
             raise SaveRefused(f"the next slice (image {neighbour}) is being labeled by someone else now")
         return _paged(self.task(annotator, f"slice {self.store.image(neighbour).slice_index} of this volume"),

@@ -362,6 +362,8 @@ def test_paging_through_a_volume_leases_the_neighbouring_unlabeled_slice(tmp_pat
         stay = studio.page("ann", first["view"], -1)  # nothing before slice 0: said, and ann stays on it
         assert stay["image_id"] == slices[0] and "no unlabeled slice before" in stay["message"]
         assert "paged_from" not in stay
+        assert stay["view"] == first["view"]  # the same showing: a new one could hold another model's proposal,
+        # which an unedited Accept would save unseen
         square = np.zeros((36, 40), bool)  # a slice is the transpose: 40 wide, 36 high
         square[5:9, 5:9] = True
         off = studio.accept("ann", stay["view"], mask_png(square), step=-1)  # saved; no slice before: the queue's
@@ -412,3 +414,17 @@ def test_an_image_that_cannot_be_shown_is_skipped_and_said_not_handed_out_again(
     with pytest.raises(FileNotFoundError):
         studio.task("ann")
     assert len([e for e in store.events() if e["what"] == "render_failed"]) == 1 + studio_module.RENDER_TRIES
+
+
+def test_a_keep_or_refine_on_a_skipped_or_tagged_showing_does_not_take_the_image_back(setup):
+    """A brush stroke's keep still in flight when S (or T) is pressed, or a second tab on the same showing."""
+    _, store, studio = setup
+    for answer in (lambda view: studio.skip("ann", view), lambda view: studio.tag_only("ann", view, True)):
+        shown = studio.task("ann")
+        answer(shown["view"])
+        with pytest.raises(StaleView):
+            studio.keep("ann", shown["view"])
+        with pytest.raises(StaleView):
+            studio.refine("ann", shown["view"], [[5, 5]], [])
+        held = store.conn.execute("SELECT annotator FROM leases WHERE image_id = ?", (shown["image_id"],)).fetchall()
+        assert held == []  # free for others, not held for 10 minutes

@@ -316,7 +316,7 @@ async function page(step) {  // edited: the slice is saved first
   const t = S.edited ? await call('accept', { view: S.task.view, mask: encodeMask(), step })
     : await call('page_slice', { view: S.task.view, step });
   if (!t) return;
-  if (t.image_id === S.task.image_id && !S.edited) {  // nowhere to go: stay, keep the zoom, take the new view
+  if (t.image_id === S.task.image_id && !S.edited) {  // nowhere to go: stay on the same showing, keep the zoom
     S.task.view = t.view;
     say(t.message);
     return;
