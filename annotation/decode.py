@@ -125,6 +125,15 @@ def decode_mask(path: Path, axis: int = -1, max_pixels: int | None = MAX_IMAGE_P
     return decoded
 
 
+def picture_mask(picture: Image.Image) -> np.ndarray:
+    """A mask sent as a picture (the web page's PNG, an API client's) as booleans, by `decode_mask`'s rules."""
+    found = _page_mask(picture, picture.format or "PNG")
+    if found is not None:
+        return found
+    pixels = np.asarray(picture if picture.mode in ("1", "L", "I", "I;16") else picture.convert("RGB"))
+    return (pixels > 0).any(axis=-1) if pixels.ndim == 3 else pixels > 0
+
+
 def _page_mask(page: Image.Image, kind: str) -> np.ndarray | None:
     """The target in one page of a raster mask, where its pixel values are not the answer (decode_mask); else None."""
     page.load()

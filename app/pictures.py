@@ -10,6 +10,7 @@ import numpy as np
 from matplotlib import colormaps
 from PIL import Image
 
+from annotation.decode import picture_mask
 from app.errors import RequestError
 
 CAM_SIDE = 256  # the CAM is smooth: sent at most this size, the browser scales it up
@@ -22,8 +23,10 @@ def png_data_url(pixels: np.ndarray) -> str:
 
 
 def decode_mask(data_url: str, shape: tuple[int, int]) -> np.ndarray:
-    """A mask PNG data URL -> bool H x W. A grey PNG (a label image, 0/1 or 0/255): any non-zero pixel is target.
-    A colour one (the canvas's, whose brush edges are anti-aliased): pixels brighter than 127 and over half opaque.
+    """A mask PNG data URL -> bool H x W. A grey PNG (a label image, 0/1 or 0/255): any non-zero pixel is target; a
+    palette or grey+alpha one as the importer reads mask files (by palette index, or its opaque part where alpha
+    varies). A colour one (the canvas's, whose brush edges are anti-aliased): pixels brighter than 127 and over half
+    opaque, or above 0 where every value is 0 or 1 (a label image). Those label PNGs were once saved as empty masks.
 
     The size is read from the PNG header and checked before any pixel is decoded: a few KB can claim 13000 x 13000."""
     prefix = "data:image/png;base64,"
@@ -45,10 +48,13 @@ def decode_mask(data_url: str, shape: tuple[int, int]) -> np.ndarray:
         try:
             if im.mode in ("1", "L", "I", "I;16"):
                 return np.asarray(im) > 0
+            if im.mode in ("P", "PA", "LA"):
+                return picture_mask(im)  # as the importer reads mask files: by palette index, or varying alpha
             array = np.asarray(im.convert("RGBA"))
         except (OSError, ValueError) as exc:
             raise RequestError(f"the mask is not a readable PNG ({exc})") from None
-    return (array[..., :3].max(axis=2) > 127) & (array[..., 3] > 127)
+    bright = array[..., :3].max(axis=2) > (0 if array[..., :3].max() <= 1 else 127)  # 0/1 values: a label image
+    return bright & (array[..., 3] > 127)
 
 
 def cam_picture(cam: np.ndarray) -> np.ndarray:

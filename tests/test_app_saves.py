@@ -428,3 +428,14 @@ def test_a_keep_or_refine_on_a_skipped_or_tagged_showing_does_not_take_the_image
             studio.refine("ann", shown["view"], [[5, 5]], [])
         held = store.conn.execute("SELECT annotator FROM leases WHERE image_id = ?", (shown["image_id"],)).fetchall()
         assert held == []  # free for others, not held for 10 minutes
+
+
+def test_palette_grey_alpha_and_colour_label_pngs_with_0_1_values_are_not_read_as_empty():
+    labels = np.zeros((64, 80), np.uint8)
+    labels[10:20, 30:40] = 1
+    palette = Image.fromarray(labels, "P")
+    palette.putpalette([255, 255, 255, 0, 0, 0] + [0] * 762)  # index 0 white: read by index, not colour
+    grey_alpha = Image.fromarray(np.dstack([labels, np.full_like(labels, 255)]), "LA")
+    colour = Image.fromarray(np.dstack([labels] * 3), "RGB")
+    for picture in (palette, grey_alpha, colour):
+        assert np.array_equal(decode_mask(_url(picture), (64, 80)), labels > 0), picture.mode
