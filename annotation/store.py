@@ -301,16 +301,20 @@ class Store:
         where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
         return [_image_info(row) for row in self.conn.execute(f"SELECT * FROM images{where} ORDER BY id", params)]
 
-    def neighbour_slice(self, image_id: int, step: int) -> int | None:
+    def neighbour_slice(self, image_id: int, step: int, free_for: str | None = None) -> int | None:
         """The nearest unlabeled pool slice of the same volume after (`step` > 0) or before this image's slice, or
-        None (not a slice, or none left that way): where paging through a volume goes."""
+        None (not a slice, or none left that way): where paging through a volume goes. `free_for`: passing over the
+        slices someone else holds now, so two annotators can page through one volume."""
         info = self.image(image_id)
         if info.volume_id is None or info.slice_index is None or step == 0:
             return None
         comparison, order = (">", "ASC") if step > 0 else ("<", "DESC")
+        held = ("" if free_for is None else " AND NOT EXISTS (SELECT 1 FROM leases l WHERE l.image_id = images.id"
+                " AND l.annotator != ? AND l.expires_at > ?)")
         row = self.conn.execute(
             f"SELECT id FROM images WHERE volume_id = ? AND slice_index {comparison} ? AND split = 'pool'"
-            f" AND state = 'unlabeled' ORDER BY slice_index {order} LIMIT 1", (info.volume_id, info.slice_index),
+            f" AND state = 'unlabeled'{held} ORDER BY slice_index {order} LIMIT 1",
+            (info.volume_id, info.slice_index) + (() if free_for is None else (free_for, time.time())),
         ).fetchone()
         return None if row is None else row[0]
 

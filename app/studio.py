@@ -239,7 +239,7 @@ class Studio:
         what = "accepted as proposed" if accepted else "saved your corrected mask" if proposed else "saved your mask"
         message = f"{info.name}: {what}{self._conflict_note(saved)}"
         if step is not None:
-            neighbour = self.store.neighbour_slice(info.id, step)
+            neighbour = self.store.neighbour_slice(info.id, step, free_for=annotator)
             if neighbour is not None and take(self.store, annotator, neighbour):
                 message += f"; slice {self.store.image(neighbour).slice_index} of this volume next"
                 return _paged(self.task(annotator, message), info.id, neighbour)
@@ -329,7 +329,7 @@ class Studio:
         if step not in (1, -1):
             raise RequestError(f"step must be 1 or -1, not {step!r}")
         handout = self._handout(annotator, view)
-        neighbour = self.store.neighbour_slice(handout.image_id, step)
+        neighbour = self.store.neighbour_slice(handout.image_id, step, free_for=annotator)
         if neighbour is None:  # said, not refused: the annotator stays on the same showing (a new one could hold
             # another model's proposal, which an unedited Accept would then save unseen)
             way = "after" if step > 0 else "before"

@@ -353,8 +353,14 @@ def test_paging_through_a_volume_leases_the_neighbouring_unlabeled_slice(tmp_pat
         again = studio.task("ann")
         assert again["image_id"] == slices[3] and "paged_from" not in again  # the queue hands out the slice paged to
         assert take(store, "bob", slices[4]) and not take(store, "ann", slices[4])
-        with pytest.raises(SaveRefused, match="someone else"):
-            studio.page("ann", after["view"], 1)  # slice 4 is bob's
+        held = studio.page("ann", after["view"], 1)  # slice 4 is bob's: passed over, and nothing is after it
+        assert held["image_id"] == slices[3] and "no unlabeled slice after" in held["message"]
+        assert store.neighbour_slice(slices[1], 1, free_for="bob") == slices[4]  # ann's slice 3 passed over
+        assert take(store, "bob", slices[0])
+        assert store.neighbour_slice(slices[1], -1, free_for="ann") is None  # slice 0 is bob's now
+        assert store.neighbour_slice(slices[1], -1) == slices[0]
+        with store.transaction() as conn:
+            conn.execute("DELETE FROM leases WHERE image_id = ?", (slices[0],))  # bob lets slice 0 go
         back = studio.page("ann", after["view"], -1)  # slice 2 is labeled: back to slice 1, which ann let go
         assert back["image_id"] == slices[1]
         first = studio.page("ann", back["view"], -1)
