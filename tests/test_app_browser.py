@@ -181,6 +181,13 @@ def test_undo_asks_before_it_drops_unsaved_edits(page, server):
     page.wait_for_timeout(300)
     assert asked and "unsaved edits" in asked[0]
     assert image_id(page) == shown and "(edited)" in page.inner_text(".ann-facts")  # kept, nothing undone
+    for key in "fst":  # no finding, skip and tag would drop the drawing too: they ask as well
+        asked.clear()
+        page.once("dialog", lambda dialog: asked.append(dialog.message) or dialog.dismiss())
+        page.keyboard.press(key)
+        page.wait_for_timeout(300)
+        assert asked and "unsaved drawing" in asked[0], key
+        assert image_id(page) == shown and "(edited)" in page.inner_text(".ann-facts")
     page.once("dialog", lambda dialog: dialog.accept())
     act(page, press="u")
     assert image_id(page) != shown and "undid" in page.inner_text(".ann-message")

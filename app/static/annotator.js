@@ -248,6 +248,8 @@ async function act(name) {
   if (name !== 'undo' && (!t || t.image_id === null)) return;
   if (name === 'undo' && S.edited && !window.confirm('Undo your last save? The unsaved edits on this image '
                                                    + 'will be lost.')) return;
+  const drops = { no_finding: 'Mark this image "no finding"', skip: 'Skip this image', tag: 'Tag it without a mask' };
+  if (drops[name] && S.edited && !window.confirm(`${drops[name]}? Your unsaved drawing on it will be lost.`)) return;
   const args = { view: t ? t.view : null };  // the showing this action answers
   if (name === 'undo' && t && t.last_save) args.save = t.last_save.id;  // a repeated request cannot undo twice
   if (name === 'accept') args.mask = S.edited ? encodeMask() : null;
