@@ -302,7 +302,9 @@ class BackgroundTrainer:
                 self.check()
                 self.status(state="scoring", model=version, done=start, total=len(ids),
                             eta_s=_eta(started, start, len(ids)))
-                chunk = self.items(ids[start:start + SCORE_CHUNK])
+                chunk = self.items(ids[start:start + SCORE_CHUNK])  # unreadable images left out
+                if not chunk:
+                    continue
                 with decoding():
                     scores = score(predictor, chunk)
                 store.record_predictions(version, scores)
