@@ -243,7 +243,8 @@ def _write_nnunet(store: Store, tmp: Path, items: list[_Item]) -> dict[str, list
     """An nnU-Net v2 raw dataset: each labeled image (or slice) a 2D case, `imagesTr/<name>_<channel>.nii.gz` with
     the stored intensities (nnU-Net normalises them itself) and `labelsTr/<name>.nii.gz` (0 background, 1 target),
     both x, y, 1 with an identity affine, and `dataset.json`. Every case has the same channels: colour images stay
-    R, G, B when all images are colour, and become grey (their channel mean) in a mixed workspace. Slices of a
+    R, G, B when all images are colour, and become grey (their channel mean) in a mixed workspace. Cases of the test
+    split go to `imagesTs/` and `labelsTs/` (nnUNetv2_train reads only the Tr folders). Slices of a
     partly labeled volume are cases of their own, so no unlabeled slice is taught as background."""
     import nibabel as nib
 
@@ -252,6 +253,10 @@ def _write_nnunet(store: Store, tmp: Path, items: list[_Item]) -> dict[str, list
     colour = all(item.image.channels == 3 for item in items)
     files = {}
     for item in items:
+        trained = item.image.split != "test"  # test cases go to imagesTs/labelsTs: nnUNetv2_train must not see them
+        images, labels = ("imagesTr", "labelsTr") if trained else ("imagesTs", "labelsTs")
+        (tmp / images).mkdir(exist_ok=True)
+        (tmp / labels).mkdir(exist_ok=True)
         pixels = store.load_image(item.image.id)
         if pixels.ndim == 3 and not colour:
             pixels = pixels.mean(axis=2)
@@ -260,14 +265,15 @@ def _write_nnunet(store: Store, tmp: Path, items: list[_Item]) -> dict[str, list
             if channel.dtype not in (np.uint8, np.uint16, np.int16, np.float32):
                 channel = channel.astype(np.float32)
             nib.save(nib.Nifti1Image(np.ascontiguousarray(channel.T[:, :, None]), np.eye(4)),
-                     tmp / "imagesTr" / f"{item.name}_{index:04d}.nii.gz")
-        relpath = f"labelsTr/{item.name}.nii.gz"
+                     tmp / images / f"{item.name}_{index:04d}.nii.gz")
+        relpath = f"{labels}/{item.name}.nii.gz"
         nib.save(nib.Nifti1Image(item.pixels(store).T[:, :, None].astype(np.uint8), np.eye(4)), tmp / relpath)
         files[item.name] = [(relpath, None, None)]
     label = store.get_setting(LABEL_NAME, "lesion")
     dataset = {"name": store.root.resolve().name, "description": f"ADA-SAM Studio export of {store.root}",
                "channel_names": {"0": "R", "1": "G", "2": "B"} if colour else {"0": "image"},
-               "labels": {"background": 0, label: 1}, "numTraining": len(items), "file_ending": ".nii.gz"}
+               "labels": {"background": 0, label: 1}, "numTraining": sum(i.image.split != "test" for i in items),
+               "file_ending": ".nii.gz"}
     (tmp / "dataset.json").write_text(json.dumps(dataset, indent=1))
     return files
 
@@ -407,10 +413,14 @@ def _validate(store: Store, tmp: Path, fmt: str, items: list[_Item], mask_files:
         raise WorkspaceError("export check failed: manifest or provenance does not list every exported image")
     if fmt == "nnunet":
         dataset = json.loads((tmp / "dataset.json").read_text())
-        cases = {p.name.rsplit("_", 1)[0] for p in (tmp / "imagesTr").iterdir()}
-        if dataset["numTraining"] != len(items) or cases != {i.name for i in items} or \
-                len(list((tmp / "imagesTr").iterdir())) != len(items) * len(dataset["channel_names"]):
-            raise WorkspaceError("export check failed: imagesTr or dataset.json does not match the labeled images")
+        for folder, kept in (("imagesTr", [i for i in items if i.image.split != "test"]),
+                             ("imagesTs", [i for i in items if i.image.split == "test"])):
+            files = list((tmp / folder).iterdir()) if (tmp / folder).is_dir() else []
+            if {p.name.rsplit("_", 1)[0] for p in files} != {i.name for i in kept} or \
+                    len(files) != len(kept) * len(dataset["channel_names"]):
+                raise WorkspaceError(f"export check failed: {folder} does not match the labeled images")
+        if dataset["numTraining"] != sum(i.image.split != "test" for i in items):
+            raise WorkspaceError("export check failed: dataset.json's numTraining does not match imagesTr")
     reader = _Reader(tmp)
     for item in items:
         for relpath, axis, position in mask_files[item.name]:

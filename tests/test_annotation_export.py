@@ -106,7 +106,8 @@ def test_nnunet_export_is_a_dataset_nnunet_itself_accepts(store, tmp_path):
     summary = export_workspace(store, tmp_path / "out", "nnunet")
     out = tmp_path / "out"
     dataset = json.loads((out / "dataset.json").read_text())
-    assert dataset["numTraining"] == summary.images == len(cases) + 1
+    held_out = {image.name for image in store.images() if image.split == "test"}  # in imagesTs/labelsTs
+    assert held_out and dataset["numTraining"] == summary.images - len(held_out) == len(cases) + 1 - len(held_out)
     assert dataset["channel_names"] == {"0": "image"} and dataset["labels"] == {"background": 0, "lesion": 1}
     name = read_manifest(out)["knee_s0001"]["name"]
     image = nib.load(out / "imagesTr" / f"{name}_0000.nii.gz")
@@ -114,7 +115,8 @@ def test_nnunet_export_is_a_dataset_nnunet_itself_accepts(store, tmp_path):
     label = np.asanyarray(nib.load(out / "labelsTr" / f"{name}.nii.gz").dataobj)
     assert label.dtype == np.uint8 and np.array_equal(label[:, :, 0].T, np.eye(6, 7, dtype=np.uint8))
     for case, (_, mask) in cases.items():
-        assert np.array_equal(np.asanyarray(nib.load(out / "labelsTr" / f"{case}.nii.gz").dataobj)[:, :, 0].T > 0,
+        labels = "labelsTs" if case in held_out else "labelsTr"
+        assert np.array_equal(np.asanyarray(nib.load(out / labels / f"{case}.nii.gz").dataobj)[:, :, 0].T > 0,
                               mask)
     from nnunetv2.experiment_planning.verify_dataset_integrity import verify_dataset_integrity
 
@@ -275,3 +277,15 @@ def test_images_sharing_a_name_export_under_names_no_two_share(store, tmp_path, 
         document = json.loads((tmp_path / "out" / "annotations.json").read_text())
         assert len({image["file_name"].casefold() for image in document["images"]}) == 5
         assert {image["file_name"] for image in document["images"]} >= {"b.png"}
+
+
+def test_nnunet_export_keeps_test_split_cases_out_of_training(store, tmp_path):
+    cases = make_dataset(tmp_path / "set", n=4, splits=["pool", "val", "test", "pool"])
+    import_sources(store, [tmp_path / "set"], progress=False)
+    export_workspace(store, tmp_path / "out", "nnunet")
+    out = tmp_path / "out"
+    trained = sorted(p.name for p in (out / "labelsTr").iterdir())
+    held_out = sorted(p.name for p in (out / "labelsTs").iterdir())
+    assert held_out == ["case_002.nii.gz"] and len(trained) == len(cases) - 1 and "case_002.nii.gz" not in trained
+    assert (out / "imagesTs" / "case_002_0000.nii.gz").exists()
+    assert json.loads((out / "dataset.json").read_text())["numTraining"] == 3
