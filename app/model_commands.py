@@ -6,6 +6,7 @@ import functools
 import json
 import math
 import shutil
+import tempfile
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -368,19 +369,22 @@ def cmd_predict(args: argparse.Namespace) -> int:
     images = [read_image(p) for p in args.images]  # every file is checked before anything is written
     cache = model_inputs(model.backbone, model.config.encoder_lora, args.cache or DEFAULT_CACHE_DIR)
     predictor = Predictor(model)
-    tmp = out.with_name(out.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))  # its own: no folder of the user's reused
     rows, stems = [], set()
-    for path, image, (embedding, geometry) in zip(args.images, images, cache.get_many(images)):
-        p = predictor.predict(embedding, geometry, image_input(image) if model.config.image_view else None)
-        stem = unique_stem(Path(path).stem, stems)
-        Image.fromarray((p.mask * 255).astype(np.uint8)).save(tmp / f"{stem}_mask.png")
-        Image.fromarray(cam_overlay(image, p.cam, p.mask, p.box)).save(tmp / f"{stem}_cam.png")
-        rows.append({"image": str(path), "mask": f"{stem}_mask.png", "cam": f"{stem}_cam.png",
-                     "probability": p.probability, "box": [float(v) for v in p.box],
-                     "uncertainty": asdict(p.uncertainty), "mask_pixels": int(p.mask.sum())})
-    (tmp / "predictions.json").write_text(json.dumps(rows, indent=2))
+    try:
+        for path, image, (embedding, geometry) in zip(args.images, images, cache.get_many(images)):
+            p = predictor.predict(embedding, geometry, image_input(image) if model.config.image_view else None)
+            stem = unique_stem(Path(path).stem, stems)
+            Image.fromarray((p.mask * 255).astype(np.uint8)).save(tmp / f"{stem}_mask.png")
+            Image.fromarray(cam_overlay(image, p.cam, p.mask, p.box)).save(tmp / f"{stem}_cam.png")
+            rows.append({"image": str(path), "mask": f"{stem}_mask.png", "cam": f"{stem}_cam.png",
+                         "probability": p.probability, "box": [float(v) for v in p.box],
+                         "uncertainty": asdict(p.uncertainty), "mask_pixels": int(p.mask.sum())})
+        (tmp / "predictions.json").write_text(json.dumps(rows, indent=2))
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)  # nothing half-written left behind
+        raise
     out.mkdir(parents=True, exist_ok=True)
     for file in tmp.iterdir():
         file.replace(out / file.name)

@@ -154,9 +154,12 @@ def test_oracle_prompt_is_labelled_an_upper_bound(evaluated):
 def test_predict_writes_masks_and_overlays(run, data, cache, tmp_path):
     images = [data / "images" / f"{i}.png" for i in IDS[:2]]
     out = tmp_path / "pred"
+    (tmp_path / "pred.partial").mkdir()  # a folder of the user's that merely has the name a temporary could have
+    (tmp_path / "pred.partial" / "keep.txt").write_text("mine")
     code, stdout, err = run_cli("predict", "--model", run["folder"], *images, "--out", out, "--cache", cache)
     assert code == 0, err
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["pred"]  # no .partial folder left behind
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["pred", "pred.partial"]  # no temporary left behind
+    assert (tmp_path / "pred.partial" / "keep.txt").read_text() == "mine"  # and the user's folder untouched
     rows = json.loads((out / "predictions.json").read_text())
     assert len(rows) == 2
     for path, row in zip(images, rows):
