@@ -226,8 +226,8 @@ class RemoteTrainer:
         except RoundLost as exc:
             self.say(f"round {round_id} is no longer ours: {exc}")
             return 0, ""
-        except RemoteError as exc:
-            self._report_failed(round_id, f"upload: {exc}")
+        except RemoteError as exc:  # a blip (retry) cancels the round, so that it is due again at once
+            self._report_failed(round_id, f"upload: {exc}", cancelled=exc.retry)
             self.say(f"round {round_id}: upload failed: {exc}")
             return 0, "" if exc.retry else str(exc)
         state = "published" if verdict["published"] else "kept unpublished"

@@ -509,11 +509,21 @@ def test_network_blips_cost_a_remote_trainer_neither_its_process_nor_its_round(a
             raise RemoteError("POST /rounds/1/progress: 502 Bad Gateway", retry=True)
         real_progress(round_id, step, total)
 
+    real_upload = trainer.client.upload
+
+    def upload_fails_once(round_id, checkpoint):
+        if "upload" not in blips:
+            blips.append("upload")
+            raise RemoteError("POST /rounds/2/model: 502 Bad Gateway", retry=True)
+        return real_upload(round_id, checkpoint)
+
     trainer.client.image, trainer.client.progress = image_times_out_once, progress_fails_once
+    trainer.client.upload = upload_fails_once
     assert trainer.run(rounds=1, poll_s=0) == 1  # no exception: the process lives on
-    assert blips == ["image", "progress"]
-    cancelled, done = store.rounds()
-    assert (cancelled.status, done.status) == ("cancelled", "done") and "timed out" in cancelled.error
+    assert blips == ["image", "progress", "upload"]
+    download, upload, done = store.rounds()
+    assert (download.status, upload.status, done.status) == ("cancelled", "cancelled", "done")  # each due again
+    assert "timed out" in download.error and "502" in upload.error
     assert store.latest_model().version == done.model_version
 
 
