@@ -345,11 +345,11 @@ def test_a_cut_active_learning_curve_resumes_where_it_stopped(tmp_path, monkeypa
     trained = []
     original = active_learning.trainer_module.BackgroundTrainer._train
 
-    def killed_in_round_two(self, round_id):
+    def killed_in_round_two(self, round_id, registering):
         trained.append(round_id)
         if len(trained) == 2:
             raise KeyboardInterrupt  # as a kill: the round stays "running", nothing after it runs
-        return original(self, round_id)
+        return original(self, round_id, registering)
 
     monkeypatch.setattr(active_learning.trainer_module.BackgroundTrainer, "_train", killed_in_round_two)
     with pytest.raises(KeyboardInterrupt):
