@@ -46,10 +46,8 @@ def decode_mask(data_url: str, shape: tuple[int, int]) -> np.ndarray:
         if im.size != (shape[1], shape[0]):
             raise RequestError(f"mask is {im.size[0]}x{im.size[1]}, image is {shape[1]}x{shape[0]}")
         try:
-            if im.mode in ("1", "L", "I", "I;16"):
-                return np.asarray(im) > 0
-            if im.mode in ("P", "PA", "LA"):
-                return picture_mask(im)  # as the importer reads mask files: by palette index, or varying alpha
+            if im.mode in ("1", "L", "I", "I;16", "P", "PA", "LA"):
+                return picture_mask(im)  # as the importer reads mask files: > 0, palette index, or varying alpha
             array = np.asarray(im.convert("RGBA"))
         except (OSError, ValueError) as exc:
             raise RequestError(f"the mask is not a readable PNG ({exc})") from None
